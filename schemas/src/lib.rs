@@ -1,0 +1,330 @@
+//! Record types that flow through sipvault and their Arrow schemas.
+//!
+//! Every table in the archive has one row type here, one Arrow schema and one
+//! function that turns a slice of rows into a `RecordBatch`. The schema version
+//! is bumped whenever any schema changes; a snapshot test guards that.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BinaryBuilder, Int64Builder, ListBuilder, StringBuilder, UInt16Builder, UInt32Builder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::{Deserialize, Serialize};
+
+/// Version of the archive table schemas. Bump on any change to a schema below.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Archive table names, as they appear under `<data>/archive/<table>/`.
+pub const TABLE_SIP_MESSAGES: &str = "sip_messages";
+pub const TABLE_IM_MESSAGES: &str = "im_messages";
+
+/// Which way a message crossed the capture point, seen from the capturing server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    In,
+    Out,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+}
+
+/// One SIP message as seen on the wire by a capture source (the server's tap,
+/// a HEP agent, a pcap file). The raw bytes are always kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedMessage {
+    /// Capture time, nanoseconds since the Unix epoch (UTC).
+    pub time_ns: i64,
+    /// `tap`, `hep:<agent>` or `pcap:<file>`.
+    pub source: String,
+    pub direction: Direction,
+    pub transport: Transport,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub raw: Vec<u8>,
+}
+
+/// Row of `sip_messages`: every message, key fields parsed, raw bytes kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SipMessageRow {
+    pub time_ns: i64,
+    pub source: String,
+    pub direction: String,
+    pub transport: String,
+    pub src: String,
+    pub dst: String,
+    /// Request method, or `None` for a response.
+    pub method: Option<String>,
+    /// Response status code, or `None` for a request.
+    pub status: Option<u16>,
+    pub reason: Option<String>,
+    pub request_uri: Option<String>,
+    pub call_id: Option<String>,
+    pub cseq: Option<u32>,
+    pub cseq_method: Option<String>,
+    pub from_uri: Option<String>,
+    pub from_tag: Option<String>,
+    pub to_uri: Option<String>,
+    pub to_tag: Option<String>,
+    /// Set when the message could not be parsed; the row still carries `raw`.
+    pub parse_error: Option<String>,
+    pub raw: Vec<u8>,
+}
+
+/// Row of `im_messages`: one instant message (page-mode MESSAGE).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImMessageRow {
+    pub time_ns: i64,
+    pub call_id: String,
+    pub cseq: u32,
+    /// Sender address of record, e.g. `sip:alice@example.com`.
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub content_type: String,
+    pub body: String,
+    /// `delivered`, `failed` or `unanswered`.
+    pub delivery_status: String,
+    /// Final SIP status code returned to the sender, if any.
+    pub status: Option<u16>,
+}
+
+impl ImMessageRow {
+    /// Stable key of an IM across the archive and the search index.
+    pub fn key(&self) -> String {
+        format!("{}#{}", self.call_id, self.cseq)
+    }
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
+}
+
+pub fn sip_messages_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("time", ts_type(), false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("direction", DataType::Utf8, false),
+        Field::new("transport", DataType::Utf8, false),
+        Field::new("src", DataType::Utf8, false),
+        Field::new("dst", DataType::Utf8, false),
+        Field::new("method", DataType::Utf8, true),
+        Field::new("status", DataType::UInt16, true),
+        Field::new("reason", DataType::Utf8, true),
+        Field::new("request_uri", DataType::Utf8, true),
+        Field::new("call_id", DataType::Utf8, true),
+        Field::new("cseq", DataType::UInt32, true),
+        Field::new("cseq_method", DataType::Utf8, true),
+        Field::new("from_uri", DataType::Utf8, true),
+        Field::new("from_tag", DataType::Utf8, true),
+        Field::new("to_uri", DataType::Utf8, true),
+        Field::new("to_tag", DataType::Utf8, true),
+        Field::new("parse_error", DataType::Utf8, true),
+        Field::new("raw", DataType::Binary, false),
+    ]))
+}
+
+pub fn im_messages_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("time", ts_type(), false),
+        Field::new("call_id", DataType::Utf8, false),
+        Field::new("cseq", DataType::UInt32, false),
+        Field::new("sender", DataType::Utf8, false),
+        Field::new(
+            "recipients",
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            false,
+        ),
+        Field::new("content_type", DataType::Utf8, false),
+        Field::new("body", DataType::Utf8, false),
+        Field::new("delivery_status", DataType::Utf8, false),
+        Field::new("status", DataType::UInt16, true),
+    ]))
+}
+
+/// Builds a timestamp column with the UTC time zone the schemas declare.
+fn ts_column(values: impl Iterator<Item = i64>) -> ArrayRef {
+    let mut b = Int64Builder::new();
+    for v in values {
+        b.append_value(v);
+    }
+    let arr = arrow_array::TimestampNanosecondArray::from(b.finish().into_data())
+        .with_timezone("UTC");
+    Arc::new(arr)
+}
+
+fn str_col<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
+    let mut b = StringBuilder::new();
+    for v in values {
+        b.append_value(v);
+    }
+    Arc::new(b.finish())
+}
+
+fn opt_str_col<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
+    let mut b = StringBuilder::new();
+    for v in values {
+        b.append_option(v);
+    }
+    Arc::new(b.finish())
+}
+
+pub fn sip_messages_batch(rows: &[SipMessageRow]) -> Result<RecordBatch, ArrowError> {
+    let mut status = UInt16Builder::new();
+    let mut cseq = UInt32Builder::new();
+    let mut raw = BinaryBuilder::new();
+    for r in rows {
+        status.append_option(r.status);
+        cseq.append_option(r.cseq);
+        raw.append_value(&r.raw);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        ts_column(rows.iter().map(|r| r.time_ns)),
+        str_col(rows.iter().map(|r| r.source.as_str())),
+        str_col(rows.iter().map(|r| r.direction.as_str())),
+        str_col(rows.iter().map(|r| r.transport.as_str())),
+        str_col(rows.iter().map(|r| r.src.as_str())),
+        str_col(rows.iter().map(|r| r.dst.as_str())),
+        opt_str_col(rows.iter().map(|r| r.method.as_deref())),
+        Arc::new(status.finish()),
+        opt_str_col(rows.iter().map(|r| r.reason.as_deref())),
+        opt_str_col(rows.iter().map(|r| r.request_uri.as_deref())),
+        opt_str_col(rows.iter().map(|r| r.call_id.as_deref())),
+        Arc::new(cseq.finish()),
+        opt_str_col(rows.iter().map(|r| r.cseq_method.as_deref())),
+        opt_str_col(rows.iter().map(|r| r.from_uri.as_deref())),
+        opt_str_col(rows.iter().map(|r| r.from_tag.as_deref())),
+        opt_str_col(rows.iter().map(|r| r.to_uri.as_deref())),
+        opt_str_col(rows.iter().map(|r| r.to_tag.as_deref())),
+        opt_str_col(rows.iter().map(|r| r.parse_error.as_deref())),
+        Arc::new(raw.finish()),
+    ];
+    RecordBatch::try_new(sip_messages_schema(), columns)
+}
+
+pub fn im_messages_batch(rows: &[ImMessageRow]) -> Result<RecordBatch, ArrowError> {
+    let mut cseq = UInt32Builder::new();
+    let mut status = UInt16Builder::new();
+    let mut recipients = ListBuilder::new(StringBuilder::new());
+    for r in rows {
+        cseq.append_value(r.cseq);
+        status.append_option(r.status);
+        for rcpt in &r.recipients {
+            recipients.values().append_value(rcpt);
+        }
+        recipients.append(true);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        ts_column(rows.iter().map(|r| r.time_ns)),
+        str_col(rows.iter().map(|r| r.call_id.as_str())),
+        Arc::new(cseq.finish()),
+        str_col(rows.iter().map(|r| r.sender.as_str())),
+        Arc::new(recipients.finish()),
+        str_col(rows.iter().map(|r| r.content_type.as_str())),
+        str_col(rows.iter().map(|r| r.body.as_str())),
+        str_col(rows.iter().map(|r| r.delivery_status.as_str())),
+        Arc::new(status.finish()),
+    ];
+    RecordBatch::try_new(im_messages_schema(), columns)
+}
+
+/// Canonical text form of every table schema, for the version snapshot test.
+pub fn schema_fingerprint() -> String {
+    let mut out = String::new();
+    for (name, schema) in [
+        (TABLE_SIP_MESSAGES, sip_messages_schema()),
+        (TABLE_IM_MESSAGES, im_messages_schema()),
+    ] {
+        out.push_str(name);
+        out.push('\n');
+        for f in schema.fields() {
+            out.push_str(&format!("  {} {} nullable={}\n", f.name(), f.data_type(), f.is_nullable()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Changing a schema without bumping SCHEMA_VERSION breaks readers of old
+    /// archives silently; this pins the pair together.
+    #[test]
+    fn schema_change_requires_version_bump() {
+        let expected = include_str!("../schema-v1.txt");
+        assert_eq!(SCHEMA_VERSION, 1, "bump the snapshot file name with the version");
+        assert_eq!(
+            schema_fingerprint(),
+            expected,
+            "archive schema changed: bump SCHEMA_VERSION and write schemas/schema-v{{N}}.txt"
+        );
+    }
+
+    #[test]
+    fn batches_match_schemas() {
+        let im = ImMessageRow {
+            time_ns: 1_700_000_000_000_000_000,
+            call_id: "c1".into(),
+            cseq: 1,
+            sender: "sip:alice@example.com".into(),
+            recipients: vec!["sip:bob@example.com".into()],
+            content_type: "text/plain".into(),
+            body: "hello".into(),
+            delivery_status: "delivered".into(),
+            status: Some(200),
+        };
+        let b = im_messages_batch(&[im.clone(), im]).unwrap();
+        assert_eq!(b.num_rows(), 2);
+        assert_eq!(b.schema(), im_messages_schema());
+        let s = SipMessageRow {
+            time_ns: 1,
+            source: "tap".into(),
+            direction: "in".into(),
+            transport: "udp".into(),
+            src: "127.0.0.1:1".into(),
+            dst: "127.0.0.1:2".into(),
+            method: Some("MESSAGE".into()),
+            status: None,
+            reason: None,
+            request_uri: None,
+            call_id: None,
+            cseq: None,
+            cseq_method: None,
+            from_uri: None,
+            from_tag: None,
+            to_uri: None,
+            to_tag: None,
+            parse_error: None,
+            raw: b"MESSAGE".to_vec(),
+        };
+        let b = sip_messages_batch(&[s]).unwrap();
+        assert_eq!(b.num_rows(), 1);
+    }
+}
