@@ -1,0 +1,201 @@
+//! Character classes, header-name canonicalisation and quote-aware splitting
+//! shared by the parsers. Everything here works on `&str` with byte offsets
+//! obtained from the same string, and never indexes blindly.
+
+/// RFC 3261 `token` characters.
+pub(crate) fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '!' | '%' | '*' | '_' | '+' | '`' | '\'' | '~')
+}
+
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(is_token_char)
+}
+
+/// Linear white space inside an (already unfolded) header value.
+pub(crate) fn is_lws(c: char) -> bool {
+    c == ' ' || c == '\t'
+}
+
+/// Compact header forms (RFC 3261 7.3.3 and the extension registry).
+const COMPACT: &[(char, &str)] = &[
+    ('a', "accept-contact"),
+    ('b', "referred-by"),
+    ('c', "content-type"),
+    ('d', "request-disposition"),
+    ('e', "content-encoding"),
+    ('f', "from"),
+    ('i', "call-id"),
+    ('j', "reject-contact"),
+    ('k', "supported"),
+    ('l', "content-length"),
+    ('m', "contact"),
+    ('n', "identity-info"),
+    ('o', "event"),
+    ('r', "refer-to"),
+    ('s', "subject"),
+    ('t', "to"),
+    ('u', "allow-events"),
+    ('v', "via"),
+    ('x', "session-expires"),
+    ('y', "identity"),
+];
+
+/// Lower-case long form of a header name; compact forms are expanded.
+pub(crate) fn canonical_name(name: &str) -> String {
+    let mut chars = name.chars();
+    if let (Some(c), None) = (chars.next(), chars.next()) {
+        let lc = c.to_ascii_lowercase();
+        if let Some((_, long)) = COMPACT.iter().find(|(k, _)| *k == lc) {
+            return (*long).to_string();
+        }
+    }
+    name.to_ascii_lowercase()
+}
+
+/// True when two header names denote the same header (case-insensitive,
+/// long or compact form).
+pub(crate) fn same_header(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b) || canonical_name(a) == canonical_name(b)
+}
+
+/// Splits `s` on `sep` where it occurs outside double quotes (honouring
+/// backslash escapes inside them) and outside `<...>`. Pieces are returned
+/// untrimmed. Returns `None` when a quote or angle bracket is left open.
+pub(crate) fn split_top(s: &str, sep: char) -> Option<Vec<&str>> {
+    let mut out = Vec::new();
+    let mut in_quote = false;
+    let mut escaped = false;
+    let mut angle = false;
+    let mut start = 0usize;
+    for (i, c) in s.char_indices() {
+        if in_quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_quote = false;
+            }
+            continue;
+        }
+        match c {
+            '"' => in_quote = true,
+            '<' if !angle => angle = true,
+            '>' if angle => angle = false,
+            _ if c == sep && !angle => {
+                out.push(s.get(start..i)?);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    if in_quote || angle {
+        return None;
+    }
+    out.push(s.get(start..)?);
+    Some(out)
+}
+
+/// Parses a quoted-string at the start of `s` (which must begin with `"`).
+/// Returns the unescaped content and the rest of `s` after the closing quote.
+pub(crate) fn take_quoted(s: &str) -> Option<(String, &str)> {
+    let mut chars = s.char_indices();
+    match chars.next() {
+        Some((_, '"')) => {}
+        _ => return None,
+    }
+    let mut out = String::new();
+    let mut escaped = false;
+    for (i, c) in chars {
+        if escaped {
+            out.push(c);
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            return Some((out, s.get(i + 1..)?));
+        } else if c == '\r' || c == '\n' {
+            return None;
+        } else {
+            out.push(c);
+        }
+    }
+    None
+}
+
+/// Length in bytes of the quoted-string at the start of `s` including both
+/// quotes, or `None` if it is not terminated.
+pub(crate) fn quoted_len(s: &str) -> Option<usize> {
+    let (_, rest) = take_quoted(s)?;
+    Some(s.len() - rest.len())
+}
+
+/// Quotes `s` as a quoted-string, escaping `"` and `\`.
+pub(crate) fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Strips one pair of surrounding double quotes and resolves escapes; a value
+/// that is not quoted is returned as is.
+pub(crate) fn unquote(s: &str) -> String {
+    let t = s.trim();
+    if t.starts_with('"') {
+        if let Some((inner, rest)) = take_quoted(t) {
+            if rest.trim().is_empty() {
+                return inner;
+            }
+        }
+    }
+    t.to_string()
+}
+
+/// Parses a run of decimal digits (after trimming) into a `u32`; `None` on
+/// anything else, including overflow.
+pub(crate) fn parse_u32_digits(s: &str) -> Option<u32> {
+    let t = s.trim();
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    t.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_names_expand() {
+        assert_eq!(canonical_name("v"), "via");
+        assert_eq!(canonical_name("I"), "call-id");
+        assert_eq!(canonical_name("Content-Length"), "content-length");
+        assert!(same_header("l", "Content-Length"));
+        assert!(same_header("ViA", "v"));
+        assert!(!same_header("C%6Fntact", "Contact"));
+    }
+
+    #[test]
+    fn split_respects_quotes_and_angles() {
+        let v = split_top(r#""a, b" <sip:x;y>, <sip:z?a=b,c>;p="q,\"r", w"#, ',').unwrap();
+        assert_eq!(v.len(), 3);
+        assert!(split_top("\"open", ',').is_none());
+        assert!(split_top("<open", ',').is_none());
+    }
+
+    #[test]
+    fn quoted_strings() {
+        let (inner, rest) = take_quoted(r#""J Rosenberg \\\"" <sip:a>"#).unwrap();
+        assert_eq!(inner, r#"J Rosenberg \""#);
+        assert_eq!(rest, " <sip:a>");
+        assert!(take_quoted("\"unterminated").is_none());
+        assert_eq!(quote(r#"a"b\"#), r#""a\"b\\""#);
+    }
+}
