@@ -1,1 +1,714 @@
-//! sipvault-indexer
+//! Full-text index of the instant messages in the archive.
+//!
+//! The index is built from sealed archive segments (`im_messages` rows) and can be
+//! rebuilt from the archive at any time. One process (the server) owns the writer
+//! through [`ImIndex`]; any number of readers search the same directory through
+//! [`search`], which never takes the writer lock.
+//!
+//! Query language (see [`search`]): words and `"phrases"` over the message body,
+//! combined with `AND`, `OR`, `NOT` (or `+word` / `-word`) and parentheses. Bare
+//! words are combined with AND. The fields `from:` and `to:` search the sender and
+//! recipient addresses, e.g. `from:alice`, `to:"bob@example.com"`, `body:lunch`.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, BinaryHeap};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sipvault_schemas::ImMessageRow;
+use tantivy::collector::{Collector, DocSetCollector, SegmentCollector};
+use tantivy::columnar::Column;
+use tantivy::query::{
+    BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, QueryParserError,
+    RangeQuery, TermQuery,
+};
+use tantivy::query_grammar::{self, UserInputAst, UserInputLeaf};
+use tantivy::schema::{
+    Field, IndexRecordOption, NumericOptions, STORED, STRING, Schema, TantivyDocument,
+    TextFieldIndexing, TextOptions, Value,
+};
+use tantivy::tokenizer::{
+    AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer,
+};
+use tantivy::{
+    DocAddress, DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, SegmentOrdinal,
+    SegmentReader, Term,
+};
+
+/// Name under which the text analyzer of the index is registered.
+const TOKENIZER: &str = "sipvault_text";
+/// Memory budget of the (single-threaded) index writer.
+const WRITER_MEMORY_BYTES: usize = 64 * 1024 * 1024;
+/// Result count used when a request asks for `limit: 0`.
+pub const DEFAULT_LIMIT: usize = 100;
+
+/// Field names that may be used in the query string.
+const QUERY_FIELDS: [&str; 3] = ["body", "from", "to"];
+
+/// Document kinds: one document per indexed IM, plus one marker per segment so
+/// that segments without any IM rows are still recorded as indexed.
+const KIND_IM: &str = "im";
+const KIND_SEGMENT: &str = "segment";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("search index error: {0}")]
+    Tantivy(#[from] tantivy::TantivyError),
+    #[error("cannot open search index directory: {0}")]
+    OpenDirectory(#[from] tantivy::directory::error::OpenDirectoryError),
+    #[error("search index I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "search index at {0} is already open for writing (another sipvault process is running?)"
+    )]
+    Locked(PathBuf),
+    #[error("search index document is missing field '{0}'")]
+    CorruptDocument(&'static str),
+    #[error("invalid search query at position {position}: {message}")]
+    Query { position: usize, message: String },
+}
+
+/// A full-text search over the IM index.
+#[derive(Debug, Clone, Default)]
+pub struct SearchRequest {
+    /// Query string; empty or `*` matches every message.
+    pub query: String,
+    /// Sender filter: full URI (`sip:alice@example.com`), `user@host` or bare user, any case.
+    pub from: Option<String>,
+    /// Recipient filter, same forms as `from`; matches if any recipient matches.
+    pub to: Option<String>,
+    /// Inclusive lower bound on the message time, ns since the Unix epoch.
+    pub since_ns: Option<i64>,
+    /// Exclusive upper bound on the message time, ns since the Unix epoch.
+    pub until_ns: Option<i64>,
+    /// Maximum number of hits; 0 means [`DEFAULT_LIMIT`].
+    pub limit: usize,
+}
+
+/// One matching instant message.
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchHit {
+    pub time_ns: i64,
+    pub from: String,
+    pub to: Vec<String>,
+    pub body: String,
+    pub call_id: String,
+    pub cseq: u32,
+    /// Relevance score; 0 when results are in time order (empty or `*` query).
+    pub score: f32,
+}
+
+#[derive(Clone, Copy)]
+struct Fields {
+    kind: Field,
+    segment: Field,
+    time: Field,
+    body: Field,
+    from: Field,
+    to: Field,
+    from_addr: Field,
+    to_addr: Field,
+    call_id: Field,
+    cseq: Field,
+}
+
+fn build_schema() -> Schema {
+    let mut b = Schema::builder();
+    let text = TextOptions::default()
+        .set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(TOKENIZER)
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        )
+        .set_stored();
+    b.add_text_field("kind", STRING);
+    b.add_text_field("segment", STRING | STORED);
+    b.add_i64_field(
+        "time",
+        NumericOptions::default().set_indexed().set_fast().set_stored(),
+    );
+    b.add_text_field("body", text.clone());
+    b.add_text_field("from", text.clone());
+    b.add_text_field("to", text);
+    b.add_text_field("from_addr", STRING);
+    b.add_text_field("to_addr", STRING);
+    b.add_text_field("call_id", STRING | STORED);
+    b.add_u64_field("cseq", NumericOptions::default().set_stored());
+    b.build()
+}
+
+fn fields(schema: &Schema) -> Result<Fields, IndexError> {
+    let f = |name: &'static str| {
+        schema.get_field(name).map_err(|_| {
+            IndexError::Tantivy(tantivy::TantivyError::SchemaError(format!(
+                "index schema has no field '{name}'"
+            )))
+        })
+    };
+    Ok(Fields {
+        kind: f("kind")?,
+        segment: f("segment")?,
+        time: f("time")?,
+        body: f("body")?,
+        from: f("from")?,
+        to: f("to")?,
+        from_addr: f("from_addr")?,
+        to_addr: f("to_addr")?,
+        call_id: f("call_id")?,
+        cseq: f("cseq")?,
+    })
+}
+
+fn register_tokenizers(index: &Index) {
+    let analyzer = TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(64))
+        .filter(LowerCaser)
+        .filter(AsciiFoldingFilter)
+        .build();
+    index.tokenizers().register(TOKENIZER, analyzer);
+}
+
+/// Lower-cased lookup keys of a SIP address: the URI without parameters
+/// (`sip:alice@example.com`), `user@host` (with and without port) and `user`.
+/// The first key is the most specific form of the input.
+fn address_keys(addr: &str) -> Vec<String> {
+    let mut s = addr.trim();
+    // `"Alice" <sip:alice@example.com>;tag=x` -> `sip:alice@example.com`
+    if let (Some(open), Some(close)) = (s.find('<'), s.rfind('>'))
+        && open < close
+    {
+        s = &s[open + 1..close];
+    }
+    let s = s.trim().to_lowercase();
+    // Scheme: an alphabetic prefix ending in ':' before any '@'.
+    let (scheme_len, rest) = match s.find(':') {
+        Some(i)
+            if i > 0
+                && s[..i].chars().all(|c| c.is_ascii_alphabetic())
+                && s.find('@').is_none_or(|at| i < at) =>
+        {
+            (i + 1, &s[i + 1..])
+        }
+        _ => (0, s.as_str()),
+    };
+    // URI parameters and headers start after the user part.
+    let host_start = rest.find('@').map_or(0, |at| at + 1);
+    let end = rest[host_start..]
+        .find([';', '?', '>'])
+        .map_or(rest.len(), |i| host_start + i);
+    let rest = &rest[..end];
+    let mut keys: Vec<String> = Vec::with_capacity(4);
+    let mut push = |k: &str| {
+        if !k.is_empty() && !keys.iter().any(|x| x == k) {
+            keys.push(k.to_string());
+        }
+    };
+    push(&s[..scheme_len + rest.len()]);
+    push(rest);
+    if let Some(at) = rest.find('@') {
+        let user = &rest[..at];
+        let host = &rest[at + 1..];
+        // Strip a port, but not from an IPv6 literal without one.
+        let host_no_port = match (host.rfind(':'), host.rfind(']')) {
+            (Some(c), Some(b)) if c > b => &host[..c],
+            (Some(c), None) if host.matches(':').count() == 1 => &host[..c],
+            _ => host,
+        };
+        push(&format!("{user}@{host_no_port}"));
+        push(user);
+    }
+    keys
+}
+
+fn open_dir_index(dir: &Path) -> Result<Index, IndexError> {
+    let index = Index::open_in_dir(dir)?;
+    register_tokenizers(&index);
+    Ok(index)
+}
+
+/// Writer side of the IM search index.
+pub struct ImIndex {
+    dir: PathBuf,
+    index: Index,
+    writer: IndexWriter,
+    reader: IndexReader,
+    fields: Fields,
+}
+
+impl std::fmt::Debug for ImIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImIndex").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl ImIndex {
+    /// Index under `dir` (created if missing). Holds tantivy's writer lock: one per process.
+    pub fn open_or_create(dir: &Path) -> Result<ImIndex, IndexError> {
+        std::fs::create_dir_all(dir)?;
+        let directory = tantivy::directory::MmapDirectory::open(dir)?;
+        let index = Index::open_or_create(directory, build_schema())?;
+        register_tokenizers(&index);
+        let fields = fields(&index.schema())?;
+        let writer = index
+            .writer_with_num_threads(1, WRITER_MEMORY_BYTES)
+            .map_err(|e| match e {
+                tantivy::TantivyError::LockFailure(..) => IndexError::Locked(dir.to_path_buf()),
+                other => IndexError::Tantivy(other),
+            })?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        Ok(ImIndex {
+            dir: dir.to_path_buf(),
+            index,
+            writer,
+            reader,
+            fields,
+        })
+    }
+
+    /// Directory the index lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Adds the IM rows of one sealed archive segment and commits. Idempotent per segment id
+    /// (re-adding a segment first deletes its documents).
+    pub fn add_segment(&mut self, segment_id: &str, rows: &[ImMessageRow]) -> Result<(), IndexError> {
+        let f = self.fields;
+        self.writer
+            .delete_term(Term::from_field_text(f.segment, segment_id));
+        for row in rows {
+            let mut doc = TantivyDocument::default();
+            doc.add_text(f.kind, KIND_IM);
+            doc.add_text(f.segment, segment_id);
+            doc.add_i64(f.time, row.time_ns);
+            doc.add_text(f.body, &row.body);
+            doc.add_text(f.from, &row.sender);
+            for key in address_keys(&row.sender) {
+                doc.add_text(f.from_addr, &key);
+            }
+            for rcpt in &row.recipients {
+                doc.add_text(f.to, rcpt);
+                for key in address_keys(rcpt) {
+                    doc.add_text(f.to_addr, &key);
+                }
+            }
+            doc.add_text(f.call_id, &row.call_id);
+            doc.add_u64(f.cseq, u64::from(row.cseq));
+            self.writer.add_document(doc)?;
+        }
+        let mut marker = TantivyDocument::default();
+        marker.add_text(f.kind, KIND_SEGMENT);
+        marker.add_text(f.segment, segment_id);
+        self.writer.add_document(marker)?;
+        self.writer.commit()?;
+        self.reader.reload()?;
+        tracing::debug!(segment_id, rows = rows.len(), "indexed archive segment");
+        Ok(())
+    }
+
+    /// Ids of the archive segments in the index, sorted.
+    pub fn segment_ids(&self) -> Result<Vec<String>, IndexError> {
+        segment_ids_in(&self.reader, self.fields)
+    }
+
+    /// Searches the index as of the last commit of this writer.
+    pub fn search(&self, req: &SearchRequest) -> Result<Vec<SearchHit>, IndexError> {
+        run_search(&self.index, &self.reader, self.fields, req)
+    }
+}
+
+/// Read-only search. Works while another process (the server) holds the writer on the same
+/// directory: the index is opened read-only and the writer lock is never taken. An index
+/// directory that does not exist (or holds no index yet) gives no hits.
+///
+/// Results are in time order when the query is empty or `*`, otherwise by relevance, then time.
+pub fn search(dir: &Path, req: &SearchRequest) -> Result<Vec<SearchHit>, IndexError> {
+    // Validate the query first so that a bad query is reported even on an empty index.
+    let parsed = parse_user_query(&req.query)?;
+    if !dir.join("meta.json").is_file() {
+        return Ok(Vec::new());
+    }
+    let index = open_dir_index(dir)?;
+    let fields = fields(&index.schema())?;
+    let reader = index
+        .reader_builder()
+        .reload_policy(ReloadPolicy::Manual)
+        .try_into()?;
+    run_search_parsed(&index, &reader, fields, parsed, req)
+}
+
+/// The query string, parsed but not yet bound to an index.
+enum UserQuery {
+    All,
+    Ast(UserInputAst),
+}
+
+fn is_match_all(q: &str) -> bool {
+    let q = q.trim();
+    q.is_empty() || q == "*"
+}
+
+fn parse_user_query(q: &str) -> Result<UserQuery, IndexError> {
+    if is_match_all(q) {
+        return Ok(UserQuery::All);
+    }
+    match query_grammar::parse_query(q) {
+        Ok(ast) => {
+            check_fields(&ast, q)?;
+            Ok(UserQuery::Ast(ast))
+        }
+        Err(_) => {
+            let (_, errors) = query_grammar::parse_query_lenient(q);
+            let (position, message) = errors
+                .into_iter()
+                .next()
+                .map(|e| (e.pos.min(q.len()), e.message))
+                .unwrap_or_else(|| (unparsed_position(q), "syntax error".to_string()));
+            Err(IndexError::Query { position, message })
+        }
+    }
+}
+
+/// Best guess of where a query the lenient parser accepts without complaint goes wrong:
+/// an unbalanced quote or parenthesis, else the end of the query.
+fn unparsed_position(q: &str) -> usize {
+    let mut depth: Vec<usize> = Vec::new();
+    let mut quote: Option<usize> = None;
+    for (i, c) in q.char_indices() {
+        match (c, quote) {
+            ('"', None) => quote = Some(i),
+            ('"', Some(_)) => quote = None,
+            ('(', None) => depth.push(i),
+            (')', None) => {
+                if depth.pop().is_none() {
+                    return i;
+                }
+            }
+            _ => {}
+        }
+    }
+    quote.or_else(|| depth.first().copied()).unwrap_or(q.len())
+}
+
+/// Rejects field names other than `body`, `from` and `to`, pointing at the offending field.
+fn check_fields(ast: &UserInputAst, q: &str) -> Result<(), IndexError> {
+    let bad = |name: &str| {
+        let position = q.find(&format!("{name}:")).unwrap_or(0);
+        IndexError::Query {
+            position,
+            message: format!("unknown field '{name}' (fields: body, from, to)"),
+        }
+    };
+    let check = |name: Option<&str>| match name {
+        Some(n) if !QUERY_FIELDS.contains(&n) => Err(bad(n)),
+        _ => Ok(()),
+    };
+    match ast {
+        UserInputAst::Clause(children) => {
+            for (_, child) in children {
+                check_fields(child, q)?;
+            }
+            Ok(())
+        }
+        UserInputAst::Boost(child, _) => check_fields(child, q),
+        UserInputAst::Leaf(leaf) => match leaf.as_ref() {
+            UserInputLeaf::Literal(lit) => check(lit.field_name.as_deref()),
+            UserInputLeaf::All => Ok(()),
+            UserInputLeaf::Range { field, .. } | UserInputLeaf::Set { field, .. } => {
+                check(field.as_deref())
+            }
+            UserInputLeaf::Exists { field } => check(Some(field)),
+            UserInputLeaf::Regex { field, .. } => {
+                check(field.as_deref())?;
+                Err(IndexError::Query {
+                    position: q.find('/').unwrap_or(0),
+                    message: "regular expressions are not supported".to_string(),
+                })
+            }
+        },
+    }
+}
+
+fn run_search(
+    index: &Index,
+    reader: &IndexReader,
+    fields: Fields,
+    req: &SearchRequest,
+) -> Result<Vec<SearchHit>, IndexError> {
+    let parsed = parse_user_query(&req.query)?;
+    run_search_parsed(index, reader, fields, parsed, req)
+}
+
+fn filter(query: Box<dyn Query>) -> (Occur, Box<dyn Query>) {
+    (Occur::Must, Box::new(ConstScoreQuery::new(query, 0.0)))
+}
+
+fn run_search_parsed(
+    index: &Index,
+    reader: &IndexReader,
+    f: Fields,
+    parsed: UserQuery,
+    req: &SearchRequest,
+) -> Result<Vec<SearchHit>, IndexError> {
+    let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+    let by_relevance = match parsed {
+        UserQuery::All => false,
+        UserQuery::Ast(ast) => {
+            let mut parser = QueryParser::for_index(index, vec![f.body]);
+            parser.set_conjunction_by_default();
+            let query = match parser.build_query_from_user_input_ast(ast.clone()) {
+                Ok(q) => q,
+                // A purely negative query (`NOT spam`) means "everything except".
+                Err(QueryParserError::AllButQueryForbidden) => {
+                    let all = UserInputAst::Leaf(Box::new(UserInputLeaf::All));
+                    parser
+                        .build_query_from_user_input_ast(UserInputAst::and(vec![all, ast]))
+                        .map_err(|e| query_error(&req.query, e))?
+                }
+                Err(e) => return Err(query_error(&req.query, e)),
+            };
+            clauses.push((Occur::Must, query));
+            true
+        }
+    };
+    clauses.push(filter(Box::new(TermQuery::new(
+        Term::from_field_text(f.kind, KIND_IM),
+        IndexRecordOption::Basic,
+    ))));
+    for (value, field) in [(&req.from, f.from_addr), (&req.to, f.to_addr)] {
+        if let Some(v) = value.as_deref() {
+            // An empty or unparseable address matches nothing rather than everything.
+            let key = address_keys(v).into_iter().next().unwrap_or_default();
+            clauses.push(filter(Box::new(TermQuery::new(
+                Term::from_field_text(field, &key),
+                IndexRecordOption::Basic,
+            ))));
+        }
+    }
+    if req.since_ns.is_some() || req.until_ns.is_some() {
+        let lower = req
+            .since_ns
+            .map_or(Bound::Unbounded, |t| Bound::Included(Term::from_field_i64(f.time, t)));
+        let upper = req
+            .until_ns
+            .map_or(Bound::Unbounded, |t| Bound::Excluded(Term::from_field_i64(f.time, t)));
+        clauses.push(filter(Box::new(RangeQuery::new(lower, upper))));
+    }
+    let query = BooleanQuery::new(clauses);
+    let limit = if req.limit == 0 { DEFAULT_LIMIT } else { req.limit };
+    let searcher = reader.searcher();
+    let ranked = searcher.search(&query, &RankCollector { limit, by_relevance })?;
+    let mut hits = Vec::with_capacity(ranked.len());
+    for c in ranked {
+        let doc: TantivyDocument = searcher.doc(DocAddress::new(c.segment, c.doc))?;
+        let text = |field: Field, name: &'static str| {
+            doc.get_first(field)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+                .ok_or(IndexError::CorruptDocument(name))
+        };
+        hits.push(SearchHit {
+            time_ns: c.time,
+            from: text(f.from, "from")?,
+            to: doc
+                .get_all(f.to)
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            body: text(f.body, "body")?,
+            call_id: text(f.call_id, "call_id")?,
+            cseq: doc
+                .get_first(f.cseq)
+                .and_then(|v| v.as_u64())
+                .and_then(|v| u32::try_from(v).ok())
+                .ok_or(IndexError::CorruptDocument("cseq"))?,
+            score: if by_relevance { c.score } else { 0.0 },
+        });
+    }
+    Ok(hits)
+}
+
+fn query_error(q: &str, e: QueryParserError) -> IndexError {
+    let position = match &e {
+        QueryParserError::FieldDoesNotExist(name)
+        | QueryParserError::FieldNotIndexed(name)
+        | QueryParserError::FieldDoesNotHavePositionsIndexed(name) => {
+            q.find(&format!("{name}:")).unwrap_or(0)
+        }
+        _ => 0,
+    };
+    IndexError::Query {
+        position,
+        message: e.to_string(),
+    }
+}
+
+/// A match with what is needed to rank it.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    score: Score,
+    time: i64,
+    segment: SegmentOrdinal,
+    doc: DocId,
+}
+
+/// Ranks candidates: `Less` is better. By relevance: score descending, then time
+/// ascending; otherwise time ascending. Ties are broken by document address so that
+/// results are deterministic.
+#[derive(Debug, Clone, Copy)]
+struct Ranked {
+    c: Candidate,
+    by_relevance: bool,
+}
+
+impl Ranked {
+    fn rank_cmp(&self, other: &Self) -> Ordering {
+        let score = if self.by_relevance {
+            other.c.score.total_cmp(&self.c.score)
+        } else {
+            Ordering::Equal
+        };
+        score
+            .then(self.c.time.cmp(&other.c.time))
+            .then(self.c.segment.cmp(&other.c.segment))
+            .then(self.c.doc.cmp(&other.c.doc))
+    }
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.rank_cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Ranked {}
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.rank_cmp(other)
+    }
+}
+
+/// Keeps the best `limit` matches (max-heap whose top is the worst kept match).
+struct RankCollector {
+    limit: usize,
+    by_relevance: bool,
+}
+
+struct RankSegmentCollector {
+    limit: usize,
+    by_relevance: bool,
+    segment: SegmentOrdinal,
+    time: Column<i64>,
+    heap: BinaryHeap<Ranked>,
+}
+
+impl Collector for RankCollector {
+    type Fruit = Vec<Candidate>;
+    type Child = RankSegmentCollector;
+
+    fn for_segment(
+        &self,
+        segment_local_id: SegmentOrdinal,
+        segment: &SegmentReader,
+    ) -> tantivy::Result<RankSegmentCollector> {
+        Ok(RankSegmentCollector {
+            limit: self.limit,
+            by_relevance: self.by_relevance,
+            segment: segment_local_id,
+            time: segment.fast_fields().i64("time")?,
+            heap: BinaryHeap::with_capacity(self.limit.min(1024) + 1),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        self.by_relevance
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Vec<Candidate>>) -> tantivy::Result<Vec<Candidate>> {
+        let mut all: Vec<Ranked> = fruits
+            .into_iter()
+            .flatten()
+            .map(|c| Ranked {
+                c,
+                by_relevance: self.by_relevance,
+            })
+            .collect();
+        all.sort();
+        all.truncate(self.limit);
+        Ok(all.into_iter().map(|r| r.c).collect())
+    }
+}
+
+impl SegmentCollector for RankSegmentCollector {
+    type Fruit = Vec<Candidate>;
+
+    fn collect(&mut self, doc: DocId, score: Score) {
+        if self.limit == 0 {
+            return;
+        }
+        let ranked = Ranked {
+            c: Candidate {
+                score,
+                time: self.time.first(doc).unwrap_or(i64::MIN),
+                segment: self.segment,
+                doc,
+            },
+            by_relevance: self.by_relevance,
+        };
+        if self.heap.len() < self.limit {
+            self.heap.push(ranked);
+        } else if let Some(worst) = self.heap.peek()
+            && ranked < *worst
+        {
+            self.heap.pop();
+            self.heap.push(ranked);
+        }
+    }
+
+    fn harvest(self) -> Vec<Candidate> {
+        self.heap.into_iter().map(|r| r.c).collect()
+    }
+}
+
+/// Segment ids present in the index at `dir`, read-only (see [`ImIndex::segment_ids`]).
+/// A directory without an index gives an empty list.
+pub fn indexed_segment_ids(dir: &Path) -> Result<Vec<String>, IndexError> {
+    if !dir.join("meta.json").is_file() {
+        return Ok(Vec::new());
+    }
+    let index = open_dir_index(dir)?;
+    let f = fields(&index.schema())?;
+    let reader: IndexReader = index
+        .reader_builder()
+        .reload_policy(ReloadPolicy::Manual)
+        .try_into()?;
+    segment_ids_in(&reader, f)
+}
+
+fn segment_ids_in(reader: &IndexReader, f: Fields) -> Result<Vec<String>, IndexError> {
+    let searcher = reader.searcher();
+    let query = TermQuery::new(
+        Term::from_field_text(f.kind, KIND_SEGMENT),
+        IndexRecordOption::Basic,
+    );
+    let mut ids = BTreeSet::new();
+    for addr in searcher.search(&query, &DocSetCollector)? {
+        let doc: TantivyDocument = searcher.doc(addr)?;
+        let id = doc
+            .get_first(f.segment)
+            .and_then(|v| v.as_str())
+            .ok_or(IndexError::CorruptDocument("segment"))?;
+        ids.insert(id.to_string());
+    }
+    Ok(ids.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests;

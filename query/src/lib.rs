@@ -1,1 +1,555 @@
-//! sipvault-query
+//! Read-only access to the compliance archive: SQL over the Parquet tables
+//! (DataFusion), full-text search over IMs (re-exported from the indexer), and
+//! output formatting for the CLI.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::datasource::MemTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::{SetExpr, Statement as SqlStatement};
+
+pub use sipvault_indexer::{IndexError, SearchHit, SearchRequest, search};
+
+/// Name of the hive partition column every archive table carries.
+pub const PARTITION_COLUMN: &str = "date";
+
+/// Archive tables and their file schemas (without the `date` partition column).
+pub fn archive_tables() -> Vec<(&'static str, SchemaRef)> {
+    vec![
+        (
+            sipvault_schemas::TABLE_SIP_MESSAGES,
+            sipvault_schemas::sip_messages_schema(),
+        ),
+        (
+            sipvault_schemas::TABLE_IM_MESSAGES,
+            sipvault_schemas::im_messages_schema(),
+        ),
+    ]
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The statement would change something; the string names the statement kind.
+    #[error(
+        "only read-only queries are allowed (SELECT, WITH, VALUES, EXPLAIN, SHOW, DESCRIBE), not {0}"
+    )]
+    NotReadOnly(String),
+    #[error("expected exactly one SQL statement, got {0}")]
+    StatementCount(usize),
+    #[error("SQL error: {0}")]
+    DataFusion(#[from] DataFusionError),
+    #[error("formatting error: {0}")]
+    Arrow(#[from] ArrowError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("unknown output format '{0}' (expected table, json or csv)")]
+    UnknownFormat(String),
+    #[error(
+        "invalid time '{0}' (expected RFC 3339, YYYY-MM-DD, 'YYYY-MM-DD HH:MM[:SS]' UTC, or a relative time like 15m, 2h, 7d)"
+    )]
+    InvalidTime(String),
+    #[error("archive I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Output format of the CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+impl FromStr for OutputFormat {
+    type Err = QueryError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "table" => Ok(OutputFormat::Table),
+            "json" => Ok(OutputFormat::Json),
+            "csv" => Ok(OutputFormat::Csv),
+            _ => Err(QueryError::UnknownFormat(s.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for OutputFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OutputFormat::Table => "table",
+            OutputFormat::Json => "json",
+            OutputFormat::Csv => "csv",
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// SQL
+// ---------------------------------------------------------------------------
+
+/// A DataFusion session with every archive table under `<data_dir>/archive/` registered.
+///
+/// Each table is a listing table over `<data>/archive/<table>/` with the hive partition
+/// column `date` (Utf8). Files whose names start with `.` or that do not end in
+/// `.parquet` (e.g. in-progress `.tmp` files) are ignored. A table without a directory
+/// is registered empty.
+pub async fn archive_context(data_dir: &Path) -> Result<SessionContext, QueryError> {
+    let config = SessionConfig::new().with_information_schema(true);
+    let ctx = SessionContext::new_with_config(config);
+    let archive = data_dir.join("archive");
+    for (name, file_schema) in archive_tables() {
+        let dir = archive.join(name);
+        if dir.is_dir() {
+            let table = listing_table(&dir, file_schema)?;
+            ctx.register_table(name, Arc::new(table))?;
+        } else {
+            let mut fields: Vec<Field> =
+                file_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(Field::new(PARTITION_COLUMN, DataType::Utf8, false));
+            let schema = Arc::new(Schema::new(fields));
+            let table = MemTable::try_new(schema, vec![vec![]])?;
+            ctx.register_table(name, Arc::new(table))?;
+        }
+    }
+    Ok(ctx)
+}
+
+fn listing_table(dir: &Path, file_schema: SchemaRef) -> Result<ListingTable, QueryError> {
+    let dir = std::path::absolute(dir)?;
+    let url = url::Url::from_directory_path(&dir).map_err(|()| {
+        DataFusionError::Plan(format!("archive path {} is not a valid URL", dir.display()))
+    })?;
+    // The pattern applies to the file name (partition directories are skipped):
+    // hidden (in-progress) files are ignored.
+    let visible = glob::Pattern::new("[!.]*").expect("valid glob pattern");
+    let table_url = ListingTableUrl::try_new(url, Some(visible))?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(vec![(PARTITION_COLUMN.to_string(), DataType::Utf8)]);
+    let config = ListingTableConfig::new(table_url)
+        .with_listing_options(options)
+        .with_schema(file_schema);
+    Ok(ListingTable::try_new(config)?)
+}
+
+/// Registers every archive table (listing tables over `<data>/archive/<table>/` with the
+/// hive partition column `date`) and runs one read-only SQL statement.
+///
+/// Only queries (SELECT, WITH, VALUES, EXPLAIN, SHOW, DESCRIBE) are accepted; anything
+/// else gives [`QueryError::NotReadOnly`]. The result always holds at least one batch,
+/// so the column names are known even when no row matches.
+pub async fn run_sql(data_dir: &Path, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+    let mut statements = DFParser::parse_sql(sql)?;
+    if statements.len() != 1 {
+        return Err(QueryError::StatementCount(statements.len()));
+    }
+    let statement = statements.pop_front().expect("one statement");
+    check_read_only(&statement)?;
+
+    let ctx = archive_context(data_dir).await?;
+    let state = ctx.state();
+    let plan = state.statement_to_plan(statement).await?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|e| QueryError::NotReadOnly(e.strip_backtrace()))?;
+    let df = ctx.execute_logical_plan(plan).await?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let mut batches = df.collect().await?;
+    batches.retain(|b| b.num_rows() > 0);
+    if batches.is_empty() {
+        batches.push(RecordBatch::new_empty(schema));
+    }
+    Ok(batches)
+}
+
+/// Rejects every statement that is not a pure query.
+fn check_read_only(statement: &DfStatement) -> Result<(), QueryError> {
+    match statement {
+        DfStatement::Statement(s) => check_sql_read_only(s),
+        DfStatement::Explain(e) => check_read_only(&e.statement),
+        other => Err(QueryError::NotReadOnly(statement_kind(&other.to_string()))),
+    }
+}
+
+fn check_sql_read_only(statement: &SqlStatement) -> Result<(), QueryError> {
+    match statement {
+        SqlStatement::Query(q) => check_set_expr(&q.body),
+        SqlStatement::Explain { statement, .. } => check_sql_read_only(statement),
+        SqlStatement::ExplainTable { .. }
+        | SqlStatement::ShowTables { .. }
+        | SqlStatement::ShowColumns { .. }
+        | SqlStatement::ShowVariable { .. }
+        | SqlStatement::ShowFunctions { .. } => Ok(()),
+        other => Err(QueryError::NotReadOnly(statement_kind(&other.to_string()))),
+    }
+}
+
+fn check_set_expr(body: &SetExpr) -> Result<(), QueryError> {
+    match body {
+        SetExpr::Select(select) if select.into.is_some() => {
+            Err(QueryError::NotReadOnly("SELECT INTO".to_string()))
+        }
+        SetExpr::Select(_) | SetExpr::Values(_) | SetExpr::Table(_) => Ok(()),
+        SetExpr::Query(q) => check_set_expr(&q.body),
+        SetExpr::SetOperation { left, right, .. } => {
+            check_set_expr(left)?;
+            check_set_expr(right)
+        }
+        SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) | SetExpr::Merge(s) => {
+            Err(QueryError::NotReadOnly(statement_kind(&s.to_string())))
+        }
+        #[allow(unreachable_patterns)]
+        _ => Err(QueryError::NotReadOnly("unsupported query form".to_string())),
+    }
+}
+
+/// Leading keywords of a statement as SQL text: `INSERT`, `CREATE TABLE`,
+/// `CREATE EXTERNAL TABLE`, `DROP VIEW`, `COPY`, `SET`, ...
+fn statement_kind(sql: &str) -> String {
+    const QUALIFIERS: [&str; 9] = [
+        "OR", "REPLACE", "TEMPORARY", "TEMP", "EXTERNAL", "UNBOUNDED", "MATERIALIZED", "UNIQUE",
+        "GLOBAL",
+    ];
+    let mut words = sql.split_whitespace().map(|w| {
+        w.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .to_ascii_uppercase()
+    });
+    let Some(first) = words.next() else {
+        return "empty statement".to_string();
+    };
+    let mut kind = first.clone();
+    if matches!(first.as_str(), "CREATE" | "DROP" | "ALTER") {
+        for w in words {
+            kind.push(' ');
+            kind.push_str(&w);
+            if !QUALIFIERS.contains(&w.as_str()) {
+                break;
+            }
+        }
+    }
+    kind
+}
+
+// ---------------------------------------------------------------------------
+// Formatting
+// ---------------------------------------------------------------------------
+
+/// Renders query results.
+///
+/// - `Table`: a pretty text table.
+/// - `Json`: a JSON array with one object per row, one row per line; nulls are written
+///   as `null`, timestamps as RFC 3339 strings, lists as arrays, binary values as
+///   lower-case hex strings.
+/// - `Csv`: RFC 4180 CSV with a header line; nulls are empty, timestamps RFC 3339,
+///   lists as `[a, b]`, binary values as lower-case hex.
+pub fn format_batches(batches: &[RecordBatch], format: OutputFormat) -> Result<String, QueryError> {
+    match format {
+        OutputFormat::Table => {
+            let mut out = datafusion::arrow::util::pretty::pretty_format_batches(batches)?
+                .to_string();
+            out.push('\n');
+            Ok(out)
+        }
+        OutputFormat::Json => batches_to_json(batches),
+        OutputFormat::Csv => batches_to_csv(batches),
+    }
+}
+
+fn batches_to_json(batches: &[RecordBatch]) -> Result<String, QueryError> {
+    use datafusion::arrow::json::WriterBuilder;
+    use datafusion::arrow::json::writer::LineDelimited;
+    let mut buf: Vec<u8> = Vec::new();
+    {
+        let mut writer = WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, LineDelimited>(&mut buf);
+        for batch in batches {
+            writer.write(batch)?;
+        }
+        writer.finish()?;
+    }
+    let lines = String::from_utf8(buf)
+        .map_err(|e| ArrowError::JsonError(format!("JSON output is not UTF-8: {e}")))?;
+    let rows: Vec<&str> = lines.lines().filter(|l| !l.is_empty()).collect();
+    if rows.is_empty() {
+        return Ok("[]\n".to_string());
+    }
+    let mut out = String::with_capacity(lines.len() + rows.len() * 2 + 4);
+    out.push_str("[\n");
+    out.push_str(&rows.join(",\n"));
+    out.push_str("\n]\n");
+    Ok(out)
+}
+
+fn push_csv_field(out: &mut String, value: &str) {
+    if value.contains([',', '"', '\n', '\r']) {
+        out.push('"');
+        out.push_str(&value.replace('"', "\"\""));
+        out.push('"');
+    } else {
+        out.push_str(value);
+    }
+}
+
+fn push_csv_record<'a>(out: &mut String, fields: impl Iterator<Item = &'a str>) {
+    for (i, f) in fields.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_csv_field(out, f);
+    }
+    out.push_str("\r\n");
+}
+
+fn batches_to_csv(batches: &[RecordBatch]) -> Result<String, QueryError> {
+    let mut out = String::new();
+    let Some(first) = batches.first() else {
+        return Ok(out);
+    };
+    let schema = first.schema();
+    push_csv_record(&mut out, schema.fields().iter().map(|f| f.name().as_str()));
+    let options = FormatOptions::default().with_display_error(true);
+    for batch in batches {
+        let formatters = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<Vec<_>, _>>()?;
+        for row in 0..batch.num_rows() {
+            let cells: Vec<String> = formatters
+                .iter()
+                .zip(batch.columns())
+                .map(|(f, col)| {
+                    if col.is_null(row) {
+                        String::new()
+                    } else {
+                        f.value(row).to_string()
+                    }
+                })
+                .collect();
+            push_csv_record(&mut out, cells.iter().map(String::as_str));
+        }
+    }
+    Ok(out)
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-25T10:00:00.123Z`.
+pub fn format_time_ns(time_ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(time_ns)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+const TABLE_BODY_CHARS: usize = 80;
+
+/// Body on one line: line breaks shown as `⏎`, other control characters as spaces,
+/// cut to [`TABLE_BODY_CHARS`] characters with `…`.
+fn one_line_body(body: &str) -> String {
+    let flat: String = body
+        .replace("\r\n", "\n")
+        .chars()
+        .map(|c| match c {
+            '\n' | '\r' => '⏎',
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .collect();
+    if flat.chars().count() > TABLE_BODY_CHARS {
+        let mut cut: String = flat.chars().take(TABLE_BODY_CHARS - 1).collect();
+        cut.push('…');
+        cut
+    } else {
+        flat
+    }
+}
+
+/// Renders search hits.
+///
+/// - `Table`: columns time (RFC 3339 UTC, ms), from, to (comma-joined), body (one line,
+///   cut to ~80 characters), call_id.
+/// - `Json`: an array of objects with `time` (RFC 3339 UTC, ms), `time_ns`, `from`,
+///   `to` (array), `body`, `call_id`, `cseq`, `score`.
+/// - `Csv`: header `time,from,to,body,call_id,cseq,score`; full bodies.
+pub fn format_hits(hits: &[SearchHit], format: OutputFormat) -> String {
+    match format {
+        OutputFormat::Table => {
+            let header = ["time", "from", "to", "body", "call_id"];
+            let rows: Vec<[String; 5]> = hits
+                .iter()
+                .map(|h| {
+                    [
+                        format_time_ns(h.time_ns),
+                        h.from.clone(),
+                        h.to.join(", "),
+                        one_line_body(&h.body),
+                        h.call_id.clone(),
+                    ]
+                })
+                .collect();
+            text_table(&header, &rows)
+        }
+        OutputFormat::Json => {
+            #[derive(serde::Serialize)]
+            struct JsonHit<'a> {
+                time: String,
+                #[serde(flatten)]
+                hit: &'a SearchHit,
+            }
+            let rows: Vec<String> = hits
+                .iter()
+                .map(|h| {
+                    serde_json::to_string(&JsonHit {
+                        time: format_time_ns(h.time_ns),
+                        hit: h,
+                    })
+                    .expect("search hits serialize to JSON")
+                })
+                .collect();
+            if rows.is_empty() {
+                "[]\n".to_string()
+            } else {
+                format!("[\n{}\n]\n", rows.join(",\n"))
+            }
+        }
+        OutputFormat::Csv => {
+            let mut out = String::new();
+            push_csv_record(
+                &mut out,
+                ["time", "from", "to", "body", "call_id", "cseq", "score"].into_iter(),
+            );
+            for h in hits {
+                let cells = [
+                    format_time_ns(h.time_ns),
+                    h.from.clone(),
+                    h.to.join(", "),
+                    h.body.clone(),
+                    h.call_id.clone(),
+                    h.cseq.to_string(),
+                    h.score.to_string(),
+                ];
+                push_csv_record(&mut out, cells.iter().map(String::as_str));
+            }
+            out
+        }
+    }
+}
+
+/// A text table in the same style as the SQL table output.
+fn text_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let width = |s: &str| s.chars().count();
+    let mut widths: [usize; N] = header.map(width);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(width(cell));
+        }
+    }
+    let rule = {
+        let mut s = String::from("+");
+        for w in &widths {
+            s.push_str(&"-".repeat(w + 2));
+            s.push('+');
+        }
+        s.push('\n');
+        s
+    };
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut s = String::from("|");
+        for (cell, w) in cells.zip(&widths) {
+            s.push(' ');
+            s.push_str(cell);
+            s.push_str(&" ".repeat(w - width(cell) + 1));
+            s.push('|');
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = rule.clone();
+    out.push_str(&line(&mut header.iter().copied()));
+    out.push_str(&rule.replace('-', "="));
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    if !rows.is_empty() {
+        out.push_str(&rule);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Time bounds
+// ---------------------------------------------------------------------------
+
+/// Parses a CLI time bound to ns since the Unix epoch: RFC 3339
+/// (`2026-11-25T10:00:00Z`), `YYYY-MM-DD` (midnight UTC), `YYYY-MM-DD HH:MM[:SS]` (UTC),
+/// or a relative time before `now_ns`: a number followed by `s`, `m`, `h`, `d` or `w`
+/// (`15m`, `2h`, `7d`).
+pub fn parse_time(s: &str, now_ns: i64) -> Result<i64, QueryError> {
+    use chrono::{NaiveDate, NaiveDateTime};
+    let t = s.trim();
+    let invalid = || QueryError::InvalidTime(s.to_string());
+    if t.is_empty() {
+        return Err(invalid());
+    }
+    if let Some(ns) = parse_relative(t, now_ns) {
+        return ns.ok_or_else(invalid);
+    }
+    if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(t) {
+        return dt.timestamp_nanos_opt().ok_or_else(invalid);
+    }
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ] {
+        if let Ok(dt) = NaiveDateTime::parse_from_str(t, fmt) {
+            return dt.and_utc().timestamp_nanos_opt().ok_or_else(invalid);
+        }
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        return d
+            .and_hms_opt(0, 0, 0)
+            .and_then(|dt| dt.and_utc().timestamp_nanos_opt())
+            .ok_or_else(invalid);
+    }
+    Err(invalid())
+}
+
+/// `None` if `t` is not of the relative form; `Some(None)` if it is but out of range.
+fn parse_relative(t: &str, now_ns: i64) -> Option<Option<i64>> {
+    let split = t.find(|c: char| !c.is_ascii_digit())?;
+    if split == 0 {
+        return None;
+    }
+    let (digits, unit) = t.split_at(split);
+    let unit_ns: i64 = match unit.trim() {
+        "s" | "sec" | "secs" => 1_000_000_000,
+        "m" | "min" | "mins" => 60 * 1_000_000_000,
+        "h" | "hour" | "hours" => 3_600 * 1_000_000_000,
+        "d" | "day" | "days" => 86_400 * 1_000_000_000,
+        "w" | "week" | "weeks" => 7 * 86_400 * 1_000_000_000,
+        _ => return None,
+    };
+    let n: i64 = match digits.parse() {
+        Ok(n) => n,
+        Err(_) => return Some(None),
+    };
+    Some(n.checked_mul(unit_ns).and_then(|d| now_ns.checked_sub(d)))
+}
+
+#[cfg(test)]
+mod tests;
