@@ -356,26 +356,146 @@ fn parse_user_query(q: &str) -> Result<UserQuery, IndexError> {
     if is_match_all(q) {
         return Ok(UserQuery::All);
     }
-    match query_grammar::parse_query(q) {
+    let quoted = quote_address_values(q);
+    match query_grammar::parse_query(&quoted) {
         Ok(ast) => {
             check_fields(&ast, q)?;
-            Ok(UserQuery::Ast(ast))
+            Ok(UserQuery::Ast(complete_negations(ast)))
         }
         Err(_) => {
             let (_, errors) = query_grammar::parse_query_lenient(q);
-            let (position, message) = errors
-                .into_iter()
-                .next()
-                .map(|e| (e.pos.min(q.len()), e.message))
-                .unwrap_or_else(|| (unparsed_position(q), "syntax error".to_string()));
+            let first = errors.into_iter().next();
+            // Point at an unbalanced quote or parenthesis where there is one: the
+            // grammar reports those at the end of the query.
+            let (position, message) = if let Some(pos) = unbalanced_position(q) {
+                let what = if q[pos..].starts_with('"') {
+                    "unclosed quote"
+                } else if q[pos..].starts_with('(') {
+                    "unclosed parenthesis"
+                } else {
+                    "unmatched closing parenthesis"
+                };
+                (pos, what.to_string())
+            } else if let Some(e) = first {
+                (e.pos.min(q.len()), e.message)
+            } else if let Some(found) = dangling_operator(q) {
+                found
+            } else {
+                (q.len(), "syntax error".to_string())
+            };
             Err(IndexError::Query { position, message })
         }
     }
 }
 
-/// Best guess of where a query the lenient parser accepts without complaint goes wrong:
-/// an unbalanced quote or parenthesis, else the end of the query.
-fn unparsed_position(q: &str) -> usize {
+/// Quotes unquoted `from:`/`to:` values that contain a `:` (`from:sip:alice@example.com`),
+/// which the grammar would otherwise read as a field name.
+fn quote_address_values(q: &str) -> std::borrow::Cow<'_, str> {
+    let mut out = String::with_capacity(q.len() + 8);
+    let mut rest = q;
+    let mut changed = false;
+    while !rest.is_empty() {
+        let at_word_start = out
+            .chars()
+            .last()
+            .is_none_or(|c| c.is_whitespace() || matches!(c, '(' | '+' | '-'));
+        let prefix = ["from:", "to:"].into_iter().find(|p| rest.starts_with(p));
+        if let (true, Some(prefix)) = (at_word_start, prefix) {
+            let value_start = prefix.len();
+            let value_len = rest[value_start..]
+                .find(|c: char| c.is_whitespace() || c == ')')
+                .unwrap_or(rest.len() - value_start);
+            let value = &rest[value_start..value_start + value_len];
+            out.push_str(prefix);
+            if value.contains(':') && !value.contains(['"', '(']) {
+                out.push('"');
+                out.push_str(value);
+                out.push('"');
+                changed = true;
+            } else {
+                out.push_str(value);
+            }
+            rest = &rest[value_start + value_len..];
+            continue;
+        }
+        let c = rest.chars().next().expect("non-empty");
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    if changed {
+        std::borrow::Cow::Owned(out)
+    } else {
+        std::borrow::Cow::Borrowed(q)
+    }
+}
+
+/// An `AND`/`OR` without a term on each side, or a `NOT` with nothing after it.
+fn dangling_operator(q: &str) -> Option<(usize, String)> {
+    let mut tokens: Vec<(usize, &str)> = Vec::new();
+    let mut start = None;
+    for (i, c) in q.char_indices().chain(std::iter::once((q.len(), ' '))) {
+        let separator = c.is_whitespace() || c == '(' || c == ')';
+        match (start, separator) {
+            (None, false) => start = Some(i),
+            (Some(s), true) => {
+                tokens.push((s, &q[s..i]));
+                start = None;
+            }
+            _ => {}
+        }
+        if c == '(' || c == ')' {
+            tokens.push((i, &q[i..i + 1]));
+        }
+    }
+    let is_binary = |t: &str| t == "AND" || t == "OR";
+    for (k, &(pos, tok)) in tokens.iter().enumerate() {
+        let prev = k.checked_sub(1).map(|j| tokens[j].1);
+        let next = tokens.get(k + 1).map(|t| t.1);
+        let missing_left = prev.is_none_or(|p| is_binary(p) || p == "NOT" || p == "(");
+        let missing_right = next.is_none_or(|n| is_binary(n) || n == ")");
+        if is_binary(tok) && (missing_left || missing_right) {
+            return Some((pos, format!("'{tok}' needs a term on each side")));
+        }
+        if tok == "NOT" && missing_right {
+            return Some((pos, "'NOT' needs a term after it".to_string()));
+        }
+    }
+    None
+}
+
+/// A clause made only of exclusions (`NOT b`, `-b`) means "everything except": give it
+/// a match-all clause so that `a AND NOT b` and `a OR NOT b` work as written.
+fn complete_negations(ast: UserInputAst) -> UserInputAst {
+    match ast {
+        UserInputAst::Clause(children) => {
+            let mut children: Vec<_> = children
+                .into_iter()
+                .map(|(occur, child)| (occur, complete_negations(child)))
+                .collect();
+            if !children.is_empty()
+                && children
+                    .iter()
+                    .all(|(occur, _)| *occur == Some(query_grammar::Occur::MustNot))
+            {
+                children.insert(
+                    0,
+                    (
+                        Some(query_grammar::Occur::Must),
+                        UserInputAst::Leaf(Box::new(UserInputLeaf::All)),
+                    ),
+                );
+            }
+            UserInputAst::Clause(children)
+        }
+        UserInputAst::Boost(child, boost) => {
+            UserInputAst::Boost(Box::new(complete_negations(*child)), boost)
+        }
+        leaf @ UserInputAst::Leaf(_) => leaf,
+    }
+}
+
+/// Position of an unbalanced quote or parenthesis (the opening one if unclosed).
+fn unbalanced_position(q: &str) -> Option<usize> {
     let mut depth: Vec<usize> = Vec::new();
     let mut quote: Option<usize> = None;
     for (i, c) in q.char_indices() {
@@ -385,13 +505,13 @@ fn unparsed_position(q: &str) -> usize {
             ('(', None) => depth.push(i),
             (')', None) => {
                 if depth.pop().is_none() {
-                    return i;
+                    return Some(i);
                 }
             }
             _ => {}
         }
     }
-    quote.or_else(|| depth.first().copied()).unwrap_or(q.len())
+    quote.or_else(|| depth.first().copied())
 }
 
 /// Rejects field names other than `body`, `from` and `to`, pointing at the offending field.

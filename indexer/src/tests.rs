@@ -1,1 +1,452 @@
+use super::*;
 
+const BASE_NS: i64 = 1_700_000_000_000_000_000;
+const SEC: i64 = 1_000_000_000;
+
+fn t(i: i64) -> i64 {
+    BASE_NS + i * SEC
+}
+
+fn row(i: i64, call_id: &str, sender: &str, recipients: &[&str], body: &str) -> ImMessageRow {
+    ImMessageRow {
+        time_ns: t(i),
+        call_id: call_id.to_string(),
+        cseq: 1,
+        sender: sender.to_string(),
+        recipients: recipients.iter().map(|s| s.to_string()).collect(),
+        content_type: "text/plain".to_string(),
+        body: body.to_string(),
+        delivery_status: "delivered".to_string(),
+        status: Some(200),
+    }
+}
+
+const ALICE: &str = "sip:alice@example.com";
+const BOB: &str = "sip:bob@example.com";
+const CAROL: &str = "sip:carol@example.com";
+
+fn fixture() -> Vec<ImMessageRow> {
+    vec![
+        row(0, "c1", ALICE, &[BOB], "Lunch at noon?"),
+        row(1, "c2", BOB, &[ALICE], "Yes, lunch sounds great"),
+        row(2, "c3", ALICE, &[BOB, CAROL], "Quarterly report is ready\nplease review"),
+        row(3, "c4", CAROL, &[ALICE], "The report has errors"),
+        row(4, "c5", "sip:dave@other.org", &[ALICE], "Café meeting tomorrow"),
+        row(
+            5,
+            "c6",
+            "\"Erin\" <sip:Erin@Example.com:5061;transport=tls>",
+            &[ALICE],
+            "Ready for the quarterly meeting",
+        ),
+    ]
+}
+
+/// An index in a fresh temp dir holding the fixture as segment `seg-1`.
+fn fixture_index() -> (tempfile::TempDir, ImIndex) {
+    let dir = tempfile::tempdir().expect("create temp dir");
+    let mut index = ImIndex::open_or_create(dir.path()).expect("create index");
+    index.add_segment("seg-1", &fixture()).expect("add fixture segment");
+    (dir, index)
+}
+
+fn req(query: &str) -> SearchRequest {
+    SearchRequest {
+        query: query.to_string(),
+        ..SearchRequest::default()
+    }
+}
+
+/// Call ids of the hits, in result order.
+fn ids(hits: &[SearchHit]) -> Vec<&str> {
+    hits.iter().map(|h| h.call_id.as_str()).collect()
+}
+
+/// Call ids of the hits, sorted (for checks of the hit set only).
+fn id_set(hits: &[SearchHit]) -> Vec<&str> {
+    let mut v = ids(hits);
+    v.sort_unstable();
+    v
+}
+
+fn search_ok(dir: &Path, r: &SearchRequest) -> Vec<SearchHit> {
+    search(dir, r).unwrap_or_else(|e| panic!("search {r:?} failed: {e}"))
+}
+
+#[track_caller]
+fn assert_set(dir: &Path, query: &str, expected: &[&str]) {
+    let hits = search_ok(dir, &req(query));
+    assert_eq!(id_set(&hits), expected, "hit set of query {query:?}");
+}
+
+#[test]
+fn words_match_case_and_accent_insensitively() {
+    let (dir, _index) = fixture_index();
+    let d = dir.path();
+    assert_set(d, "lunch", &["c1", "c2"]);
+    assert_set(d, "LUNCH", &["c1", "c2"]);
+    assert_set(d, "report", &["c3", "c4"]);
+    assert_set(d, "cafe", &["c5"]);
+    assert_set(d, "café", &["c5"]);
+    assert_set(d, "nothing-like-this", &[]);
+    // The body's second line is indexed too.
+    assert_set(d, "review", &["c3"]);
+}
+
+#[test]
+fn bare_words_are_combined_with_and() {
+    let (dir, _index) = fixture_index();
+    assert_set(dir.path(), "lunch noon", &["c1"]);
+    assert_set(dir.path(), "quarterly meeting", &["c6"]);
+}
+
+#[test]
+fn phrases_need_adjacent_words() {
+    let (dir, _index) = fixture_index();
+    assert_set(dir.path(), "\"quarterly report\"", &["c3"]);
+    assert_set(dir.path(), "\"report quarterly\"", &[]);
+    assert_set(dir.path(), "\"quarterly meeting\"", &["c6"]);
+}
+
+#[test]
+fn boolean_operators() {
+    let (dir, _index) = fixture_index();
+    let d = dir.path();
+    assert_set(d, "lunch OR report", &["c1", "c2", "c3", "c4"]);
+    assert_set(d, "report AND errors", &["c4"]);
+    assert_set(d, "report AND NOT errors", &["c3"]);
+    assert_set(d, "report -errors", &["c3"]);
+    assert_set(d, "+report +errors", &["c4"]);
+    assert_set(d, "(lunch OR meeting) AND NOT noon", &["c2", "c5", "c6"]);
+    assert_set(d, "NOT lunch", &["c3", "c4", "c5", "c6"]);
+    assert_set(d, "-lunch -report", &["c5", "c6"]);
+    assert_set(d, "*", &["c1", "c2", "c3", "c4", "c5", "c6"]);
+    assert_set(d, "", &["c1", "c2", "c3", "c4", "c5", "c6"]);
+}
+
+#[test]
+fn from_and_to_fields_in_the_query_string() {
+    let (dir, _index) = fixture_index();
+    let d = dir.path();
+    assert_set(d, "from:alice", &["c1", "c3"]);
+    assert_set(d, "from:ALICE", &["c1", "c3"]);
+    assert_set(d, "from:\"alice@example.com\"", &["c1", "c3"]);
+    assert_set(d, "from:\"sip:alice@example.com\"", &["c1", "c3"]);
+    assert_set(d, "from:sip:alice@example.com", &["c1", "c3"]);
+    assert_set(d, "(to:sip:carol@example.com) OR from:sip:carol@example.com", &["c3", "c4"]);
+    assert_set(d, "to:carol", &["c3"]);
+    assert_set(d, "to:bob", &["c1", "c3"]);
+    assert_set(d, "from:alice AND report", &["c3"]);
+    assert_set(d, "from:alice OR from:carol", &["c1", "c3", "c4"]);
+    assert_set(d, "report NOT from:carol", &["c3"]);
+    assert_set(d, "body:lunch AND from:bob", &["c2"]);
+    assert_set(d, "from:erin", &["c6"]);
+}
+
+fn filtered(from: Option<&str>, to: Option<&str>) -> SearchRequest {
+    SearchRequest {
+        from: from.map(str::to_string),
+        to: to.map(str::to_string),
+        ..SearchRequest::default()
+    }
+}
+
+#[test]
+fn from_filter_accepts_uri_user_at_host_or_user() {
+    let (dir, _index) = fixture_index();
+    let d = dir.path();
+    for form in [
+        "alice",
+        "ALICE",
+        "alice@example.com",
+        "Alice@Example.COM",
+        "sip:alice@example.com",
+        "<sip:alice@example.com>",
+        "sip:alice@example.com;transport=tcp",
+    ] {
+        let hits = search_ok(d, &filtered(Some(form), None));
+        assert_eq!(ids(&hits), ["c1", "c3"], "--from {form:?}");
+    }
+    // Display name, port and parameters in the stored sender do not get in the way.
+    for form in ["erin", "erin@example.com", "sip:erin@example.com:5061"] {
+        let hits = search_ok(d, &filtered(Some(form), None));
+        assert_eq!(ids(&hits), ["c6"], "--from {form:?}");
+    }
+    for form in ["alice@other.org", "sip:alice@other.org", "alic", "example.com", ""] {
+        let hits = search_ok(d, &filtered(Some(form), None));
+        assert!(hits.is_empty(), "--from {form:?} should match nothing, got {:?}", ids(&hits));
+    }
+    assert_eq!(ids(&search_ok(d, &filtered(Some("dave"), None))), ["c5"]);
+}
+
+#[test]
+fn to_filter_matches_any_recipient() {
+    let (dir, _index) = fixture_index();
+    let d = dir.path();
+    assert_eq!(ids(&search_ok(d, &filtered(None, Some("carol")))), ["c3"]);
+    assert_eq!(ids(&search_ok(d, &filtered(None, Some("sip:bob@example.com")))), ["c1", "c3"]);
+    assert_eq!(
+        ids(&search_ok(d, &filtered(None, Some("Alice@example.com")))),
+        ["c2", "c4", "c5", "c6"]
+    );
+    assert_eq!(ids(&search_ok(d, &filtered(Some("alice"), Some("carol")))), ["c3"]);
+    assert!(search_ok(d, &filtered(Some("bob"), Some("carol"))).is_empty());
+    // Filters combine with the query string.
+    let r = SearchRequest {
+        query: "report".into(),
+        to: Some("alice".into()),
+        ..SearchRequest::default()
+    };
+    assert_eq!(ids(&search_ok(d, &r)), ["c4"]);
+}
+
+#[test]
+fn time_bounds_are_inclusive_exclusive() {
+    let (dir, _index) = fixture_index();
+    let d = dir.path();
+    let r = |since: Option<i64>, until: Option<i64>| SearchRequest {
+        since_ns: since,
+        until_ns: until,
+        ..SearchRequest::default()
+    };
+    assert_eq!(ids(&search_ok(d, &r(Some(t(2)), Some(t(4))))), ["c3", "c4"]);
+    assert_eq!(ids(&search_ok(d, &r(Some(t(2) + 1), Some(t(4) + 1)))), ["c4", "c5"]);
+    assert_eq!(ids(&search_ok(d, &r(Some(t(4)), None))), ["c5", "c6"]);
+    assert_eq!(ids(&search_ok(d, &r(None, Some(t(1))))), ["c1"]);
+    assert!(search_ok(d, &r(Some(t(3)), Some(t(3)))).is_empty(), "empty interval");
+    let q = SearchRequest {
+        query: "lunch OR report".into(),
+        since_ns: Some(t(1)),
+        until_ns: Some(t(3)),
+        ..SearchRequest::default()
+    };
+    assert_eq!(id_set(&search_ok(d, &q)), ["c2", "c3"]);
+}
+
+#[test]
+fn limit_keeps_the_first_results() {
+    let (dir, _index) = fixture_index();
+    let d = dir.path();
+    let mut r = req("*");
+    r.limit = 2;
+    assert_eq!(ids(&search_ok(d, &r)), ["c1", "c2"], "time order, first two");
+    r.limit = 0;
+    assert_eq!(search_ok(d, &r).len(), 6, "limit 0 means the default limit");
+    let mut r = req("lunch OR report");
+    r.limit = 3;
+    assert_eq!(search_ok(d, &r).len(), 3);
+}
+
+#[test]
+fn default_limit_is_100() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut index = ImIndex::open_or_create(dir.path()).unwrap();
+    let rows: Vec<_> = (0..150)
+        .map(|i| row(i, &format!("m{i:03}"), ALICE, &[BOB], "status update"))
+        .collect();
+    index.add_segment("big", &rows).unwrap();
+    let hits = search_ok(dir.path(), &req("update"));
+    assert_eq!(hits.len(), DEFAULT_LIMIT);
+    // Equal scores: ties are in time order, so the first 100 messages come back.
+    assert_eq!(hits.first().map(|h| h.call_id.as_str()), Some("m000"));
+    assert_eq!(hits.last().map(|h| h.call_id.as_str()), Some("m099"));
+}
+
+#[test]
+fn match_all_results_are_in_time_order_with_zero_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut index = ImIndex::open_or_create(dir.path()).unwrap();
+    // Added out of time order, across two segments.
+    index
+        .add_segment("b", &[row(9, "late", ALICE, &[BOB], "x"), row(1, "early", ALICE, &[BOB], "y")])
+        .unwrap();
+    index.add_segment("a", &[row(5, "middle", ALICE, &[BOB], "z")]).unwrap();
+    let hits = search_ok(dir.path(), &req(""));
+    assert_eq!(ids(&hits), ["early", "middle", "late"]);
+    assert!(hits.iter().all(|h| h.score == 0.0), "scores: {hits:?}");
+}
+
+#[test]
+fn relevance_order_then_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut index = ImIndex::open_or_create(dir.path()).unwrap();
+    index
+        .add_segment(
+            "s",
+            &[
+                row(3, "weak-late", ALICE, &[BOB], "budget and many other words in a long message about things"),
+                row(2, "strong", ALICE, &[BOB], "budget budget budget"),
+                row(1, "weak-early", ALICE, &[BOB], "budget and many other words in a long message about things"),
+            ],
+        )
+        .unwrap();
+    let hits = search_ok(dir.path(), &req("budget"));
+    assert_eq!(ids(&hits), ["strong", "weak-early", "weak-late"]);
+    assert!(hits[0].score > hits[1].score, "scores: {hits:?}");
+    assert_eq!(hits[1].score, hits[2].score, "equal bodies score equally");
+}
+
+#[test]
+fn hits_carry_the_stored_message() {
+    let (dir, _index) = fixture_index();
+    let hits = search_ok(dir.path(), &req("quarterly report"));
+    assert_eq!(hits.len(), 1, "hits: {hits:?}");
+    let h = &hits[0];
+    assert_eq!(h.time_ns, t(2));
+    assert_eq!(h.from, ALICE);
+    assert_eq!(h.to, [BOB, CAROL]);
+    assert_eq!(h.body, "Quarterly report is ready\nplease review");
+    assert_eq!(h.call_id, "c3");
+    assert_eq!(h.cseq, 1);
+    assert!(h.score > 0.0);
+}
+
+#[test]
+fn add_segment_is_idempotent() {
+    let (dir, mut index) = fixture_index();
+    let d = dir.path();
+    index.add_segment("seg-1", &fixture()).unwrap();
+    assert_eq!(search_ok(d, &req("*")).len(), 6, "re-adding must not double documents");
+    assert_eq!(index.segment_ids().unwrap(), ["seg-1"]);
+
+    // Re-adding with other rows replaces the segment's documents.
+    index.add_segment("seg-1", &fixture()[..2]).unwrap();
+    assert_eq!(ids(&search_ok(d, &req("*"))), ["c1", "c2"]);
+
+    index.add_segment("seg-2", &fixture()[2..3]).unwrap();
+    index.add_segment("seg-0-empty", &[]).unwrap();
+    assert_eq!(index.segment_ids().unwrap(), ["seg-0-empty", "seg-1", "seg-2"]);
+    assert_eq!(indexed_segment_ids(d).unwrap(), ["seg-0-empty", "seg-1", "seg-2"]);
+    assert_eq!(ids(&search_ok(d, &req("*"))), ["c1", "c2", "c3"]);
+    // The writer's own search sees the same.
+    assert_eq!(ids(&index.search(&req("*")).unwrap()), ["c1", "c2", "c3"]);
+}
+
+#[test]
+fn index_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut index = ImIndex::open_or_create(dir.path()).unwrap();
+        index.add_segment("s1", &fixture()).unwrap();
+    }
+    let index = ImIndex::open_or_create(dir.path()).unwrap();
+    assert_eq!(index.segment_ids().unwrap(), ["s1"]);
+    assert_eq!(search_ok(dir.path(), &req("lunch")).len(), 2);
+}
+
+#[test]
+fn reader_works_while_writer_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("im-index");
+    // No index yet: empty result, and the directory is not created by a search.
+    assert!(search_ok(&path, &req("lunch")).is_empty());
+    assert!(!path.exists(), "search must not create the index directory");
+    assert!(indexed_segment_ids(&path).unwrap().is_empty());
+
+    let mut writer = ImIndex::open_or_create(&path).unwrap();
+    // Index created, nothing committed yet.
+    assert!(search_ok(&path, &req("*")).is_empty());
+
+    writer.add_segment("s1", &fixture()[..2]).unwrap();
+    assert_eq!(id_set(&search_ok(&path, &req("lunch"))), ["c1", "c2"]);
+
+    // A second writer on the same directory is refused; readers are not.
+    match ImIndex::open_or_create(&path) {
+        Err(IndexError::Locked(p)) => assert_eq!(p, path),
+        other => panic!("second writer should fail with Locked, got {other:?}"),
+    }
+
+    writer.add_segment("s2", &fixture()[2..]).unwrap();
+    assert_eq!(id_set(&search_ok(&path, &req("report"))), ["c3", "c4"]);
+    assert_eq!(search_ok(&path, &req("*")).len(), 6, "reader sees the new commit");
+}
+
+#[test]
+fn reader_in_another_thread_during_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let mut writer = ImIndex::open_or_create(&path).unwrap();
+    let reader_path = path.clone();
+    let reader = std::thread::spawn(move || {
+        let mut last = 0;
+        for _ in 0..50 {
+            let n = search(&reader_path, &req("*")).expect("concurrent search").len();
+            assert!(n >= last, "hit count went backwards: {last} -> {n}");
+            last = n;
+        }
+    });
+    for i in 0..10 {
+        let rows = [row(i, &format!("x{i}"), ALICE, &[BOB], "hello")];
+        writer.add_segment(&format!("s{i}"), &rows).unwrap();
+    }
+    reader.join().expect("reader thread");
+    assert_eq!(search_ok(&path, &req("hello")).len(), 10);
+}
+
+#[track_caller]
+fn assert_query_error(query: &str, expected_position: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    // Bad queries are reported whether or not an index exists.
+    for d in [dir.path().join("missing"), fixture_index().0.path().to_path_buf()] {
+        match search(&d, &req(query)) {
+            Err(IndexError::Query { position, message }) => {
+                assert_eq!(position, expected_position, "position for {query:?} ({message})");
+                assert!(!message.is_empty());
+            }
+            other => panic!("query {query:?} should be rejected, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn malformed_queries_report_a_position() {
+    assert_query_error("lunch \"at noon", 6);
+    assert_query_error("(lunch OR report", 0);
+    assert_query_error("lunch)", 5);
+    assert_query_error("subject:lunch", 0);
+    assert_query_error("lunch AND kind:im", 10);
+    assert_query_error("lunch AND", 6);
+    assert_query_error("OR", 0);
+    assert_query_error("a AND OR b", 2);
+    assert_query_error("\"", 0);
+    assert_query_error("from:", 5);
+    assert_query_error("lunch ) (", 6);
+    assert_query_error("lunch -", 7);
+    let err = search(Path::new("/nonexistent"), &req("subject:x")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid search query at position 0: unknown field 'subject' (fields: body, from, to)"
+    );
+}
+
+#[test]
+fn address_keys_forms() {
+    assert_eq!(
+        address_keys("sip:Alice@Example.com"),
+        ["sip:alice@example.com", "alice@example.com", "alice"]
+    );
+    assert_eq!(
+        address_keys("\"Erin\" <sips:erin@example.com:5061;transport=tls>"),
+        ["sips:erin@example.com:5061", "erin@example.com:5061", "erin@example.com", "erin"]
+    );
+    assert_eq!(address_keys("alice"), ["alice"]);
+    assert_eq!(address_keys("alice@example.com"), ["alice@example.com", "alice"]);
+    assert_eq!(address_keys("tel:+15551234"), ["tel:+15551234", "+15551234"]);
+    assert_eq!(address_keys("sip:[2001:db8::1]"), ["sip:[2001:db8::1]", "[2001:db8::1]"]);
+    assert_eq!(
+        address_keys("sip:bob@[2001:db8::1]:5060"),
+        ["sip:bob@[2001:db8::1]:5060", "bob@[2001:db8::1]:5060", "bob@[2001:db8::1]", "bob"]
+    );
+    assert!(address_keys("  ").is_empty());
+}
+
+
+#[test]
+fn address_values_with_a_scheme_are_quoted() {
+    assert_eq!(quote_address_values("from:sip:a@b x"), "from:\"sip:a@b\" x");
+    assert_eq!(quote_address_values("(to:sip:a@b)"), "(to:\"sip:a@b\")");
+    assert_eq!(quote_address_values("-from:sip:a@b"), "-from:\"sip:a@b\"");
+    assert_eq!(quote_address_values("from:alice"), "from:alice");
+    assert_eq!(quote_address_values("from:\"sip:a@b\""), "from:\"sip:a@b\"");
+    assert_eq!(quote_address_values("xfrom:a:b"), "xfrom:a:b");
+}
