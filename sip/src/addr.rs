@@ -176,6 +176,27 @@ fn split_hostport(s: &str, lws: bool) -> Result<(String, Option<u16>), String> {
     Ok((host.to_string(), port))
 }
 
+/// Resolves `%XX` escapes; a `%` not followed by two hex digits is kept
+/// as is (RFC 4475 3.1.1.5).
+pub fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        if c == b'%' {
+            let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(v) = hex {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(c);
+        i += 1;
+    }
+    out
+}
+
 /// A `sip:`, `sips:` or `tel:` URI. `host` keeps the brackets of an IPv6
 /// reference; for `tel:` URIs `host` holds the telephone number. User,
 /// password, parameters and headers are kept escaped, as received.
@@ -243,8 +264,8 @@ impl SipUri {
                 // The user part may itself contain ';', '?' and ':', so the
                 // first '@' decides; if what follows is not a host, the URI
                 // has no user part.
-                if let Some((userinfo, after)) = rest.split_once('@') {
-                    if let Ok((host, port, params, headers)) = parse_host_part(after) {
+                if let Some((userinfo, after)) = rest.split_once('@')
+                    && let Ok((host, port, params, headers)) = parse_host_part(after) {
                         let (user, password) = match userinfo.split_once(':') {
                             Some((u, p)) => (u, Some(p.to_string())),
                             None => (userinfo, None),
@@ -262,7 +283,6 @@ impl SipUri {
                             headers,
                         });
                     }
-                }
                 let (host, port, params, headers) = parse_host_part(rest).map_err(bad)?;
                 Ok(SipUri { scheme, user: None, password: None, host, port, params, headers })
             }
@@ -291,6 +311,42 @@ impl SipUri {
 
     pub fn param(&self, n: &str) -> Option<&str> {
         find_param(&self.params, n)
+    }
+
+    /// URI comparison of RFC 3261 19.1.4: escapes resolved in user and
+    /// password (compared case-sensitively), host and scheme compared
+    /// case-insensitively, ports must match (an absent port only equals an
+    /// absent port), the parameters user, ttl, method, maddr and transport
+    /// must match when present in either, other parameters when present in
+    /// both; headers must match as sets.
+    pub fn equivalent(&self, other: &SipUri) -> bool {
+        if self.scheme != other.scheme
+            || !self.host.eq_ignore_ascii_case(&other.host)
+            || self.port != other.port
+            || self.user.as_deref().map(percent_decode) != other.user.as_deref().map(percent_decode)
+            || self.password.as_deref().map(percent_decode) != other.password.as_deref().map(percent_decode)
+        {
+            return false;
+        }
+        let norm = |v: Option<&str>| v.map(|v| String::from_utf8_lossy(&percent_decode(v)).to_ascii_lowercase());
+        for (n, v) in &self.params {
+            if let Some(ov) = other.params.iter().find(|(on, _)| on.eq_ignore_ascii_case(n)).map(|(_, ov)| ov) {
+                if norm(v.as_deref()) != norm(ov.as_deref()) {
+                    return false;
+                }
+            }
+        }
+        for key in ["user", "ttl", "method", "maddr", "transport"] {
+            if self.param(key).is_some() != other.param(key).is_some() {
+                return false;
+            }
+        }
+        let headers = |h: &Option<String>| {
+            let mut v: Vec<Vec<u8>> = h.as_deref().unwrap_or("").split('&').filter(|x| !x.is_empty()).map(percent_decode).collect();
+            v.sort();
+            v
+        };
+        headers(&self.headers) == headers(&other.headers)
     }
 
     /// Host without the brackets of an IPv6 reference.
@@ -365,6 +421,13 @@ impl NameAddr {
     }
 }
 
+/// A word of an unquoted display name: a token. Non-ASCII letters are
+/// tolerated too (UTF-8 names sent unquoted are common and unambiguous);
+/// separators such as ',' ';' '"' are not.
+fn is_display_word(w: &str) -> bool {
+    !w.is_empty() && w.chars().all(|c| is_token_char(c) || (!c.is_ascii() && c.is_alphanumeric()))
+}
+
 fn parse_name_addr(s: &str) -> Result<NameAddr, String> {
     let s = s.trim();
     if s.is_empty() {
@@ -379,7 +442,7 @@ fn parse_name_addr(s: &str) -> Result<NameAddr, String> {
         (Some(d), rest)
     } else if let Some(lt) = s.find('<') {
         let d = s.get(..lt).unwrap_or("").trim();
-        if !d.split(is_lws).filter(|t| !t.is_empty()).all(is_token) {
+        if !d.split(is_lws).filter(|t| !t.is_empty()).all(is_display_word) {
             return Err(format!("display name is neither tokens nor quoted: {d:?}"));
         }
         let d = d.split(is_lws).filter(|t| !t.is_empty()).collect::<Vec<_>>().join(" ");
@@ -630,6 +693,27 @@ mod tests {
         let a = NameAddr::parse(r#"A. Bell <sip:a.g.bell@example.com>;tag=qweoiqpe"#).unwrap();
         assert_eq!(a.display.as_deref(), Some("A. Bell"));
         assert_eq!(a.to_string(), r#""A. Bell" <sip:a.g.bell@example.com>;tag=qweoiqpe"#);
+    }
+
+    #[test]
+    fn uri_equivalence() {
+        let eq = |a: &str, b: &str| SipUri::parse(a).unwrap().equivalent(&SipUri::parse(b).unwrap());
+        assert!(eq("sip:%75se%72@example.com", "sip:user@EXAMPLE.com"));
+        assert!(eq("sip:alice@atlanta.com;transport=TCP", "sip:alice@AtLanTa.CoM;Transport=tcp"));
+        assert!(eq("sip:carol@chicago.com;security=on", "sip:carol@chicago.com;newparam=5"));
+        assert!(!eq("sip:%00@host", "sip:%00%00@host"));
+        assert!(!eq("SIP:ALICE@AtLanTa.CoM", "sip:alice@atlanta.com"));
+        assert!(!eq("sip:bob@biloxi.com", "sip:bob@biloxi.com:5060"));
+        assert!(!eq("sip:bob@biloxi.com", "sip:bob@biloxi.com;transport=udp"));
+        assert!(eq("sip:a@b?x=1&y=2", "sip:a@b?y=2&x=1"));
+        assert_eq!(percent_decode("%Z%45%4"), b"%ZE%4");
+    }
+
+    #[test]
+    fn utf8_unquoted_display_is_tolerated() {
+        let a = NameAddr::parse("J\u{fc}rgen M\u{fc}ller <sip:jm@example.com>").unwrap();
+        assert_eq!(a.display.as_deref(), Some("J\u{fc}rgen M\u{fc}ller"));
+        assert!(NameAddr::parse("J\u{fc}rgen, M <sip:jm@example.com>").is_err());
     }
 
     #[test]

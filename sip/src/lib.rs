@@ -29,7 +29,7 @@ mod message;
 mod util;
 mod validate;
 
-pub use addr::{Contact, NameAddr, Params, SipUri, Via};
+pub use addr::{Contact, NameAddr, Params, SipUri, Via, percent_decode};
 pub use builder::MessageBuilder;
 pub use error::ParseError;
 pub use framing::{FramingError, StreamFramer};

@@ -148,13 +148,11 @@ pub(crate) fn quote(s: &str) -> String {
 /// that is not quoted is returned as is.
 pub(crate) fn unquote(s: &str) -> String {
     let t = s.trim();
-    if t.starts_with('"') {
-        if let Some((inner, rest)) = take_quoted(t) {
-            if rest.trim().is_empty() {
+    if t.starts_with('"')
+        && let Some((inner, rest)) = take_quoted(t)
+            && rest.trim().is_empty() {
                 return inner;
             }
-        }
-    }
     t.to_string()
 }
 

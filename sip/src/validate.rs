@@ -153,8 +153,9 @@ fn sanitize(s: &str) -> String {
 }
 
 /// Best-effort error response to bytes that did not parse: scans header
-/// lines leniently and copies Via (all), From, To, Call-ID and CSeq. `None`
-/// if the input looks like a response or has no Via.
+/// lines leniently and copies Via (all), From, To, Call-ID and CSeq, adding
+/// a To tag (derived from the request) to a final response whose To has
+/// none. `None` if the input looks like a response or has no Via.
 pub fn error_response_for_unparsed(raw: &[u8], code: u16, reason: &str) -> Option<Vec<u8>> {
     let text = String::from_utf8_lossy(raw);
     let text = text.trim_start_matches(['\r', '\n']);
@@ -194,14 +195,38 @@ pub fn error_response_for_unparsed(raw: &[u8], code: u16, reason: &str) -> Optio
     }
     for (name, label) in [("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq")] {
         if let Some(v) = first_of(name) {
-            out.push_str(&format!("{label}: {}\r\n", sanitize(v)));
+            let mut v = sanitize(v);
+            // RFC 3261 8.2.6.2: a final response carries a To tag. It is
+            // derived from the request so that retransmissions get the same.
+            if name == "to" && code >= 200 && !v.to_ascii_lowercase().contains(";tag=") {
+                v.push_str(";tag=");
+                v.push_str(&stateless_tag(&headers));
+            }
+            out.push_str(&format!("{label}: {v}\r\n"));
         }
     }
     out.push_str("Content-Length: 0\r\n\r\n");
     Some(out.into_bytes())
 }
 
+/// A To tag computed from the transaction's headers (stable across
+/// retransmissions of the same request).
+fn stateless_tag(headers: &[(String, String)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (n, v) in headers {
+        if matches!(n.as_str(), "via" | "from" | "call-id" | "cseq") {
+            h.update(n.as_bytes());
+            h.update(b"\0");
+            h.update(v.as_bytes());
+            h.update(b"\0");
+        }
+    }
+    hex::encode(h.finalize().get(..6).unwrap_or(&[]))
+}
+
 /// The usual reason phrase for a status code.
+#[allow(clippy::match_overlapping_arm)]
 pub fn default_reason(code: u16) -> &'static str {
     match code {
         100 => "Trying",
@@ -330,6 +355,10 @@ f: <sip:c@d>;tag=1\r\nTo: <sip:a@b>\r\ni: abc\r\nCSeq: 1 INVITE\r\nContent-Lengt
         assert_eq!(m.call_id(), Some("abc"));
         assert_eq!(m.cseq(), Some((1, "INVITE")));
         assert_eq!(m.from().unwrap().tag(), Some("1"));
+        let tag = m.to().unwrap().tag().map(str::to_string);
+        assert_eq!(tag.as_ref().map(String::len), Some(12));
+        let again = SipMessage::parse(&error_response_for_unparsed(raw, 400, "Bad Request").unwrap()).unwrap();
+        assert_eq!(again.to().unwrap().tag().map(str::to_string), tag, "same request, same tag");
         assert!(error_response_for_unparsed(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n", 400, "x").is_none());
         assert!(error_response_for_unparsed(b"INVITE sip:a@b SIP/2.0\r\nTo: x\r\n\r\n", 400, "x").is_none());
         assert!(error_response_for_unparsed(b"", 400, "x").is_none());
