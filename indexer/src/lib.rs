@@ -20,8 +20,8 @@ use sipvault_schemas::ImMessageRow;
 use tantivy::collector::{Collector, DocSetCollector, SegmentCollector};
 use tantivy::columnar::Column;
 use tantivy::query::{
-    BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, QueryParserError,
-    RangeQuery, TermQuery,
+    BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, QueryParserError, RangeQuery,
+    TermQuery,
 };
 use tantivy::query_grammar::{self, UserInputAst, UserInputLeaf};
 use tantivy::schema::{
@@ -126,7 +126,10 @@ fn build_schema() -> Schema {
     b.add_text_field("segment", STRING | STORED);
     b.add_i64_field(
         "time",
-        NumericOptions::default().set_indexed().set_fast().set_stored(),
+        NumericOptions::default()
+            .set_indexed()
+            .set_fast()
+            .set_stored(),
     );
     b.add_text_field("body", text.clone());
     b.add_text_field("from", text.clone());
@@ -238,7 +241,9 @@ pub struct ImIndex {
 
 impl std::fmt::Debug for ImIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ImIndex").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("ImIndex")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -276,7 +281,11 @@ impl ImIndex {
 
     /// Adds the IM rows of one sealed archive segment and commits. Idempotent per segment id
     /// (re-adding a segment first deletes its documents).
-    pub fn add_segment(&mut self, segment_id: &str, rows: &[ImMessageRow]) -> Result<(), IndexError> {
+    pub fn add_segment(
+        &mut self,
+        segment_id: &str,
+        rows: &[ImMessageRow],
+    ) -> Result<(), IndexError> {
         let f = self.fields;
         self.writer
             .delete_term(Term::from_field_text(f.segment, segment_id));
@@ -503,11 +512,7 @@ fn unbalanced_position(q: &str) -> Option<usize> {
             ('"', None) => quote = Some(i),
             ('"', Some(_)) => quote = None,
             ('(', None) => depth.push(i),
-            (')', None) => {
-                if depth.pop().is_none() {
-                    return Some(i);
-                }
-            }
+            (')', None) if depth.pop().is_none() => return Some(i),
             _ => {}
         }
     }
@@ -610,18 +615,28 @@ fn run_search_parsed(
         }
     }
     if req.since_ns.is_some() || req.until_ns.is_some() {
-        let lower = req
-            .since_ns
-            .map_or(Bound::Unbounded, |t| Bound::Included(Term::from_field_i64(f.time, t)));
-        let upper = req
-            .until_ns
-            .map_or(Bound::Unbounded, |t| Bound::Excluded(Term::from_field_i64(f.time, t)));
+        let lower = req.since_ns.map_or(Bound::Unbounded, |t| {
+            Bound::Included(Term::from_field_i64(f.time, t))
+        });
+        let upper = req.until_ns.map_or(Bound::Unbounded, |t| {
+            Bound::Excluded(Term::from_field_i64(f.time, t))
+        });
         clauses.push(filter(Box::new(RangeQuery::new(lower, upper))));
     }
     let query = BooleanQuery::new(clauses);
-    let limit = if req.limit == 0 { DEFAULT_LIMIT } else { req.limit };
+    let limit = if req.limit == 0 {
+        DEFAULT_LIMIT
+    } else {
+        req.limit
+    };
     let searcher = reader.searcher();
-    let ranked = searcher.search(&query, &RankCollector { limit, by_relevance })?;
+    let ranked = searcher.search(
+        &query,
+        &RankCollector {
+            limit,
+            by_relevance,
+        },
+    )?;
     let mut hits = Vec::with_capacity(ranked.len());
     for c in ranked {
         let doc: TantivyDocument = searcher.doc(DocAddress::new(c.segment, c.doc))?;

@@ -29,9 +29,21 @@ fn fixture() -> Vec<ImMessageRow> {
     vec![
         row(0, "c1", ALICE, &[BOB], "Lunch at noon?"),
         row(1, "c2", BOB, &[ALICE], "Yes, lunch sounds great"),
-        row(2, "c3", ALICE, &[BOB, CAROL], "Quarterly report is ready\nplease review"),
+        row(
+            2,
+            "c3",
+            ALICE,
+            &[BOB, CAROL],
+            "Quarterly report is ready\nplease review",
+        ),
         row(3, "c4", CAROL, &[ALICE], "The report has errors"),
-        row(4, "c5", "sip:dave@other.org", &[ALICE], "Café meeting tomorrow"),
+        row(
+            4,
+            "c5",
+            "sip:dave@other.org",
+            &[ALICE],
+            "Café meeting tomorrow",
+        ),
         row(
             5,
             "c6",
@@ -46,7 +58,9 @@ fn fixture() -> Vec<ImMessageRow> {
 fn fixture_index() -> (tempfile::TempDir, ImIndex) {
     let dir = tempfile::tempdir().expect("create temp dir");
     let mut index = ImIndex::open_or_create(dir.path()).expect("create index");
-    index.add_segment("seg-1", &fixture()).expect("add fixture segment");
+    index
+        .add_segment("seg-1", &fixture())
+        .expect("add fixture segment");
     (dir, index)
 }
 
@@ -133,7 +147,11 @@ fn from_and_to_fields_in_the_query_string() {
     assert_set(d, "from:\"alice@example.com\"", &["c1", "c3"]);
     assert_set(d, "from:\"sip:alice@example.com\"", &["c1", "c3"]);
     assert_set(d, "from:sip:alice@example.com", &["c1", "c3"]);
-    assert_set(d, "(to:sip:carol@example.com) OR from:sip:carol@example.com", &["c3", "c4"]);
+    assert_set(
+        d,
+        "(to:sip:carol@example.com) OR from:sip:carol@example.com",
+        &["c3", "c4"],
+    );
     assert_set(d, "to:carol", &["c3"]);
     assert_set(d, "to:bob", &["c1", "c3"]);
     assert_set(d, "from:alice AND report", &["c3"]);
@@ -172,9 +190,19 @@ fn from_filter_accepts_uri_user_at_host_or_user() {
         let hits = search_ok(d, &filtered(Some(form), None));
         assert_eq!(ids(&hits), ["c6"], "--from {form:?}");
     }
-    for form in ["alice@other.org", "sip:alice@other.org", "alic", "example.com", ""] {
+    for form in [
+        "alice@other.org",
+        "sip:alice@other.org",
+        "alic",
+        "example.com",
+        "",
+    ] {
         let hits = search_ok(d, &filtered(Some(form), None));
-        assert!(hits.is_empty(), "--from {form:?} should match nothing, got {:?}", ids(&hits));
+        assert!(
+            hits.is_empty(),
+            "--from {form:?} should match nothing, got {:?}",
+            ids(&hits)
+        );
     }
     assert_eq!(ids(&search_ok(d, &filtered(Some("dave"), None))), ["c5"]);
 }
@@ -184,12 +212,18 @@ fn to_filter_matches_any_recipient() {
     let (dir, _index) = fixture_index();
     let d = dir.path();
     assert_eq!(ids(&search_ok(d, &filtered(None, Some("carol")))), ["c3"]);
-    assert_eq!(ids(&search_ok(d, &filtered(None, Some("sip:bob@example.com")))), ["c1", "c3"]);
+    assert_eq!(
+        ids(&search_ok(d, &filtered(None, Some("sip:bob@example.com")))),
+        ["c1", "c3"]
+    );
     assert_eq!(
         ids(&search_ok(d, &filtered(None, Some("Alice@example.com")))),
         ["c2", "c4", "c5", "c6"]
     );
-    assert_eq!(ids(&search_ok(d, &filtered(Some("alice"), Some("carol")))), ["c3"]);
+    assert_eq!(
+        ids(&search_ok(d, &filtered(Some("alice"), Some("carol")))),
+        ["c3"]
+    );
     assert!(search_ok(d, &filtered(Some("bob"), Some("carol"))).is_empty());
     // Filters combine with the query string.
     let r = SearchRequest {
@@ -210,10 +244,16 @@ fn time_bounds_are_inclusive_exclusive() {
         ..SearchRequest::default()
     };
     assert_eq!(ids(&search_ok(d, &r(Some(t(2)), Some(t(4))))), ["c3", "c4"]);
-    assert_eq!(ids(&search_ok(d, &r(Some(t(2) + 1), Some(t(4) + 1)))), ["c4", "c5"]);
+    assert_eq!(
+        ids(&search_ok(d, &r(Some(t(2) + 1), Some(t(4) + 1)))),
+        ["c4", "c5"]
+    );
     assert_eq!(ids(&search_ok(d, &r(Some(t(4)), None))), ["c5", "c6"]);
     assert_eq!(ids(&search_ok(d, &r(None, Some(t(1))))), ["c1"]);
-    assert!(search_ok(d, &r(Some(t(3)), Some(t(3)))).is_empty(), "empty interval");
+    assert!(
+        search_ok(d, &r(Some(t(3)), Some(t(3)))).is_empty(),
+        "empty interval"
+    );
     let q = SearchRequest {
         query: "lunch OR report".into(),
         since_ns: Some(t(1)),
@@ -229,7 +269,11 @@ fn limit_keeps_the_first_results() {
     let d = dir.path();
     let mut r = req("*");
     r.limit = 2;
-    assert_eq!(ids(&search_ok(d, &r)), ["c1", "c2"], "time order, first two");
+    assert_eq!(
+        ids(&search_ok(d, &r)),
+        ["c1", "c2"],
+        "time order, first two"
+    );
     r.limit = 0;
     assert_eq!(search_ok(d, &r).len(), 6, "limit 0 means the default limit");
     let mut r = req("lunch OR report");
@@ -258,9 +302,17 @@ fn match_all_results_are_in_time_order_with_zero_score() {
     let mut index = ImIndex::open_or_create(dir.path()).unwrap();
     // Added out of time order, across two segments.
     index
-        .add_segment("b", &[row(9, "late", ALICE, &[BOB], "x"), row(1, "early", ALICE, &[BOB], "y")])
+        .add_segment(
+            "b",
+            &[
+                row(9, "late", ALICE, &[BOB], "x"),
+                row(1, "early", ALICE, &[BOB], "y"),
+            ],
+        )
         .unwrap();
-    index.add_segment("a", &[row(5, "middle", ALICE, &[BOB], "z")]).unwrap();
+    index
+        .add_segment("a", &[row(5, "middle", ALICE, &[BOB], "z")])
+        .unwrap();
     let hits = search_ok(dir.path(), &req(""));
     assert_eq!(ids(&hits), ["early", "middle", "late"]);
     assert!(hits.iter().all(|h| h.score == 0.0), "scores: {hits:?}");
@@ -274,9 +326,21 @@ fn relevance_order_then_time() {
         .add_segment(
             "s",
             &[
-                row(3, "weak-late", ALICE, &[BOB], "budget and many other words in a long message about things"),
+                row(
+                    3,
+                    "weak-late",
+                    ALICE,
+                    &[BOB],
+                    "budget and many other words in a long message about things",
+                ),
                 row(2, "strong", ALICE, &[BOB], "budget budget budget"),
-                row(1, "weak-early", ALICE, &[BOB], "budget and many other words in a long message about things"),
+                row(
+                    1,
+                    "weak-early",
+                    ALICE,
+                    &[BOB],
+                    "budget and many other words in a long message about things",
+                ),
             ],
         )
         .unwrap();
@@ -306,7 +370,11 @@ fn add_segment_is_idempotent() {
     let (dir, mut index) = fixture_index();
     let d = dir.path();
     index.add_segment("seg-1", &fixture()).unwrap();
-    assert_eq!(search_ok(d, &req("*")).len(), 6, "re-adding must not double documents");
+    assert_eq!(
+        search_ok(d, &req("*")).len(),
+        6,
+        "re-adding must not double documents"
+    );
     assert_eq!(index.segment_ids().unwrap(), ["seg-1"]);
 
     // Re-adding with other rows replaces the segment's documents.
@@ -315,8 +383,14 @@ fn add_segment_is_idempotent() {
 
     index.add_segment("seg-2", &fixture()[2..3]).unwrap();
     index.add_segment("seg-0-empty", &[]).unwrap();
-    assert_eq!(index.segment_ids().unwrap(), ["seg-0-empty", "seg-1", "seg-2"]);
-    assert_eq!(indexed_segment_ids(d).unwrap(), ["seg-0-empty", "seg-1", "seg-2"]);
+    assert_eq!(
+        index.segment_ids().unwrap(),
+        ["seg-0-empty", "seg-1", "seg-2"]
+    );
+    assert_eq!(
+        indexed_segment_ids(d).unwrap(),
+        ["seg-0-empty", "seg-1", "seg-2"]
+    );
     assert_eq!(ids(&search_ok(d, &req("*"))), ["c1", "c2", "c3"]);
     // The writer's own search sees the same.
     assert_eq!(ids(&index.search(&req("*")).unwrap()), ["c1", "c2", "c3"]);
@@ -358,7 +432,11 @@ fn reader_works_while_writer_is_open() {
 
     writer.add_segment("s2", &fixture()[2..]).unwrap();
     assert_eq!(id_set(&search_ok(&path, &req("report"))), ["c3", "c4"]);
-    assert_eq!(search_ok(&path, &req("*")).len(), 6, "reader sees the new commit");
+    assert_eq!(
+        search_ok(&path, &req("*")).len(),
+        6,
+        "reader sees the new commit"
+    );
 }
 
 #[test]
@@ -370,7 +448,9 @@ fn reader_in_another_thread_during_writes() {
     let reader = std::thread::spawn(move || {
         let mut last = 0;
         for _ in 0..50 {
-            let n = search(&reader_path, &req("*")).expect("concurrent search").len();
+            let n = search(&reader_path, &req("*"))
+                .expect("concurrent search")
+                .len();
             assert!(n >= last, "hit count went backwards: {last} -> {n}");
             last = n;
         }
@@ -387,10 +467,16 @@ fn reader_in_another_thread_during_writes() {
 fn assert_query_error(query: &str, expected_position: usize) {
     let dir = tempfile::tempdir().unwrap();
     // Bad queries are reported whether or not an index exists.
-    for d in [dir.path().join("missing"), fixture_index().0.path().to_path_buf()] {
+    for d in [
+        dir.path().join("missing"),
+        fixture_index().0.path().to_path_buf(),
+    ] {
         match search(&d, &req(query)) {
             Err(IndexError::Query { position, message }) => {
-                assert_eq!(position, expected_position, "position for {query:?} ({message})");
+                assert_eq!(
+                    position, expected_position,
+                    "position for {query:?} ({message})"
+                );
                 assert!(!message.is_empty());
             }
             other => panic!("query {query:?} should be rejected, got {other:?}"),
@@ -427,19 +513,37 @@ fn address_keys_forms() {
     );
     assert_eq!(
         address_keys("\"Erin\" <sips:erin@example.com:5061;transport=tls>"),
-        ["sips:erin@example.com:5061", "erin@example.com:5061", "erin@example.com", "erin"]
+        [
+            "sips:erin@example.com:5061",
+            "erin@example.com:5061",
+            "erin@example.com",
+            "erin"
+        ]
     );
     assert_eq!(address_keys("alice"), ["alice"]);
-    assert_eq!(address_keys("alice@example.com"), ["alice@example.com", "alice"]);
-    assert_eq!(address_keys("tel:+15551234"), ["tel:+15551234", "+15551234"]);
-    assert_eq!(address_keys("sip:[2001:db8::1]"), ["sip:[2001:db8::1]", "[2001:db8::1]"]);
+    assert_eq!(
+        address_keys("alice@example.com"),
+        ["alice@example.com", "alice"]
+    );
+    assert_eq!(
+        address_keys("tel:+15551234"),
+        ["tel:+15551234", "+15551234"]
+    );
+    assert_eq!(
+        address_keys("sip:[2001:db8::1]"),
+        ["sip:[2001:db8::1]", "[2001:db8::1]"]
+    );
     assert_eq!(
         address_keys("sip:bob@[2001:db8::1]:5060"),
-        ["sip:bob@[2001:db8::1]:5060", "bob@[2001:db8::1]:5060", "bob@[2001:db8::1]", "bob"]
+        [
+            "sip:bob@[2001:db8::1]:5060",
+            "bob@[2001:db8::1]:5060",
+            "bob@[2001:db8::1]",
+            "bob"
+        ]
     );
     assert!(address_keys("  ").is_empty());
 }
-
 
 #[test]
 fn address_values_with_a_scheme_are_quoted() {

@@ -115,8 +115,11 @@ pub async fn archive_context(data_dir: &Path) -> Result<SessionContext, QueryErr
             let table = listing_table(&dir, file_schema)?;
             ctx.register_table(name, Arc::new(table))?;
         } else {
-            let mut fields: Vec<Field> =
-                file_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            let mut fields: Vec<Field> = file_schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
             fields.push(Field::new(PARTITION_COLUMN, DataType::Utf8, false));
             let schema = Arc::new(Schema::new(fields));
             let table = MemTable::try_new(schema, vec![vec![]])?;
@@ -214,7 +217,9 @@ fn check_set_expr(body: &SetExpr) -> Result<(), QueryError> {
             Err(QueryError::NotReadOnly(statement_kind(&s.to_string())))
         }
         #[allow(unreachable_patterns)]
-        _ => Err(QueryError::NotReadOnly("unsupported query form".to_string())),
+        _ => Err(QueryError::NotReadOnly(
+            "unsupported query form".to_string(),
+        )),
     }
 }
 
@@ -222,7 +227,14 @@ fn check_set_expr(body: &SetExpr) -> Result<(), QueryError> {
 /// `CREATE EXTERNAL TABLE`, `DROP VIEW`, `COPY`, `SET`, ...
 fn statement_kind(sql: &str) -> String {
     const QUALIFIERS: [&str; 9] = [
-        "OR", "REPLACE", "TEMPORARY", "TEMP", "EXTERNAL", "UNBOUNDED", "MATERIALIZED", "UNIQUE",
+        "OR",
+        "REPLACE",
+        "TEMPORARY",
+        "TEMP",
+        "EXTERNAL",
+        "UNBOUNDED",
+        "MATERIALIZED",
+        "UNIQUE",
         "GLOBAL",
     ];
     let mut words = sql.split_whitespace().map(|w| {
@@ -255,13 +267,13 @@ fn statement_kind(sql: &str) -> String {
 /// - `Json`: a JSON array with one object per row, one row per line; nulls are written
 ///   as `null`, timestamps as RFC 3339 strings, lists as arrays, binary values as
 ///   lower-case hex strings.
-/// - `Csv`: RFC 4180 CSV with a header line; nulls are empty, timestamps RFC 3339,
+/// - `Csv`: CSV with a header line (RFC 4180 quoting, `\n` line ends); nulls are empty, timestamps RFC 3339,
 ///   lists as `[a, b]`, binary values as lower-case hex.
 pub fn format_batches(batches: &[RecordBatch], format: OutputFormat) -> Result<String, QueryError> {
     match format {
         OutputFormat::Table => {
-            let mut out = datafusion::arrow::util::pretty::pretty_format_batches(batches)?
-                .to_string();
+            let mut out =
+                datafusion::arrow::util::pretty::pretty_format_batches(batches)?.to_string();
             out.push('\n');
             Ok(out)
         }
@@ -313,7 +325,7 @@ fn push_csv_record<'a>(out: &mut String, fields: impl Iterator<Item = &'a str>) 
         }
         push_csv_field(out, f);
     }
-    out.push_str("\r\n");
+    out.push('\n');
 }
 
 fn batches_to_csv(batches: &[RecordBatch]) -> Result<String, QueryError> {
@@ -479,13 +491,11 @@ fn text_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> Strin
     };
     let mut out = rule.clone();
     out.push_str(&line(&mut header.iter().copied()));
-    out.push_str(&rule.replace('-', "="));
+    out.push_str(&rule);
     for row in rows {
         out.push_str(&line(&mut row.iter().map(String::as_str)));
     }
-    if !rows.is_empty() {
-        out.push_str(&rule);
-    }
+    out.push_str(&rule);
     out
 }
 
