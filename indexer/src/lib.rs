@@ -286,6 +286,20 @@ impl ImIndex {
         segment_id: &str,
         rows: &[ImMessageRow],
     ) -> Result<(), IndexError> {
+        if let Err(e) = self.stage_segment(segment_id, rows) {
+            // Drop the half-staged segment so that the next commit does not carry it.
+            if let Err(rollback) = self.writer.rollback() {
+                tracing::warn!(%rollback, "search index rollback failed");
+            }
+            return Err(e);
+        }
+        self.writer.commit()?;
+        self.reader.reload()?;
+        tracing::debug!(segment_id, rows = rows.len(), "indexed archive segment");
+        Ok(())
+    }
+
+    fn stage_segment(&mut self, segment_id: &str, rows: &[ImMessageRow]) -> Result<(), IndexError> {
         let f = self.fields;
         self.writer
             .delete_term(Term::from_field_text(f.segment, segment_id));
@@ -313,9 +327,6 @@ impl ImIndex {
         marker.add_text(f.kind, KIND_SEGMENT);
         marker.add_text(f.segment, segment_id);
         self.writer.add_document(marker)?;
-        self.writer.commit()?;
-        self.reader.reload()?;
-        tracing::debug!(segment_id, rows = rows.len(), "indexed archive segment");
         Ok(())
     }
 
