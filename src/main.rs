@@ -1,1 +1,241 @@
-fn main() {}
+//! `sipvault`: the command line. Argument handling and wiring only; the
+//! work happens in the library crates.
+
+mod config;
+mod demo;
+mod pipeline;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use sipvault_catalog::Catalog;
+use sipvault_query::{OutputFormat, SearchRequest};
+use sipvault_sip::digest::{Algorithm, ha1};
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "sipvault",
+    version,
+    about = "SIP communications server with a tamper-evident compliance archive",
+    after_help = "Examples:\n  sipvault demo\n  sipvault user add alice --password s3cret --data ./sipvault-data\n  sipvault serve --data ./sipvault-data --sip 127.0.0.1:5060\n  sipvault search '\"quarterly budget\" AND NOT draft' --from alice --since 7d\n  sipvault sql \"SELECT sender, count(*) FROM im_messages GROUP BY sender\" --format csv"
+)]
+struct Cli {
+    /// Data directory: catalog, archive and index [default: ./sipvault-data;
+    /// for `demo`, a new directory under the system temp dir].
+    #[arg(long, global = true, env = "SIPVAULT_DATA")]
+    data: Option<PathBuf>,
+    /// Configuration file (default: <data>/sipvault.toml or ./sipvault.toml if present).
+    #[arg(long, global = true, env = "SIPVAULT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the SIP server with archiving.
+    #[command(after_help = "Example:\n  sipvault serve --data ./sipvault-data --sip 127.0.0.1:5060\n\nPort 0 picks a free port; the first log line names the bound addresses.")]
+    Serve {
+        /// UDP and TCP listen address [default: sip.listen from the config, 127.0.0.1:5060].
+        #[arg(long)]
+        sip: Option<SocketAddr>,
+    },
+    /// Manage users of the registrar.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Full-text search of archived instant messages.
+    #[command(after_help = "Query syntax: words, \"phrases\", AND, OR, NOT, parentheses, from:USER, to:USER.\n\nExample:\n  sipvault search 'budget AND NOT draft' --from alice --since 2026-11-01 --format json")]
+    Search(SearchArgs),
+    /// Read-only SQL over the archive tables (sip_messages, im_messages).
+    #[command(after_help = "Example:\n  sipvault sql \"SELECT date, count(*) FROM im_messages GROUP BY date ORDER BY date\"")]
+    Sql {
+        /// One SELECT (or WITH/EXPLAIN/SHOW/DESCRIBE) statement.
+        statement: String,
+        #[arg(long, default_value = "table")]
+        format: OutputFormat,
+    },
+    /// Start a server on free loopback ports, exchange IMs between built-in
+    /// user agents, archive them and show a search and a SQL result.
+    #[command(after_help = "Example:\n  sipvault demo\n  sipvault demo --data ./demo-data")]
+    Demo,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user (only the digest HA1 is stored, never the password).
+    #[command(after_help = "Example:\n  sipvault user add alice --password s3cret --domain example.com")]
+    Add {
+        name: String,
+        #[arg(long)]
+        password: String,
+        /// SIP domain and digest realm [default: sip.domain from the config].
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// List users.
+    List {
+        #[arg(long, default_value = "table")]
+        format: OutputFormat,
+    },
+}
+
+#[derive(Args)]
+struct SearchArgs {
+    /// Query: words, "phrases", AND/OR/NOT, from:, to:
+    query: String,
+    /// Only messages sent by this user (name, user@domain or sip: URI).
+    #[arg(long)]
+    from: Option<String>,
+    /// Only messages sent to this user.
+    #[arg(long)]
+    to: Option<String>,
+    /// Start time: RFC 3339, YYYY-MM-DD, or relative (15m, 2h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    /// End time (exclusive), same forms as --since.
+    #[arg(long)]
+    until: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    #[arg(long, default_value = "table")]
+    format: OutputFormat,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SIPVAULT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Demo = cli.command {
+        return demo::run(cli.data, cli.config.as_deref()).await;
+    }
+    let data = cli.data.unwrap_or_else(|| PathBuf::from("./sipvault-data"));
+    let config = Config::load(cli.config.as_deref(), &data)?;
+    match cli.command {
+        Command::Serve { sip } => serve(&data, &config, sip.unwrap_or(config.sip.listen)).await,
+        Command::User(UserCommand::Add { name, password, domain }) => {
+            let domain = domain.unwrap_or_else(|| config.sip.domain.clone());
+            add_user(&data, &name, &password, &domain).await?;
+            println!("added user {name}@{domain}");
+            Ok(())
+        }
+        Command::User(UserCommand::List { format }) => list_users(&data, format).await,
+        Command::Search(args) => search(&data, args),
+        Command::Sql { statement, format } => {
+            let batches = sipvault_query::run_sql(&data, &statement).await?;
+            print!("{}", sipvault_query::format_batches(&batches, format)?);
+            Ok(())
+        }
+        Command::Demo => unreachable!("handled above"),
+    }
+}
+
+
+pub async fn add_user(data: &Path, name: &str, password: &str, domain: &str) -> anyhow::Result<()> {
+    if name.is_empty() || name.contains(['@', ':', ' ', ';']) {
+        bail!("user name {name:?} must be a plain SIP user part (no '@', ':', ';' or spaces)");
+    }
+    let catalog = Catalog::open(data).await?;
+    catalog
+        .add_user(
+            name,
+            domain,
+            &ha1(Algorithm::Md5, name, domain, password),
+            &ha1(Algorithm::Sha256, name, domain, password),
+        )
+        .await?;
+    catalog.close().await;
+    Ok(())
+}
+
+async fn list_users(data: &Path, format: OutputFormat) -> anyhow::Result<()> {
+    let catalog = Catalog::open(data).await?;
+    let users = catalog.list_users().await?;
+    match format {
+        OutputFormat::Json => {
+            let v: Vec<_> = users.iter().map(|u| serde_json::json!({"name": u.name, "domain": u.domain, "created_ns": u.created_ns})).collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        OutputFormat::Csv => {
+            println!("name,domain");
+            for u in &users {
+                println!("{},{}", u.name, u.domain);
+            }
+        }
+        OutputFormat::Table => {
+            println!("{:<24} {}", "USER", "DOMAIN");
+            for u in &users {
+                println!("{:<24} {}", u.name, u.domain);
+            }
+            println!("({} users)", users.len());
+        }
+    }
+    Ok(())
+}
+
+fn search(data: &Path, args: SearchArgs) -> anyhow::Result<()> {
+    let now = now_ns();
+    let req = SearchRequest {
+        query: args.query,
+        from: args.from,
+        to: args.to,
+        since_ns: args.since.as_deref().map(|s| sipvault_query::parse_time(s, now)).transpose()?,
+        until_ns: args.until.as_deref().map(|s| sipvault_query::parse_time(s, now)).transpose()?,
+        limit: args.limit,
+    };
+    let hits = sipvault_query::search(&pipeline::index_dir(data), &req).context("search failed")?;
+    print!("{}", sipvault_query::format_hits(&hits, args.format));
+    Ok(())
+}
+
+async fn serve(data: &Path, config: &Config, sip: SocketAddr) -> anyhow::Result<()> {
+    let running = pipeline::Running::start(data, config, sip).await?;
+    wait_for_signal().await?;
+    tracing::info!("shutting down: sealing the archive");
+    running.shutdown().await
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

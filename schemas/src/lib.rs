@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BinaryBuilder, Int64Builder, ListBuilder, StringBuilder, UInt16Builder, UInt32Builder,
+    BinaryBuilder, ListBuilder, StringBuilder, UInt16Builder, UInt32Builder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -170,12 +170,7 @@ pub fn im_messages_schema() -> SchemaRef {
 
 /// Builds a timestamp column with the UTC time zone the schemas declare.
 fn ts_column(values: impl Iterator<Item = i64>) -> ArrayRef {
-    let mut b = Int64Builder::new();
-    for v in values {
-        b.append_value(v);
-    }
-    let arr = arrow_array::TimestampNanosecondArray::from(b.finish().into_data())
-        .with_timezone("UTC");
+    let arr = arrow_array::TimestampNanosecondArray::from_iter_values(values).with_timezone("UTC");
     Arc::new(arr)
 }
 
@@ -328,3 +323,4 @@ mod tests {
         assert_eq!(b.num_rows(), 1);
     }
 }
+

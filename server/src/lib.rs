@@ -1,1 +1,15 @@
-//! sipvault-server
+//! The SIP server: a sans-IO core ([`core::Core`]) that holds all protocol
+//! state and logic, and thin tokio transports ([`io`]) that feed it bytes
+//! and carry out what it asks for. A minimal built-in user agent ([`ua`])
+//! drives the server in the demo and in tests.
+//!
+//! The server never knows about the archive: every message in or out is
+//! handed to a [`io::Tap`], a channel the binary connects to the collector.
+
+pub mod core;
+pub mod io;
+pub mod registrar;
+pub mod ua;
+
+pub use core::{Core, CoreConfig, CoreStats, Event, Transmit, UserCredentials};
+pub use io::{Server, ServerConfig, ServerError, ServerStats, Tap, UserDirectory};

@@ -1,0 +1,193 @@
+//! IM correlation: a page-mode MESSAGE and its final response become one
+//! `im_messages` row.
+//!
+//! A relaying server sees every MESSAGE twice (in from the sender, out to the
+//! callee) and every response twice; the first copy opens the IM, the first
+//! final response closes it, later copies are ignored.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use sipvault_schemas::{CapturedMessage, ImMessageRow};
+use sipvault_sip::SipMessage;
+
+/// Content types that are not messages a person wrote (typing indicators).
+const NON_IM_CONTENT_TYPES: &[&str] = &["application/im-iscomposing+xml"];
+
+type Key = (String, u32);
+
+struct Pending {
+    row: ImMessageRow,
+    seen: Instant,
+}
+
+pub struct ImCorrelator {
+    answer_timeout: Duration,
+    pending: HashMap<Key, Pending>,
+    /// Keys already archived, kept for a while so late duplicates and
+    /// retransmissions do not open a second IM.
+    done: HashMap<Key, Instant>,
+}
+
+impl ImCorrelator {
+    pub fn new(answer_timeout: Duration) -> Self {
+        ImCorrelator { answer_timeout, pending: HashMap::new(), done: HashMap::new() }
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Feeds one captured message; returns the IMs it completes.
+    pub fn observe(&mut self, now: Instant, msg: &CapturedMessage) -> Vec<ImMessageRow> {
+        let Ok(sip) = SipMessage::parse(&msg.raw) else { return Vec::new() };
+        let (Some(call_id), Some((cseq, cseq_method))) = (sip.call_id(), sip.cseq()) else {
+            return Vec::new();
+        };
+        if !cseq_method.eq_ignore_ascii_case("MESSAGE") {
+            return Vec::new();
+        }
+        let key: Key = (call_id.to_string(), cseq);
+        if sip.is_request() {
+            if sip.method() != Some("MESSAGE") || self.pending.contains_key(&key) || self.done.contains_key(&key) {
+                return Vec::new();
+            }
+            let content_type = sip.content_type().unwrap_or("text/plain").trim().to_string();
+            let base_type = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            if NON_IM_CONTENT_TYPES.contains(&base_type.as_str()) {
+                return Vec::new();
+            }
+            let row = ImMessageRow {
+                time_ns: msg.time_ns,
+                call_id: key.0.clone(),
+                cseq,
+                sender: sip.from().map(|a| a.uri).unwrap_or_default(),
+                recipients: sip.to().map(|a| vec![a.uri]).unwrap_or_default(),
+                content_type,
+                body: String::from_utf8_lossy(sip.body()).into_owned(),
+                delivery_status: String::new(),
+                status: None,
+            };
+            self.pending.insert(key, Pending { row, seen: now });
+            return Vec::new();
+        }
+        let Some(code) = sip.status() else { return Vec::new() };
+        if code < 200 {
+            return Vec::new();
+        }
+        match self.pending.remove(&key) {
+            Some(p) => {
+                self.done.insert(key, now);
+                let mut row = p.row;
+                row.delivery_status = if (200..300).contains(&code) { "delivered" } else { "failed" }.into();
+                row.status = Some(code);
+                vec![row]
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// IMs that waited longer than the answer timeout, archived as `unanswered`.
+    pub fn expire(&mut self, now: Instant) -> Vec<ImMessageRow> {
+        let timeout = self.answer_timeout;
+        self.done.retain(|_, t| now.duration_since(*t) < timeout * 2);
+        let expired: Vec<Key> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.seen) >= timeout)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Vec::new();
+        for k in expired {
+            if let Some(p) = self.pending.remove(&k) {
+                self.done.insert(k, now);
+                out.push(unanswered(p.row));
+            }
+        }
+        out.sort_by_key(|r| r.time_ns);
+        out
+    }
+
+    /// Everything still pending, at shutdown.
+    pub fn drain(&mut self) -> Vec<ImMessageRow> {
+        let mut out: Vec<_> = self.pending.drain().map(|(_, p)| unanswered(p.row)).collect();
+        out.sort_by_key(|r| r.time_ns);
+        out
+    }
+}
+
+fn unanswered(mut row: ImMessageRow) -> ImMessageRow {
+    row.delivery_status = "unanswered".into();
+    row.status = None;
+    row
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sipvault_schemas::{Direction, Transport};
+
+    fn cap(t: i64, dir: Direction, raw: &str) -> CapturedMessage {
+        CapturedMessage {
+            time_ns: t,
+            source: "tap".into(),
+            direction: dir,
+            transport: Transport::Udp,
+            src: "127.0.0.1:5061".parse().unwrap(),
+            dst: "127.0.0.1:5060".parse().unwrap(),
+            raw: raw.as_bytes().to_vec(),
+        }
+    }
+
+    const MSG: &str = "MESSAGE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK1\r\nFrom: <sip:alice@example.com>;tag=a\r\nTo: <sip:bob@example.com>\r\nCall-ID: c1\r\nCSeq: 7 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello";
+
+    fn resp(code: u16) -> String {
+        format!("SIP/2.0 {code} X\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK1\r\nFrom: <sip:alice@example.com>;tag=a\r\nTo: <sip:bob@example.com>;tag=b\r\nCall-ID: c1\r\nCSeq: 7 MESSAGE\r\nContent-Length: 0\r\n\r\n")
+    }
+
+    #[test]
+    fn message_and_response_make_one_im_despite_relay_copies() {
+        let mut c = ImCorrelator::new(Duration::from_secs(32));
+        let now = Instant::now();
+        assert!(c.observe(now, &cap(1, Direction::In, MSG)).is_empty());
+        assert!(c.observe(now, &cap(2, Direction::Out, MSG)).is_empty(), "relayed copy must not open a second IM");
+        let done = c.observe(now, &cap(3, Direction::In, &resp(200)));
+        assert_eq!(done.len(), 1);
+        let im = &done[0];
+        assert_eq!(im.time_ns, 1, "IM time is when the sender's MESSAGE arrived");
+        assert_eq!(im.sender, "sip:alice@example.com");
+        assert_eq!(im.recipients, vec!["sip:bob@example.com".to_string()]);
+        assert_eq!(im.body, "hello");
+        assert_eq!(im.delivery_status, "delivered");
+        assert_eq!(im.status, Some(200));
+        assert!(c.observe(now, &cap(4, Direction::Out, &resp(200))).is_empty());
+        assert!(c.observe(now, &cap(5, Direction::In, MSG)).is_empty(), "late retransmission ignored");
+        assert_eq!(c.pending(), 0);
+    }
+
+    #[test]
+    fn failure_and_timeout() {
+        let mut c = ImCorrelator::new(Duration::from_secs(32));
+        let now = Instant::now();
+        c.observe(now, &cap(1, Direction::In, MSG));
+        assert!(c.observe(now, &cap(2, Direction::Out, &resp(100))).is_empty());
+        let done = c.observe(now, &cap(3, Direction::Out, &resp(480)));
+        assert_eq!(done[0].delivery_status, "failed");
+        assert_eq!(done[0].status, Some(480));
+
+        let mut c = ImCorrelator::new(Duration::from_secs(32));
+        c.observe(now, &cap(1, Direction::In, MSG));
+        assert!(c.expire(now + Duration::from_secs(31)).is_empty());
+        let done = c.expire(now + Duration::from_secs(33));
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].delivery_status, "unanswered");
+    }
+
+    #[test]
+    fn typing_indicators_are_not_ims() {
+        let mut c = ImCorrelator::new(Duration::from_secs(32));
+        let m = MSG.replace("text/plain", "application/im-iscomposing+xml");
+        c.observe(Instant::now(), &cap(1, Direction::In, &m));
+        assert_eq!(c.pending(), 0);
+    }
+}

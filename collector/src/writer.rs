@@ -1,0 +1,238 @@
+//! Archive writer: buffers rows per table and day, rolls a buffer into a
+//! Parquet segment when it grows too big or too old, and seals it.
+//!
+//! Sealing order (so a crash never leaves a manifest row without its file):
+//! write `.<id>.parquet.tmp`, fsync it, rename to `<id>.parquet`, fsync the
+//! directory, hash the file, then enter the manifest row.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use sha2::{Digest, Sha256};
+use sipvault_catalog::{Catalog, NewSegment};
+use sipvault_schemas::{
+    ImMessageRow, SipMessageRow, TABLE_IM_MESSAGES, TABLE_SIP_MESSAGES, im_messages_batch,
+    sip_messages_batch,
+};
+
+use crate::{CollectorError, Result, SealedSegment};
+
+#[derive(Debug, Clone)]
+pub struct SegmentLimits {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    pub max_age: Duration,
+}
+
+impl Default for SegmentLimits {
+    fn default() -> Self {
+        SegmentLimits { max_rows: 200_000, max_bytes: 64 << 20, max_age: Duration::from_secs(300) }
+    }
+}
+
+struct Buffer<T> {
+    rows: Vec<T>,
+    bytes: usize,
+    opened: Instant,
+}
+
+impl<T> Buffer<T> {
+    fn due(&self, now: Instant, limits: &SegmentLimits) -> bool {
+        !self.rows.is_empty()
+            && (self.rows.len() >= limits.max_rows
+                || self.bytes >= limits.max_bytes
+                || now.duration_since(self.opened) >= limits.max_age)
+    }
+}
+
+pub struct ArchiveWriter {
+    data_dir: PathBuf,
+    limits: SegmentLimits,
+    catalog: Catalog,
+    sip: BTreeMap<String, Buffer<SipMessageRow>>,
+    im: BTreeMap<String, Buffer<ImMessageRow>>,
+}
+
+/// `YYYY-MM-DD` (UTC) of a nanosecond timestamp: the hive partition value.
+pub fn partition_date(time_ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(time_ns).format("%Y-%m-%d").to_string()
+}
+
+fn push<T>(map: &mut BTreeMap<String, Buffer<T>>, date: String, row: T, size: usize) {
+    let buf = map
+        .entry(date)
+        .or_insert_with(|| Buffer { rows: Vec::new(), bytes: 0, opened: Instant::now() });
+    if buf.rows.is_empty() {
+        buf.opened = Instant::now();
+    }
+    buf.bytes += size;
+    buf.rows.push(row);
+}
+
+impl ArchiveWriter {
+    pub fn new(data_dir: PathBuf, limits: SegmentLimits, catalog: Catalog) -> Self {
+        ArchiveWriter { data_dir, limits, catalog, sip: BTreeMap::new(), im: BTreeMap::new() }
+    }
+
+    pub fn push_sip(&mut self, row: SipMessageRow) {
+        let size = row.raw.len() + 128;
+        push(&mut self.sip, partition_date(row.time_ns), row, size);
+    }
+
+    pub fn push_im(&mut self, row: ImMessageRow) {
+        let size = row.body.len() + 128;
+        push(&mut self.im, partition_date(row.time_ns), row, size);
+    }
+
+    pub fn buffered_rows(&self) -> usize {
+        self.sip.values().map(|b| b.rows.len()).sum::<usize>()
+            + self.im.values().map(|b| b.rows.len()).sum::<usize>()
+    }
+
+    pub fn needs_roll(&self, now: Instant) -> bool {
+        self.sip.values().any(|b| b.due(now, &self.limits)) || self.im.values().any(|b| b.due(now, &self.limits))
+    }
+
+    /// Seals every buffer that is due (or every non-empty one when `all`).
+    /// A buffer whose seal fails keeps its rows for the next attempt.
+    pub async fn roll(&mut self, now: Instant, all: bool) -> Result<Vec<SealedSegment>> {
+        let mut sealed = Vec::new();
+        let dates: Vec<String> = self
+            .sip
+            .iter()
+            .filter(|(_, b)| if all { !b.rows.is_empty() } else { b.due(now, &self.limits) })
+            .map(|(d, _)| d.clone())
+            .collect();
+        for date in dates {
+            let rows = std::mem::take(&mut self.sip.get_mut(&date).expect("date listed above").rows);
+            let batch = sip_messages_batch(&rows)?;
+            let (min, max) = time_range(rows.iter().map(|r| r.time_ns));
+            match self.seal(TABLE_SIP_MESSAGES, &date, batch, min, max).await {
+                Ok(mut seg) => {
+                    seg.rows = rows.len();
+                    self.sip.remove(&date);
+                    sealed.push(seg);
+                }
+                Err(e) => {
+                    self.sip.get_mut(&date).expect("date listed above").rows = rows;
+                    return Err(e);
+                }
+            }
+        }
+        let dates: Vec<String> = self
+            .im
+            .iter()
+            .filter(|(_, b)| if all { !b.rows.is_empty() } else { b.due(now, &self.limits) })
+            .map(|(d, _)| d.clone())
+            .collect();
+        for date in dates {
+            let rows = std::mem::take(&mut self.im.get_mut(&date).expect("date listed above").rows);
+            let batch = im_messages_batch(&rows)?;
+            let (min, max) = time_range(rows.iter().map(|r| r.time_ns));
+            match self.seal(TABLE_IM_MESSAGES, &date, batch, min, max).await {
+                Ok(mut seg) => {
+                    seg.rows = rows.len();
+                    seg.im_rows = rows;
+                    self.im.remove(&date);
+                    sealed.push(seg);
+                }
+                Err(e) => {
+                    self.im.get_mut(&date).expect("date listed above").rows = rows;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(sealed)
+    }
+
+    async fn seal(&self, table: &str, date: &str, batch: RecordBatch, min: i64, max: i64) -> Result<SealedSegment> {
+        let segment_id = format!(
+            "{}-{:08x}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
+            rand_u32()
+        );
+        let rel = format!("archive/{table}/date={date}/{segment_id}.parquet");
+        let dir = self.data_dir.join(format!("archive/{table}/date={date}"));
+        let final_path = self.data_dir.join(&rel);
+        let rows = batch.num_rows();
+        let sha256 = tokio::task::spawn_blocking(move || write_parquet(&dir, &segment_id_tmp(&final_path), &final_path, &batch))
+            .await
+            .map_err(|e| CollectorError::Io { path: rel.clone(), source: std::io::Error::other(e) })??;
+        self.catalog
+            .add_segment(&NewSegment {
+                table_name: table.to_string(),
+                path: rel.clone(),
+                rows: rows as i64,
+                sha256,
+                min_time_ns: min,
+                max_time_ns: max,
+            })
+            .await?;
+        Ok(SealedSegment {
+            table: table.to_string(),
+            segment_id: Path::new(&rel).file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string(),
+            path: rel,
+            rows,
+            im_rows: Vec::new(),
+        })
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.finish() as u32
+}
+
+fn segment_id_tmp(final_path: &Path) -> PathBuf {
+    let name = final_path.file_name().and_then(|n| n.to_str()).unwrap_or("segment");
+    final_path.with_file_name(format!(".{name}.tmp"))
+}
+
+fn time_range(times: impl Iterator<Item = i64>) -> (i64, i64) {
+    times.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)))
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CollectorError + '_ {
+    move |source| CollectorError::Io { path: path.display().to_string(), source }
+}
+
+/// Writes, fsyncs and renames one segment; returns the file's SHA-256.
+fn write_parquet(dir: &Path, tmp: &Path, final_path: &Path, batch: &RecordBatch) -> Result<String> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let file = File::create(tmp).map_err(io_err(tmp))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_max_row_group_row_count(Some(128 * 1024))
+        .build();
+    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
+    w.write(batch)?;
+    let file = w.into_inner()?;
+    file.sync_all().map_err(io_err(tmp))?;
+    drop(file);
+    std::fs::rename(tmp, final_path).map_err(io_err(final_path))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+    sha256_file(final_path)
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}

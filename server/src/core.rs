@@ -1,0 +1,562 @@
+//! The sans-IO server core: registrar and page-mode MESSAGE relay with
+//! RFC 3261 non-INVITE transactions.
+//!
+//! Input comes in through [`Core::handle_message`] and
+//! [`Core::handle_timeout`], both taking the current time; output leaves
+//! through [`Core::poll_transmit`] and [`Core::poll_event`], and
+//! [`Core::poll_timeout`] says when to call `handle_timeout` next. The core
+//! owns no socket and reads no clock, so tests drive it in simulated time.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sipvault_schemas::Transport;
+use sipvault_sip::digest::{self, Algorithm, Challenge, Credentials};
+use sipvault_sip::{MessageBuilder, SipMessage, SipUri, check_request, default_reason, error_response_for_unparsed};
+
+use crate::registrar::{Binding, Bindings, NonceState, Nonces};
+
+/// Option tags this server understands (for `Require`/`Proxy-Require`).
+pub const SUPPORTED: &[&str] = &["path", "outbound"];
+pub const ALLOW: &str = "REGISTER, MESSAGE, OPTIONS, ACK";
+const SERVER_HEADER: &str = "sipvault";
+
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// The SIP domain served, also the digest realm.
+    pub domain: String,
+    /// RFC 3261 T1 (RTT estimate) and T2 (max retransmit interval).
+    pub t1: Duration,
+    pub t2: Duration,
+    /// Requests with a larger body get 413.
+    pub max_body_bytes: usize,
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub default_expires: u32,
+    /// How long a nonce from a challenge stays valid.
+    pub nonce_ttl: Duration,
+    /// Seed for tags, branches and nonces (random in production, fixed in tests).
+    pub seed: u64,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            domain: "sipvault.local".into(),
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            max_body_bytes: 8 * 1024,
+            min_expires: 60,
+            max_expires: 7200,
+            default_expires: 3600,
+            nonce_ttl: Duration::from_secs(300),
+            seed: 0x5eed,
+        }
+    }
+}
+
+/// What the core knows of a user: digest HA1 values, never a password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserCredentials {
+    pub ha1_md5: String,
+    pub ha1_sha256: String,
+}
+
+/// Bytes to send, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub transport: Transport,
+    pub dst: SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Registered { user: String, contact: String },
+    Unregistered { user: String },
+    /// A request answered with an error by the core itself.
+    Rejected { peer: SocketAddr, code: u16, reason: String },
+    /// Input dropped without an answer.
+    Dropped { peer: SocketAddr, reason: String },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    pub requests: u64,
+    pub responses: u64,
+    pub unparsable: u64,
+    pub rejected: u64,
+    pub relayed: u64,
+    pub retransmissions: u64,
+    pub timeouts: u64,
+    pub stray_responses: u64,
+}
+
+/// A server transaction: remembers the last response so a retransmitted
+/// request is answered again instead of processed twice.
+struct ServerTxn {
+    last_response: Option<Vec<u8>>,
+    transport: Transport,
+    peer: SocketAddr,
+    expires_at: Instant,
+}
+
+/// A client transaction for a relayed request.
+struct ClientTxn {
+    server_key: String,
+    origin_transport: Transport,
+    origin: SocketAddr,
+    request: SipMessage,
+    transmit: Transmit,
+    next_retransmit: Option<Instant>,
+    interval: Duration,
+    deadline: Instant,
+}
+
+pub struct Core {
+    config: CoreConfig,
+    users: HashMap<String, UserCredentials>,
+    local: HashMap<Transport, SocketAddr>,
+    bindings: Bindings,
+    nonces: Nonces,
+    server_txns: HashMap<String, ServerTxn>,
+    client_txns: HashMap<String, ClientTxn>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    rng: u64,
+    next_housekeeping: Option<Instant>,
+    pub stats: CoreStats,
+}
+
+impl Core {
+    pub fn new(config: CoreConfig) -> Self {
+        let rng = config.seed | 1;
+        Core {
+            config,
+            users: HashMap::new(),
+            local: HashMap::new(),
+            bindings: Bindings::default(),
+            nonces: Nonces::default(),
+            server_txns: HashMap::new(),
+            client_txns: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            rng,
+            next_housekeeping: None,
+            stats: CoreStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    /// Replaces the user directory (the IO layer reloads it from the catalog).
+    pub fn set_users(&mut self, users: HashMap<String, UserCredentials>) {
+        self.users = users;
+    }
+
+    /// Address this server is reachable at on `transport`, used in Via.
+    pub fn set_local_addr(&mut self, transport: Transport, addr: SocketAddr) {
+        self.local.insert(transport, addr);
+    }
+
+    pub fn registered_users(&self) -> usize {
+        self.bindings.registered_users()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next instant `handle_timeout` must be called at.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let txn = self
+            .client_txns
+            .values()
+            .map(|t| t.next_retransmit.map_or(t.deadline, |r| r.min(t.deadline)))
+            .min();
+        match (txn, self.next_housekeeping) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        // splitmix64: deterministic per seed, good enough for unique tokens.
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn token(&mut self) -> String {
+        format!("{:016x}", self.next_u64())
+    }
+
+    fn schedule_housekeeping(&mut self, now: Instant) {
+        if self.next_housekeeping.is_none() {
+            self.next_housekeeping = Some(now + Duration::from_secs(1));
+        }
+    }
+
+    /// One complete SIP message (a datagram, or one message framed off a
+    /// stream) from `peer`.
+    pub fn handle_message(&mut self, now: Instant, transport: Transport, peer: SocketAddr, bytes: &[u8]) {
+        self.schedule_housekeeping(now);
+        let msg = match SipMessage::parse(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.unparsable += 1;
+                let code = e.response_code();
+                match error_response_for_unparsed(bytes, code, default_reason(code)) {
+                    Some(resp) => {
+                        self.reject_event(peer, code, &e.to_string());
+                        self.transmits.push_back(Transmit { transport, dst: peer, bytes: resp });
+                    }
+                    None => self.events.push_back(Event::Dropped { peer, reason: format!("unparsable: {e}") }),
+                }
+                return;
+            }
+        };
+        if msg.is_request() {
+            self.stats.requests += 1;
+            self.on_request(now, transport, peer, msg);
+        } else {
+            self.stats.responses += 1;
+            self.on_response(now, msg);
+        }
+    }
+
+    fn reject_event(&mut self, peer: SocketAddr, code: u16, reason: &str) {
+        self.stats.rejected += 1;
+        self.events.push_back(Event::Rejected { peer, code, reason: reason.to_string() });
+    }
+
+    fn server_key(msg: &SipMessage) -> String {
+        let method = msg.method().unwrap_or("");
+        match msg.vias().first() {
+            Some(v) if v.branch().is_some_and(|b| b.starts_with("z9hG4bK") && b.len() > 7) => {
+                format!("{}|{}:{:?}|{}", v.branch().unwrap_or(""), v.host, v.port, method)
+            }
+            // RFC 2543 peers: no usable branch, match on dialog identifiers.
+            _ => format!(
+                "2543|{}|{:?}|{}",
+                msg.call_id().unwrap_or(""),
+                msg.cseq(),
+                msg.from().and_then(|f| f.tag().map(str::to_string)).unwrap_or_default()
+            ),
+        }
+    }
+
+    fn on_request(&mut self, now: Instant, transport: Transport, peer: SocketAddr, msg: SipMessage) {
+        let method = msg.method().unwrap_or("").to_string();
+        let span = tracing::debug_span!("sip", call_id = msg.call_id().unwrap_or("-"), method = %method);
+        let _enter = span.enter();
+        if method == "ACK" {
+            // ACKs to our own non-2xx answers end there; nothing to relay yet.
+            return;
+        }
+        let key = Self::server_key(&msg);
+        if let Some(txn) = self.server_txns.get(&key) {
+            if let Some(resp) = txn.last_response.clone() {
+                self.stats.retransmissions += 1;
+                self.transmits.push_back(Transmit { transport: txn.transport, dst: txn.peer, bytes: resp });
+            }
+            return;
+        }
+        self.server_txns.insert(
+            key.clone(),
+            ServerTxn { last_response: None, transport, peer, expires_at: now + self.config.t1 * 64 },
+        );
+        if let Err(rej) = check_request(&msg, SUPPORTED) {
+            let extra: Vec<(String, String)> = rej.headers.clone();
+            self.reject_event(peer, rej.code, &rej.reason);
+            self.respond(&key, &msg, rej.code, &rej.reason, &extra);
+            return;
+        }
+        if msg.body().len() > self.config.max_body_bytes {
+            self.reject_event(peer, 413, "body too large");
+            self.respond(&key, &msg, 413, "Request Entity Too Large", &[]);
+            return;
+        }
+        match method.as_str() {
+            "REGISTER" => self.on_register(now, transport, peer, &key, &msg),
+            "MESSAGE" => self.on_message(now, transport, peer, &key, msg),
+            "OPTIONS" => {
+                let extra = [
+                    ("Allow".to_string(), ALLOW.to_string()),
+                    ("Accept".to_string(), "text/plain, application/sdp".to_string()),
+                    ("Supported".to_string(), SUPPORTED.join(", ")),
+                ];
+                self.respond(&key, &msg, 200, "OK", &extra);
+            }
+            _ => {
+                self.reject_event(peer, 405, "method not allowed");
+                self.respond(&key, &msg, 405, "Method Not Allowed", &[("Allow".into(), ALLOW.into())]);
+            }
+        }
+    }
+
+    /// Answers `req` in its server transaction.
+    fn respond(&mut self, key: &str, req: &SipMessage, code: u16, reason: &str, extra: &[(String, String)]) {
+        let tag = self.token();
+        let mut b = MessageBuilder::response_to(req, code, reason);
+        if code > 100 {
+            b.add_to_tag(&tag);
+        }
+        b.header("Server", SERVER_HEADER);
+        for (name, value) in extra {
+            b.header(name, value);
+        }
+        let bytes = b.build();
+        if let Some(txn) = self.server_txns.get_mut(key) {
+            txn.last_response = Some(bytes.clone());
+            self.transmits.push_back(Transmit { transport: txn.transport, dst: txn.peer, bytes });
+        }
+    }
+
+    fn challenge(&mut self, now: Instant, key: &str, req: &SipMessage, stale: bool) {
+        let nonce = format!("{}{}", self.token(), self.token());
+        self.nonces.issue(nonce.clone(), now);
+        let ch = Challenge {
+            realm: self.config.domain.clone(),
+            nonce,
+            algorithm: Algorithm::Md5,
+            qop: Some("auth".into()),
+            opaque: None,
+            stale,
+        };
+        self.respond(key, req, 401, "Unauthorized", &[("WWW-Authenticate".into(), ch.to_header_value())]);
+    }
+
+    fn on_register(&mut self, now: Instant, transport: Transport, peer: SocketAddr, key: &str, req: &SipMessage) {
+        let Some(user) = req.to().and_then(|to| SipUri::parse(&to.uri).ok()).and_then(|u| {
+            (u.scheme.eq_ignore_ascii_case("sip") || u.scheme.eq_ignore_ascii_case("sips")).then_some(u.user)?
+        }) else {
+            self.reject_event(peer, 400, "REGISTER To is not a SIP address of record");
+            self.respond(key, req, 400, "Bad Request", &[]);
+            return;
+        };
+        let Some(creds) = self.users.get(&user).cloned() else {
+            self.reject_event(peer, 404, "unknown user");
+            self.respond(key, req, 404, "Not Found", &[]);
+            return;
+        };
+        let Some(auth) = req.header("Authorization") else {
+            self.challenge(now, key, req, false);
+            return;
+        };
+        let c = match Credentials::parse(auth) {
+            Ok(c) => c,
+            // Unknown scheme or garbled credentials: challenge afresh.
+            Err(_) => {
+                self.challenge(now, key, req, false);
+                return;
+            }
+        };
+        if c.username != user {
+            self.reject_event(peer, 403, "credentials for another user");
+            self.respond(key, req, 403, "Forbidden", &[]);
+            return;
+        }
+        match self.nonces.check(&c.nonce, now, self.config.nonce_ttl) {
+            NonceState::Valid => {}
+            NonceState::Stale => {
+                self.challenge(now, key, req, true);
+                return;
+            }
+            NonceState::Unknown => {
+                self.challenge(now, key, req, false);
+                return;
+            }
+        }
+        let ha1 = match c.algorithm {
+            Algorithm::Md5 => &creds.ha1_md5,
+            Algorithm::Sha256 => &creds.ha1_sha256,
+        };
+        if !digest::verify(ha1, "REGISTER", &c) {
+            self.reject_event(peer, 403, "wrong password");
+            self.respond(key, req, 403, "Forbidden", &[]);
+            return;
+        }
+        self.update_bindings(now, transport, peer, key, req, &user);
+    }
+
+    fn update_bindings(&mut self, now: Instant, transport: Transport, peer: SocketAddr, key: &str, req: &SipMessage, user: &str) {
+        let header_expires = req.expires();
+        let contacts = req.contacts();
+        if contacts.iter().any(|c| c.star) {
+            if contacts.len() != 1 || header_expires != Some(0) {
+                self.reject_event(peer, 400, "'*' contact needs Expires: 0 and no other contact");
+                self.respond(key, req, 400, "Bad Request", &[]);
+                return;
+            }
+            self.bindings.remove_all(user);
+            self.events.push_back(Event::Unregistered { user: user.to_string() });
+            self.respond(key, req, 200, "OK", &[]);
+            return;
+        }
+        for c in contacts.iter().filter(|c| c.addr.is_some()) {
+            let expires = c.expires().or(header_expires).unwrap_or(self.config.default_expires);
+            if expires > 0 && expires < self.config.min_expires {
+                self.reject_event(peer, 423, "registration interval too brief");
+                self.respond(key, req, 423, "Interval Too Brief", &[("Min-Expires".into(), self.config.min_expires.to_string())]);
+                return;
+            }
+        }
+        for c in contacts {
+            let Some(addr) = c.addr.clone() else { continue };
+            let expires = c.expires().or(header_expires).unwrap_or(self.config.default_expires).min(self.config.max_expires);
+            if expires == 0 {
+                self.bindings.remove(user, &addr.uri);
+            } else {
+                self.bindings.upsert(
+                    user,
+                    Binding {
+                        contact: addr.uri.clone(),
+                        transport,
+                        flow: peer,
+                        expires_at: now + Duration::from_secs(u64::from(expires)),
+                        registered_at: now,
+                    },
+                );
+                self.events.push_back(Event::Registered { user: user.to_string(), contact: addr.uri.clone() });
+                tracing::info!(user, contact = %addr.uri, expires, "registered");
+            }
+        }
+        let current: Vec<(String, String)> = self
+            .bindings
+            .lookup(user, now)
+            .into_iter()
+            .map(|b| {
+                let left = b.expires_at.saturating_duration_since(now).as_secs();
+                ("Contact".to_string(), format!("<{}>;expires={left}", b.contact))
+            })
+            .collect();
+        if current.is_empty() {
+            self.events.push_back(Event::Unregistered { user: user.to_string() });
+        }
+        self.respond(key, req, 200, "OK", &current);
+    }
+
+    fn on_message(&mut self, now: Instant, transport: Transport, peer: SocketAddr, key: &str, req: SipMessage) {
+        let target = req.request_uri().and_then(|u| SipUri::parse(u).ok()).and_then(|u| u.user);
+        let Some(target) = target.filter(|u| self.users.contains_key(u)) else {
+            self.reject_event(peer, 404, "unknown recipient");
+            self.respond(key, &req, 404, "Not Found", &[]);
+            return;
+        };
+        let max_forwards = req.max_forwards().unwrap_or(70);
+        if max_forwards == 0 {
+            self.reject_event(peer, 483, "Max-Forwards exhausted");
+            self.respond(key, &req, 483, "Too Many Hops", &[]);
+            return;
+        }
+        let Some(binding) = self.bindings.lookup(&target, now).first().map(|b| (*b).clone()) else {
+            self.reject_event(peer, 480, "recipient not registered");
+            self.respond(key, &req, 480, "Temporarily Unavailable", &[]);
+            return;
+        };
+        let branch = format!("z9hG4bK-sv-{}", self.token());
+        let local = self.local.get(&binding.transport).copied().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)));
+        let via = format!("SIP/2.0/{} {};branch={branch};rport", transport_token(binding.transport), local);
+        let mut b = MessageBuilder::from_message(&req);
+        b.set_request_uri(&binding.contact);
+        b.prepend_header("Via", &via);
+        b.set_header("Max-Forwards", &(max_forwards - 1).to_string());
+        let transmit = Transmit { transport: binding.transport, dst: binding.flow, bytes: b.build() };
+        let reliable = binding.transport != Transport::Udp;
+        self.client_txns.insert(
+            branch,
+            ClientTxn {
+                server_key: key.to_string(),
+                origin_transport: transport,
+                origin: peer,
+                request: req,
+                transmit: transmit.clone(),
+                next_retransmit: (!reliable).then(|| now + self.config.t1),
+                interval: self.config.t1,
+                deadline: now + self.config.t1 * 64,
+            },
+        );
+        self.stats.relayed += 1;
+        self.transmits.push_back(transmit);
+    }
+
+    fn on_response(&mut self, _now: Instant, msg: SipMessage) {
+        let Some(branch) = msg.vias().first().and_then(|v| v.branch().map(str::to_string)) else {
+            self.stats.stray_responses += 1;
+            return;
+        };
+        let Some(status) = msg.status() else { return };
+        if !self.client_txns.contains_key(&branch) {
+            self.stats.stray_responses += 1;
+            return;
+        }
+        if status < 200 {
+            // Proceeding: keep waiting, retransmit at T2 (RFC 3261 17.1.2.2).
+            if let Some(txn) = self.client_txns.get_mut(&branch) {
+                txn.interval = self.config.t2;
+            }
+            return;
+        }
+        let Some(txn) = self.client_txns.remove(&branch) else { return };
+        let mut b = MessageBuilder::from_message(&msg);
+        b.pop_first_value("Via");
+        let bytes = b.build();
+        if let Some(st) = self.server_txns.get_mut(&txn.server_key) {
+            st.last_response = Some(bytes.clone());
+        }
+        self.transmits.push_back(Transmit { transport: txn.origin_transport, dst: txn.origin, bytes });
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut timed_out = Vec::new();
+        let mut retransmit = Vec::new();
+        for (branch, txn) in &mut self.client_txns {
+            if now >= txn.deadline {
+                timed_out.push(branch.clone());
+            } else if let Some(at) = txn.next_retransmit.filter(|at| now >= *at) {
+                let _ = at;
+                retransmit.push(txn.transmit.clone());
+                txn.interval = (txn.interval * 2).min(self.config.t2);
+                txn.next_retransmit = Some(now + txn.interval);
+            }
+        }
+        self.stats.retransmissions += retransmit.len() as u64;
+        self.transmits.extend(retransmit);
+        for branch in timed_out {
+            if let Some(txn) = self.client_txns.remove(&branch) {
+                self.stats.timeouts += 1;
+                self.reject_event(txn.origin, 408, "no answer from recipient");
+                self.respond(&txn.server_key, &txn.request, 408, "Request Timeout", &[]);
+            }
+        }
+        if self.next_housekeeping.is_some_and(|t| now >= t) {
+            self.next_housekeeping = None;
+            self.server_txns.retain(|_, t| t.expires_at > now);
+            self.nonces.expire(now, self.config.nonce_ttl);
+            for user in self.bindings.expire(now) {
+                self.events.push_back(Event::Unregistered { user });
+            }
+            if !self.server_txns.is_empty() || !self.client_txns.is_empty() || self.bindings.registered_users() > 0 {
+                self.schedule_housekeeping(now);
+            }
+        }
+    }
+}
+
+pub fn transport_token(t: Transport) -> &'static str {
+    match t {
+        Transport::Udp => "UDP",
+        Transport::Tcp => "TCP",
+        Transport::Tls => "TLS",
+    }
+}

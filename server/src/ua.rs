@@ -1,0 +1,275 @@
+//! A minimal SIP user agent over real UDP or TCP sockets: registers with
+//! digest auth, sends page-mode MESSAGEs and answers the ones it receives.
+//! The demo uses it to generate traffic; tests use it as a peer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sipvault_schemas::Transport;
+use sipvault_sip::digest::{Challenge, authorize};
+use sipvault_sip::{MessageBuilder, SipMessage, StreamFramer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::core::transport_token;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UaError {
+    #[error("user agent socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no final response within {0:?}")]
+    Timeout(Duration),
+    #[error("challenge could not be answered: {0}")]
+    Auth(String),
+    #[error("connection closed")]
+    Closed,
+}
+
+/// An IM this agent received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedIm {
+    pub from: String,
+    pub body: String,
+}
+
+#[derive(Clone)]
+enum Writer {
+    Udp(Arc<UdpSocket>, SocketAddr),
+    Tcp(Arc<Mutex<OwnedWriteHalf>>),
+}
+
+impl Writer {
+    async fn send(&self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Writer::Udp(s, dst) => s.send_to(bytes, *dst).await.map(|_| ()),
+            Writer::Tcp(w) => w.lock().await.write_all(bytes).await,
+        }
+    }
+}
+
+pub struct UserAgent {
+    user: String,
+    domain: String,
+    password: String,
+    transport: Transport,
+    local: SocketAddr,
+    writer: Writer,
+    responses: mpsc::Receiver<SipMessage>,
+    inbox: mpsc::Receiver<ReceivedIm>,
+    reader: JoinHandle<()>,
+    reg_call_id: String,
+    cseq: u32,
+    counter: u64,
+    /// How long to wait for a final response.
+    pub timeout: Duration,
+}
+
+impl UserAgent {
+    /// Opens a socket (UDP) or connection (TCP) to the server at `server`.
+    pub async fn connect(transport: Transport, server: SocketAddr, user: &str, domain: &str, password: &str) -> Result<UserAgent, UaError> {
+        let (resp_tx, responses) = mpsc::channel(64);
+        let (inbox_tx, inbox) = mpsc::channel(1024);
+        let (writer, local, reader) = match transport {
+            Transport::Udp => {
+                let sock = Arc::new(UdpSocket::bind(SocketAddr::new(server.ip(), 0)).await?);
+                let local = sock.local_addr()?;
+                let writer = Writer::Udp(sock.clone(), server);
+                let w = writer.clone();
+                let reader = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok((n, _)) = sock.recv_from(&mut buf).await {
+                        if !dispatch(&buf[..n], &w, &resp_tx, &inbox_tx).await {
+                            break;
+                        }
+                    }
+                });
+                (writer, local, reader)
+            }
+            Transport::Tcp | Transport::Tls => {
+                let stream = TcpStream::connect(server).await?;
+                let local = stream.local_addr()?;
+                let (mut rd, wr) = stream.into_split();
+                let writer = Writer::Tcp(Arc::new(Mutex::new(wr)));
+                let w = writer.clone();
+                let reader = tokio::spawn(async move {
+                    let mut framer = StreamFramer::new(1 << 20);
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match rd.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        framer.push(&buf[..n]);
+                        while let Ok(Some(msg)) = framer.next_message() {
+                            if !dispatch(&msg, &w, &resp_tx, &inbox_tx).await {
+                                return;
+                            }
+                        }
+                    }
+                });
+                (writer, local, reader)
+            }
+        };
+        Ok(UserAgent {
+            user: user.into(),
+            domain: domain.into(),
+            password: password.into(),
+            transport,
+            local,
+            writer,
+            responses,
+            inbox,
+            reader,
+            reg_call_id: format!("reg-{}-{}@{}", user, rand::random::<u32>(), local),
+            cseq: 0,
+            counter: 0,
+            timeout: Duration::from_secs(5),
+        })
+    }
+
+    pub fn aor(&self) -> String {
+        format!("sip:{}@{}", self.user, self.domain)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    fn via(&mut self) -> String {
+        self.counter += 1;
+        format!(
+            "SIP/2.0/{} {};branch=z9hG4bK-ua-{:08x}{};rport",
+            transport_token(self.transport),
+            self.local,
+            rand::random::<u32>(),
+            self.counter
+        )
+    }
+
+    /// REGISTERs (answering one digest challenge) and returns the final status.
+    pub async fn register(&mut self, expires: u32) -> Result<u16, UaError> {
+        let contact = match self.transport {
+            Transport::Udp => format!("<sip:{}@{}>", self.user, self.local),
+            _ => format!("<sip:{}@{};transport=tcp>", self.user, self.local),
+        };
+        let uri = format!("sip:{}", self.domain);
+        let mut auth: Option<String> = None;
+        for _ in 0..2 {
+            self.cseq += 1;
+            let mut b = MessageBuilder::request("REGISTER", &uri);
+            b.header("Via", &self.via())
+                .header("Max-Forwards", "70")
+                .header("From", &format!("<{}>;tag=r{}", self.aor(), self.cseq))
+                .header("To", &format!("<{}>", self.aor()))
+                .header("Call-ID", &self.reg_call_id.clone())
+                .header("CSeq", &format!("{} REGISTER", self.cseq))
+                .header("Contact", &contact)
+                .header("Expires", &expires.to_string())
+                .header("User-Agent", "sipvault-ua");
+            if let Some(a) = &auth {
+                b.header("Authorization", a);
+            }
+            let resp = self.transact(b.build()).await?;
+            let code = resp.status().unwrap_or(0);
+            if code != 401 || auth.is_some() {
+                return Ok(code);
+            }
+            let header = resp.header("WWW-Authenticate").ok_or_else(|| UaError::Auth("401 without WWW-Authenticate".into()))?;
+            let ch = Challenge::parse(header).map_err(|e| UaError::Auth(e.to_string()))?;
+            let cnonce = format!("{:08x}", rand::random::<u32>());
+            auth = Some(authorize(&ch, &self.user, &self.password, "REGISTER", &uri, &cnonce));
+        }
+        Ok(401)
+    }
+
+    /// Sends one page-mode MESSAGE to `to_user` and returns the final status.
+    pub async fn message(&mut self, to_user: &str, body: &str) -> Result<u16, UaError> {
+        let to = format!("sip:{}@{}", to_user, self.domain);
+        self.counter += 1;
+        let call_id = format!("im-{:08x}-{}@{}", rand::random::<u32>(), self.counter, self.local.ip());
+        let mut b = MessageBuilder::request("MESSAGE", &to);
+        b.header("Via", &self.via())
+            .header("Max-Forwards", "70")
+            .header("From", &format!("<{}>;tag=m{:08x}", self.aor(), rand::random::<u32>()))
+            .header("To", &format!("<{to}>"))
+            .header("Call-ID", &call_id)
+            .header("CSeq", "1 MESSAGE")
+            .header("User-Agent", "sipvault-ua")
+            .body("text/plain;charset=UTF-8", body.as_bytes());
+        let resp = self.transact(b.build()).await?;
+        Ok(resp.status().unwrap_or(0))
+    }
+
+    /// IMs received so far (answered 200 by the agent).
+    pub fn received(&mut self) -> Vec<ReceivedIm> {
+        let mut out = Vec::new();
+        while let Ok(im) = self.inbox.try_recv() {
+            out.push(im);
+        }
+        out
+    }
+
+    /// Sends a request and waits for its final response, retransmitting on
+    /// UDP every 500 ms.
+    async fn transact(&mut self, bytes: Vec<u8>) -> Result<SipMessage, UaError> {
+        let sent = SipMessage::parse(&bytes).map_err(|e| UaError::Auth(e.to_string()))?;
+        let key = (sent.call_id().unwrap_or("").to_string(), sent.cseq().map(|c| c.0));
+        self.writer.send(&bytes).await?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let retry = tokio::time::Instant::now() + Duration::from_millis(500);
+            tokio::select! {
+                r = self.responses.recv() => {
+                    let r = r.ok_or(UaError::Closed)?;
+                    let k = (r.call_id().unwrap_or("").to_string(), r.cseq().map(|c| c.0));
+                    if k == key && r.status().is_some_and(|s| s >= 200) {
+                        return Ok(r);
+                    }
+                }
+                _ = tokio::time::sleep_until(retry.min(deadline)) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(UaError::Timeout(self.timeout));
+                    }
+                    if self.transport == Transport::Udp {
+                        self.writer.send(&bytes).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn close(self) {
+        self.reader.abort();
+    }
+}
+
+/// Routes one incoming message: responses to the waiting transaction,
+/// MESSAGE requests answered 200 and put in the inbox. Returns false when
+/// the agent is gone.
+async fn dispatch(raw: &[u8], w: &Writer, responses: &mpsc::Sender<SipMessage>, inbox: &mpsc::Sender<ReceivedIm>) -> bool {
+    let Ok(msg) = SipMessage::parse(raw) else { return true };
+    if !msg.is_request() {
+        return responses.send(msg).await.is_ok();
+    }
+    let (code, reason) = match msg.method() {
+        Some("MESSAGE") => {
+            let im = ReceivedIm {
+                from: msg.from().map(|f| f.uri).unwrap_or_default(),
+                body: String::from_utf8_lossy(msg.body()).into_owned(),
+            };
+            let _ = inbox.try_send(im);
+            (200, "OK")
+        }
+        Some("OPTIONS") => (200, "OK"),
+        Some("ACK") => return true,
+        _ => (405, "Method Not Allowed"),
+    };
+    let mut b = MessageBuilder::response_to(&msg, code, reason);
+    b.add_to_tag(&format!("{:08x}", rand::random::<u32>()));
+    let _ = w.send(&b.build()).await;
+    true
+}

@@ -1,0 +1,127 @@
+//! `sipvault.toml`: every setting has a default, unknown keys are rejected.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub archive: ArchiveConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    /// UDP and TCP listen address (`--sip` overrides).
+    pub listen: SocketAddr,
+    /// Served SIP domain and digest realm.
+    pub domain: String,
+    /// Larger datagrams/stream messages are dropped and counted.
+    pub max_message_bytes: usize,
+    /// Larger request bodies get 413.
+    pub max_body_bytes: usize,
+    /// RFC 3261 T1 in milliseconds (transaction timeout is 64*T1).
+    pub t1_ms: u64,
+    pub t2_ms: u64,
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub tcp_message_timeout_secs: u64,
+    pub tcp_idle_timeout_secs: u64,
+    pub max_tcp_connections: usize,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
+            domain: "sipvault.local".into(),
+            max_message_bytes: 16 * 1024,
+            max_body_bytes: 8 * 1024,
+            t1_ms: 500,
+            t2_ms: 4000,
+            min_expires: 60,
+            max_expires: 7200,
+            tcp_message_timeout_secs: 10,
+            tcp_idle_timeout_secs: 3600,
+            max_tcp_connections: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// A segment is sealed when it reaches this many rows...
+    pub segment_max_rows: usize,
+    /// ...or this many bytes...
+    pub segment_max_bytes: usize,
+    /// ...or this age.
+    pub segment_max_age_secs: u64,
+    /// Capacity of the channel from the server's tap to the collector.
+    pub tap_queue: usize,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig { segment_max_rows: 200_000, segment_max_bytes: 64 << 20, segment_max_age_secs: 60, tap_queue: 65_536 }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { sip: SipConfig::default(), archive: ArchiveConfig::default() }
+    }
+}
+
+impl Config {
+    /// Reads `path` if given (must exist), else `<data>/sipvault.toml` or
+    /// `./sipvault.toml` if present, else defaults.
+    pub fn load(path: Option<&Path>, data_dir: &Path) -> anyhow::Result<Config> {
+        let candidate = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => [data_dir.join("sipvault.toml"), "sipvault.toml".into()].into_iter().find(|p| p.exists()),
+        };
+        let Some(p) = candidate else { return Ok(Config::default()) };
+        let text = std::fs::read_to_string(&p).with_context(|| format!("reading config {}", p.display()))?;
+        Self::parse(&text).with_context(|| format!("in config {}", p.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        Ok(toml::from_str(text)?)
+    }
+
+    pub fn t1(&self) -> Duration {
+        Duration::from_millis(self.sip.t1_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_all_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn settings_override_defaults() {
+        let c = Config::parse("[sip]\ndomain = \"example.com\"\nmax_body_bytes = 100\n[archive]\nsegment_max_rows = 5\n").unwrap();
+        assert_eq!(c.sip.domain, "example.com");
+        assert_eq!(c.sip.max_body_bytes, 100);
+        assert_eq!(c.sip.t1_ms, 500);
+        assert_eq!(c.archive.segment_max_rows, 5);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::parse("[sip]\ndomian = \"x\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("domian"), "error should name the unknown key: {err:#}");
+        assert!(Config::parse("[nonsense]\n").is_err());
+    }
+}

@@ -1,0 +1,191 @@
+//! Wiring of one running sipvault: catalog, SIP server, collector and
+//! indexer, connected by bounded channels.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use sipvault_catalog::Catalog;
+use sipvault_collector::{CollectorConfig, CollectorStats, SealedSegment, SegmentLimits};
+use sipvault_indexer::ImIndex;
+use sipvault_schemas::TABLE_IM_MESSAGES;
+use sipvault_server::{CoreConfig, Server, ServerConfig, UserCredentials, UserDirectory};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+
+pub fn index_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("index")
+}
+
+pub struct Running {
+    pub server: Server,
+    pub catalog: Catalog,
+    pub collector_stats: Arc<CollectorStats>,
+    collector: JoinHandle<Result<(), sipvault_collector::CollectorError>>,
+    indexer: std::thread::JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+    users: UserDirectory,
+    domain: String,
+}
+
+pub fn server_config(config: &Config, sip: SocketAddr) -> ServerConfig {
+    ServerConfig {
+        sip_addr: sip,
+        core: CoreConfig {
+            domain: config.sip.domain.clone(),
+            t1: config.t1(),
+            t2: Duration::from_millis(config.sip.t2_ms),
+            max_body_bytes: config.sip.max_body_bytes,
+            min_expires: config.sip.min_expires,
+            max_expires: config.sip.max_expires,
+            seed: rand_seed(),
+            ..CoreConfig::default()
+        },
+        max_message_bytes: config.sip.max_message_bytes,
+        tcp_message_timeout: Duration::from_secs(config.sip.tcp_message_timeout_secs),
+        tcp_idle_timeout: Duration::from_secs(config.sip.tcp_idle_timeout_secs),
+        max_tcp_connections: config.sip.max_tcp_connections,
+    }
+}
+
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    h.finish()
+}
+
+async fn load_users(catalog: &Catalog, domain: &str) -> anyhow::Result<HashMap<String, UserCredentials>> {
+    Ok(catalog
+        .list_users()
+        .await?
+        .into_iter()
+        .filter(|u| u.domain.eq_ignore_ascii_case(domain))
+        .map(|u| (u.name, UserCredentials { ha1_md5: u.ha1_md5, ha1_sha256: u.ha1_sha256 }))
+        .collect())
+}
+
+impl Running {
+    pub async fn start(data_dir: &Path, config: &Config, sip: SocketAddr) -> anyhow::Result<Running> {
+        let catalog = Catalog::open(data_dir).await.context("opening the catalog")?;
+        let (tap_tx, tap_rx) = mpsc::channel(config.archive.tap_queue);
+        let server = Server::start(server_config(config, sip), tap_tx).await?;
+        tracing::info!(
+            "sipvault listening sip_udp={} sip_tcp={} domain={} data={}",
+            server.udp_addr,
+            server.tcp_addr,
+            config.sip.domain,
+            data_dir.display()
+        );
+
+        let (sealed_tx, sealed_rx) = mpsc::channel::<SealedSegment>(64);
+        let collector_stats = Arc::new(CollectorStats::default());
+        let collector = tokio::spawn(sipvault_collector::run(
+            CollectorConfig {
+                data_dir: data_dir.to_path_buf(),
+                limits: SegmentLimits {
+                    max_rows: config.archive.segment_max_rows,
+                    max_bytes: config.archive.segment_max_bytes,
+                    max_age: Duration::from_secs(config.archive.segment_max_age_secs),
+                },
+                im_answer_timeout: config.t1() * 64,
+            },
+            catalog.clone(),
+            tap_rx,
+            sealed_tx,
+            collector_stats.clone(),
+        ));
+        let index = ImIndex::open_or_create(&index_dir(data_dir)).context("opening the search index")?;
+        let indexer = std::thread::Builder::new()
+            .name("indexer".into())
+            .spawn(move || index_sealed(index, sealed_rx))
+            .context("starting the indexer")?;
+
+        let users = server.user_directory();
+        users.replace(load_users(&catalog, &config.sip.domain).await?).await;
+        let refresher = {
+            let (catalog, users, domain) = (catalog.clone(), users.clone(), config.sip.domain.clone());
+            tokio::spawn(async move {
+                let mut last = HashMap::new();
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    match load_users(&catalog, &domain).await {
+                        Ok(now) if now != last => {
+                            users.replace(now.clone()).await;
+                            last = now;
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "reloading users failed"),
+                    }
+                }
+            })
+        };
+        let reporter = {
+            let (cs, ss) = (collector_stats.clone(), server.stats.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    tracing::info!(collector = ?cs.snapshot(), server = %ss.summary(), "stats");
+                }
+            })
+        };
+        Ok(Running {
+            server,
+            catalog,
+            collector_stats,
+            collector,
+            indexer,
+            background: vec![refresher, reporter],
+            users,
+            domain: config.sip.domain.clone(),
+        })
+    }
+
+    /// Pushes the catalog's users to the registrar now, instead of at the next reload.
+    pub async fn refresh_users(&self) -> anyhow::Result<()> {
+        self.users.replace(load_users(&self.catalog, &self.domain).await?).await;
+        Ok(())
+    }
+
+    /// Stops the server, lets the collector archive everything received and
+    /// seal its segments, then waits for the indexer.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        for t in &self.background {
+            t.abort();
+        }
+        let server_stats = self.server.stats.clone();
+        self.server.shutdown().await;
+        self.collector.await.context("collector task")??;
+        tokio::task::spawn_blocking(move || self.indexer.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("indexer thread panicked"))?;
+        tracing::info!(
+            collector = ?self.collector_stats.snapshot(),
+            server = %server_stats.summary(),
+            dropped_oversize = server_stats.oversize_dropped.load(Ordering::Relaxed),
+            "sipvault stopped; archive sealed"
+        );
+        self.catalog.close().await;
+        Ok(())
+    }
+}
+
+fn index_sealed(mut index: ImIndex, mut sealed: mpsc::Receiver<SealedSegment>) {
+    while let Some(seg) = sealed.blocking_recv() {
+        if seg.table != TABLE_IM_MESSAGES {
+            continue;
+        }
+        match index.add_segment(&seg.segment_id, &seg.im_rows) {
+            Ok(()) => tracing::info!(segment = %seg.segment_id, rows = seg.rows, "segment indexed"),
+            Err(e) => tracing::error!(segment = %seg.segment_id, error = %e, "indexing failed"),
+        }
+    }
+}
