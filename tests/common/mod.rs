@@ -1,0 +1,132 @@
+//! Helpers for end-to-end tests: run the real `sipvault` binary.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sipvault")
+}
+
+/// Runs `sipvault ARGS --data DIR`, asserting it exits 0; returns stdout.
+pub fn sipvault(data: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin()).args(args).arg("--data").arg(data).output().expect("run sipvault");
+    assert!(
+        out.status.success(),
+        "sipvault {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A `sipvault serve` child process on a free loopback port.
+pub struct ServeProcess {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+impl ServeProcess {
+    /// Starts `sipvault serve --sip 127.0.0.1:0` and waits for the line that
+    /// names the bound address. `config` is written to `<data>/sipvault.toml` if given.
+    pub fn start(data: &Path, config: Option<&str>) -> ServeProcess {
+        if let Some(c) = config {
+            std::fs::create_dir_all(data).unwrap();
+            std::fs::write(data.join("sipvault.toml"), c).unwrap();
+        }
+        let mut child = Command::new(bin())
+            .args(["serve", "--sip", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .env("SIPVAULT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sipvault serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(pos) = line.find("sip_udp=") {
+                        let addr: String = line[pos + 8..].chars().take_while(|c| !c.is_whitespace()).collect();
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(addr);
+                        }
+                    }
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("sipvault serve printed no listening line; log:\n{}", log.lock().unwrap()));
+        ServeProcess { child: Some(child), addr: addr.parse().expect("listening address"), data: data.to_path_buf(), log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle` (bounded).
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Whether the process is still alive (no panic, no exit).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// SIGTERM, then waits for a clean exit (archive sealed). Returns the log.
+    pub fn stop(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                let log = self.log();
+                assert!(status.success(), "sipvault serve exited with {status}; log:\n{log}");
+                assert!(!log.contains("panicked"), "sipvault serve panicked; log:\n{log}");
+                return log;
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                panic!("sipvault serve did not stop within 30 s of SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata")
+}
