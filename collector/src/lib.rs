@@ -151,3 +151,6 @@ async fn seal(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
