@@ -490,7 +490,7 @@ impl Core {
         self.transmits.push_back(transmit);
     }
 
-    fn on_response(&mut self, _now: Instant, msg: SipMessage) {
+    fn on_response(&mut self, now: Instant, msg: SipMessage) {
         let Some(branch) = msg.vias().first().and_then(|v| v.branch().map(str::to_string)) else {
             self.stats.stray_responses += 1;
             return;
@@ -513,6 +513,8 @@ impl Core {
         let bytes = b.build();
         if let Some(st) = self.server_txns.get_mut(&txn.server_key) {
             st.last_response = Some(bytes.clone());
+            // Timer J: absorb retransmissions for 64*T1 after the final response.
+            st.expires_at = st.expires_at.max(now + self.config.t1 * 64);
         }
         self.transmits.push_back(Transmit { transport: txn.origin_transport, dst: txn.origin, bytes });
     }
@@ -537,6 +539,9 @@ impl Core {
                 self.stats.timeouts += 1;
                 self.reject_event(txn.origin, 408, "no answer from recipient");
                 self.respond(&txn.server_key, &txn.request, 408, "Request Timeout", &[]);
+                if let Some(st) = self.server_txns.get_mut(&txn.server_key) {
+                    st.expires_at = st.expires_at.max(now + self.config.t1 * 64);
+                }
             }
         }
         if self.next_housekeeping.is_some_and(|t| now >= t) {

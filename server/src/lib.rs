@@ -13,3 +13,6 @@ pub mod ua;
 
 pub use core::{Core, CoreConfig, CoreStats, Event, Transmit, UserCredentials};
 pub use io::{Server, ServerConfig, ServerError, ServerStats, Tap, UserDirectory};
+
+#[cfg(test)]
+mod core_tests;

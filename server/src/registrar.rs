@@ -46,6 +46,9 @@ impl Bindings {
     pub fn remove(&mut self, user: &str, contact: &str) {
         if let Some(list) = self.by_user.get_mut(user) {
             list.retain(|b| b.contact != contact);
+            if list.is_empty() {
+                self.by_user.remove(user);
+            }
         }
     }
 
