@@ -59,6 +59,13 @@ enum Command {
         #[arg(long, default_value = "table")]
         format: OutputFormat,
     },
+    /// Re-read every archive segment and the manifest hash chain; report
+    /// missing, altered, extra or reordered segments (exit 1 if any).
+    #[command(after_help = "Example:\n  sipvault verify --data ./sipvault-data --format json")]
+    Verify {
+        #[arg(long, default_value = "table")]
+        format: OutputFormat,
+    },
     /// Start a server on free loopback ports, exchange IMs between built-in
     /// user agents, archive them and show a search and a SQL result.
     #[command(after_help = "Example:\n  sipvault demo\n  sipvault demo --data ./demo-data")]
@@ -161,6 +168,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", sipvault_query::format_batches(&batches, format)?);
             Ok(())
         }
+        Command::Verify { format } => verify(&data, format).await,
         Command::Demo => unreachable!("handled above"),
     }
 }
@@ -220,6 +228,33 @@ fn search(data: &Path, args: SearchArgs) -> anyhow::Result<()> {
     };
     let hits = sipvault_query::search(&pipeline::index_dir(data), &req).context("search failed")?;
     print!("{}", sipvault_query::format_hits(&hits, args.format));
+    Ok(())
+}
+
+async fn verify(data: &Path, format: OutputFormat) -> anyhow::Result<()> {
+    let catalog = Catalog::open(data).await?;
+    let entries = catalog.segments().await?;
+    catalog.close().await;
+    let report = sipvault_collector::verify_archive(data, &entries, |_| {});
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Csv => {
+            println!("problem,detail");
+            for f in &report.findings {
+                let v = serde_json::to_value(f)?;
+                println!("{},\"{}\"", v["problem"].as_str().unwrap_or(""), f.to_string().replace('"', "\"\""));
+            }
+        }
+        OutputFormat::Table => {
+            for f in &report.findings {
+                println!("{f}");
+            }
+            println!("{} segments, {} rows, {} problems", report.segments, report.rows, report.findings.len());
+        }
+    }
+    if !report.findings.is_empty() {
+        bail!("archive verification failed: {} problems", report.findings.len());
+    }
     Ok(())
 }
 

@@ -31,6 +31,18 @@ fn demo_runs_end_to_end_and_leaves_a_queryable_archive() {
     let hits = sipvault(&data, &["search", "launch AND plan", "--from", "carol", "--format", "json"]);
     let hits: serde_json::Value = serde_json::from_str(&hits).unwrap();
     assert_eq!(hits.as_array().unwrap().len(), 1, "{hits}");
+
+    // verify passes on the sealed archive and names a tampered segment.
+    let ok = sipvault(&data, &["verify"]);
+    assert!(ok.contains("0 problems"), "{ok}");
+    let seg = std::fs::read_dir(data.join("archive/im_messages")).unwrap().next().unwrap().unwrap().path();
+    let file = std::fs::read_dir(&seg).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[4] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    let (code, out, _) = run(&["verify", "--data", data.to_str().unwrap()]);
+    assert_eq!(code, 1, "verify must fail on a changed segment: {out}");
+    assert!(out.contains("altered") && out.contains(file.file_name().unwrap().to_str().unwrap()), "{out}");
 }
 
 #[test]

@@ -9,6 +9,7 @@
 
 pub mod im;
 pub mod rows;
+pub mod verify;
 pub mod writer;
 
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use sipvault_catalog::Catalog;
 use sipvault_schemas::{CapturedMessage, ImMessageRow};
 use tokio::sync::mpsc;
 
+pub use verify::{Finding, VerifyReport, verify_archive};
 pub use writer::{ArchiveWriter, SegmentLimits};
 
 #[derive(Debug, thiserror::Error)]

@@ -108,3 +108,49 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+#[tokio::test]
+async fn verify_names_altered_missing_and_extra_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path()).await.unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    let (sealed_tx, mut sealed_rx) = mpsc::channel(64);
+    let config = CollectorConfig {
+        data_dir: dir.path().to_path_buf(),
+        limits: SegmentLimits { max_rows: 4, max_bytes: 1 << 20, max_age: Duration::from_secs(3600) },
+        im_answer_timeout: Duration::from_secs(32),
+    };
+    let task = tokio::spawn(run(config, catalog.clone(), rx, sealed_tx, Arc::new(CollectorStats::default())));
+    for i in 0..8u32 {
+        for m in message(i, 1_764_000_000_000_000_000 + i64::from(i)) {
+            tx.send(m).await.unwrap();
+        }
+    }
+    drop(tx);
+    task.await.unwrap().unwrap();
+    while sealed_rx.recv().await.is_some() {}
+    let entries = catalog.segments().await.unwrap();
+    assert!(entries.len() >= 4, "{entries:?}");
+    let clean = crate::verify_archive(dir.path(), &entries, |_| {});
+    assert!(clean.findings.is_empty(), "fresh archive must verify: {:?}", clean.findings);
+
+    // Flip one byte in the first segment, delete the second, add a stray copy.
+    let altered = dir.path().join(&entries[0].path);
+    let mut bytes = std::fs::read(&altered).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&altered, &bytes).unwrap();
+    std::fs::remove_file(dir.path().join(&entries[1].path)).unwrap();
+    let extra = dir.path().join(&entries[2].path).with_file_name("stray.parquet");
+    std::fs::copy(dir.path().join(&entries[2].path), &extra).unwrap();
+
+    let report = crate::verify_archive(dir.path(), &entries, |_| {});
+    let kinds: Vec<String> = report.findings.iter().map(|f| f.to_string()).collect();
+    assert!(matches!(&report.findings[..], [crate::Finding::Altered { seq: 1, .. }, crate::Finding::Missing { seq: 2, .. }, crate::Finding::Extra { path }] if path.ends_with("stray.parquet")), "{kinds:#?}");
+
+    // A manifest with a row removed breaks the chain at the row after it.
+    let mut gap = entries.clone();
+    gap.remove(1);
+    std::fs::remove_file(&extra).unwrap();
+    let report = crate::verify_archive(dir.path(), &gap, |_| {});
+    assert!(report.findings.iter().any(|f| matches!(f, crate::Finding::BrokenChain { seq: 3, .. })), "{:?}", report.findings);
+}
