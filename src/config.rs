@@ -68,13 +68,21 @@ pub struct ArchiveConfig {
 
 impl Default for ArchiveConfig {
     fn default() -> Self {
-        ArchiveConfig { segment_max_rows: 200_000, segment_max_bytes: 64 << 20, segment_max_age_secs: 60, tap_queue: 65_536 }
+        ArchiveConfig {
+            segment_max_rows: 200_000,
+            segment_max_bytes: 64 << 20,
+            segment_max_age_secs: 60,
+            tap_queue: 65_536,
+        }
     }
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { sip: SipConfig::default(), archive: ArchiveConfig::default() }
+        Config {
+            sip: SipConfig::default(),
+            archive: ArchiveConfig::default(),
+        }
     }
 }
 
@@ -84,10 +92,15 @@ impl Config {
     pub fn load(path: Option<&Path>, data_dir: &Path) -> anyhow::Result<Config> {
         let candidate = match path {
             Some(p) => Some(p.to_path_buf()),
-            None => [data_dir.join("sipvault.toml"), "sipvault.toml".into()].into_iter().find(|p| p.exists()),
+            None => [data_dir.join("sipvault.toml"), "sipvault.toml".into()]
+                .into_iter()
+                .find(|p| p.exists()),
         };
-        let Some(p) = candidate else { return Ok(Config::default()) };
-        let text = std::fs::read_to_string(&p).with_context(|| format!("reading config {}", p.display()))?;
+        let Some(p) = candidate else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(&p)
+            .with_context(|| format!("reading config {}", p.display()))?;
         Self::parse(&text).with_context(|| format!("in config {}", p.display()))
     }
 
@@ -121,7 +134,10 @@ mod tests {
     #[test]
     fn unknown_keys_are_rejected() {
         let err = Config::parse("[sip]\ndomian = \"x\"\n").unwrap_err();
-        assert!(format!("{err:#}").contains("domian"), "error should name the unknown key: {err:#}");
+        assert!(
+            format!("{err:#}").contains("domian"),
+            "error should name the unknown key: {err:#}"
+        );
         assert!(Config::parse("[nonsense]\n").is_err());
     }
 }

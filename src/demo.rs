@@ -19,26 +19,69 @@ const PASSWORD: &str = "demo-secret";
 
 /// (from, to, text). `dave` never registers (480), `erin` does not exist (404).
 const SCRIPT: &[(&str, &str, &str)] = &[
-    ("alice", "bob", "Morning Bob, did you get a chance to look at the quarterly budget?"),
-    ("bob", "alice", "Yes. The travel line is 12% over; marketing is under."),
-    ("alice", "bob", "Can you send me the revised budget spreadsheet before the 3pm review?"),
-    ("bob", "alice", "Sending it now. I also flagged the vendor contract renewal."),
-    ("carol", "bob", "Bob, the launch plan slides need your numbers by Friday."),
+    (
+        "alice",
+        "bob",
+        "Morning Bob, did you get a chance to look at the quarterly budget?",
+    ),
+    (
+        "bob",
+        "alice",
+        "Yes. The travel line is 12% over; marketing is under.",
+    ),
+    (
+        "alice",
+        "bob",
+        "Can you send me the revised budget spreadsheet before the 3pm review?",
+    ),
+    (
+        "bob",
+        "alice",
+        "Sending it now. I also flagged the vendor contract renewal.",
+    ),
+    (
+        "carol",
+        "bob",
+        "Bob, the launch plan slides need your numbers by Friday.",
+    ),
     ("bob", "carol", "Will do. Is the launch still on the 14th?"),
-    ("carol", "bob", "Yes, the 14th. Legal signed off on the press release this morning."),
-    ("alice", "carol", "Lunch at noon? The new ramen place on Fifth."),
+    (
+        "carol",
+        "bob",
+        "Yes, the 14th. Legal signed off on the press release this morning.",
+    ),
+    (
+        "alice",
+        "carol",
+        "Lunch at noon? The new ramen place on Fifth.",
+    ),
     ("carol", "alice", "Sounds good, see you in the lobby."),
-    ("alice", "dave", "Dave, please call me about the audit findings when you are back."),
+    (
+        "alice",
+        "dave",
+        "Dave, please call me about the audit findings when you are back.",
+    ),
     ("bob", "erin", "Erin, are you joining the budget call?"),
-    ("carol", "alice", "Reminder: expense reports for the offsite are due tomorrow."),
-    ("alice", "bob", "Budget approved by finance. Thanks for the quick turnaround!"),
+    (
+        "carol",
+        "alice",
+        "Reminder: expense reports for the offsite are due tomorrow.",
+    ),
+    (
+        "alice",
+        "bob",
+        "Budget approved by finance. Thanks for the quick turnaround!",
+    ),
 ];
 
 pub async fn run(data: Option<PathBuf>, config_path: Option<&Path>) -> anyhow::Result<()> {
     let started = Instant::now();
     let data = match data {
         Some(d) => d,
-        None => std::env::temp_dir().join(format!("sipvault-demo-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"))),
+        None => std::env::temp_dir().join(format!(
+            "sipvault-demo-{}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S")
+        )),
     };
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let mut config = Config::load(config_path, &data)?;
@@ -65,10 +108,17 @@ pub async fn run(data: Option<PathBuf>, config_path: Option<&Path>) -> anyhow::R
 
     let hits = sipvault_query::search(
         &index_dir(&data),
-        &SearchRequest { query: "budget".into(), limit: 10, ..Default::default() },
+        &SearchRequest {
+            query: "budget".into(),
+            limit: 10,
+            ..Default::default()
+        },
     )?;
     println!("$ sipvault search budget --data {}", data.display());
-    print!("{}", sipvault_query::format_hits(&hits, OutputFormat::Table));
+    print!(
+        "{}",
+        sipvault_query::format_hits(&hits, OutputFormat::Table)
+    );
     if hits.is_empty() {
         bail!("the demo search found nothing: the archive or index is not working");
     }
@@ -76,35 +126,57 @@ pub async fn run(data: Option<PathBuf>, config_path: Option<&Path>) -> anyhow::R
     let sql = "SELECT sender, delivery_status, status, count(*) AS ims FROM im_messages GROUP BY sender, delivery_status, status ORDER BY sender, status";
     let batches = sipvault_query::run_sql(&data, sql).await?;
     println!("\n$ sipvault sql \"{sql}\" --data {}", data.display());
-    print!("{}", sipvault_query::format_batches(&batches, OutputFormat::Table)?);
+    print!(
+        "{}",
+        sipvault_query::format_batches(&batches, OutputFormat::Table)?
+    );
 
     let d = data.display();
     println!("\nExplore further:");
     println!("  sipvault search '\"launch plan\" OR lunch' --data {d}");
     println!("  sipvault search budget --from alice --to bob --format json --data {d}");
-    println!("  sipvault sql \"SELECT time, method, status, src, dst FROM sip_messages ORDER BY time\" --data {d}");
+    println!(
+        "  sipvault sql \"SELECT time, method, status, src, dst FROM sip_messages ORDER BY time\" --data {d}"
+    );
     println!("  sipvault user list --data {d}");
     println!("  sipvault serve --data {d}     # then register a SIP client as alice / {PASSWORD}");
-    println!("\ndemo finished in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "\ndemo finished in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 /// Registers alice (UDP), bob (TCP) and carol (UDP), plays the script and
 /// checks that every IM reached its recipient. Returns (sent, delivered).
-async fn exchange(udp: std::net::SocketAddr, tcp: std::net::SocketAddr) -> anyhow::Result<(usize, usize)> {
+async fn exchange(
+    udp: std::net::SocketAddr,
+    tcp: std::net::SocketAddr,
+) -> anyhow::Result<(usize, usize)> {
     let mut agents = Vec::new();
-    for (user, transport, server) in [("alice", Transport::Udp, udp), ("bob", Transport::Tcp, tcp), ("carol", Transport::Udp, udp)] {
+    for (user, transport, server) in [
+        ("alice", Transport::Udp, udp),
+        ("bob", Transport::Tcp, tcp),
+        ("carol", Transport::Udp, udp),
+    ] {
         let mut ua = UserAgent::connect(transport, server, user, DOMAIN, PASSWORD).await?;
         let code = ua.register(600).await?;
         if code != 200 {
             bail!("{user} could not register: SIP {code}");
         }
-        println!("  {user} registered over {}", transport.as_str().to_uppercase());
+        println!(
+            "  {user} registered over {}",
+            transport.as_str().to_uppercase()
+        );
         agents.push((user, ua));
     }
     let mut delivered = 0;
     for (from, to, text) in SCRIPT {
-        let ua = &mut agents.iter_mut().find(|(u, _)| u == from).context("script names an unknown sender")?.1;
+        let ua = &mut agents
+            .iter_mut()
+            .find(|(u, _)| u == from)
+            .context("script names an unknown sender")?
+            .1;
         let code = ua.message(to, text).await?;
         let outcome = match code {
             200..=299 => {

@@ -39,7 +39,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the SIP server with archiving.
-    #[command(after_help = "Example:\n  sipvault serve --data ./sipvault-data --sip 127.0.0.1:5060\n\nPort 0 picks a free port; the first log line names the bound addresses.")]
+    #[command(
+        after_help = "Example:\n  sipvault serve --data ./sipvault-data --sip 127.0.0.1:5060\n\nPort 0 picks a free port; the first log line names the bound addresses."
+    )]
     Serve {
         /// UDP and TCP listen address [default: sip.listen from the config, 127.0.0.1:5060].
         #[arg(long)]
@@ -49,10 +51,14 @@ enum Command {
     #[command(subcommand)]
     User(UserCommand),
     /// Full-text search of archived instant messages.
-    #[command(after_help = "Query syntax: words, \"phrases\", AND, OR, NOT, parentheses, from:USER, to:USER.\n\nExample:\n  sipvault search 'budget AND NOT draft' --from alice --since 2026-11-01 --format json")]
+    #[command(
+        after_help = "Query syntax: words, \"phrases\", AND, OR, NOT, parentheses, from:USER, to:USER.\n\nExample:\n  sipvault search 'budget AND NOT draft' --from alice --since 2026-11-01 --format json"
+    )]
     Search(SearchArgs),
     /// Read-only SQL over the archive tables (sip_messages, im_messages).
-    #[command(after_help = "Example:\n  sipvault sql \"SELECT date, count(*) FROM im_messages GROUP BY date ORDER BY date\"")]
+    #[command(
+        after_help = "Example:\n  sipvault sql \"SELECT date, count(*) FROM im_messages GROUP BY date ORDER BY date\""
+    )]
     Sql {
         /// One SELECT (or WITH/EXPLAIN/SHOW/DESCRIBE) statement.
         statement: String,
@@ -75,7 +81,9 @@ enum Command {
 #[derive(Subcommand)]
 enum UserCommand {
     /// Add a user (only the digest HA1 is stored, never the password).
-    #[command(after_help = "Example:\n  sipvault user add alice --password s3cret --domain example.com")]
+    #[command(
+        after_help = "Example:\n  sipvault user add alice --password s3cret --domain example.com"
+    )]
     Add {
         name: String,
         #[arg(long)]
@@ -116,7 +124,10 @@ struct SearchArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");
@@ -155,7 +166,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref(), &data)?;
     match cli.command {
         Command::Serve { sip } => serve(&data, &config, sip.unwrap_or(config.sip.listen)).await,
-        Command::User(UserCommand::Add { name, password, domain }) => {
+        Command::User(UserCommand::Add {
+            name,
+            password,
+            domain,
+        }) => {
             let domain = domain.unwrap_or_else(|| config.sip.domain.clone());
             add_user(&data, &name, &password, &domain).await?;
             println!("added user {name}@{domain}");
@@ -172,7 +187,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo => unreachable!("handled above"),
     }
 }
-
 
 pub async fn add_user(data: &Path, name: &str, password: &str, domain: &str) -> anyhow::Result<()> {
     if name.is_empty() || name.contains(['@', ':', ' ', ';']) {
@@ -222,8 +236,16 @@ fn search(data: &Path, args: SearchArgs) -> anyhow::Result<()> {
         query: args.query,
         from: args.from,
         to: args.to,
-        since_ns: args.since.as_deref().map(|s| sipvault_query::parse_time(s, now)).transpose()?,
-        until_ns: args.until.as_deref().map(|s| sipvault_query::parse_time(s, now)).transpose()?,
+        since_ns: args
+            .since
+            .as_deref()
+            .map(|s| sipvault_query::parse_time(s, now))
+            .transpose()?,
+        until_ns: args
+            .until
+            .as_deref()
+            .map(|s| sipvault_query::parse_time(s, now))
+            .transpose()?,
         limit: args.limit,
     };
     let hits = sipvault_query::search(&pipeline::index_dir(data), &req).context("search failed")?;
@@ -242,18 +264,30 @@ async fn verify(data: &Path, format: OutputFormat) -> anyhow::Result<()> {
             println!("problem,detail");
             for f in &report.findings {
                 let v = serde_json::to_value(f)?;
-                println!("{},\"{}\"", v["problem"].as_str().unwrap_or(""), f.to_string().replace('"', "\"\""));
+                println!(
+                    "{},\"{}\"",
+                    v["problem"].as_str().unwrap_or(""),
+                    f.to_string().replace('"', "\"\"")
+                );
             }
         }
         OutputFormat::Table => {
             for f in &report.findings {
                 println!("{f}");
             }
-            println!("{} segments, {} rows, {} problems", report.segments, report.rows, report.findings.len());
+            println!(
+                "{} segments, {} rows, {} problems",
+                report.segments,
+                report.rows,
+                report.findings.len()
+            );
         }
     }
     if !report.findings.is_empty() {
-        bail!("archive verification failed: {} problems", report.findings.len());
+        bail!(
+            "archive verification failed: {} problems",
+            report.findings.len()
+        );
     }
     Ok(())
 }

@@ -61,21 +61,44 @@ fn rand_seed() -> u64 {
     h.finish()
 }
 
-async fn load_users(catalog: &Catalog, domain: &str) -> anyhow::Result<HashMap<String, UserCredentials>> {
+async fn load_users(
+    catalog: &Catalog,
+    domain: &str,
+) -> anyhow::Result<HashMap<String, UserCredentials>> {
     Ok(catalog
         .list_users()
         .await?
         .into_iter()
         .filter(|u| u.domain.eq_ignore_ascii_case(domain))
-        .map(|u| (u.name, UserCredentials { ha1_md5: u.ha1_md5, ha1_sha256: u.ha1_sha256 }))
+        .map(|u| {
+            (
+                u.name,
+                UserCredentials {
+                    ha1_md5: u.ha1_md5,
+                    ha1_sha256: u.ha1_sha256,
+                },
+            )
+        })
         .collect())
 }
 
 impl Running {
-    pub async fn start(data_dir: &Path, config: &Config, sip: SocketAddr) -> anyhow::Result<Running> {
-        let catalog = Catalog::open(data_dir).await.context("opening the catalog")?;
+    pub async fn start(
+        data_dir: &Path,
+        config: &Config,
+        sip: SocketAddr,
+    ) -> anyhow::Result<Running> {
+        let catalog = Catalog::open(data_dir)
+            .await
+            .context("opening the catalog")?;
         let (tap_tx, tap_rx) = mpsc::channel(config.archive.tap_queue);
         let server = Server::start(server_config(config, sip), tap_tx).await?;
+        // Users are known before the address is announced: a client that
+        // registers as soon as it sees the listening line is not told 404.
+        let users = server.user_directory();
+        users
+            .replace(load_users(&catalog, &config.sip.domain).await?)
+            .await;
         tracing::info!(
             "sipvault listening sip_udp={} sip_tcp={} domain={} data={}",
             server.udp_addr,
@@ -101,16 +124,16 @@ impl Running {
             sealed_tx,
             collector_stats.clone(),
         ));
-        let index = ImIndex::open_or_create(&index_dir(data_dir)).context("opening the search index")?;
+        let index =
+            ImIndex::open_or_create(&index_dir(data_dir)).context("opening the search index")?;
         let indexer = std::thread::Builder::new()
             .name("indexer".into())
             .spawn(move || index_sealed(index, sealed_rx))
             .context("starting the indexer")?;
 
-        let users = server.user_directory();
-        users.replace(load_users(&catalog, &config.sip.domain).await?).await;
         let refresher = {
-            let (catalog, users, domain) = (catalog.clone(), users.clone(), config.sip.domain.clone());
+            let (catalog, users, domain) =
+                (catalog.clone(), users.clone(), config.sip.domain.clone());
             tokio::spawn(async move {
                 let mut last = HashMap::new();
                 loop {
@@ -151,7 +174,9 @@ impl Running {
 
     /// Pushes the catalog's users to the registrar now, instead of at the next reload.
     pub async fn refresh_users(&self) -> anyhow::Result<()> {
-        self.users.replace(load_users(&self.catalog, &self.domain).await?).await;
+        self.users
+            .replace(load_users(&self.catalog, &self.domain).await?)
+            .await;
         Ok(())
     }
 

@@ -18,11 +18,20 @@ use sha2::{Digest, Sha256};
 const MESSAGES: usize = 3;
 
 fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn sipp_available() -> bool {
-    Command::new("sipp").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+    Command::new("sipp")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
 }
 
 /// Runs one SIPp instance to completion (bounded by -timeout) and asserts success.
@@ -41,7 +50,14 @@ fn sipp(dir: &Path, args: &[String]) -> Child {
     Command::new("sipp")
         .current_dir(dir)
         .args(args)
-        .args(["-nostdin", "-timeout", "30s", "-timeout_error", "-i", "127.0.0.1"])
+        .args([
+            "-nostdin",
+            "-timeout",
+            "30s",
+            "-timeout_error",
+            "-i",
+            "127.0.0.1",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -50,13 +66,18 @@ fn sipp(dir: &Path, args: &[String]) -> Child {
 
 fn read_parquet_dir(dir: &Path) -> Vec<RecordBatch> {
     let mut batches = Vec::new();
-    let Ok(dates) = std::fs::read_dir(dir) else { return batches };
+    let Ok(dates) = std::fs::read_dir(dir) else {
+        return batches;
+    };
     for date in dates {
         for file in std::fs::read_dir(date.unwrap().path()).unwrap() {
             let path = file.unwrap().path();
             if path.extension().is_some_and(|e| e == "parquet") {
                 let f = std::fs::File::open(&path).unwrap();
-                let reader = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+                let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+                    .unwrap()
+                    .build()
+                    .unwrap();
                 batches.extend(reader.map(|b| b.unwrap()));
             }
         }
@@ -80,9 +101,23 @@ fn sipp_register_and_message_are_relayed_archived_and_searchable() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     for user in ["alice", "bob"] {
-        sipvault(&data, &["user", "add", user, "--password", "secret", "--domain", "sipp.test"]);
+        sipvault(
+            &data,
+            &[
+                "user",
+                "add",
+                user,
+                "--password",
+                "secret",
+                "--domain",
+                "sipp.test",
+            ],
+        );
     }
-    let server = ServeProcess::start(&data, Some("[sip]\ndomain = \"sipp.test\"\n[archive]\nsegment_max_age_secs = 3600\n"));
+    let server = ServeProcess::start(
+        &data,
+        Some("[sip]\ndomain = \"sipp.test\"\n[archive]\nsegment_max_age_secs = 3600\n"),
+    );
     let remote = server.addr.to_string();
     let scenarios = testdata().join("sipp");
     let ours = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
@@ -93,8 +128,15 @@ fn sipp_register_and_message_are_relayed_archived_and_searchable() {
     run_sipp(
         &scenarios.join("register"),
         &[
-            "-sf".into(), "uac.xml".into(), remote.clone(), "-p".into(), alice_port.to_string(),
-            "-m".into(), "1".into(), "-auth_uri".into(), "sipp.test".into(),
+            "-sf".into(),
+            "uac.xml".into(),
+            remote.clone(),
+            "-p".into(),
+            alice_port.to_string(),
+            "-m".into(),
+            "1".into(),
+            "-auth_uri".into(),
+            "sipp.test".into(),
         ],
         "REGISTER alice (testdata/sipp/register/uac.xml)",
     );
@@ -102,35 +144,71 @@ fn sipp_register_and_message_are_relayed_archived_and_searchable() {
     run_sipp(
         &ours,
         &[
-            "-sf".into(), "register-user.xml".into(), remote.clone(), "-p".into(), bob_port.to_string(),
-            "-m".into(), "1".into(), "-s".into(), "bob".into(), "-au".into(), "bob".into(),
-            "-ap".into(), "secret".into(), "-auth_uri".into(), "sipp.test".into(),
+            "-sf".into(),
+            "register-user.xml".into(),
+            remote.clone(),
+            "-p".into(),
+            bob_port.to_string(),
+            "-m".into(),
+            "1".into(),
+            "-s".into(),
+            "bob".into(),
+            "-au".into(),
+            "bob".into(),
+            "-ap".into(),
+            "secret".into(),
+            "-auth_uri".into(),
+            "sipp.test".into(),
         ],
         "REGISTER bob (tests/sipp/register-user.xml)",
     );
     let uas = sipp(
         &scenarios.join("message"),
-        &["-sf".into(), "uas.xml".into(), "-p".into(), bob_port.to_string(), "-m".into(), MESSAGES.to_string()],
+        &[
+            "-sf".into(),
+            "uas.xml".into(),
+            "-p".into(),
+            bob_port.to_string(),
+            "-m".into(),
+            MESSAGES.to_string(),
+        ],
     );
     std::thread::sleep(Duration::from_millis(300));
     run_sipp(
         &scenarios.join("message"),
         &[
-            "-sf".into(), "uac.xml".into(), remote.clone(), "-p".into(), alice_port.to_string(),
-            "-m".into(), MESSAGES.to_string(), "-r".into(), "10".into(),
+            "-sf".into(),
+            "uac.xml".into(),
+            remote.clone(),
+            "-p".into(),
+            alice_port.to_string(),
+            "-m".into(),
+            MESSAGES.to_string(),
+            "-r".into(),
+            "10".into(),
         ],
         "MESSAGE alice -> bob (testdata/sipp/message/uac.xml)",
     );
     let out = uas.wait_with_output().unwrap();
-    assert!(out.status.success(), "SIPp UAS (bob) failed:\n{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "SIPp UAS (bob) failed:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // Searching while the server runs works: nothing sealed yet (the segment
     // age is an hour), but the reader must not fail or block the writer.
     let live = sipvault(&data, &["search", "München", "--format", "json"]);
-    assert!(live.trim_start().starts_with('['), "search while serving must answer JSON: {live}");
+    assert!(
+        live.trim_start().starts_with('['),
+        "search while serving must answer JSON: {live}"
+    );
 
     let log = server.stop();
-    assert!(log.contains("archive sealed"), "no clean seal in the log:\n{log}");
+    assert!(
+        log.contains("archive sealed"),
+        "no clean seal in the log:\n{log}"
+    );
 
     // Exact IM rows in Parquet.
     let batches = read_parquet_dir(&data.join("archive/im_messages"));
@@ -148,7 +226,11 @@ fn sipp_register_and_message_are_relayed_archived_and_searchable() {
             assert_eq!(sender.value(i), "sip:alice@sipp.test");
             let r = recipients.value(i);
             let r = r.as_any().downcast_ref::<StringArray>().unwrap();
-            assert_eq!((r.len(), r.value(0)), (1, "sip:bob@sipp.test"), "recipients");
+            assert_eq!(
+                (r.len(), r.value(0)),
+                (1, "sip:bob@sipp.test"),
+                "recipients"
+            );
             assert_eq!(ctype.value(i), "text/plain;charset=UTF-8");
             assert_eq!(status.value(i), "delivered");
             assert_eq!(code.value(i), 200);
@@ -169,44 +251,109 @@ fn sipp_register_and_message_are_relayed_archived_and_searchable() {
         let s = col::<UInt16Array>(b, "status");
         let cm = col::<StringArray>(b, "cseq_method");
         for i in 0..b.num_rows() {
-            let key = if m.is_null(i) { format!("{} {}", s.value(i), cm.value(i)) } else { m.value(i).to_string() };
+            let key = if m.is_null(i) {
+                format!("{} {}", s.value(i), cm.value(i))
+            } else {
+                m.value(i).to_string()
+            };
             *methods.entry(key).or_default() += 1;
         }
     }
-    assert_eq!(methods.get("MESSAGE"), Some(&(2 * MESSAGES)), "MESSAGE rows (in + relayed): {methods:?}");
-    assert_eq!(methods.get("200 MESSAGE"), Some(&(2 * MESSAGES)), "200 rows (from bob + to alice): {methods:?}");
-    assert_eq!(methods.get("REGISTER"), Some(&4), "REGISTER rows (2 per user): {methods:?}");
+    assert_eq!(
+        methods.get("MESSAGE"),
+        Some(&(2 * MESSAGES)),
+        "MESSAGE rows (in + relayed): {methods:?}"
+    );
+    assert_eq!(
+        methods.get("200 MESSAGE"),
+        Some(&(2 * MESSAGES)),
+        "200 rows (from bob + to alice): {methods:?}"
+    );
+    assert_eq!(
+        methods.get("REGISTER"),
+        Some(&4),
+        "REGISTER rows (2 per user): {methods:?}"
+    );
     assert_eq!(methods.get("401 REGISTER"), Some(&2), "{methods:?}");
     assert_eq!(methods.get("200 REGISTER"), Some(&2), "{methods:?}");
 
     // Manifest: one row per sealed file, hash and row count match, chain intact.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let entries = rt.block_on(async {
         let cat = sipvault_catalog::Catalog::open(&data).await.unwrap();
         cat.segments().await.unwrap()
     });
-    assert_eq!(entries.len(), 2, "one sip_messages and one im_messages segment: {entries:?}");
+    assert_eq!(
+        entries.len(),
+        2,
+        "one sip_messages and one im_messages segment: {entries:?}"
+    );
     for e in &entries {
-        let bytes = std::fs::read(data.join(&e.path)).unwrap_or_else(|err| panic!("{}: {err}", e.path));
-        assert_eq!(hex::encode(Sha256::digest(&bytes)), e.sha256, "SHA-256 of {}", e.path);
+        let bytes =
+            std::fs::read(data.join(&e.path)).unwrap_or_else(|err| panic!("{}: {err}", e.path));
+        assert_eq!(
+            hex::encode(Sha256::digest(&bytes)),
+            e.sha256,
+            "SHA-256 of {}",
+            e.path
+        );
         let f = std::fs::File::open(data.join(&e.path)).unwrap();
         let meta = ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
-        assert_eq!(meta.metadata().file_metadata().num_rows(), e.rows, "row count of {}", e.path);
+        assert_eq!(
+            meta.metadata().file_metadata().num_rows(),
+            e.rows,
+            "row count of {}",
+            e.path
+        );
     }
-    assert!(sipvault_catalog::broken_links(&entries).is_empty(), "manifest hash chain broken");
+    assert!(
+        sipvault_catalog::broken_links(&entries).is_empty(),
+        "manifest hash chain broken"
+    );
 
     // Search finds the IMs.
     let started = Instant::now();
-    let out = sipvault(&data, &["search", "\"Grüße aus München\"", "--from", "alice", "--format", "json"]);
+    let out = sipvault(
+        &data,
+        &[
+            "search",
+            "\"Grüße aus München\"",
+            "--from",
+            "alice",
+            "--format",
+            "json",
+        ],
+    );
     let hits: serde_json::Value = serde_json::from_str(&out).expect("search --format json");
     let hits = hits.as_array().expect("JSON array");
     assert_eq!(hits.len(), MESSAGES, "search hits: {out}");
     assert!(hits.iter().all(|h| h["from"] == "sip:alice@sipp.test"));
     assert!(started.elapsed() < Duration::from_secs(30));
-    let none = sipvault(&data, &["search", "München AND NOT Bob", "--format", "json"]);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&none).unwrap().as_array().map(|a| a.len()), Some(0), "NOT must exclude: {none}");
+    let none = sipvault(
+        &data,
+        &["search", "München AND NOT Bob", "--format", "json"],
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&none)
+            .unwrap()
+            .as_array()
+            .map(|a| a.len()),
+        Some(0),
+        "NOT must exclude: {none}"
+    );
 
     // SQL over the archive.
-    let csv = sipvault(&data, &["sql", "SELECT count(*) AS n FROM im_messages WHERE delivery_status = 'delivered'", "--format", "csv"]);
+    let csv = sipvault(
+        &data,
+        &[
+            "sql",
+            "SELECT count(*) AS n FROM im_messages WHERE delivery_status = 'delivered'",
+            "--format",
+            "csv",
+        ],
+    );
     assert_eq!(csv.trim(), format!("n\n{MESSAGES}"), "sql count");
 }

@@ -22,7 +22,10 @@ pub enum CatalogError {
     #[error("invalid catalog url {url}: {message}")]
     Url { url: String, message: String },
     #[error("catalog directory {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
@@ -152,8 +155,12 @@ impl Catalog {
             .await?;
         if is_sqlite {
             // WAL lets `search`/`sql` read while `serve` writes.
-            sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
-            sqlx::query("PRAGMA busy_timeout=5000").execute(&pool).await?;
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&pool)
+                .await?;
+            sqlx::query("PRAGMA busy_timeout=5000")
+                .execute(&pool)
+                .await?;
         }
         let catalog = Catalog { pool };
         catalog.migrate().await?;
@@ -162,12 +169,20 @@ impl Catalog {
 
     async fn migrate(&self) -> Result<()> {
         for stmt in MIGRATIONS {
-            sqlx::query(AssertSqlSafe(*stmt)).execute(&self.pool).await?;
+            sqlx::query(AssertSqlSafe(*stmt))
+                .execute(&self.pool)
+                .await?;
         }
         Ok(())
     }
 
-    pub async fn add_user(&self, name: &str, domain: &str, ha1_md5: &str, ha1_sha256: &str) -> Result<User> {
+    pub async fn add_user(
+        &self,
+        name: &str,
+        domain: &str,
+        ha1_md5: &str,
+        ha1_sha256: &str,
+    ) -> Result<User> {
         let existing = sqlx::query("SELECT name FROM users WHERE name = $1 AND domain = $2")
             .bind(name)
             .bind(domain)
@@ -195,9 +210,11 @@ impl Catalog {
     }
 
     pub async fn list_users(&self) -> Result<Vec<User>> {
-        let rows = sqlx::query("SELECT name, domain, ha1_md5, ha1_sha256, created_ns FROM users ORDER BY domain, name")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT name, domain, ha1_md5, ha1_sha256, created_ns FROM users ORDER BY domain, name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(User {
@@ -325,28 +342,49 @@ mod tests {
     }
 
     async fn exercise(cat: &Catalog) {
-        let u = cat.add_user("alice", "example.com", "h1", "h2").await.unwrap();
+        let u = cat
+            .add_user("alice", "example.com", "h1", "h2")
+            .await
+            .unwrap();
         assert_eq!(u.name, "alice");
         assert!(
-            matches!(cat.add_user("alice", "example.com", "x", "y").await, Err(CatalogError::UserExists(_))),
+            matches!(
+                cat.add_user("alice", "example.com", "x", "y").await,
+                Err(CatalogError::UserExists(_))
+            ),
             "adding the same user twice must be refused"
         );
-        cat.add_user("bob", "example.com", "h3", "h4").await.unwrap();
-        let names: Vec<_> = cat.list_users().await.unwrap().into_iter().map(|u| u.name).collect();
+        cat.add_user("bob", "example.com", "h3", "h4")
+            .await
+            .unwrap();
+        let names: Vec<_> = cat
+            .list_users()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
         assert_eq!(names, vec!["alice", "bob"]);
 
         let a = cat.add_segment(&seg("archive/a.parquet")).await.unwrap();
         let b = cat.add_segment(&seg("archive/b.parquet")).await.unwrap();
         assert_eq!(a.seq, 1);
         assert_eq!(a.prev_hash, CHAIN_GENESIS);
-        assert_eq!(b.prev_hash, a.entry_hash, "second entry must chain to the first");
+        assert_eq!(
+            b.prev_hash, a.entry_hash,
+            "second entry must chain to the first"
+        );
         let all = cat.segments().await.unwrap();
         assert_eq!(all, vec![a, b]);
         assert!(broken_links(&all).is_empty());
 
         let mut tampered = all.clone();
         tampered[0].rows = 4;
-        assert_eq!(broken_links(&tampered), vec![1], "a changed row count must break its own link");
+        assert_eq!(
+            broken_links(&tampered),
+            vec![1],
+            "a changed row count must break its own link"
+        );
         let mut reordered = all.clone();
         reordered.swap(0, 1);
         assert_eq!(broken_links(&reordered), vec![2, 1]);
@@ -371,7 +409,9 @@ mod tests {
         };
         // A private schema per run keeps parallel runs apart.
         let schema = format!("sipvault_test_{:016x}", rand::random::<u64>());
-        let admin = Catalog::connect(&base).await.expect("connect to SIPVAULT_PG_URL");
+        let admin = Catalog::connect(&base)
+            .await
+            .expect("connect to SIPVAULT_PG_URL");
         sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
             .execute(&admin.pool)
             .await

@@ -31,7 +31,11 @@ pub struct ImCorrelator {
 
 impl ImCorrelator {
     pub fn new(answer_timeout: Duration) -> Self {
-        ImCorrelator { answer_timeout, pending: HashMap::new(), done: HashMap::new() }
+        ImCorrelator {
+            answer_timeout,
+            pending: HashMap::new(),
+            done: HashMap::new(),
+        }
     }
 
     pub fn pending(&self) -> usize {
@@ -40,7 +44,9 @@ impl ImCorrelator {
 
     /// Feeds one captured message; returns the IMs it completes.
     pub fn observe(&mut self, now: Instant, msg: &CapturedMessage) -> Vec<ImMessageRow> {
-        let Ok(sip) = SipMessage::parse(&msg.raw) else { return Vec::new() };
+        let Ok(sip) = SipMessage::parse(&msg.raw) else {
+            return Vec::new();
+        };
         let (Some(call_id), Some((cseq, cseq_method))) = (sip.call_id(), sip.cseq()) else {
             return Vec::new();
         };
@@ -49,11 +55,23 @@ impl ImCorrelator {
         }
         let key: Key = (call_id.to_string(), cseq);
         if sip.is_request() {
-            if sip.method() != Some("MESSAGE") || self.pending.contains_key(&key) || self.done.contains_key(&key) {
+            if sip.method() != Some("MESSAGE")
+                || self.pending.contains_key(&key)
+                || self.done.contains_key(&key)
+            {
                 return Vec::new();
             }
-            let content_type = sip.content_type().unwrap_or("text/plain").trim().to_string();
-            let base_type = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let content_type = sip
+                .content_type()
+                .unwrap_or("text/plain")
+                .trim()
+                .to_string();
+            let base_type = content_type
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             if NON_IM_CONTENT_TYPES.contains(&base_type.as_str()) {
                 return Vec::new();
             }
@@ -71,7 +89,9 @@ impl ImCorrelator {
             self.pending.insert(key, Pending { row, seen: now });
             return Vec::new();
         }
-        let Some(code) = sip.status() else { return Vec::new() };
+        let Some(code) = sip.status() else {
+            return Vec::new();
+        };
         if code < 200 {
             return Vec::new();
         }
@@ -79,7 +99,12 @@ impl ImCorrelator {
             Some(p) => {
                 self.done.insert(key, now);
                 let mut row = p.row;
-                row.delivery_status = if (200..300).contains(&code) { "delivered" } else { "failed" }.into();
+                row.delivery_status = if (200..300).contains(&code) {
+                    "delivered"
+                } else {
+                    "failed"
+                }
+                .into();
                 row.status = Some(code);
                 vec![row]
             }
@@ -90,7 +115,8 @@ impl ImCorrelator {
     /// IMs that waited longer than the answer timeout, archived as `unanswered`.
     pub fn expire(&mut self, now: Instant) -> Vec<ImMessageRow> {
         let timeout = self.answer_timeout;
-        self.done.retain(|_, t| now.duration_since(*t) < timeout * 2);
+        self.done
+            .retain(|_, t| now.duration_since(*t) < timeout * 2);
         let expired: Vec<Key> = self
             .pending
             .iter()
@@ -110,7 +136,11 @@ impl ImCorrelator {
 
     /// Everything still pending, at shutdown.
     pub fn drain(&mut self) -> Vec<ImMessageRow> {
-        let mut out: Vec<_> = self.pending.drain().map(|(_, p)| unanswered(p.row)).collect();
+        let mut out: Vec<_> = self
+            .pending
+            .drain()
+            .map(|(_, p)| unanswered(p.row))
+            .collect();
         out.sort_by_key(|r| r.time_ns);
         out
     }
@@ -142,7 +172,9 @@ mod tests {
     const MSG: &str = "MESSAGE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK1\r\nFrom: <sip:alice@example.com>;tag=a\r\nTo: <sip:bob@example.com>\r\nCall-ID: c1\r\nCSeq: 7 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello";
 
     fn resp(code: u16) -> String {
-        format!("SIP/2.0 {code} X\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK1\r\nFrom: <sip:alice@example.com>;tag=a\r\nTo: <sip:bob@example.com>;tag=b\r\nCall-ID: c1\r\nCSeq: 7 MESSAGE\r\nContent-Length: 0\r\n\r\n")
+        format!(
+            "SIP/2.0 {code} X\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK1\r\nFrom: <sip:alice@example.com>;tag=a\r\nTo: <sip:bob@example.com>;tag=b\r\nCall-ID: c1\r\nCSeq: 7 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+        )
     }
 
     #[test]
@@ -150,18 +182,30 @@ mod tests {
         let mut c = ImCorrelator::new(Duration::from_secs(32));
         let now = Instant::now();
         assert!(c.observe(now, &cap(1, Direction::In, MSG)).is_empty());
-        assert!(c.observe(now, &cap(2, Direction::Out, MSG)).is_empty(), "relayed copy must not open a second IM");
+        assert!(
+            c.observe(now, &cap(2, Direction::Out, MSG)).is_empty(),
+            "relayed copy must not open a second IM"
+        );
         let done = c.observe(now, &cap(3, Direction::In, &resp(200)));
         assert_eq!(done.len(), 1);
         let im = &done[0];
-        assert_eq!(im.time_ns, 1, "IM time is when the sender's MESSAGE arrived");
+        assert_eq!(
+            im.time_ns, 1,
+            "IM time is when the sender's MESSAGE arrived"
+        );
         assert_eq!(im.sender, "sip:alice@example.com");
         assert_eq!(im.recipients, vec!["sip:bob@example.com".to_string()]);
         assert_eq!(im.body, "hello");
         assert_eq!(im.delivery_status, "delivered");
         assert_eq!(im.status, Some(200));
-        assert!(c.observe(now, &cap(4, Direction::Out, &resp(200))).is_empty());
-        assert!(c.observe(now, &cap(5, Direction::In, MSG)).is_empty(), "late retransmission ignored");
+        assert!(
+            c.observe(now, &cap(4, Direction::Out, &resp(200)))
+                .is_empty()
+        );
+        assert!(
+            c.observe(now, &cap(5, Direction::In, MSG)).is_empty(),
+            "late retransmission ignored"
+        );
         assert_eq!(c.pending(), 0);
     }
 
@@ -170,7 +214,10 @@ mod tests {
         let mut c = ImCorrelator::new(Duration::from_secs(32));
         let now = Instant::now();
         c.observe(now, &cap(1, Direction::In, MSG));
-        assert!(c.observe(now, &cap(2, Direction::Out, &resp(100))).is_empty());
+        assert!(
+            c.observe(now, &cap(2, Direction::Out, &resp(100)))
+                .is_empty()
+        );
         let done = c.observe(now, &cap(3, Direction::Out, &resp(480)));
         assert_eq!(done[0].delivery_status, "failed");
         assert_eq!(done[0].status, Some(480));

@@ -41,7 +41,11 @@ async fn pipeline_writes_sealed_segments_with_manifest_rows() {
     let stats = Arc::new(CollectorStats::default());
     let config = CollectorConfig {
         data_dir: dir.path().to_path_buf(),
-        limits: SegmentLimits { max_rows: 8, max_bytes: 1 << 20, max_age: Duration::from_secs(3600) },
+        limits: SegmentLimits {
+            max_rows: 8,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(3600),
+        },
         im_answer_timeout: Duration::from_secs(32),
     };
     let task = tokio::spawn(run(config, catalog.clone(), rx, sealed_tx, stats.clone()));
@@ -73,18 +77,48 @@ async fn pipeline_writes_sealed_segments_with_manifest_rows() {
         sealed.push(s);
     }
     let entries = catalog.segments().await.unwrap();
-    assert_eq!(entries.len(), sealed.len(), "every sealed segment has one manifest row");
-    let sip_rows: i64 = entries.iter().filter(|e| e.table_name == "sip_messages").map(|e| e.rows).sum();
-    let im_rows: i64 = entries.iter().filter(|e| e.table_name == "im_messages").map(|e| e.rows).sum();
+    assert_eq!(
+        entries.len(),
+        sealed.len(),
+        "every sealed segment has one manifest row"
+    );
+    let sip_rows: i64 = entries
+        .iter()
+        .filter(|e| e.table_name == "sip_messages")
+        .map(|e| e.rows)
+        .sum();
+    let im_rows: i64 = entries
+        .iter()
+        .filter(|e| e.table_name == "im_messages")
+        .map(|e| e.rows)
+        .sum();
     assert_eq!(sip_rows, 21, "20 SIP messages plus the unparsable one");
     assert_eq!(im_rows, 10);
-    assert!(entries.iter().all(|e| e.rows <= 8), "segments roll at max_rows");
-    assert!(entries.iter().any(|e| e.path.contains("date=2025-11-24")) && entries.iter().any(|e| e.path.contains("date=2025-11-25")), "{entries:?}");
+    assert!(
+        entries.iter().all(|e| e.rows <= 8),
+        "segments roll at max_rows"
+    );
+    assert!(
+        entries.iter().any(|e| e.path.contains("date=2025-11-24"))
+            && entries.iter().any(|e| e.path.contains("date=2025-11-25")),
+        "{entries:?}"
+    );
     for e in &entries {
         let path = dir.path().join(&e.path);
-        assert_eq!(sha256_file(&path).unwrap(), e.sha256, "manifest SHA-256 of {}", e.path);
-        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
-        assert_eq!(reader.metadata().file_metadata().num_rows(), e.rows, "rows of {}", e.path);
+        assert_eq!(
+            sha256_file(&path).unwrap(),
+            e.sha256,
+            "manifest SHA-256 of {}",
+            e.path
+        );
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
+        assert_eq!(
+            reader.metadata().file_metadata().num_rows(),
+            e.rows,
+            "rows of {}",
+            e.path
+        );
     }
     assert!(sipvault_catalog::broken_links(&entries).is_empty());
     let indexed: usize = sealed.iter().map(|s| s.im_rows.len()).sum();
@@ -117,10 +151,20 @@ async fn verify_names_altered_missing_and_extra_segments() {
     let (sealed_tx, mut sealed_rx) = mpsc::channel(64);
     let config = CollectorConfig {
         data_dir: dir.path().to_path_buf(),
-        limits: SegmentLimits { max_rows: 4, max_bytes: 1 << 20, max_age: Duration::from_secs(3600) },
+        limits: SegmentLimits {
+            max_rows: 4,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(3600),
+        },
         im_answer_timeout: Duration::from_secs(32),
     };
-    let task = tokio::spawn(run(config, catalog.clone(), rx, sealed_tx, Arc::new(CollectorStats::default())));
+    let task = tokio::spawn(run(
+        config,
+        catalog.clone(),
+        rx,
+        sealed_tx,
+        Arc::new(CollectorStats::default()),
+    ));
     for i in 0..8u32 {
         for m in message(i, 1_764_000_000_000_000_000 + i64::from(i)) {
             tx.send(m).await.unwrap();
@@ -132,7 +176,11 @@ async fn verify_names_altered_missing_and_extra_segments() {
     let entries = catalog.segments().await.unwrap();
     assert!(entries.len() >= 4, "{entries:?}");
     let clean = crate::verify_archive(dir.path(), &entries, |_| {});
-    assert!(clean.findings.is_empty(), "fresh archive must verify: {:?}", clean.findings);
+    assert!(
+        clean.findings.is_empty(),
+        "fresh archive must verify: {:?}",
+        clean.findings
+    );
 
     // Flip one byte in the first segment, delete the second, add a stray copy.
     let altered = dir.path().join(&entries[0].path);
@@ -140,17 +188,30 @@ async fn verify_names_altered_missing_and_extra_segments() {
     bytes[10] ^= 0xff;
     std::fs::write(&altered, &bytes).unwrap();
     std::fs::remove_file(dir.path().join(&entries[1].path)).unwrap();
-    let extra = dir.path().join(&entries[2].path).with_file_name("stray.parquet");
+    let extra = dir
+        .path()
+        .join(&entries[2].path)
+        .with_file_name("stray.parquet");
     std::fs::copy(dir.path().join(&entries[2].path), &extra).unwrap();
 
     let report = crate::verify_archive(dir.path(), &entries, |_| {});
     let kinds: Vec<String> = report.findings.iter().map(|f| f.to_string()).collect();
-    assert!(matches!(&report.findings[..], [crate::Finding::Altered { seq: 1, .. }, crate::Finding::Missing { seq: 2, .. }, crate::Finding::Extra { path }] if path.ends_with("stray.parquet")), "{kinds:#?}");
+    assert!(
+        matches!(&report.findings[..], [crate::Finding::Altered { seq: 1, .. }, crate::Finding::Missing { seq: 2, .. }, crate::Finding::Extra { path }] if path.ends_with("stray.parquet")),
+        "{kinds:#?}"
+    );
 
     // A manifest with a row removed breaks the chain at the row after it.
     let mut gap = entries.clone();
     gap.remove(1);
     std::fs::remove_file(&extra).unwrap();
     let report = crate::verify_archive(dir.path(), &gap, |_| {});
-    assert!(report.findings.iter().any(|f| matches!(f, crate::Finding::BrokenChain { seq: 3, .. })), "{:?}", report.findings);
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| matches!(f, crate::Finding::BrokenChain { seq: 3, .. })),
+        "{:?}",
+        report.findings
+    );
 }

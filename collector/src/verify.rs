@@ -16,7 +16,12 @@ pub enum Finding {
     /// A manifest row whose file is gone.
     Missing { seq: i64, path: String },
     /// A file whose bytes no longer hash to the manifest's SHA-256.
-    Altered { seq: i64, path: String, expected: String, actual: String },
+    Altered {
+        seq: i64,
+        path: String,
+        expected: String,
+        actual: String,
+    },
     /// A Parquet file in the archive that no manifest row names.
     Extra { path: String },
     /// A manifest row whose chain hash does not verify (edited, reordered or removed rows).
@@ -27,11 +32,21 @@ impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Finding::Missing { seq, path } => write!(f, "missing: segment #{seq} {path}"),
-            Finding::Altered { seq, path, expected, actual } => {
-                write!(f, "altered: segment #{seq} {path} (manifest sha256 {expected}, file {actual})")
+            Finding::Altered {
+                seq,
+                path,
+                expected,
+                actual,
+            } => {
+                write!(
+                    f,
+                    "altered: segment #{seq} {path} (manifest sha256 {expected}, file {actual})"
+                )
             }
             Finding::Extra { path } => write!(f, "extra: {path} is not in the manifest"),
-            Finding::BrokenChain { seq, path } => write!(f, "chain broken at manifest row #{seq} ({path})"),
+            Finding::BrokenChain { seq, path } => {
+                write!(f, "chain broken at manifest row #{seq} ({path})")
+            }
         }
     }
 }
@@ -45,9 +60,14 @@ pub struct VerifyReport {
 
 /// Re-reads every segment named in `entries` under `data_dir` and the
 /// chain itself; `progress` is called once per segment checked.
-pub fn verify_archive(data_dir: &Path, entries: &[SegmentEntry], mut progress: impl FnMut(&SegmentEntry)) -> VerifyReport {
+pub fn verify_archive(
+    data_dir: &Path,
+    entries: &[SegmentEntry],
+    mut progress: impl FnMut(&SegmentEntry),
+) -> VerifyReport {
     let mut findings = Vec::new();
-    let by_seq: std::collections::HashMap<i64, &SegmentEntry> = entries.iter().map(|e| (e.seq, e)).collect();
+    let by_seq: std::collections::HashMap<i64, &SegmentEntry> =
+        entries.iter().map(|e| (e.seq, e)).collect();
     for seq in broken_links(entries) {
         let path = by_seq.get(&seq).map(|e| e.path.clone()).unwrap_or_default();
         findings.push(Finding::BrokenChain { seq, path });
@@ -58,13 +78,24 @@ pub fn verify_archive(data_dir: &Path, entries: &[SegmentEntry], mut progress: i
         known.insert(e.path.clone());
         let path = data_dir.join(&e.path);
         if !path.exists() {
-            findings.push(Finding::Missing { seq: e.seq, path: e.path.clone() });
+            findings.push(Finding::Missing {
+                seq: e.seq,
+                path: e.path.clone(),
+            });
             continue;
         }
         match sha256_file(&path) {
             Ok(actual) if actual == e.sha256 => {}
-            Ok(actual) => findings.push(Finding::Altered { seq: e.seq, path: e.path.clone(), expected: e.sha256.clone(), actual }),
-            Err(_) => findings.push(Finding::Missing { seq: e.seq, path: e.path.clone() }),
+            Ok(actual) => findings.push(Finding::Altered {
+                seq: e.seq,
+                path: e.path.clone(),
+                expected: e.sha256.clone(),
+                actual,
+            }),
+            Err(_) => findings.push(Finding::Missing {
+                seq: e.seq,
+                path: e.path.clone(),
+            }),
         }
     }
     for rel in parquet_files(data_dir, &data_dir.join("archive")) {
@@ -72,13 +103,19 @@ pub fn verify_archive(data_dir: &Path, entries: &[SegmentEntry], mut progress: i
             findings.push(Finding::Extra { path: rel });
         }
     }
-    VerifyReport { segments: entries.len(), rows: entries.iter().map(|e| e.rows).sum(), findings }
+    VerifyReport {
+        segments: entries.len(),
+        rows: entries.iter().map(|e| e.rows).sum(),
+        findings,
+    }
 }
 
 /// Every sealed-looking Parquet file under `dir`, relative to `root`, `/`-separated.
 fn parquet_files(root: &Path, dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for entry in rd.flatten() {
         let p = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -86,7 +123,12 @@ fn parquet_files(root: &Path, dir: &Path) -> Vec<String> {
             out.extend(parquet_files(root, &p));
         } else if name.ends_with(".parquet") && !name.starts_with('.') {
             if let Ok(rel) = p.strip_prefix(root) {
-                out.push(rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"));
+                out.push(
+                    rel.components()
+                        .map(|c| c.as_os_str().to_string_lossy())
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                );
             }
         }
     }

@@ -33,7 +33,11 @@ pub struct SegmentLimits {
 
 impl Default for SegmentLimits {
     fn default() -> Self {
-        SegmentLimits { max_rows: 200_000, max_bytes: 64 << 20, max_age: Duration::from_secs(300) }
+        SegmentLimits {
+            max_rows: 200_000,
+            max_bytes: 64 << 20,
+            max_age: Duration::from_secs(300),
+        }
     }
 }
 
@@ -62,13 +66,17 @@ pub struct ArchiveWriter {
 
 /// `YYYY-MM-DD` (UTC) of a nanosecond timestamp: the hive partition value.
 pub fn partition_date(time_ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(time_ns).format("%Y-%m-%d").to_string()
+    chrono::DateTime::from_timestamp_nanos(time_ns)
+        .format("%Y-%m-%d")
+        .to_string()
 }
 
 fn push<T>(map: &mut BTreeMap<String, Buffer<T>>, date: String, row: T, size: usize) {
-    let buf = map
-        .entry(date)
-        .or_insert_with(|| Buffer { rows: Vec::new(), bytes: 0, opened: Instant::now() });
+    let buf = map.entry(date).or_insert_with(|| Buffer {
+        rows: Vec::new(),
+        bytes: 0,
+        opened: Instant::now(),
+    });
     if buf.rows.is_empty() {
         buf.opened = Instant::now();
     }
@@ -78,7 +86,13 @@ fn push<T>(map: &mut BTreeMap<String, Buffer<T>>, date: String, row: T, size: us
 
 impl ArchiveWriter {
     pub fn new(data_dir: PathBuf, limits: SegmentLimits, catalog: Catalog) -> Self {
-        ArchiveWriter { data_dir, limits, catalog, sip: BTreeMap::new(), im: BTreeMap::new() }
+        ArchiveWriter {
+            data_dir,
+            limits,
+            catalog,
+            sip: BTreeMap::new(),
+            im: BTreeMap::new(),
+        }
     }
 
     pub fn push_sip(&mut self, row: SipMessageRow) {
@@ -97,7 +111,8 @@ impl ArchiveWriter {
     }
 
     pub fn needs_roll(&self, now: Instant) -> bool {
-        self.sip.values().any(|b| b.due(now, &self.limits)) || self.im.values().any(|b| b.due(now, &self.limits))
+        self.sip.values().any(|b| b.due(now, &self.limits))
+            || self.im.values().any(|b| b.due(now, &self.limits))
     }
 
     /// Seals every buffer that is due (or every non-empty one when `all`).
@@ -107,11 +122,18 @@ impl ArchiveWriter {
         let dates: Vec<String> = self
             .sip
             .iter()
-            .filter(|(_, b)| if all { !b.rows.is_empty() } else { b.due(now, &self.limits) })
+            .filter(|(_, b)| {
+                if all {
+                    !b.rows.is_empty()
+                } else {
+                    b.due(now, &self.limits)
+                }
+            })
             .map(|(d, _)| d.clone())
             .collect();
         for date in dates {
-            let rows = std::mem::take(&mut self.sip.get_mut(&date).expect("date listed above").rows);
+            let rows =
+                std::mem::take(&mut self.sip.get_mut(&date).expect("date listed above").rows);
             let batch = sip_messages_batch(&rows)?;
             let (min, max) = time_range(rows.iter().map(|r| r.time_ns));
             match self.seal(TABLE_SIP_MESSAGES, &date, batch, min, max).await {
@@ -129,7 +151,13 @@ impl ArchiveWriter {
         let dates: Vec<String> = self
             .im
             .iter()
-            .filter(|(_, b)| if all { !b.rows.is_empty() } else { b.due(now, &self.limits) })
+            .filter(|(_, b)| {
+                if all {
+                    !b.rows.is_empty()
+                } else {
+                    b.due(now, &self.limits)
+                }
+            })
             .map(|(d, _)| d.clone())
             .collect();
         for date in dates {
@@ -152,7 +180,14 @@ impl ArchiveWriter {
         Ok(sealed)
     }
 
-    async fn seal(&self, table: &str, date: &str, batch: RecordBatch, min: i64, max: i64) -> Result<SealedSegment> {
+    async fn seal(
+        &self,
+        table: &str,
+        date: &str,
+        batch: RecordBatch,
+        min: i64,
+        max: i64,
+    ) -> Result<SealedSegment> {
         let segment_id = format!(
             "{}-{:08x}",
             chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
@@ -162,9 +197,14 @@ impl ArchiveWriter {
         let dir = self.data_dir.join(format!("archive/{table}/date={date}"));
         let final_path = self.data_dir.join(&rel);
         let rows = batch.num_rows();
-        let sha256 = tokio::task::spawn_blocking(move || write_parquet(&dir, &segment_id_tmp(&final_path), &final_path, &batch))
-            .await
-            .map_err(|e| CollectorError::Io { path: rel.clone(), source: std::io::Error::other(e) })??;
+        let sha256 = tokio::task::spawn_blocking(move || {
+            write_parquet(&dir, &segment_id_tmp(&final_path), &final_path, &batch)
+        })
+        .await
+        .map_err(|e| CollectorError::Io {
+            path: rel.clone(),
+            source: std::io::Error::other(e),
+        })??;
         self.catalog
             .add_segment(&NewSegment {
                 table_name: table.to_string(),
@@ -177,7 +217,11 @@ impl ArchiveWriter {
             .await?;
         Ok(SealedSegment {
             table: table.to_string(),
-            segment_id: Path::new(&rel).file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string(),
+            segment_id: Path::new(&rel)
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string(),
             path: rel,
             rows,
             im_rows: Vec::new(),
@@ -188,12 +232,20 @@ impl ArchiveWriter {
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     h.finish() as u32
 }
 
 fn segment_id_tmp(final_path: &Path) -> PathBuf {
-    let name = final_path.file_name().and_then(|n| n.to_str()).unwrap_or("segment");
+    let name = final_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("segment");
     final_path.with_file_name(format!(".{name}.tmp"))
 }
 
@@ -202,7 +254,10 @@ fn time_range(times: impl Iterator<Item = i64>) -> (i64, i64) {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CollectorError + '_ {
-    move |source| CollectorError::Io { path: path.display().to_string(), source }
+    move |source| CollectorError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Writes, fsyncs and renames one segment; returns the file's SHA-256.
@@ -219,7 +274,9 @@ fn write_parquet(dir: &Path, tmp: &Path, final_path: &Path, batch: &RecordBatch)
     file.sync_all().map_err(io_err(tmp))?;
     drop(file);
     std::fs::rename(tmp, final_path).map_err(io_err(final_path))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))?;
     sha256_file(final_path)
 }
 

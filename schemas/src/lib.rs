@@ -259,7 +259,12 @@ pub fn schema_fingerprint() -> String {
         out.push_str(name);
         out.push('\n');
         for f in schema.fields() {
-            out.push_str(&format!("  {} {} nullable={}\n", f.name(), f.data_type(), f.is_nullable()));
+            out.push_str(&format!(
+                "  {} {} nullable={}\n",
+                f.name(),
+                f.data_type(),
+                f.is_nullable()
+            ));
         }
     }
     out
@@ -274,7 +279,10 @@ mod tests {
     #[test]
     fn schema_change_requires_version_bump() {
         let expected = include_str!("../schema-v1.txt");
-        assert_eq!(SCHEMA_VERSION, 1, "bump the snapshot file name with the version");
+        assert_eq!(
+            SCHEMA_VERSION, 1,
+            "bump the snapshot file name with the version"
+        );
         assert_eq!(
             schema_fingerprint(),
             expected,
@@ -323,4 +331,3 @@ mod tests {
         assert_eq!(b.num_rows(), 1);
     }
 }
-

@@ -20,7 +20,10 @@ use crate::core::{Core, CoreConfig, Event, Transmit, UserCredentials};
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -91,13 +94,31 @@ pub struct Tap {
 }
 
 impl Tap {
-    fn capture(&self, direction: Direction, transport: Transport, src: SocketAddr, dst: SocketAddr, raw: &[u8]) {
+    fn capture(
+        &self,
+        direction: Direction,
+        transport: Transport,
+        src: SocketAddr,
+        dst: SocketAddr,
+        raw: &[u8],
+    ) {
         let time_ns = chrono_now_ns();
-        let msg = CapturedMessage { time_ns, source: "tap".into(), direction, transport, src, dst, raw: raw.to_vec() };
+        let msg = CapturedMessage {
+            time_ns,
+            source: "tap".into(),
+            direction,
+            transport,
+            src,
+            dst,
+            raw: raw.to_vec(),
+        };
         if self.tx.try_send(msg).is_err() {
             let n = self.stats.tap_dropped.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() {
-                tracing::warn!(dropped = n + 1, "archive channel full or closed: message not archived");
+                tracing::warn!(
+                    dropped = n + 1,
+                    "archive channel full or closed: message not archived"
+                );
             }
         }
     }
@@ -111,7 +132,11 @@ fn chrono_now_ns() -> i64 {
 }
 
 enum Inbound {
-    Message { transport: Transport, peer: SocketAddr, bytes: Vec<u8> },
+    Message {
+        transport: Transport,
+        peer: SocketAddr,
+        bytes: Vec<u8>,
+    },
     Users(HashMap<String, UserCredentials>),
 }
 
@@ -156,17 +181,29 @@ pub struct Server {
 
 impl Server {
     /// Binds UDP and TCP and starts serving. Every message in and out goes to `tap`.
-    pub async fn start(config: ServerConfig, tap: mpsc::Sender<CapturedMessage>) -> Result<Server, ServerError> {
+    pub async fn start(
+        config: ServerConfig,
+        tap: mpsc::Sender<CapturedMessage>,
+    ) -> Result<Server, ServerError> {
         let (udp, tcp) = bind_pair(config.sip_addr).await?;
-        let udp_addr = udp.local_addr().map_err(|source| ServerError::Bind { addr: config.sip_addr, source })?;
-        let tcp_addr = tcp.local_addr().map_err(|source| ServerError::Bind { addr: config.sip_addr, source })?;
+        let udp_addr = udp.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.sip_addr,
+            source,
+        })?;
+        let tcp_addr = tcp.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.sip_addr,
+            source,
+        })?;
         let stats = Arc::new(ServerStats::default());
         let (inbound_tx, inbound_rx) = mpsc::channel(4096);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             config: config.clone(),
             stats: stats.clone(),
-            tap: Tap { tx: tap, stats: stats.clone() },
+            tap: Tap {
+                tx: tap,
+                stats: stats.clone(),
+            },
             inbound: inbound_tx.clone(),
             conns: Arc::new(Mutex::new(HashMap::new())),
             shutdown: shutdown_rx,
@@ -181,12 +218,21 @@ impl Server {
             tokio::spawn(tcp_accept_loop(tcp, shared.clone())),
             tokio::spawn(core_loop(core, inbound_rx, udp, shared)),
         ];
-        Ok(Server { udp_addr, tcp_addr, stats, users: inbound_tx, shutdown: shutdown_tx, tasks })
+        Ok(Server {
+            udp_addr,
+            tcp_addr,
+            stats,
+            users: inbound_tx,
+            shutdown: shutdown_tx,
+            tasks,
+        })
     }
 
     /// A handle that replaces the users the registrar knows.
     pub fn user_directory(&self) -> UserDirectory {
-        UserDirectory { tx: self.users.clone() }
+        UserDirectory {
+            tx: self.users.clone(),
+        }
     }
 
     /// Stops every task; when this returns the tap sender is dropped, so the
@@ -217,7 +263,9 @@ async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), ServerE
             Err(e) => last = Some(e),
         }
     }
-    Err(err(last.unwrap_or_else(|| std::io::Error::other("no free port"))))
+    Err(err(
+        last.unwrap_or_else(|| std::io::Error::other("no free port"))
+    ))
 }
 
 async fn udp_loop(udp: Arc<UdpSocket>, shared: Arc<Shared>) {
@@ -235,13 +283,28 @@ async fn udp_loop(udp: Arc<UdpSocket>, shared: Arc<Shared>) {
         };
         shared.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
         if n > shared.config.max_message_bytes {
-            let dropped = shared.stats.oversize_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let dropped = shared
+                .stats
+                .oversize_dropped
+                .fetch_add(1, Ordering::Relaxed)
+                + 1;
             tracing::warn!(%peer, bytes = n, limit = shared.config.max_message_bytes, dropped, "dropped oversize datagram");
             continue;
         }
         let bytes = buf[..n].to_vec();
-        shared.tap.capture(Direction::In, Transport::Udp, peer, local, &bytes);
-        if shared.inbound.send(Inbound::Message { transport: Transport::Udp, peer, bytes }).await.is_err() {
+        shared
+            .tap
+            .capture(Direction::In, Transport::Udp, peer, local, &bytes);
+        if shared
+            .inbound
+            .send(Inbound::Message {
+                transport: Transport::Udp,
+                peer,
+                bytes,
+            })
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -264,7 +327,11 @@ async fn tcp_accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             continue;
         }
         let (tx, rx) = mpsc::channel(256);
-        shared.conns.lock().expect("conns lock").insert(peer, Conn { tx });
+        shared
+            .conns
+            .lock()
+            .expect("conns lock")
+            .insert(peer, Conn { tx });
         tokio::spawn(connection(stream, peer, rx, shared.clone(), None));
     }
 }
@@ -286,11 +353,17 @@ async fn connection(
     let mut buf = vec![0u8; 16 * 1024];
     if let Some(bytes) = first {
         if wr.write_all(&bytes).await.is_ok() {
-            shared.tap.capture(Direction::Out, Transport::Tcp, local, peer, &bytes);
+            shared
+                .tap
+                .capture(Direction::Out, Transport::Tcp, local, peer, &bytes);
         }
     }
     'conn: loop {
-        let wait = if framer.buffered() > 0 { shared.config.tcp_message_timeout } else { shared.config.tcp_idle_timeout };
+        let wait = if framer.buffered() > 0 {
+            shared.config.tcp_message_timeout
+        } else {
+            shared.config.tcp_idle_timeout
+        };
         tokio::select! {
             r = tokio::time::timeout(wait, rd.read(&mut buf)) => {
                 let n = match r {
@@ -337,11 +410,18 @@ async fn connection(
     shared.stats.tcp_open.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn core_loop(mut core: Core, mut inbound: mpsc::Receiver<Inbound>, udp: Arc<UdpSocket>, shared: Arc<Shared>) {
+async fn core_loop(
+    mut core: Core,
+    mut inbound: mpsc::Receiver<Inbound>,
+    udp: Arc<UdpSocket>,
+    shared: Arc<Shared>,
+) {
     let mut shutdown = shared.shutdown.clone();
     let udp_local = udp.local_addr().unwrap_or(shared.config.sip_addr);
     loop {
-        let deadline = core.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        let deadline = core
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         tokio::select! {
             input = inbound.recv() => match input {
                 Some(Inbound::Message { transport, peer, bytes }) => core.handle_message(Instant::now(), transport, peer, &bytes),
@@ -356,7 +436,9 @@ async fn core_loop(mut core: Core, mut inbound: mpsc::Receiver<Inbound>, udp: Ar
         }
         while let Some(ev) = core.poll_event() {
             match ev {
-                Event::Rejected { peer, code, reason } => tracing::info!(%peer, code, %reason, "request rejected"),
+                Event::Rejected { peer, code, reason } => {
+                    tracing::info!(%peer, code, %reason, "request rejected")
+                }
                 Event::Dropped { peer, reason } => tracing::info!(%peer, %reason, "input dropped"),
                 Event::Registered { .. } => {}
                 Event::Unregistered { user } => tracing::info!(%user, "no longer registered"),
@@ -370,14 +452,21 @@ async fn send(udp: &UdpSocket, udp_local: SocketAddr, shared: &Arc<Shared>, t: T
     shared.stats.messages_out.fetch_add(1, Ordering::Relaxed);
     match t.transport {
         Transport::Udp => match udp.send_to(&t.bytes, t.dst).await {
-            Ok(_) => shared.tap.capture(Direction::Out, Transport::Udp, udp_local, t.dst, &t.bytes),
+            Ok(_) => shared
+                .tap
+                .capture(Direction::Out, Transport::Udp, udp_local, t.dst, &t.bytes),
             Err(e) => {
                 shared.stats.send_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(dst = %t.dst, error = %e, "udp send failed");
             }
         },
         Transport::Tcp | Transport::Tls => {
-            let existing = shared.conns.lock().expect("conns lock").get(&t.dst).cloned();
+            let existing = shared
+                .conns
+                .lock()
+                .expect("conns lock")
+                .get(&t.dst)
+                .cloned();
             match existing {
                 Some(conn) => {
                     if conn.tx.try_send(t.bytes).is_err() {
@@ -389,10 +478,19 @@ async fn send(udp: &UdpSocket, udp_local: SocketAddr, shared: &Arc<Shared>, t: T
                     // No flow to reuse: open a connection to the destination.
                     let shared = shared.clone();
                     tokio::spawn(async move {
-                        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(t.dst)).await {
+                        match tokio::time::timeout(
+                            Duration::from_secs(5),
+                            TcpStream::connect(t.dst),
+                        )
+                        .await
+                        {
                             Ok(Ok(stream)) => {
                                 let (tx, rx) = mpsc::channel(256);
-                                shared.conns.lock().expect("conns lock").insert(t.dst, Conn { tx });
+                                shared
+                                    .conns
+                                    .lock()
+                                    .expect("conns lock")
+                                    .insert(t.dst, Conn { tx });
                                 connection(stream, t.dst, rx, shared, Some(t.bytes)).await;
                             }
                             _ => {

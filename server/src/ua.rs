@@ -70,7 +70,13 @@ pub struct UserAgent {
 
 impl UserAgent {
     /// Opens a socket (UDP) or connection (TCP) to the server at `server`.
-    pub async fn connect(transport: Transport, server: SocketAddr, user: &str, domain: &str, password: &str) -> Result<UserAgent, UaError> {
+    pub async fn connect(
+        transport: Transport,
+        server: SocketAddr,
+        user: &str,
+        domain: &str,
+        password: &str,
+    ) -> Result<UserAgent, UaError> {
         let (resp_tx, responses) = mpsc::channel(64);
         let (inbox_tx, inbox) = mpsc::channel(1024);
         let (writer, local, reader) = match transport {
@@ -178,10 +184,19 @@ impl UserAgent {
             if code != 401 || auth.is_some() {
                 return Ok(code);
             }
-            let header = resp.header("WWW-Authenticate").ok_or_else(|| UaError::Auth("401 without WWW-Authenticate".into()))?;
+            let header = resp
+                .header("WWW-Authenticate")
+                .ok_or_else(|| UaError::Auth("401 without WWW-Authenticate".into()))?;
             let ch = Challenge::parse(header).map_err(|e| UaError::Auth(e.to_string()))?;
             let cnonce = format!("{:08x}", rand::random::<u32>());
-            auth = Some(authorize(&ch, &self.user, &self.password, "REGISTER", &uri, &cnonce));
+            auth = Some(authorize(
+                &ch,
+                &self.user,
+                &self.password,
+                "REGISTER",
+                &uri,
+                &cnonce,
+            ));
         }
         Ok(401)
     }
@@ -190,11 +205,19 @@ impl UserAgent {
     pub async fn message(&mut self, to_user: &str, body: &str) -> Result<u16, UaError> {
         let to = format!("sip:{}@{}", to_user, self.domain);
         self.counter += 1;
-        let call_id = format!("im-{:08x}-{}@{}", rand::random::<u32>(), self.counter, self.local.ip());
+        let call_id = format!(
+            "im-{:08x}-{}@{}",
+            rand::random::<u32>(),
+            self.counter,
+            self.local.ip()
+        );
         let mut b = MessageBuilder::request("MESSAGE", &to);
         b.header("Via", &self.via())
             .header("Max-Forwards", "70")
-            .header("From", &format!("<{}>;tag=m{:08x}", self.aor(), rand::random::<u32>()))
+            .header(
+                "From",
+                &format!("<{}>;tag=m{:08x}", self.aor(), rand::random::<u32>()),
+            )
             .header("To", &format!("<{to}>"))
             .header("Call-ID", &call_id)
             .header("CSeq", "1 MESSAGE")
@@ -217,7 +240,10 @@ impl UserAgent {
     /// UDP every 500 ms.
     async fn transact(&mut self, bytes: Vec<u8>) -> Result<SipMessage, UaError> {
         let sent = SipMessage::parse(&bytes).map_err(|e| UaError::Auth(e.to_string()))?;
-        let key = (sent.call_id().unwrap_or("").to_string(), sent.cseq().map(|c| c.0));
+        let key = (
+            sent.call_id().unwrap_or("").to_string(),
+            sent.cseq().map(|c| c.0),
+        );
         self.writer.send(&bytes).await?;
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
@@ -250,8 +276,15 @@ impl UserAgent {
 /// Routes one incoming message: responses to the waiting transaction,
 /// MESSAGE requests answered 200 and put in the inbox. Returns false when
 /// the agent is gone.
-async fn dispatch(raw: &[u8], w: &Writer, responses: &mpsc::Sender<SipMessage>, inbox: &mpsc::Sender<ReceivedIm>) -> bool {
-    let Ok(msg) = SipMessage::parse(raw) else { return true };
+async fn dispatch(
+    raw: &[u8],
+    w: &Writer,
+    responses: &mpsc::Sender<SipMessage>,
+    inbox: &mpsc::Sender<ReceivedIm>,
+) -> bool {
+    let Ok(msg) = SipMessage::parse(raw) else {
+        return true;
+    };
     if !msg.is_request() {
         return responses.send(msg).await.is_ok();
     }

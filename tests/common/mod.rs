@@ -14,7 +14,12 @@ pub fn bin() -> &'static str {
 
 /// Runs `sipvault ARGS --data DIR`, asserting it exits 0; returns stdout.
 pub fn sipvault(data: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin()).args(args).arg("--data").arg(data).output().expect("run sipvault");
+    let out = Command::new(bin())
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .expect("run sipvault");
     assert!(
         out.status.success(),
         "sipvault {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
@@ -58,7 +63,10 @@ impl ServeProcess {
                 let mut tx = Some(tx);
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     if let Some(pos) = line.find("sip_udp=") {
-                        let addr: String = line[pos + 8..].chars().take_while(|c| !c.is_whitespace()).collect();
+                        let addr: String = line[pos + 8..]
+                            .chars()
+                            .take_while(|c| !c.is_whitespace())
+                            .collect();
                         if let Some(tx) = tx.take() {
                             let _ = tx.send(addr);
                         }
@@ -71,8 +79,18 @@ impl ServeProcess {
         }
         let addr = rx
             .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("sipvault serve printed no listening line; log:\n{}", log.lock().unwrap()));
-        ServeProcess { child: Some(child), addr: addr.parse().expect("listening address"), data: data.to_path_buf(), log }
+            .unwrap_or_else(|_| {
+                panic!(
+                    "sipvault serve printed no listening line; log:\n{}",
+                    log.lock().unwrap()
+                )
+            });
+        ServeProcess {
+            child: Some(child),
+            addr: addr.parse().expect("listening address"),
+            data: data.to_path_buf(),
+            log,
+        }
     }
 
     pub fn log(&self) -> String {
@@ -99,19 +117,30 @@ impl ServeProcess {
     /// SIGTERM, then waits for a clean exit (archive sealed). Returns the log.
     pub fn stop(mut self) -> String {
         let mut child = self.child.take().unwrap();
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         let end = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 std::thread::sleep(Duration::from_millis(100));
                 let log = self.log();
-                assert!(status.success(), "sipvault serve exited with {status}; log:\n{log}");
-                assert!(!log.contains("panicked"), "sipvault serve panicked; log:\n{log}");
+                assert!(
+                    status.success(),
+                    "sipvault serve exited with {status}; log:\n{log}"
+                );
+                assert!(
+                    !log.contains("panicked"),
+                    "sipvault serve panicked; log:\n{log}"
+                );
                 return log;
             }
             if Instant::now() > end {
                 let _ = child.kill();
-                panic!("sipvault serve did not stop within 30 s of SIGTERM; log:\n{}", self.log());
+                panic!(
+                    "sipvault serve did not stop within 30 s of SIGTERM; log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
