@@ -1,0 +1,496 @@
+//! The RFC 4475 / RFC 5118 torture set against the real `sipvault serve`:
+//! every file as one UDP datagram and over a fresh TCP connection. The
+//! server must stay up, refuse what the index says is invalid with the
+//! expected status, answer valid requests, stay silent on responses, and
+//! still register users and relay a MESSAGE afterwards.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{ServeProcess, sipvault, testdata};
+use sipvault_schemas::Transport;
+use sipvault_server::ua::UserAgent;
+use sipvault_sip::{SipMessage, StreamFramer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+const DOMAIN: &str = "torture.test";
+/// A short T1 keeps server transactions (64*T1) short, so files that share
+/// a transaction key can be sent in quick successive rounds.
+const T1_MS: u64 = 25;
+/// A TCP peer stalled mid-message is dropped after this.
+const TCP_STALL_SECS: u64 = 1;
+/// How long to wait for a response that should come.
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
+/// How long to listen for a response that should not come.
+const QUIET_WAIT: Duration = Duration::from_millis(1500);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Parses; a request passes the generic checks, a response parses fully.
+    Accept,
+    /// Request refused with this status.
+    Reject(u16),
+    /// Invalid response: dropped silently.
+    Discard,
+    /// Datagram shorter than its Content-Length: 400 on UDP, a stream waits.
+    Truncated,
+}
+use Verdict::*;
+
+/// Datagram verdicts, the same table as sip/tests/torture.rs (which explains
+/// the LIBERAL / STRICT choices).
+const EXPECTED: &[(&str, Verdict)] = &[
+    ("rfc4475/wsinv.dat", Accept),
+    ("rfc4475/intmeth.dat", Accept),
+    ("rfc4475/esc01.dat", Accept),
+    ("rfc4475/escnull.dat", Accept),
+    ("rfc4475/esc02.dat", Accept),
+    ("rfc4475/lwsdisp.dat", Accept),
+    ("rfc4475/longreq.dat", Accept),
+    ("rfc4475/dblreq.dat", Accept),
+    ("rfc4475/semiuri.dat", Accept),
+    ("rfc4475/transports.dat", Accept),
+    ("rfc4475/mpart01.dat", Accept),
+    ("rfc4475/unreason.dat", Accept),
+    ("rfc4475/noreason.dat", Accept),
+    ("rfc4475/badinv01.dat", Reject(400)),
+    ("rfc4475/clerr.dat", Truncated),
+    ("rfc4475/ncl.dat", Reject(400)),
+    ("rfc4475/scalar02.dat", Reject(400)),
+    ("rfc4475/scalarlg.dat", Discard),
+    ("rfc4475/quotbal.dat", Reject(400)),
+    ("rfc4475/ltgtruri.dat", Reject(400)),
+    ("rfc4475/lwsruri.dat", Reject(400)),
+    ("rfc4475/lwsstart.dat", Reject(400)),
+    ("rfc4475/trws.dat", Accept),
+    ("rfc4475/escruri.dat", Reject(400)),
+    ("rfc4475/baddate.dat", Accept),
+    ("rfc4475/regbadct.dat", Reject(400)),
+    ("rfc4475/badaspec.dat", Accept),
+    ("rfc4475/baddn.dat", Reject(400)),
+    ("rfc4475/badvers.dat", Reject(505)),
+    ("rfc4475/mismatch01.dat", Reject(400)),
+    ("rfc4475/mismatch02.dat", Reject(400)),
+    ("rfc4475/bigcode.dat", Discard),
+    ("rfc4475/badbranch.dat", Accept),
+    ("rfc4475/insuf.dat", Reject(400)),
+    ("rfc4475/unkscm.dat", Reject(416)),
+    ("rfc4475/novelsc.dat", Reject(416)),
+    ("rfc4475/unksm2.dat", Accept),
+    ("rfc4475/bext01.dat", Reject(420)),
+    ("rfc4475/invut.dat", Accept),
+    ("rfc4475/regaut01.dat", Accept),
+    ("rfc4475/multi01.dat", Reject(400)),
+    ("rfc4475/mcl01.dat", Reject(400)),
+    ("rfc4475/bcast.dat", Accept),
+    ("rfc4475/zeromf.dat", Accept),
+    ("rfc4475/cparam01.dat", Accept),
+    ("rfc4475/cparam02.dat", Accept),
+    ("rfc4475/regescrt.dat", Accept),
+    ("rfc4475/sdp01.dat", Accept),
+    ("rfc4475/inv2543.dat", Accept),
+    ("rfc4475/test.dat", Reject(400)),
+    ("rfc5118/ipv6-good", Accept),
+    ("rfc5118/ipv6-bad", Reject(400)),
+    ("rfc5118/port-ambiguous", Accept),
+    ("rfc5118/port-unambiguous", Accept),
+    ("rfc5118/via-received-param-no-delim", Accept),
+    ("rfc5118/via-received-param-with-delim", Accept),
+    ("rfc5118/ipv6-in-sdp", Truncated),
+    ("rfc5118/mult-ip-in-header", Accept),
+    ("rfc5118/mult-ip-in-sdp", Accept),
+    ("rfc5118/ipv4-mapped-ipv6", Accept),
+    ("rfc5118/ipv6-bug-abnf-3-colons", Accept),
+    ("rfc5118/ipv6-correct-abnf-2-colons", Accept),
+];
+
+/// What the server must do with one file on one transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// A response with exactly this status.
+    Status(u16),
+    /// Some final response (a valid request; the code is the server's business).
+    AnyResponse,
+    /// No response at all (a response message, or nothing to answer to).
+    Nothing,
+    /// TCP: the connection is closed (unrecoverable framing); responses, if
+    /// any arrive first, must have one of these codes (`None`: any code).
+    Closed(Option<&'static [u16]>),
+    /// TCP: incomplete message; no response, the connection is dropped after
+    /// `tcp_message_timeout_secs`, not at once.
+    StallClosed,
+}
+
+fn torture_dir() -> PathBuf {
+    testdata().join("sip-torture")
+}
+
+/// Wire bytes: RFC 5118 files get CRLF line ends and, where missing, the
+/// empty line after the headers (as the sip crate's torture test does).
+fn wire(file: &str, bytes: &[u8]) -> Vec<u8> {
+    if !file.starts_with("rfc5118/") {
+        return bytes.to_vec();
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 64);
+    for &b in bytes {
+        if b == b'\n' {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    if !out.windows(4).any(|w| w == b"\r\n\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn is_response(bytes: &[u8]) -> bool {
+    let start = bytes.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(0);
+    bytes[start..].starts_with(b"SIP/")
+}
+
+fn has_via(bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim_start_matches(['\r', '\n']);
+    text.split('\n')
+        .skip(1)
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .any(|(n, v)| matches!(n.trim().to_ascii_lowercase().as_str(), "via" | "v") && !v.trim().is_empty())
+}
+
+fn udp_expect(bytes: &[u8], v: Verdict) -> Expect {
+    match v {
+        Accept if is_response(bytes) => Expect::Nothing,
+        Accept => Expect::AnyResponse,
+        // Without a Via there is nowhere to send a response.
+        Reject(_) if !has_via(bytes) => Expect::Nothing,
+        Reject(code) => Expect::Status(code),
+        Discard => Expect::Nothing,
+        Truncated => Expect::Status(400),
+    }
+}
+
+fn tcp_expect(file: &str, bytes: &[u8], v: Verdict) -> Expect {
+    match file {
+        // Negative / conflicting Content-Length: framing cannot recover.
+        "rfc4475/ncl.dat" | "rfc4475/mcl01.dat" => Expect::Closed(Some(&[400])),
+        // No Content-Length at all: required on streams.
+        "rfc4475/inv2543.dat" => Expect::Closed(Some(&[400])),
+        // Two requests, then "C" CRLF CRLF without Content-Length.
+        "rfc4475/dblreq.dat" => Expect::Closed(None),
+        // Body shorter than declared, or header section never terminated:
+        // a stream waits for more bytes, then gives up.
+        "rfc4475/clerr.dat" | "rfc5118/ipv6-in-sdp" | "rfc4475/baddn.dat" => Expect::StallClosed,
+        _ => udp_expect(bytes, v),
+    }
+}
+
+/// The transaction key the server matches requests on (RFC 3261 17.2.3:
+/// branch, sent-by and method; RFC 2543 fallback on Call-ID, CSeq, From tag).
+/// Two sends with the same key must not overlap in time, or the second is
+/// taken for a retransmission of the first.
+fn txn_keys(messages: &[Vec<u8>]) -> Vec<String> {
+    messages
+        .iter()
+        .filter_map(|m| SipMessage::parse(m).ok())
+        .filter(|m| m.is_request() && m.method() != Some("ACK"))
+        .map(|m| {
+            let method = m.method().unwrap_or("").to_string();
+            match m.vias().first() {
+                Some(v) if v.branch().is_some_and(|b| b.starts_with("z9hG4bK") && b.len() > 7) => {
+                    format!("{}|{}:{:?}|{method}", v.branch().unwrap_or(""), v.host, v.port)
+                }
+                _ => format!(
+                    "2543|{}|{:?}|{}",
+                    m.call_id().unwrap_or(""),
+                    m.cseq(),
+                    m.from().and_then(|f| f.tag().map(str::to_string)).unwrap_or_default()
+                ),
+            }
+        })
+        .collect()
+}
+
+/// Messages a stream framer cuts out of `bytes`.
+fn framed(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut f = StreamFramer::new(64 * 1024);
+    f.push(bytes);
+    let mut out = Vec::new();
+    while let Ok(Some(m)) = f.next_message() {
+        out.push(m);
+    }
+    out
+}
+
+/// Status code from a response's start line (works for responses whose
+/// other headers do not parse, e.g. the 400 echoing scalar02's CSeq).
+fn status_of(msg: &[u8]) -> Option<u16> {
+    let text = String::from_utf8_lossy(msg);
+    let text = text.trim_start_matches(['\r', '\n']);
+    let line = text.lines().next()?;
+    let rest = line.strip_prefix("SIP/2.0 ")?;
+    rest.get(..3)?.parse().ok()
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    /// Start lines of what came back.
+    responses: Vec<String>,
+    statuses: Vec<Option<u16>>,
+    closed_after: Option<Duration>,
+    error: Option<String>,
+}
+
+fn record(out: &mut Outcome, msg: &[u8]) {
+    let text = String::from_utf8_lossy(msg);
+    out.responses.push(text.trim_start().lines().next().unwrap_or("").to_string());
+    out.statuses.push(status_of(msg));
+}
+
+async fn run_udp(server: SocketAddr, bytes: Vec<u8>, expect: Expect) -> Outcome {
+    let mut out = Outcome::default();
+    let sock = match UdpSocket::bind("127.0.0.1:0").await {
+        Ok(s) => s,
+        Err(e) => {
+            out.error = Some(format!("bind: {e}"));
+            return out;
+        }
+    };
+    if let Err(e) = sock.send_to(&bytes, server).await {
+        out.error = Some(format!("send: {e}"));
+        return out;
+    }
+    let start = tokio::time::Instant::now();
+    let until = start + if expect == Expect::Nothing { QUIET_WAIT } else { ANSWER_WAIT };
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match tokio::time::timeout_at(until, sock.recv_from(&mut buf)).await {
+            Err(_) => break,
+            Ok(Ok((n, _))) => {
+                record(&mut out, &buf[..n]);
+                if expect != Expect::Nothing {
+                    break;
+                }
+            }
+            Ok(Err(e)) => {
+                out.error = Some(format!("recv: {e}"));
+                break;
+            }
+        }
+    }
+    out
+}
+
+async fn run_tcp(server: SocketAddr, bytes: Vec<u8>, expect: Expect) -> Outcome {
+    let mut out = Outcome::default();
+    let mut stream = match tokio::time::timeout(ANSWER_WAIT, TcpStream::connect(server)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            out.error = Some(format!("connect: {e}"));
+            return out;
+        }
+        Err(_) => {
+            out.error = Some("connect timed out".into());
+            return out;
+        }
+    };
+    if let Err(e) = stream.write_all(&bytes).await {
+        out.error = Some(format!("write: {e}"));
+        return out;
+    }
+    let start = tokio::time::Instant::now();
+    let window = match expect {
+        Expect::Nothing => QUIET_WAIT,
+        Expect::StallClosed => Duration::from_secs(TCP_STALL_SECS + 5),
+        _ => ANSWER_WAIT,
+    };
+    let until = start + window;
+    let mut framer = StreamFramer::new(1 << 20);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout_at(until, stream.read(&mut buf)).await {
+            Err(_) => break,
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                out.closed_after = Some(start.elapsed());
+                break;
+            }
+            Ok(Ok(n)) => {
+                framer.push(&buf[..n]);
+                while let Ok(Some(m)) = framer.next_message() {
+                    record(&mut out, &m);
+                }
+                if matches!(expect, Expect::Status(_) | Expect::AnyResponse) && !out.responses.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Why `out` does not meet `expect`, if it does not.
+fn judge(expect: Expect, out: &Outcome) -> Option<String> {
+    if let Some(e) = &out.error {
+        return Some(format!("client-side error: {e}"));
+    }
+    let got = || format!("got {:?}, closed after {:?}", out.responses, out.closed_after);
+    match expect {
+        Expect::Status(code) => match out.statuses.first() {
+            None => Some(format!("expected a {code} response, got none within {ANSWER_WAIT:?} ({})", got())),
+            Some(s) if *s != Some(code) => Some(format!("expected status {code}, {}", got())),
+            _ => None,
+        },
+        Expect::AnyResponse => match out.statuses.first() {
+            None => Some(format!("valid request got no response within {ANSWER_WAIT:?} ({})", got())),
+            Some(Some(s)) if *s >= 200 => None,
+            Some(_) => Some(format!("expected a final response, {}", got())),
+        },
+        Expect::Nothing => (!out.responses.is_empty()).then(|| format!("expected no response, {}", got())),
+        Expect::Closed(allowed) => {
+            if out.closed_after.is_none() {
+                return Some(format!("expected the connection to be closed (unrecoverable framing), {}", got()));
+            }
+            match allowed {
+                Some(codes) if out.statuses.iter().any(|s| !s.is_some_and(|s| codes.contains(&s))) => {
+                    Some(format!("only {codes:?} may be answered before closing, {}", got()))
+                }
+                _ => None,
+            }
+        }
+        Expect::StallClosed => {
+            if !out.responses.is_empty() {
+                return Some(format!("incomplete message was answered: {}", got()));
+            }
+            match out.closed_after {
+                None => Some(format!("stalled connection not closed within {TCP_STALL_SECS}+5 s")),
+                Some(d) if d < Duration::from_millis(TCP_STALL_SECS * 1000 * 8 / 10) => {
+                    Some(format!("connection closed after {d:?}: a stream must wait for the rest of the message"))
+                }
+                _ => None,
+            }
+        }
+    }
+}
+
+struct Send {
+    file: &'static str,
+    transport: Transport,
+    bytes: Vec<u8>,
+    expect: Expect,
+    keys: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torture_set_against_the_running_server() {
+    // The table covers exactly the files on disk.
+    let mut on_disk = Vec::new();
+    for sub in ["rfc4475", "rfc5118"] {
+        for ent in std::fs::read_dir(torture_dir().join(sub)).expect("read torture dir") {
+            on_disk.push(format!("{sub}/{}", ent.expect("dir entry").file_name().to_string_lossy()));
+        }
+    }
+    let table: BTreeMap<&str, Verdict> = EXPECTED.iter().copied().collect();
+    for f in &on_disk {
+        assert!(table.contains_key(f.as_str()), "{f}: torture file not in the expected-verdict table");
+    }
+    assert_eq!(table.len(), on_disk.len(), "verdict table lists files that are not on disk");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    for (user, pw) in [("alice", "alice-pw"), ("bob", "bob-pw")] {
+        sipvault(&data, &["user", "add", user, "--password", pw, "--domain", DOMAIN]);
+    }
+    let config = format!("[sip]\ndomain = \"{DOMAIN}\"\nt1_ms = {T1_MS}\ntcp_message_timeout_secs = {TCP_STALL_SECS}\n");
+    let mut server = tokio::task::block_in_place(|| ServeProcess::start(&data, Some(&config)));
+    let addr = server.addr;
+
+    // Every file once per transport.
+    let mut sends = Vec::new();
+    for transport in [Transport::Udp, Transport::Tcp] {
+        for (file, verdict) in EXPECTED {
+            let raw = std::fs::read(torture_dir().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let bytes = wire(file, &raw);
+            let (expect, keys) = match transport {
+                Transport::Udp => (udp_expect(&bytes, *verdict), txn_keys(std::slice::from_ref(&bytes))),
+                _ => (tcp_expect(file, &bytes, *verdict), txn_keys(&framed(&bytes))),
+            };
+            sends.push(Send { file, transport, bytes, expect, keys });
+        }
+    }
+    // Rounds in which no transaction key repeats; rounds are spaced by more
+    // than a server transaction's lifetime.
+    let mut rounds: Vec<(HashSet<String>, Vec<Send>)> = Vec::new();
+    for s in sends {
+        let slot = rounds.iter().position(|(keys, _)| s.keys.iter().all(|k| !keys.contains(k)));
+        let i = slot.unwrap_or_else(|| {
+            rounds.push((HashSet::new(), Vec::new()));
+            rounds.len() - 1
+        });
+        rounds[i].0.extend(s.keys.iter().cloned());
+        rounds[i].1.push(s);
+    }
+    let txn_life = Duration::from_millis(T1_MS * 64) + Duration::from_millis(1500);
+
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    let n_rounds = rounds.len();
+    for (r, (_, round)) in rounds.into_iter().enumerate() {
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for s in round {
+            let (bytes, expect) = (s.bytes.clone(), s.expect);
+            let h = match s.transport {
+                Transport::Udp => tokio::spawn(run_udp(addr, bytes, expect)),
+                _ => tokio::spawn(run_tcp(addr, bytes, expect)),
+            };
+            tasks.push((s, h));
+        }
+        for (s, h) in tasks {
+            let out = h.await.expect("exchange task");
+            checked += 1;
+            eprintln!("round {:>2} {:<45} {:?} {:?}: {:?} closed_after={:?}", r + 1, s.file, s.transport, s.expect, out.responses, out.closed_after);
+            if let Some(why) = judge(s.expect, &out) {
+                failures.push(format!("{} over {:?} (expected {:?}): {why}", s.file, s.transport, s.expect));
+            }
+        }
+        assert!(
+            server.is_running(),
+            "sipvault serve died during torture round {}/{n_rounds}; failures so far:\n{}\nlog:\n{}",
+            r + 1,
+            failures.join("\n"),
+            server.log()
+        );
+        let left = txn_life.saturating_sub(started.elapsed());
+        tokio::time::sleep(left).await;
+    }
+    assert_eq!(checked, 2 * EXPECTED.len(), "not every file was sent on both transports");
+    assert!(failures.is_empty(), "torture set against the running server ({} failures):\n{}\nlog:\n{}", failures.len(), failures.join("\n"), server.log());
+    assert!(!server.log().contains("panicked"), "server log shows a panic:\n{}", server.log());
+
+    // The server still does its job.
+    let mut alice = UserAgent::connect(Transport::Udp, addr, "alice", DOMAIN, "alice-pw").await.expect("alice UA");
+    let mut bob = UserAgent::connect(Transport::Tcp, addr, "bob", DOMAIN, "bob-pw").await.expect("bob UA");
+    assert_eq!(alice.register(600).await.expect("alice REGISTER"), 200, "alice (UDP) could not register after the torture set");
+    assert_eq!(bob.register(600).await.expect("bob REGISTER"), 200, "bob (TCP) could not register after the torture set");
+    let code = alice.message("bob", "still standing after RFC 4475").await.expect("alice MESSAGE");
+    assert_eq!(code, 200, "MESSAGE alice -> bob after the torture set");
+    let got = bob.received();
+    assert!(got.iter().any(|im| im.body == "still standing after RFC 4475"), "bob did not receive alice's MESSAGE: {got:?}");
+    let code = bob.message("alice", "and over TCP too").await.expect("bob MESSAGE");
+    assert_eq!(code, 200, "MESSAGE bob (TCP) -> alice (UDP) after the torture set");
+    assert!(alice.received().iter().any(|im| im.body == "and over TCP too"), "alice did not receive bob's MESSAGE");
+    alice.close().await;
+    bob.close().await;
+
+    assert!(server.is_running(), "server died at the end; log:\n{}", server.log());
+    let log = tokio::task::block_in_place(|| server.stop());
+    assert!(log.contains("sip core stopped"), "server did not shut its SIP core down cleanly; log:\n{log}");
+    eprintln!("torture: {checked} exchanges in {n_rounds} rounds");
+}
