@@ -7,6 +7,7 @@
 //! manifest). Each sealed segment is announced on a channel so the binary
 //! can hand IM rows to the indexer without this crate knowing about it.
 
+pub mod hep;
 pub mod im;
 pub mod rows;
 pub mod verify;
