@@ -150,7 +150,10 @@ fn wire(file: &str, bytes: &[u8]) -> Vec<u8> {
 }
 
 fn is_response(bytes: &[u8]) -> bool {
-    let start = bytes.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(0);
+    let start = bytes
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(0);
     bytes[start..].starts_with(b"SIP/")
 }
 
@@ -162,7 +165,9 @@ fn has_via(bytes: &[u8]) -> bool {
         .map(|l| l.strip_suffix('\r').unwrap_or(l))
         .take_while(|l| !l.trim().is_empty())
         .filter_map(|l| l.split_once(':'))
-        .any(|(n, v)| matches!(n.trim().to_ascii_lowercase().as_str(), "via" | "v") && !v.trim().is_empty())
+        .any(|(n, v)| {
+            matches!(n.trim().to_ascii_lowercase().as_str(), "via" | "v") && !v.trim().is_empty()
+        })
 }
 
 fn udp_expect(bytes: &[u8], v: Verdict) -> Expect {
@@ -204,14 +209,24 @@ fn txn_keys(messages: &[Vec<u8>]) -> Vec<String> {
         .map(|m| {
             let method = m.method().unwrap_or("").to_string();
             match m.vias().first() {
-                Some(v) if v.branch().is_some_and(|b| b.starts_with("z9hG4bK") && b.len() > 7) => {
-                    format!("{}|{}:{:?}|{method}", v.branch().unwrap_or(""), v.host, v.port)
+                Some(v)
+                    if v.branch()
+                        .is_some_and(|b| b.starts_with("z9hG4bK") && b.len() > 7) =>
+                {
+                    format!(
+                        "{}|{}:{:?}|{method}",
+                        v.branch().unwrap_or(""),
+                        v.host,
+                        v.port
+                    )
                 }
                 _ => format!(
                     "2543|{}|{:?}|{}",
                     m.call_id().unwrap_or(""),
                     m.cseq(),
-                    m.from().and_then(|f| f.tag().map(str::to_string)).unwrap_or_default()
+                    m.from()
+                        .and_then(|f| f.tag().map(str::to_string))
+                        .unwrap_or_default()
                 ),
             }
         })
@@ -250,7 +265,8 @@ struct Outcome {
 
 fn record(out: &mut Outcome, msg: &[u8]) {
     let text = String::from_utf8_lossy(msg);
-    out.responses.push(text.trim_start().lines().next().unwrap_or("").to_string());
+    out.responses
+        .push(text.trim_start().lines().next().unwrap_or("").to_string());
     out.statuses.push(status_of(msg));
 }
 
@@ -268,7 +284,12 @@ async fn run_udp(server: SocketAddr, bytes: Vec<u8>, expect: Expect) -> Outcome 
         return out;
     }
     let start = tokio::time::Instant::now();
-    let until = start + if expect == Expect::Nothing { QUIET_WAIT } else { ANSWER_WAIT };
+    let until = start
+        + if expect == Expect::Nothing {
+            QUIET_WAIT
+        } else {
+            ANSWER_WAIT
+        };
     let mut buf = vec![0u8; 65536];
     loop {
         match tokio::time::timeout_at(until, sock.recv_from(&mut buf)).await {
@@ -326,7 +347,9 @@ async fn run_tcp(server: SocketAddr, bytes: Vec<u8>, expect: Expect) -> Outcome 
                 while let Ok(Some(m)) = framer.next_message() {
                     record(&mut out, &m);
                 }
-                if matches!(expect, Expect::Status(_) | Expect::AnyResponse) && !out.responses.is_empty() {
+                if matches!(expect, Expect::Status(_) | Expect::AnyResponse)
+                    && !out.responses.is_empty()
+                {
                     break;
                 }
             }
@@ -340,26 +363,50 @@ fn judge(expect: Expect, out: &Outcome) -> Option<String> {
     if let Some(e) = &out.error {
         return Some(format!("client-side error: {e}"));
     }
-    let got = || format!("got {:?}, closed after {:?}", out.responses, out.closed_after);
+    let got = || {
+        format!(
+            "got {:?}, closed after {:?}",
+            out.responses, out.closed_after
+        )
+    };
     match expect {
         Expect::Status(code) => match out.statuses.first() {
-            None => Some(format!("expected a {code} response, got none within {ANSWER_WAIT:?} ({})", got())),
+            None => Some(format!(
+                "expected a {code} response, got none within {ANSWER_WAIT:?} ({})",
+                got()
+            )),
             Some(s) if *s != Some(code) => Some(format!("expected status {code}, {}", got())),
             _ => None,
         },
         Expect::AnyResponse => match out.statuses.first() {
-            None => Some(format!("valid request got no response within {ANSWER_WAIT:?} ({})", got())),
+            None => Some(format!(
+                "valid request got no response within {ANSWER_WAIT:?} ({})",
+                got()
+            )),
             Some(Some(s)) if *s >= 200 => None,
             Some(_) => Some(format!("expected a final response, {}", got())),
         },
-        Expect::Nothing => (!out.responses.is_empty()).then(|| format!("expected no response, {}", got())),
+        Expect::Nothing => {
+            (!out.responses.is_empty()).then(|| format!("expected no response, {}", got()))
+        }
         Expect::Closed(allowed) => {
             if out.closed_after.is_none() {
-                return Some(format!("expected the connection to be closed (unrecoverable framing), {}", got()));
+                return Some(format!(
+                    "expected the connection to be closed (unrecoverable framing), {}",
+                    got()
+                ));
             }
             match allowed {
-                Some(codes) if out.statuses.iter().any(|s| !s.is_some_and(|s| codes.contains(&s))) => {
-                    Some(format!("only {codes:?} may be answered before closing, {}", got()))
+                Some(codes)
+                    if out
+                        .statuses
+                        .iter()
+                        .any(|s| !s.is_some_and(|s| codes.contains(&s))) =>
+                {
+                    Some(format!(
+                        "only {codes:?} may be answered before closing, {}",
+                        got()
+                    ))
                 }
                 _ => None,
             }
@@ -369,9 +416,13 @@ fn judge(expect: Expect, out: &Outcome) -> Option<String> {
                 return Some(format!("incomplete message was answered: {}", got()));
             }
             match out.closed_after {
-                None => Some(format!("stalled connection not closed within {TCP_STALL_SECS}+5 s")),
+                None => Some(format!(
+                    "stalled connection not closed within {TCP_STALL_SECS}+5 s"
+                )),
                 Some(d) if d < Duration::from_millis(TCP_STALL_SECS * 1000 * 8 / 10) => {
-                    Some(format!("connection closed after {d:?}: a stream must wait for the rest of the message"))
+                    Some(format!(
+                        "connection closed after {d:?}: a stream must wait for the rest of the message"
+                    ))
                 }
                 _ => None,
             }
@@ -393,21 +444,36 @@ async fn torture_set_against_the_running_server() {
     let mut on_disk = Vec::new();
     for sub in ["rfc4475", "rfc5118"] {
         for ent in std::fs::read_dir(torture_dir().join(sub)).expect("read torture dir") {
-            on_disk.push(format!("{sub}/{}", ent.expect("dir entry").file_name().to_string_lossy()));
+            on_disk.push(format!(
+                "{sub}/{}",
+                ent.expect("dir entry").file_name().to_string_lossy()
+            ));
         }
     }
     let table: BTreeMap<&str, Verdict> = EXPECTED.iter().copied().collect();
     for f in &on_disk {
-        assert!(table.contains_key(f.as_str()), "{f}: torture file not in the expected-verdict table");
+        assert!(
+            table.contains_key(f.as_str()),
+            "{f}: torture file not in the expected-verdict table"
+        );
     }
-    assert_eq!(table.len(), on_disk.len(), "verdict table lists files that are not on disk");
+    assert_eq!(
+        table.len(),
+        on_disk.len(),
+        "verdict table lists files that are not on disk"
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     for (user, pw) in [("alice", "alice-pw"), ("bob", "bob-pw")] {
-        sipvault(&data, &["user", "add", user, "--password", pw, "--domain", DOMAIN]);
+        sipvault(
+            &data,
+            &["user", "add", user, "--password", pw, "--domain", DOMAIN],
+        );
     }
-    let config = format!("[sip]\ndomain = \"{DOMAIN}\"\nt1_ms = {T1_MS}\ntcp_message_timeout_secs = {TCP_STALL_SECS}\n");
+    let config = format!(
+        "[sip]\ndomain = \"{DOMAIN}\"\nt1_ms = {T1_MS}\ntcp_message_timeout_secs = {TCP_STALL_SECS}\n"
+    );
     let mut server = tokio::task::block_in_place(|| ServeProcess::start(&data, Some(&config)));
     let addr = server.addr;
 
@@ -415,20 +481,35 @@ async fn torture_set_against_the_running_server() {
     let mut sends = Vec::new();
     for transport in [Transport::Udp, Transport::Tcp] {
         for (file, verdict) in EXPECTED {
-            let raw = std::fs::read(torture_dir().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let raw =
+                std::fs::read(torture_dir().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
             let bytes = wire(file, &raw);
             let (expect, keys) = match transport {
-                Transport::Udp => (udp_expect(&bytes, *verdict), txn_keys(std::slice::from_ref(&bytes))),
-                _ => (tcp_expect(file, &bytes, *verdict), txn_keys(&framed(&bytes))),
+                Transport::Udp => (
+                    udp_expect(&bytes, *verdict),
+                    txn_keys(std::slice::from_ref(&bytes)),
+                ),
+                _ => (
+                    tcp_expect(file, &bytes, *verdict),
+                    txn_keys(&framed(&bytes)),
+                ),
             };
-            sends.push(Send { file, transport, bytes, expect, keys });
+            sends.push(Send {
+                file,
+                transport,
+                bytes,
+                expect,
+                keys,
+            });
         }
     }
     // Rounds in which no transaction key repeats; rounds are spaced by more
     // than a server transaction's lifetime.
     let mut rounds: Vec<(HashSet<String>, Vec<Send>)> = Vec::new();
     for s in sends {
-        let slot = rounds.iter().position(|(keys, _)| s.keys.iter().all(|k| !keys.contains(k)));
+        let slot = rounds
+            .iter()
+            .position(|(keys, _)| s.keys.iter().all(|k| !keys.contains(k)));
         let i = slot.unwrap_or_else(|| {
             rounds.push((HashSet::new(), Vec::new()));
             rounds.len() - 1
@@ -455,9 +536,20 @@ async fn torture_set_against_the_running_server() {
         for (s, h) in tasks {
             let out = h.await.expect("exchange task");
             checked += 1;
-            eprintln!("round {:>2} {:<45} {:?} {:?}: {:?} closed_after={:?}", r + 1, s.file, s.transport, s.expect, out.responses, out.closed_after);
+            eprintln!(
+                "round {:>2} {:<45} {:?} {:?}: {:?} closed_after={:?}",
+                r + 1,
+                s.file,
+                s.transport,
+                s.expect,
+                out.responses,
+                out.closed_after
+            );
             if let Some(why) = judge(s.expect, &out) {
-                failures.push(format!("{} over {:?} (expected {:?}): {why}", s.file, s.transport, s.expect));
+                failures.push(format!(
+                    "{} over {:?} (expected {:?}): {why}",
+                    s.file, s.transport, s.expect
+                ));
             }
         }
         assert!(
@@ -470,27 +562,79 @@ async fn torture_set_against_the_running_server() {
         let left = txn_life.saturating_sub(started.elapsed());
         tokio::time::sleep(left).await;
     }
-    assert_eq!(checked, 2 * EXPECTED.len(), "not every file was sent on both transports");
-    assert!(failures.is_empty(), "torture set against the running server ({} failures):\n{}\nlog:\n{}", failures.len(), failures.join("\n"), server.log());
-    assert!(!server.log().contains("panicked"), "server log shows a panic:\n{}", server.log());
+    assert_eq!(
+        checked,
+        2 * EXPECTED.len(),
+        "not every file was sent on both transports"
+    );
+    assert!(
+        failures.is_empty(),
+        "torture set against the running server ({} failures):\n{}\nlog:\n{}",
+        failures.len(),
+        failures.join("\n"),
+        server.log()
+    );
+    assert!(
+        !server.log().contains("panicked"),
+        "server log shows a panic:\n{}",
+        server.log()
+    );
 
     // The server still does its job.
-    let mut alice = UserAgent::connect(Transport::Udp, addr, "alice", DOMAIN, "alice-pw").await.expect("alice UA");
-    let mut bob = UserAgent::connect(Transport::Tcp, addr, "bob", DOMAIN, "bob-pw").await.expect("bob UA");
-    assert_eq!(alice.register(600).await.expect("alice REGISTER"), 200, "alice (UDP) could not register after the torture set");
-    assert_eq!(bob.register(600).await.expect("bob REGISTER"), 200, "bob (TCP) could not register after the torture set");
-    let code = alice.message("bob", "still standing after RFC 4475").await.expect("alice MESSAGE");
+    let mut alice = UserAgent::connect(Transport::Udp, addr, "alice", DOMAIN, "alice-pw")
+        .await
+        .expect("alice UA");
+    let mut bob = UserAgent::connect(Transport::Tcp, addr, "bob", DOMAIN, "bob-pw")
+        .await
+        .expect("bob UA");
+    assert_eq!(
+        alice.register(600).await.expect("alice REGISTER"),
+        200,
+        "alice (UDP) could not register after the torture set"
+    );
+    assert_eq!(
+        bob.register(600).await.expect("bob REGISTER"),
+        200,
+        "bob (TCP) could not register after the torture set"
+    );
+    let code = alice
+        .message("bob", "still standing after RFC 4475")
+        .await
+        .expect("alice MESSAGE");
     assert_eq!(code, 200, "MESSAGE alice -> bob after the torture set");
     let got = bob.received();
-    assert!(got.iter().any(|im| im.body == "still standing after RFC 4475"), "bob did not receive alice's MESSAGE: {got:?}");
-    let code = bob.message("alice", "and over TCP too").await.expect("bob MESSAGE");
-    assert_eq!(code, 200, "MESSAGE bob (TCP) -> alice (UDP) after the torture set");
-    assert!(alice.received().iter().any(|im| im.body == "and over TCP too"), "alice did not receive bob's MESSAGE");
+    assert!(
+        got.iter()
+            .any(|im| im.body == "still standing after RFC 4475"),
+        "bob did not receive alice's MESSAGE: {got:?}"
+    );
+    let code = bob
+        .message("alice", "and over TCP too")
+        .await
+        .expect("bob MESSAGE");
+    assert_eq!(
+        code, 200,
+        "MESSAGE bob (TCP) -> alice (UDP) after the torture set"
+    );
+    assert!(
+        alice
+            .received()
+            .iter()
+            .any(|im| im.body == "and over TCP too"),
+        "alice did not receive bob's MESSAGE"
+    );
     alice.close().await;
     bob.close().await;
 
-    assert!(server.is_running(), "server died at the end; log:\n{}", server.log());
+    assert!(
+        server.is_running(),
+        "server died at the end; log:\n{}",
+        server.log()
+    );
     let log = tokio::task::block_in_place(|| server.stop());
-    assert!(log.contains("sip core stopped"), "server did not shut its SIP core down cleanly; log:\n{log}");
+    assert!(
+        log.contains("sip core stopped"),
+        "server did not shut its SIP core down cleanly; log:\n{log}"
+    );
     eprintln!("torture: {checked} exchanges in {n_rounds} rounds");
 }
