@@ -28,7 +28,10 @@ pub use writer::{ArchiveWriter, SegmentLimits};
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
     #[error("archive I/O at {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("arrow: {0}")]
@@ -78,7 +81,10 @@ impl CollectorStats {
             ("unparsable", self.unparsable.load(Ordering::Relaxed)),
             ("sip_rows", self.sip_rows.load(Ordering::Relaxed)),
             ("im_rows", self.im_rows.load(Ordering::Relaxed)),
-            ("segments_sealed", self.segments_sealed.load(Ordering::Relaxed)),
+            (
+                "segments_sealed",
+                self.segments_sealed.load(Ordering::Relaxed),
+            ),
             ("write_errors", self.write_errors.load(Ordering::Relaxed)),
         ]
     }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use sipvault_schemas::Transport;
 use sipvault_sip::digest::{self, Algorithm, Challenge, Credentials};
-use sipvault_sip::{MessageBuilder, SipMessage, SipUri, check_request, default_reason, error_response_for_unparsed};
+use sipvault_sip::{
+    MessageBuilder, SipMessage, SipUri, check_request, default_reason, error_response_for_unparsed,
+};
 
 use crate::registrar::{Binding, Bindings, NonceState, Nonces};
 
@@ -73,12 +75,24 @@ pub struct Transmit {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Registered { user: String, contact: String },
-    Unregistered { user: String },
+    Registered {
+        user: String,
+        contact: String,
+    },
+    Unregistered {
+        user: String,
+    },
     /// A request answered with an error by the core itself.
-    Rejected { peer: SocketAddr, code: u16, reason: String },
+    Rejected {
+        peer: SocketAddr,
+        code: u16,
+        reason: String,
+    },
     /// Input dropped without an answer.
-    Dropped { peer: SocketAddr, reason: String },
+    Dropped {
+        peer: SocketAddr,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -208,7 +222,13 @@ impl Core {
 
     /// One complete SIP message (a datagram, or one message framed off a
     /// stream) from `peer`.
-    pub fn handle_message(&mut self, now: Instant, transport: Transport, peer: SocketAddr, bytes: &[u8]) {
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        peer: SocketAddr,
+        bytes: &[u8],
+    ) {
         self.schedule_housekeeping(now);
         let msg = match SipMessage::parse(bytes) {
             Ok(m) => m,
@@ -218,9 +238,16 @@ impl Core {
                 match error_response_for_unparsed(bytes, code, default_reason(code)) {
                     Some(resp) => {
                         self.reject_event(peer, code, &e.to_string());
-                        self.transmits.push_back(Transmit { transport, dst: peer, bytes: resp });
+                        self.transmits.push_back(Transmit {
+                            transport,
+                            dst: peer,
+                            bytes: resp,
+                        });
                     }
-                    None => self.events.push_back(Event::Dropped { peer, reason: format!("unparsable: {e}") }),
+                    None => self.events.push_back(Event::Dropped {
+                        peer,
+                        reason: format!("unparsable: {e}"),
+                    }),
                 }
                 return;
             }
@@ -236,28 +263,50 @@ impl Core {
 
     fn reject_event(&mut self, peer: SocketAddr, code: u16, reason: &str) {
         self.stats.rejected += 1;
-        self.events.push_back(Event::Rejected { peer, code, reason: reason.to_string() });
+        self.events.push_back(Event::Rejected {
+            peer,
+            code,
+            reason: reason.to_string(),
+        });
     }
 
     fn server_key(msg: &SipMessage) -> String {
         let method = msg.method().unwrap_or("");
         match msg.vias().first() {
-            Some(v) if v.branch().is_some_and(|b| b.starts_with("z9hG4bK") && b.len() > 7) => {
-                format!("{}|{}:{:?}|{}", v.branch().unwrap_or(""), v.host, v.port, method)
+            Some(v)
+                if v.branch()
+                    .is_some_and(|b| b.starts_with("z9hG4bK") && b.len() > 7) =>
+            {
+                format!(
+                    "{}|{}:{:?}|{}",
+                    v.branch().unwrap_or(""),
+                    v.host,
+                    v.port,
+                    method
+                )
             }
             // RFC 2543 peers: no usable branch, match on dialog identifiers.
             _ => format!(
                 "2543|{}|{:?}|{}",
                 msg.call_id().unwrap_or(""),
                 msg.cseq(),
-                msg.from().and_then(|f| f.tag().map(str::to_string)).unwrap_or_default()
+                msg.from()
+                    .and_then(|f| f.tag().map(str::to_string))
+                    .unwrap_or_default()
             ),
         }
     }
 
-    fn on_request(&mut self, now: Instant, transport: Transport, peer: SocketAddr, msg: SipMessage) {
+    fn on_request(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        peer: SocketAddr,
+        msg: SipMessage,
+    ) {
         let method = msg.method().unwrap_or("").to_string();
-        let span = tracing::debug_span!("sip", call_id = msg.call_id().unwrap_or("-"), method = %method);
+        let span =
+            tracing::debug_span!("sip", call_id = msg.call_id().unwrap_or("-"), method = %method);
         let _enter = span.enter();
         if method == "ACK" {
             // ACKs to our own non-2xx answers end there; nothing to relay yet.
@@ -267,13 +316,22 @@ impl Core {
         if let Some(txn) = self.server_txns.get(&key) {
             if let Some(resp) = txn.last_response.clone() {
                 self.stats.retransmissions += 1;
-                self.transmits.push_back(Transmit { transport: txn.transport, dst: txn.peer, bytes: resp });
+                self.transmits.push_back(Transmit {
+                    transport: txn.transport,
+                    dst: txn.peer,
+                    bytes: resp,
+                });
             }
             return;
         }
         self.server_txns.insert(
             key.clone(),
-            ServerTxn { last_response: None, transport, peer, expires_at: now + self.config.t1 * 64 },
+            ServerTxn {
+                last_response: None,
+                transport,
+                peer,
+                expires_at: now + self.config.t1 * 64,
+            },
         );
         if let Err(rej) = check_request(&msg, SUPPORTED) {
             let extra: Vec<(String, String)> = rej.headers.clone();
@@ -292,20 +350,36 @@ impl Core {
             "OPTIONS" => {
                 let extra = [
                     ("Allow".to_string(), ALLOW.to_string()),
-                    ("Accept".to_string(), "text/plain, application/sdp".to_string()),
+                    (
+                        "Accept".to_string(),
+                        "text/plain, application/sdp".to_string(),
+                    ),
                     ("Supported".to_string(), SUPPORTED.join(", ")),
                 ];
                 self.respond(&key, &msg, 200, "OK", &extra);
             }
             _ => {
                 self.reject_event(peer, 405, "method not allowed");
-                self.respond(&key, &msg, 405, "Method Not Allowed", &[("Allow".into(), ALLOW.into())]);
+                self.respond(
+                    &key,
+                    &msg,
+                    405,
+                    "Method Not Allowed",
+                    &[("Allow".into(), ALLOW.into())],
+                );
             }
         }
     }
 
     /// Answers `req` in its server transaction.
-    fn respond(&mut self, key: &str, req: &SipMessage, code: u16, reason: &str, extra: &[(String, String)]) {
+    fn respond(
+        &mut self,
+        key: &str,
+        req: &SipMessage,
+        code: u16,
+        reason: &str,
+        extra: &[(String, String)],
+    ) {
         let tag = self.token();
         let mut b = MessageBuilder::response_to(req, code, reason);
         if code > 100 {
@@ -318,7 +392,11 @@ impl Core {
         let bytes = b.build();
         if let Some(txn) = self.server_txns.get_mut(key) {
             txn.last_response = Some(bytes.clone());
-            self.transmits.push_back(Transmit { transport: txn.transport, dst: txn.peer, bytes });
+            self.transmits.push_back(Transmit {
+                transport: txn.transport,
+                dst: txn.peer,
+                bytes,
+            });
         }
     }
 
@@ -333,13 +411,31 @@ impl Core {
             opaque: None,
             stale,
         };
-        self.respond(key, req, 401, "Unauthorized", &[("WWW-Authenticate".into(), ch.to_header_value())]);
+        self.respond(
+            key,
+            req,
+            401,
+            "Unauthorized",
+            &[("WWW-Authenticate".into(), ch.to_header_value())],
+        );
     }
 
-    fn on_register(&mut self, now: Instant, transport: Transport, peer: SocketAddr, key: &str, req: &SipMessage) {
-        let Some(user) = req.to().and_then(|to| SipUri::parse(&to.uri).ok()).and_then(|u| {
-            (u.scheme.eq_ignore_ascii_case("sip") || u.scheme.eq_ignore_ascii_case("sips")).then_some(u.user)?
-        }) else {
+    fn on_register(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        peer: SocketAddr,
+        key: &str,
+        req: &SipMessage,
+    ) {
+        let Some(user) = req
+            .to()
+            .and_then(|to| SipUri::parse(&to.uri).ok())
+            .and_then(|u| {
+                (u.scheme.eq_ignore_ascii_case("sip") || u.scheme.eq_ignore_ascii_case("sips"))
+                    .then_some(u.user)?
+            })
+        else {
             self.reject_event(peer, 400, "REGISTER To is not a SIP address of record");
             self.respond(key, req, 400, "Bad Request", &[]);
             return;
@@ -389,31 +485,58 @@ impl Core {
         self.update_bindings(now, transport, peer, key, req, &user);
     }
 
-    fn update_bindings(&mut self, now: Instant, transport: Transport, peer: SocketAddr, key: &str, req: &SipMessage, user: &str) {
+    fn update_bindings(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        peer: SocketAddr,
+        key: &str,
+        req: &SipMessage,
+        user: &str,
+    ) {
         let header_expires = req.expires();
         let contacts = req.contacts();
         if contacts.iter().any(|c| c.star) {
             if contacts.len() != 1 || header_expires != Some(0) {
-                self.reject_event(peer, 400, "'*' contact needs Expires: 0 and no other contact");
+                self.reject_event(
+                    peer,
+                    400,
+                    "'*' contact needs Expires: 0 and no other contact",
+                );
                 self.respond(key, req, 400, "Bad Request", &[]);
                 return;
             }
             self.bindings.remove_all(user);
-            self.events.push_back(Event::Unregistered { user: user.to_string() });
+            self.events.push_back(Event::Unregistered {
+                user: user.to_string(),
+            });
             self.respond(key, req, 200, "OK", &[]);
             return;
         }
         for c in contacts.iter().filter(|c| c.addr.is_some()) {
-            let expires = c.expires().or(header_expires).unwrap_or(self.config.default_expires);
+            let expires = c
+                .expires()
+                .or(header_expires)
+                .unwrap_or(self.config.default_expires);
             if expires > 0 && expires < self.config.min_expires {
                 self.reject_event(peer, 423, "registration interval too brief");
-                self.respond(key, req, 423, "Interval Too Brief", &[("Min-Expires".into(), self.config.min_expires.to_string())]);
+                self.respond(
+                    key,
+                    req,
+                    423,
+                    "Interval Too Brief",
+                    &[("Min-Expires".into(), self.config.min_expires.to_string())],
+                );
                 return;
             }
         }
         for c in contacts {
             let Some(addr) = c.addr.clone() else { continue };
-            let expires = c.expires().or(header_expires).unwrap_or(self.config.default_expires).min(self.config.max_expires);
+            let expires = c
+                .expires()
+                .or(header_expires)
+                .unwrap_or(self.config.default_expires)
+                .min(self.config.max_expires);
             if expires == 0 {
                 self.bindings.remove(user, &addr.uri);
             } else {
@@ -427,7 +550,10 @@ impl Core {
                         registered_at: now,
                     },
                 );
-                self.events.push_back(Event::Registered { user: user.to_string(), contact: addr.uri.clone() });
+                self.events.push_back(Event::Registered {
+                    user: user.to_string(),
+                    contact: addr.uri.clone(),
+                });
                 tracing::info!(user, contact = %addr.uri, expires, "registered");
             }
         }
@@ -437,17 +563,32 @@ impl Core {
             .into_iter()
             .map(|b| {
                 let left = b.expires_at.saturating_duration_since(now).as_secs();
-                ("Contact".to_string(), format!("<{}>;expires={left}", b.contact))
+                (
+                    "Contact".to_string(),
+                    format!("<{}>;expires={left}", b.contact),
+                )
             })
             .collect();
         if current.is_empty() {
-            self.events.push_back(Event::Unregistered { user: user.to_string() });
+            self.events.push_back(Event::Unregistered {
+                user: user.to_string(),
+            });
         }
         self.respond(key, req, 200, "OK", &current);
     }
 
-    fn on_message(&mut self, now: Instant, transport: Transport, peer: SocketAddr, key: &str, req: SipMessage) {
-        let target = req.request_uri().and_then(|u| SipUri::parse(u).ok()).and_then(|u| u.user);
+    fn on_message(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        peer: SocketAddr,
+        key: &str,
+        req: SipMessage,
+    ) {
+        let target = req
+            .request_uri()
+            .and_then(|u| SipUri::parse(u).ok())
+            .and_then(|u| u.user);
         let Some(target) = target.filter(|u| self.users.contains_key(u)) else {
             self.reject_event(peer, 404, "unknown recipient");
             self.respond(key, &req, 404, "Not Found", &[]);
@@ -459,19 +600,36 @@ impl Core {
             self.respond(key, &req, 483, "Too Many Hops", &[]);
             return;
         }
-        let Some(binding) = self.bindings.lookup(&target, now).first().map(|b| (*b).clone()) else {
+        let Some(binding) = self
+            .bindings
+            .lookup(&target, now)
+            .first()
+            .map(|b| (*b).clone())
+        else {
             self.reject_event(peer, 480, "recipient not registered");
             self.respond(key, &req, 480, "Temporarily Unavailable", &[]);
             return;
         };
         let branch = format!("z9hG4bK-sv-{}", self.token());
-        let local = self.local.get(&binding.transport).copied().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)));
-        let via = format!("SIP/2.0/{} {};branch={branch};rport", transport_token(binding.transport), local);
+        let local = self
+            .local
+            .get(&binding.transport)
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)));
+        let via = format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            transport_token(binding.transport),
+            local
+        );
         let mut b = MessageBuilder::from_message(&req);
         b.set_request_uri(&binding.contact);
         b.prepend_header("Via", &via);
         b.set_header("Max-Forwards", &(max_forwards - 1).to_string());
-        let transmit = Transmit { transport: binding.transport, dst: binding.flow, bytes: b.build() };
+        let transmit = Transmit {
+            transport: binding.transport,
+            dst: binding.flow,
+            bytes: b.build(),
+        };
         let reliable = binding.transport != Transport::Udp;
         self.client_txns.insert(
             branch,
@@ -491,7 +649,11 @@ impl Core {
     }
 
     fn on_response(&mut self, now: Instant, msg: SipMessage) {
-        let Some(branch) = msg.vias().first().and_then(|v| v.branch().map(str::to_string)) else {
+        let Some(branch) = msg
+            .vias()
+            .first()
+            .and_then(|v| v.branch().map(str::to_string))
+        else {
             self.stats.stray_responses += 1;
             return;
         };
@@ -507,7 +669,9 @@ impl Core {
             }
             return;
         }
-        let Some(txn) = self.client_txns.remove(&branch) else { return };
+        let Some(txn) = self.client_txns.remove(&branch) else {
+            return;
+        };
         let mut b = MessageBuilder::from_message(&msg);
         b.pop_first_value("Via");
         let bytes = b.build();
@@ -516,7 +680,11 @@ impl Core {
             // Timer J: absorb retransmissions for 64*T1 after the final response.
             st.expires_at = st.expires_at.max(now + self.config.t1 * 64);
         }
-        self.transmits.push_back(Transmit { transport: txn.origin_transport, dst: txn.origin, bytes });
+        self.transmits.push_back(Transmit {
+            transport: txn.origin_transport,
+            dst: txn.origin,
+            bytes,
+        });
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -551,7 +719,10 @@ impl Core {
             for user in self.bindings.expire(now) {
                 self.events.push_back(Event::Unregistered { user });
             }
-            if !self.server_txns.is_empty() || !self.client_txns.is_empty() || self.bindings.registered_users() > 0 {
+            if !self.server_txns.is_empty()
+                || !self.client_txns.is_empty()
+                || self.bindings.registered_users() > 0
+            {
                 self.schedule_housekeeping(now);
             }
         }

@@ -102,7 +102,9 @@ pub(crate) fn is_valid_scheme(s: &str) -> bool {
 /// Checks that `s` looks like an absolute URI (`scheme:rest`, no LWS, no
 /// angle brackets or quotes). Used for name-addr URIs of any scheme.
 pub(crate) fn check_absolute_uri(s: &str) -> Result<(), String> {
-    let (scheme, rest) = s.split_once(':').ok_or_else(|| format!("URI without scheme: {s:?}"))?;
+    let (scheme, rest) = s
+        .split_once(':')
+        .ok_or_else(|| format!("URI without scheme: {s:?}"))?;
     if !is_valid_scheme(scheme) {
         return Err(format!("bad URI scheme {scheme:?}"));
     }
@@ -128,7 +130,9 @@ pub(crate) fn is_valid_host(h: &str) -> bool {
             Some(addr) => {
                 !addr.is_empty()
                     && addr.contains(':')
-                    && addr.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+                    && addr
+                        .chars()
+                        .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
             }
             None => false,
         }
@@ -142,7 +146,9 @@ pub(crate) fn is_valid_host(h: &str) -> bool {
 fn split_hostport(s: &str, lws: bool) -> Result<(String, Option<u16>), String> {
     let s = if lws { s.trim() } else { s };
     let (host, port_part) = if s.starts_with('[') {
-        let end = s.find(']').ok_or_else(|| format!("unterminated IPv6 reference {s:?}"))?;
+        let end = s
+            .find(']')
+            .ok_or_else(|| format!("unterminated IPv6 reference {s:?}"))?;
         let host = s.get(..=end).ok_or("bad host")?;
         let rest = s.get(end + 1..).unwrap_or("");
         let rest = if lws { rest.trim_start() } else { rest };
@@ -170,7 +176,10 @@ fn split_hostport(s: &str, lws: bool) -> Result<(String, Option<u16>), String> {
             if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(format!("bad port {p:?}"));
             }
-            Some(p.parse::<u16>().map_err(|_| format!("port out of range {p:?}"))?)
+            Some(
+                p.parse::<u16>()
+                    .map_err(|_| format!("port out of range {p:?}"))?,
+            )
         }
     };
     Ok((host.to_string(), port))
@@ -184,7 +193,10 @@ pub fn percent_decode(s: &str) -> Vec<u8> {
     let mut i = 0;
     while let Some(&c) = b.get(i) {
         if c == b'%' {
-            let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
             if let Some(v) = hex {
                 out.push(v);
                 i += 3;
@@ -254,7 +266,9 @@ impl SipUri {
         if s.chars().any(is_uri_forbidden) {
             return Err(bad(format!("forbidden character in URI {s:?}")));
         }
-        let (scheme, rest) = s.split_once(':').ok_or_else(|| bad(format!("no scheme in {s:?}")))?;
+        let (scheme, rest) = s
+            .split_once(':')
+            .ok_or_else(|| bad(format!("no scheme in {s:?}")))?;
         if !is_valid_scheme(scheme) {
             return Err(bad(format!("bad scheme {scheme:?}")));
         }
@@ -265,26 +279,35 @@ impl SipUri {
                 // first '@' decides; if what follows is not a host, the URI
                 // has no user part.
                 if let Some((userinfo, after)) = rest.split_once('@')
-                    && let Ok((host, port, params, headers)) = parse_host_part(after) {
-                        let (user, password) = match userinfo.split_once(':') {
-                            Some((u, p)) => (u, Some(p.to_string())),
-                            None => (userinfo, None),
-                        };
-                        if user.is_empty() {
-                            return Err(bad(format!("empty user part in {s:?}")));
-                        }
-                        return Ok(SipUri {
-                            scheme,
-                            user: Some(user.to_string()),
-                            password,
-                            host,
-                            port,
-                            params,
-                            headers,
-                        });
+                    && let Ok((host, port, params, headers)) = parse_host_part(after)
+                {
+                    let (user, password) = match userinfo.split_once(':') {
+                        Some((u, p)) => (u, Some(p.to_string())),
+                        None => (userinfo, None),
+                    };
+                    if user.is_empty() {
+                        return Err(bad(format!("empty user part in {s:?}")));
                     }
+                    return Ok(SipUri {
+                        scheme,
+                        user: Some(user.to_string()),
+                        password,
+                        host,
+                        port,
+                        params,
+                        headers,
+                    });
+                }
                 let (host, port, params, headers) = parse_host_part(rest).map_err(bad)?;
-                Ok(SipUri { scheme, user: None, password: None, host, port, params, headers })
+                Ok(SipUri {
+                    scheme,
+                    user: None,
+                    password: None,
+                    host,
+                    port,
+                    params,
+                    headers,
+                })
             }
             "tel" => {
                 let (number, params) = match rest.split_once(';') {
@@ -324,13 +347,21 @@ impl SipUri {
             || !self.host.eq_ignore_ascii_case(&other.host)
             || self.port != other.port
             || self.user.as_deref().map(percent_decode) != other.user.as_deref().map(percent_decode)
-            || self.password.as_deref().map(percent_decode) != other.password.as_deref().map(percent_decode)
+            || self.password.as_deref().map(percent_decode)
+                != other.password.as_deref().map(percent_decode)
         {
             return false;
         }
-        let norm = |v: Option<&str>| v.map(|v| String::from_utf8_lossy(&percent_decode(v)).to_ascii_lowercase());
+        let norm = |v: Option<&str>| {
+            v.map(|v| String::from_utf8_lossy(&percent_decode(v)).to_ascii_lowercase())
+        };
         for (n, v) in &self.params {
-            if let Some(ov) = other.params.iter().find(|(on, _)| on.eq_ignore_ascii_case(n)).map(|(_, ov)| ov) {
+            if let Some(ov) = other
+                .params
+                .iter()
+                .find(|(on, _)| on.eq_ignore_ascii_case(n))
+                .map(|(_, ov)| ov)
+            {
                 if norm(v.as_deref()) != norm(ov.as_deref()) {
                     return false;
                 }
@@ -342,7 +373,13 @@ impl SipUri {
             }
         }
         let headers = |h: &Option<String>| {
-            let mut v: Vec<Vec<u8>> = h.as_deref().unwrap_or("").split('&').filter(|x| !x.is_empty()).map(percent_decode).collect();
+            let mut v: Vec<Vec<u8>> = h
+                .as_deref()
+                .unwrap_or("")
+                .split('&')
+                .filter(|x| !x.is_empty())
+                .map(percent_decode)
+                .collect();
             v.sort();
             v
         };
@@ -425,7 +462,9 @@ impl NameAddr {
 /// tolerated too (UTF-8 names sent unquoted are common and unambiguous);
 /// separators such as ',' ';' '"' are not.
 fn is_display_word(w: &str) -> bool {
-    !w.is_empty() && w.chars().all(|c| is_token_char(c) || (!c.is_ascii() && c.is_alphanumeric()))
+    !w.is_empty()
+        && w.chars()
+            .all(|c| is_token_char(c) || (!c.is_ascii() && c.is_alphanumeric()))
 }
 
 fn parse_name_addr(s: &str) -> Result<NameAddr, String> {
@@ -442,10 +481,18 @@ fn parse_name_addr(s: &str) -> Result<NameAddr, String> {
         (Some(d), rest)
     } else if let Some(lt) = s.find('<') {
         let d = s.get(..lt).unwrap_or("").trim();
-        if !d.split(is_lws).filter(|t| !t.is_empty()).all(is_display_word) {
+        if !d
+            .split(is_lws)
+            .filter(|t| !t.is_empty())
+            .all(is_display_word)
+        {
             return Err(format!("display name is neither tokens nor quoted: {d:?}"));
         }
-        let d = d.split(is_lws).filter(|t| !t.is_empty()).collect::<Vec<_>>().join(" ");
+        let d = d
+            .split(is_lws)
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
         (Some(d), s.get(lt..).unwrap_or(""))
     } else {
         // addr-spec: parameters after the URI belong to the header, and the
@@ -455,11 +502,17 @@ fn parse_name_addr(s: &str) -> Result<NameAddr, String> {
             None => (s, ""),
         };
         if uri.contains('?') || uri.contains(',') {
-            return Err(format!("URI with '?' or ',' must be enclosed in <>: {uri:?}"));
+            return Err(format!(
+                "URI with '?' or ',' must be enclosed in <>: {uri:?}"
+            ));
         }
         check_absolute_uri(uri)?;
         let params = parse_header_params(params)?;
-        return Ok(NameAddr { display: None, uri: uri.to_string(), params });
+        return Ok(NameAddr {
+            display: None,
+            uri: uri.to_string(),
+            params,
+        });
     };
     // after_display starts with '<'
     let inner_and_rest = after_display.get(1..).unwrap_or("");
@@ -470,7 +523,11 @@ fn parse_name_addr(s: &str) -> Result<NameAddr, String> {
     let rest = inner_and_rest.get(gt + 1..).unwrap_or("");
     let params = parse_header_params(rest)?;
     let display = display.filter(|d| !d.is_empty());
-    Ok(NameAddr { display, uri: uri.to_string(), params })
+    Ok(NameAddr {
+        display,
+        uri: uri.to_string(),
+        params,
+    })
 }
 
 impl fmt::Display for NameAddr {
@@ -530,7 +587,8 @@ impl Via {
 
     /// Parses a Via header value that may hold several comma-separated values.
     pub fn parse_list(s: &str) -> Result<Vec<Via>, ParseError> {
-        let pieces = split_top(s, ',').ok_or_else(|| ParseError::InvalidVia("unbalanced quote".into()))?;
+        let pieces =
+            split_top(s, ',').ok_or_else(|| ParseError::InvalidVia("unbalanced quote".into()))?;
         pieces.into_iter().map(Via::parse).collect()
     }
 }
@@ -563,7 +621,12 @@ fn parse_via(s: &str) -> Result<Via, String> {
     };
     let (host, port) = split_hostport(sent_by, true)?;
     let params = parse_header_params(params)?;
-    Ok(Via { transport: transport.to_string(), host, port, params })
+    Ok(Via {
+        transport: transport.to_string(),
+        host,
+        port,
+        params,
+    })
 }
 
 impl fmt::Display for Via {
@@ -596,12 +659,21 @@ impl Contact {
     pub fn parse_list(s: &str) -> Result<Vec<Contact>, ParseError> {
         let t = s.trim();
         if t == "*" {
-            return Ok(vec![Contact { star: true, addr: None }]);
+            return Ok(vec![Contact {
+                star: true,
+                addr: None,
+            }]);
         }
-        let pieces = split_top(t, ',').ok_or_else(|| ParseError::InvalidNameAddr("unbalanced quote or <".into()))?;
+        let pieces = split_top(t, ',')
+            .ok_or_else(|| ParseError::InvalidNameAddr("unbalanced quote or <".into()))?;
         pieces
             .into_iter()
-            .map(|p| NameAddr::parse(p).map(|a| Contact { star: false, addr: Some(a) }))
+            .map(|p| {
+                NameAddr::parse(p).map(|a| Contact {
+                    star: false,
+                    addr: Some(a),
+                })
+            })
             .collect()
     }
 }
@@ -646,14 +718,21 @@ mod tests {
         assert_eq!(u.port, Some(5070));
         let u = SipUri::parse("sip:[2001:db8::10:5070]").unwrap();
         assert_eq!(u.port, None);
-        let u = SipUri::parse("sip:services.example.com;lr;unknownwith=value;unknown-no-value").unwrap();
+        let u = SipUri::parse("sip:services.example.com;lr;unknownwith=value;unknown-no-value")
+            .unwrap();
         assert_eq!(u.param("lr"), Some(""));
         assert_eq!(u.param("unknownwith"), Some("value"));
         assert_eq!(u.param("maddr"), None);
         let weird = "sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com";
         let u = SipUri::parse(weird).unwrap();
-        assert_eq!(u.user.as_deref(), Some("1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"));
-        assert_eq!(u.password.as_deref(), Some("&it+has=1,weird!*pas$wo~d_too.(doesn't-it)"));
+        assert_eq!(
+            u.user.as_deref(),
+            Some("1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*")
+        );
+        assert_eq!(
+            u.password.as_deref(),
+            Some("&it+has=1,weird!*pas$wo~d_too.(doesn't-it)")
+        );
         assert_eq!(u.to_string(), weird);
     }
 
@@ -677,7 +756,10 @@ mod tests {
 
     #[test]
     fn name_addr_forms() {
-        let a = NameAddr::parse(r#""J Rosenberg \\\""       <sip:jdrosen@example.com> ;   tag    = 98asjd8"#).unwrap();
+        let a = NameAddr::parse(
+            r#""J Rosenberg \\\""       <sip:jdrosen@example.com> ;   tag    = 98asjd8"#,
+        )
+        .unwrap();
         assert_eq!(a.display.as_deref(), Some(r#"J Rosenberg \""#));
         assert_eq!(a.uri, "sip:jdrosen@example.com");
         assert_eq!(a.tag(), Some("98asjd8"));
@@ -692,19 +774,35 @@ mod tests {
         assert_eq!(a.uri, "isbn:2983792873");
         let a = NameAddr::parse(r#"A. Bell <sip:a.g.bell@example.com>;tag=qweoiqpe"#).unwrap();
         assert_eq!(a.display.as_deref(), Some("A. Bell"));
-        assert_eq!(a.to_string(), r#""A. Bell" <sip:a.g.bell@example.com>;tag=qweoiqpe"#);
+        assert_eq!(
+            a.to_string(),
+            r#""A. Bell" <sip:a.g.bell@example.com>;tag=qweoiqpe"#
+        );
     }
 
     #[test]
     fn uri_equivalence() {
-        let eq = |a: &str, b: &str| SipUri::parse(a).unwrap().equivalent(&SipUri::parse(b).unwrap());
+        let eq = |a: &str, b: &str| {
+            SipUri::parse(a)
+                .unwrap()
+                .equivalent(&SipUri::parse(b).unwrap())
+        };
         assert!(eq("sip:%75se%72@example.com", "sip:user@EXAMPLE.com"));
-        assert!(eq("sip:alice@atlanta.com;transport=TCP", "sip:alice@AtLanTa.CoM;Transport=tcp"));
-        assert!(eq("sip:carol@chicago.com;security=on", "sip:carol@chicago.com;newparam=5"));
+        assert!(eq(
+            "sip:alice@atlanta.com;transport=TCP",
+            "sip:alice@AtLanTa.CoM;Transport=tcp"
+        ));
+        assert!(eq(
+            "sip:carol@chicago.com;security=on",
+            "sip:carol@chicago.com;newparam=5"
+        ));
         assert!(!eq("sip:%00@host", "sip:%00%00@host"));
         assert!(!eq("SIP:ALICE@AtLanTa.CoM", "sip:alice@atlanta.com"));
         assert!(!eq("sip:bob@biloxi.com", "sip:bob@biloxi.com:5060"));
-        assert!(!eq("sip:bob@biloxi.com", "sip:bob@biloxi.com;transport=udp"));
+        assert!(!eq(
+            "sip:bob@biloxi.com",
+            "sip:bob@biloxi.com;transport=udp"
+        ));
         assert!(eq("sip:a@b?x=1&y=2", "sip:a@b?y=2&x=1"));
         assert_eq!(percent_decode("%Z%45%4"), b"%ZE%4");
     }
@@ -745,7 +843,10 @@ mod tests {
         assert_eq!(list.len(), 2);
         assert_eq!(list[0].branch(), Some("z9hG4bK9ikj8"));
         assert_eq!(list[1].host, "192.168.255.111");
-        let v = Via::parse("SIP/2.0/UDP [2001:db8::9:1]:6050;received=[2001:db8::9:255];rport=7;branch=z9hG4bKas3").unwrap();
+        let v = Via::parse(
+            "SIP/2.0/UDP [2001:db8::9:1]:6050;received=[2001:db8::9:255];rport=7;branch=z9hG4bKas3",
+        )
+        .unwrap();
         assert_eq!(v.port, Some(6050));
         assert_eq!(v.received(), Some("[2001:db8::9:255]"));
         assert_eq!(v.rport(), Some(Some(7)));
@@ -766,7 +867,8 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].expires(), Some(60));
         assert_eq!(c[1].addr.as_ref().unwrap().param("q"), Some("0.5"));
-        let c = Contact::parse_list("<sip:user@host129.example.com>;expires=280297596632815").unwrap();
+        let c =
+            Contact::parse_list("<sip:user@host129.example.com>;expires=280297596632815").unwrap();
         assert_eq!(c[0].expires(), None);
     }
 }

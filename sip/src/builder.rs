@@ -22,7 +22,9 @@ pub struct MessageBuilder {
 /// Replaces characters that would end a header line early.
 fn clean(s: &str) -> String {
     if s.contains(['\r', '\n']) {
-        s.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect()
+        s.chars()
+            .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+            .collect()
     } else {
         s.to_string()
     }
@@ -31,7 +33,10 @@ fn clean(s: &str) -> String {
 impl MessageBuilder {
     pub fn request(method: &str, uri: &str) -> Self {
         MessageBuilder {
-            start: Start::Request { method: method.to_string(), uri: uri.to_string() },
+            start: Start::Request {
+                method: method.to_string(),
+                uri: uri.to_string(),
+            },
             headers: Vec::new(),
             body: Vec::new(),
         }
@@ -39,7 +44,10 @@ impl MessageBuilder {
 
     pub fn response(code: u16, reason: &str) -> Self {
         MessageBuilder {
-            start: Start::Response { code, reason: reason.to_string() },
+            start: Start::Response {
+                code,
+                reason: reason.to_string(),
+            },
             headers: Vec::new(),
             body: Vec::new(),
         }
@@ -48,13 +56,20 @@ impl MessageBuilder {
     /// Same start line, headers (names as received) and body as `msg`.
     pub fn from_message(msg: &SipMessage) -> Self {
         let start = match (msg.method(), msg.request_uri(), msg.status()) {
-            (Some(m), Some(u), _) => Start::Request { method: m.to_string(), uri: u.to_string() },
+            (Some(m), Some(u), _) => Start::Request {
+                method: m.to_string(),
+                uri: u.to_string(),
+            },
             (_, _, code) => Start::Response {
                 code: code.unwrap_or(500),
                 reason: msg.reason().unwrap_or("").to_string(),
             },
         };
-        MessageBuilder { start, headers: msg.headers().to_vec(), body: msg.body().to_vec() }
+        MessageBuilder {
+            start,
+            headers: msg.headers().to_vec(),
+            body: msg.body().to_vec(),
+        }
     }
 
     /// Response to `req`: copies every Via line, then From, To, Call-ID and
@@ -64,7 +79,12 @@ impl MessageBuilder {
         for v in req.header_all("via") {
             b.header("Via", v);
         }
-        for (name, label) in [("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq")] {
+        for (name, label) in [
+            ("from", "From"),
+            ("to", "To"),
+            ("call-id", "Call-ID"),
+            ("cseq", "CSeq"),
+        ] {
             if let Some(v) = req.header(name) {
                 b.header(label, v);
             }
@@ -88,7 +108,8 @@ impl MessageBuilder {
 
     /// Inserts a header line before all others.
     pub fn prepend_header(&mut self, name: &str, value: &str) -> &mut Self {
-        self.headers.insert(0, (name.to_string(), value.to_string()));
+        self.headers
+            .insert(0, (name.to_string(), value.to_string()));
         self
     }
 
@@ -121,10 +142,16 @@ impl MessageBuilder {
     /// Removes the first comma-separated value of the first line of that
     /// header and returns it; the line is dropped when nothing is left.
     pub fn pop_first_value(&mut self, name: &str) -> Option<String> {
-        let i = self.headers.iter().position(|(n, _)| same_header(n, name))?;
+        let i = self
+            .headers
+            .iter()
+            .position(|(n, _)| same_header(n, name))?;
         let value = self.headers.get(i)?.1.clone();
         let pieces = split_top(&value, ',').unwrap_or_else(|| vec![value.as_str()]);
-        let first = pieces.first().map(|p| p.trim().to_string()).unwrap_or_default();
+        let first = pieces
+            .first()
+            .map(|p| p.trim().to_string())
+            .unwrap_or_default();
         let rest = pieces.get(1..).unwrap_or(&[]).join(",");
         let rest = rest.trim();
         if rest.is_empty() {
@@ -163,7 +190,10 @@ impl MessageBuilder {
 
     /// First value of a header set so far.
     pub fn get_header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| same_header(n, name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| same_header(n, name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// All header lines set so far.
@@ -238,7 +268,10 @@ Content-Length: 3\r\n\r\nv=0";
         assert_eq!(resp.header("content-length"), Some("0"));
         // A second add keeps the existing tag.
         b.add_to_tag("other");
-        assert_eq!(SipMessage::parse(&b.build()).unwrap().to().unwrap().tag(), Some("xyz"));
+        assert_eq!(
+            SipMessage::parse(&b.build()).unwrap().to().unwrap().tag(),
+            Some("xyz")
+        );
     }
 
     #[test]
@@ -263,20 +296,43 @@ Content-Length: 3\r\n\r\nv=0";
     fn pop_first_value_for_via() {
         let req = SipMessage::parse(INVITE).unwrap();
         let mut b = MessageBuilder::from_message(&req);
-        assert_eq!(b.pop_first_value("via").as_deref(), Some("SIP/2.0/UDP p1.example.com;branch=z9hG4bKa"));
-        assert_eq!(b.get_header("via"), Some("SIP/2.0/UDP p2.example.com;branch=z9hG4bKb"));
-        assert_eq!(b.pop_first_value("Via").as_deref(), Some("SIP/2.0/UDP p2.example.com;branch=z9hG4bKb"));
-        assert_eq!(b.get_header("via"), Some("SIP/2.0/UDP ua.example.com;branch=z9hG4bKc"));
-        assert_eq!(b.pop_first_value("v").as_deref(), Some("SIP/2.0/UDP ua.example.com;branch=z9hG4bKc"));
+        assert_eq!(
+            b.pop_first_value("via").as_deref(),
+            Some("SIP/2.0/UDP p1.example.com;branch=z9hG4bKa")
+        );
+        assert_eq!(
+            b.get_header("via"),
+            Some("SIP/2.0/UDP p2.example.com;branch=z9hG4bKb")
+        );
+        assert_eq!(
+            b.pop_first_value("Via").as_deref(),
+            Some("SIP/2.0/UDP p2.example.com;branch=z9hG4bKb")
+        );
+        assert_eq!(
+            b.get_header("via"),
+            Some("SIP/2.0/UDP ua.example.com;branch=z9hG4bKc")
+        );
+        assert_eq!(
+            b.pop_first_value("v").as_deref(),
+            Some("SIP/2.0/UDP ua.example.com;branch=z9hG4bKc")
+        );
         assert_eq!(b.pop_first_value("via"), None);
     }
 
     #[test]
     fn set_header_replaces_compact_and_long() {
         let mut b = MessageBuilder::request("MESSAGE", "sip:a@b");
-        b.header("To", "<sip:a@b>").header("t", "<sip:c@d>").header("Call-ID", "x");
+        b.header("To", "<sip:a@b>")
+            .header("t", "<sip:c@d>")
+            .header("Call-ID", "x");
         b.set_header("to", "<sip:e@f>");
-        assert_eq!(b.headers(), &[("to".to_string(), "<sip:e@f>".to_string()), ("Call-ID".to_string(), "x".to_string())]);
+        assert_eq!(
+            b.headers(),
+            &[
+                ("to".to_string(), "<sip:e@f>".to_string()),
+                ("Call-ID".to_string(), "x".to_string())
+            ]
+        );
         b.set_header("CSeq", "1 MESSAGE");
         assert_eq!(b.headers().last().unwrap().0, "CSeq");
     }
@@ -284,7 +340,9 @@ Content-Length: 3\r\n\r\nv=0";
     #[test]
     fn body_and_content_length() {
         let mut b = MessageBuilder::request("MESSAGE", "sip:a@b");
-        b.header("Content-Length", "999").header("CSeq", "1 MESSAGE").body("text/plain", b"hello");
+        b.header("Content-Length", "999")
+            .header("CSeq", "1 MESSAGE")
+            .body("text/plain", b"hello");
         let raw = b.build();
         let text = String::from_utf8(raw.clone()).unwrap();
         assert!(text.starts_with("MESSAGE sip:a@b SIP/2.0\r\nContent-Length: 5\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\n\r\nhello"), "{text}");

@@ -95,7 +95,8 @@ fn parse_params(header_value: &str) -> Result<Vec<(String, String)>, DigestError
     if !scheme.eq_ignore_ascii_case("Digest") {
         return Err(DigestError::UnsupportedScheme);
     }
-    let pieces = split_top(rest, ',').ok_or_else(|| DigestError::Malformed("unterminated quoted string".into()))?;
+    let pieces = split_top(rest, ',')
+        .ok_or_else(|| DigestError::Malformed("unterminated quoted string".into()))?;
     let mut out = Vec::new();
     for p in pieces {
         let p = p.trim();
@@ -111,13 +112,18 @@ fn parse_params(header_value: &str) -> Result<Vec<(String, String)>, DigestError
 }
 
 fn get<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 fn algorithm_of(params: &[(String, String)]) -> Result<Algorithm, DigestError> {
     match get(params, "algorithm") {
         None => Ok(Algorithm::Md5),
-        Some(a) => Algorithm::parse(a).ok_or_else(|| DigestError::UnsupportedAlgorithm(a.to_string())),
+        Some(a) => {
+            Algorithm::parse(a).ok_or_else(|| DigestError::UnsupportedAlgorithm(a.to_string()))
+        }
     }
 }
 
@@ -139,7 +145,11 @@ pub struct Credentials {
 impl Credentials {
     pub fn parse(header_value: &str) -> Result<Credentials, DigestError> {
         let p = parse_params(header_value)?;
-        let req = |name: &'static str| get(&p, name).map(str::to_string).ok_or(DigestError::MissingParam(name));
+        let req = |name: &'static str| {
+            get(&p, name)
+                .map(str::to_string)
+                .ok_or(DigestError::MissingParam(name))
+        };
         let opt = |name: &str| get(&p, name).map(str::to_string);
         let c = Credentials {
             username: req("username")?,
@@ -186,7 +196,10 @@ pub fn verify(ha1: &str, method: &str, c: &Credentials) -> bool {
         c.cnonce.as_deref(),
         c.qop.as_deref(),
     );
-    ct_eq(expected.as_bytes(), c.response.to_ascii_lowercase().as_bytes())
+    ct_eq(
+        expected.as_bytes(),
+        c.response.to_ascii_lowercase().as_bytes(),
+    )
 }
 
 /// A WWW-Authenticate / Proxy-Authenticate digest challenge.
@@ -204,8 +217,12 @@ impl Challenge {
     pub fn parse(header_value: &str) -> Result<Challenge, DigestError> {
         let p = parse_params(header_value)?;
         Ok(Challenge {
-            realm: get(&p, "realm").ok_or(DigestError::MissingParam("realm"))?.to_string(),
-            nonce: get(&p, "nonce").ok_or(DigestError::MissingParam("nonce"))?.to_string(),
+            realm: get(&p, "realm")
+                .ok_or(DigestError::MissingParam("realm"))?
+                .to_string(),
+            nonce: get(&p, "nonce")
+                .ok_or(DigestError::MissingParam("nonce"))?
+                .to_string(),
             algorithm: algorithm_of(&p)?,
             qop: get(&p, "qop").map(str::to_string),
             opaque: get(&p, "opaque").map(str::to_string),
@@ -242,16 +259,41 @@ impl Challenge {
 
 /// Authorization header value answering `ch` (`qop=auth` with `nc=00000001`
 /// when the challenge offers it).
-pub fn authorize(ch: &Challenge, user: &str, password: &str, method: &str, uri: &str, cnonce: &str) -> String {
+pub fn authorize(
+    ch: &Challenge,
+    user: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+    cnonce: &str,
+) -> String {
     let h1 = ha1(ch.algorithm, user, &ch.realm, password);
-    let mut s = format!("Digest username=\"{user}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\"", ch.realm, ch.nonce);
+    let mut s = format!(
+        "Digest username=\"{user}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\"",
+        ch.realm, ch.nonce
+    );
     if ch.offers_auth() {
         let nc = "00000001";
-        let r = response(ch.algorithm, &h1, method, uri, &ch.nonce, Some(nc), Some(cnonce), Some("auth"));
-        s.push_str(&format!(", response=\"{r}\", algorithm={}, cnonce=\"{cnonce}\", nc={nc}, qop=auth", ch.algorithm.name()));
+        let r = response(
+            ch.algorithm,
+            &h1,
+            method,
+            uri,
+            &ch.nonce,
+            Some(nc),
+            Some(cnonce),
+            Some("auth"),
+        );
+        s.push_str(&format!(
+            ", response=\"{r}\", algorithm={}, cnonce=\"{cnonce}\", nc={nc}, qop=auth",
+            ch.algorithm.name()
+        ));
     } else {
         let r = response(ch.algorithm, &h1, method, uri, &ch.nonce, None, None, None);
-        s.push_str(&format!(", response=\"{r}\", algorithm={}", ch.algorithm.name()));
+        s.push_str(&format!(
+            ", response=\"{r}\", algorithm={}",
+            ch.algorithm.name()
+        ));
     }
     if let Some(o) = &ch.opaque {
         s.push_str(&format!(", opaque=\"{o}\""));
@@ -265,7 +307,12 @@ mod tests {
 
     #[test]
     fn rfc2617_example() {
-        let h1 = ha1(Algorithm::Md5, "Mufasa", "testrealm@host.com", "Circle Of Life");
+        let h1 = ha1(
+            Algorithm::Md5,
+            "Mufasa",
+            "testrealm@host.com",
+            "Circle Of Life",
+        );
         let r = response(
             Algorithm::Md5,
             &h1,
@@ -280,7 +327,10 @@ mod tests {
         let hv = r#"Digest username="Mufasa", realm="testrealm@host.com", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", uri="/dir/index.html", qop=auth, nc=00000001, cnonce="0a4f113b", response="6629fae49393a05397450978507c4ef1", opaque="5ccc069c403ebaf9f0171e9517f40e41""#;
         let c = Credentials::parse(hv).unwrap();
         assert_eq!(c.algorithm, Algorithm::Md5);
-        assert_eq!(c.opaque.as_deref(), Some("5ccc069c403ebaf9f0171e9517f40e41"));
+        assert_eq!(
+            c.opaque.as_deref(),
+            Some("5ccc069c403ebaf9f0171e9517f40e41")
+        );
         assert!(verify(&h1, "GET", &c));
         assert!(!verify(&h1, "POST", &c));
     }
@@ -291,10 +341,22 @@ mod tests {
         let cnonce = "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ";
         for (alg, want) in [
             (Algorithm::Md5, "8ca523f5e9506fed4657c9700eebdbec"),
-            (Algorithm::Sha256, "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"),
+            (
+                Algorithm::Sha256,
+                "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1",
+            ),
         ] {
             let h1 = ha1(alg, "Mufasa", "http-auth@example.org", "Circle of Life");
-            let r = response(alg, &h1, "GET", "/dir/index.html", nonce, Some("00000001"), Some(cnonce), Some("auth"));
+            let r = response(
+                alg,
+                &h1,
+                "GET",
+                "/dir/index.html",
+                nonce,
+                Some("00000001"),
+                Some(cnonce),
+                Some("auth"),
+            );
             assert_eq!(r, want, "{alg:?}");
         }
         let ch = Challenge::parse(
@@ -302,10 +364,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ch.algorithm, Algorithm::Sha256);
-        let auth = authorize(&ch, "Mufasa", "Circle of Life", "GET", "/dir/index.html", cnonce);
+        let auth = authorize(
+            &ch,
+            "Mufasa",
+            "Circle of Life",
+            "GET",
+            "/dir/index.html",
+            cnonce,
+        );
         let c = Credentials::parse(&auth).unwrap();
-        assert_eq!(c.response, "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1");
-        assert_eq!(c.opaque.as_deref(), Some("FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"));
+        assert_eq!(
+            c.response,
+            "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"
+        );
+        assert_eq!(
+            c.opaque.as_deref(),
+            Some("FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS")
+        );
     }
 
     /// What SIPp sends for `[authentication username=alice password=secret]`
@@ -317,15 +392,42 @@ mod tests {
         let c = Credentials::parse(hv).unwrap();
         let h1 = ha1(Algorithm::Md5, "alice", "sipvault", "secret");
         assert_eq!(h1, "15291095ae66fbb2888e4a6ed5a79ab1");
-        assert!(verify(&h1, "REGISTER", &c), "computed {}", response(Algorithm::Md5, &h1, "REGISTER", &c.uri, &c.nonce, c.nc.as_deref(), c.cnonce.as_deref(), c.qop.as_deref()));
-        assert!(!verify(&ha1(Algorithm::Md5, "alice", "sipvault", "wrong"), "REGISTER", &c));
+        assert!(
+            verify(&h1, "REGISTER", &c),
+            "computed {}",
+            response(
+                Algorithm::Md5,
+                &h1,
+                "REGISTER",
+                &c.uri,
+                &c.nonce,
+                c.nc.as_deref(),
+                c.cnonce.as_deref(),
+                c.qop.as_deref()
+            )
+        );
+        assert!(!verify(
+            &ha1(Algorithm::Md5, "alice", "sipvault", "wrong"),
+            "REGISTER",
+            &c
+        ));
     }
 
     #[test]
     fn no_qop_and_errors() {
-        let ch = Challenge { realm: "r".into(), nonce: "n".into(), algorithm: Algorithm::Md5, qop: None, opaque: None, stale: true };
+        let ch = Challenge {
+            realm: "r".into(),
+            nonce: "n".into(),
+            algorithm: Algorithm::Md5,
+            qop: None,
+            opaque: None,
+            stale: true,
+        };
         let hv = ch.to_header_value();
-        assert_eq!(hv, r#"Digest realm="r", nonce="n", algorithm=MD5, stale=true"#);
+        assert_eq!(
+            hv,
+            r#"Digest realm="r", nonce="n", algorithm=MD5, stale=true"#
+        );
         let back = Challenge::parse(&hv).unwrap();
         assert!(back.stale);
         let auth = authorize(&ch, "u", "p", "REGISTER", "sip:r", "c");
@@ -333,14 +435,28 @@ mod tests {
         assert_eq!(c.qop, None);
         assert!(verify(&ha1(Algorithm::Md5, "u", "r", "p"), "REGISTER", &c));
 
-        assert_eq!(Credentials::parse("NoOneKnowsThisScheme opaque-data=here").unwrap_err(), DigestError::UnsupportedScheme);
-        assert_eq!(Credentials::parse("Basic dXNlcjpwYXNz").unwrap_err(), DigestError::UnsupportedScheme);
-        assert!(matches!(Credentials::parse(r#"Digest username="a", realm="r""#), Err(DigestError::MissingParam(_))));
+        assert_eq!(
+            Credentials::parse("NoOneKnowsThisScheme opaque-data=here").unwrap_err(),
+            DigestError::UnsupportedScheme
+        );
+        assert_eq!(
+            Credentials::parse("Basic dXNlcjpwYXNz").unwrap_err(),
+            DigestError::UnsupportedScheme
+        );
         assert!(matches!(
-            Credentials::parse(r#"Digest username="a", realm="r", nonce="n", uri="u", response="x", algorithm=MD5-sess"#),
+            Credentials::parse(r#"Digest username="a", realm="r""#),
+            Err(DigestError::MissingParam(_))
+        ));
+        assert!(matches!(
+            Credentials::parse(
+                r#"Digest username="a", realm="r", nonce="n", uri="u", response="x", algorithm=MD5-sess"#
+            ),
             Err(DigestError::UnsupportedAlgorithm(_))
         ));
-        assert!(matches!(Credentials::parse(r#"Digest username="a"#), Err(DigestError::Malformed(_))));
+        assert!(matches!(
+            Credentials::parse(r#"Digest username="a"#),
+            Err(DigestError::Malformed(_))
+        ));
         assert_eq!(Algorithm::parse("sha-256"), Some(Algorithm::Sha256));
         assert_eq!(Algorithm::parse("\"MD5\""), Some(Algorithm::Md5));
         assert_eq!(Algorithm::Sha256.name(), "SHA-256");

@@ -65,13 +65,17 @@ fn content_length(head: &[u8]) -> Result<usize, FramingError> {
                 v.push_str(line.trim());
             }
         } else if let Some((n, v)) = line.split_once(':') {
-            headers.push((canonical_name(n.trim_end_matches(is_lws)), v.trim().to_string()));
+            headers.push((
+                canonical_name(n.trim_end_matches(is_lws)),
+                v.trim().to_string(),
+            ));
         }
     }
     let mut found: Option<usize> = None;
     for (n, v) in &headers {
         if n == "content-length" {
-            let len = parse_content_length(v).ok_or_else(|| FramingError::BadContentLength(v.clone()))?;
+            let len =
+                parse_content_length(v).ok_or_else(|| FramingError::BadContentLength(v.clone()))?;
             if found.is_some_and(|f| f != len) {
                 return Err(FramingError::BadContentLength("conflicting values".into()));
             }
@@ -84,7 +88,14 @@ fn content_length(head: &[u8]) -> Result<usize, FramingError> {
 impl StreamFramer {
     /// `max_message_bytes` bounds one message (headers and body).
     pub fn new(max_message_bytes: usize) -> Self {
-        StreamFramer { buf: Vec::new(), start: 0, scanned: 0, pending: None, max: max_message_bytes, failed: None }
+        StreamFramer {
+            buf: Vec::new(),
+            start: 0,
+            scanned: 0,
+            pending: None,
+            max: max_message_bytes,
+            failed: None,
+        }
     }
 
     /// Appends received bytes.
@@ -120,7 +131,10 @@ impl StreamFramer {
         if self.pending.is_none() {
             // Keep-alives (CRLF, double CRLF) between messages.
             let data = self.buf.get(self.start..).unwrap_or(&[]);
-            let skip = data.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+            let skip = data
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
             if skip > 0 {
                 self.start += skip;
                 self.scanned = 0;
@@ -176,7 +190,8 @@ impl StreamFramer {
 mod tests {
     use super::*;
 
-    const A: &[u8] = b"MESSAGE sip:a@b SIP/2.0\r\nCSeq: 1 MESSAGE\r\nContent-Length: 5\r\n\r\nhello";
+    const A: &[u8] =
+        b"MESSAGE sip:a@b SIP/2.0\r\nCSeq: 1 MESSAGE\r\nContent-Length: 5\r\n\r\nhello";
     const B: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\nCSeq: 2 OPTIONS\r\nl: 0\r\n\r\n";
 
     fn drain(f: &mut StreamFramer) -> Vec<Vec<u8>> {
@@ -233,10 +248,16 @@ mod tests {
 
         let mut f = StreamFramer::new(4096);
         f.push(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: -1\r\n\r\n");
-        assert!(matches!(f.next_message(), Err(FramingError::BadContentLength(_))));
+        assert!(matches!(
+            f.next_message(),
+            Err(FramingError::BadContentLength(_))
+        ));
         let mut f = StreamFramer::new(4096);
         f.push(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 1\r\nl: 2\r\n\r\n");
-        assert!(matches!(f.next_message(), Err(FramingError::BadContentLength(_))));
+        assert!(matches!(
+            f.next_message(),
+            Err(FramingError::BadContentLength(_))
+        ));
     }
 
     #[test]
@@ -249,13 +270,19 @@ mod tests {
         assert_eq!(f.next_message(), Err(FramingError::TooLarge { limit: 64 }));
         let mut f = StreamFramer::new(64);
         f.push(b"OPTIONS sip:a@b SIP/2.0\r\nl: 99999999999999999999999999\r\n\r\n");
-        assert!(matches!(f.next_message(), Err(FramingError::BadContentLength(_))));
+        assert!(matches!(
+            f.next_message(),
+            Err(FramingError::BadContentLength(_))
+        ));
     }
 
     #[test]
     fn bare_lf_headers() {
         let mut f = StreamFramer::new(4096);
         f.push(b"OPTIONS sip:a@b SIP/2.0\nl: 2\n\nhi");
-        assert_eq!(f.next_message().unwrap().as_deref(), Some(&b"OPTIONS sip:a@b SIP/2.0\nl: 2\n\nhi"[..]));
+        assert_eq!(
+            f.next_message().unwrap().as_deref(),
+            Some(&b"OPTIONS sip:a@b SIP/2.0\nl: 2\n\nhi"[..])
+        );
     }
 }

@@ -39,11 +39,15 @@ fn next_line(buf: &[u8], pos: usize) -> (&[u8], usize, bool) {
 }
 
 fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
-    let looks_like_response = line.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("SIP/"));
+    let looks_like_response = line
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case("SIP/"));
     if looks_like_response {
         let mut it = line.splitn(3, ' ');
         let version = it.next().unwrap_or("");
-        let code = it.next().ok_or_else(|| ParseError::BadStartLine("status line without code".into()))?;
+        let code = it
+            .next()
+            .ok_or_else(|| ParseError::BadStartLine("status line without code".into()))?;
         let reason = it.next().unwrap_or("");
         if !version.eq_ignore_ascii_case("SIP/2.0") {
             return Err(ParseError::UnsupportedVersion(version.to_string()));
@@ -51,11 +55,16 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
         if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
             return Err(ParseError::InvalidStatus(code.to_string()));
         }
-        let code: u16 = code.parse().map_err(|_| ParseError::InvalidStatus(code.to_string()))?;
+        let code: u16 = code
+            .parse()
+            .map_err(|_| ParseError::InvalidStatus(code.to_string()))?;
         if !(100..=699).contains(&code) {
             return Err(ParseError::InvalidStatus(code.to_string()));
         }
-        return Ok(StartLine::Response { code, reason: reason.to_string() });
+        return Ok(StartLine::Response {
+            code,
+            reason: reason.to_string(),
+        });
     }
     // Trailing white space after the version is tolerated (RFC 4475 3.1.2.10
     // allows a liberal element to ignore it); any other deviation from
@@ -63,23 +72,33 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
     let t = line.trim_end_matches(is_lws);
     let parts: Vec<&str> = t.split(' ').collect();
     let [method, uri, version] = parts.as_slice() else {
-        return Err(ParseError::BadStartLine(format!("expected 3 fields separated by single spaces, got {}", parts.len())));
+        return Err(ParseError::BadStartLine(format!(
+            "expected 3 fields separated by single spaces, got {}",
+            parts.len()
+        )));
     };
     if !is_token(method) {
         return Err(ParseError::BadStartLine("method is not a token".into()));
     }
     if uri.is_empty() || uri.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(ParseError::BadStartLine("empty or malformed Request-URI".into()));
+        return Err(ParseError::BadStartLine(
+            "empty or malformed Request-URI".into(),
+        ));
     }
     if !version.eq_ignore_ascii_case("SIP/2.0") {
-        let is_sip = version.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("SIP/"));
+        let is_sip = version
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case("SIP/"));
         return Err(if is_sip {
             ParseError::UnsupportedVersion(version.to_string())
         } else {
             ParseError::BadStartLine(format!("bad protocol version {version:?}"))
         });
     }
-    Ok(StartLine::Request { method: method.to_string(), uri: uri.to_string() })
+    Ok(StartLine::Request {
+        method: method.to_string(),
+        uri: uri.to_string(),
+    })
 }
 
 /// Reads a Content-Length value: decimal digits only.
@@ -107,7 +126,10 @@ impl SipMessage {
     /// Reads one message with datagram semantics. See the crate docs for the
     /// exact rules.
     pub fn parse(bytes: &[u8]) -> Result<SipMessage, ParseError> {
-        let msg_start = bytes.iter().position(|&b| b != b'\r' && b != b'\n').ok_or(ParseError::Empty)?;
+        let msg_start = bytes
+            .iter()
+            .position(|&b| b != b'\r' && b != b'\n')
+            .ok_or(ParseError::Empty)?;
         let (line, mut pos, terminated) = next_line(bytes, msg_start);
         if !terminated {
             return Err(ParseError::Truncated);
@@ -133,9 +155,9 @@ impl SipMessage {
             }
             let text = String::from_utf8_lossy(line);
             if text.starts_with(is_lws) {
-                let (_, value) = headers
-                    .last_mut()
-                    .ok_or_else(|| ParseError::BadHeaderLine("continuation line before the first header".into()))?;
+                let (_, value) = headers.last_mut().ok_or_else(|| {
+                    ParseError::BadHeaderLine("continuation line before the first header".into())
+                })?;
                 let more = text.trim_matches(is_lws);
                 if !more.is_empty() {
                     if !value.is_empty() {
@@ -149,7 +171,9 @@ impl SipMessage {
                     .ok_or_else(|| ParseError::BadHeaderLine("header line without ':'".into()))?;
                 let name = name.trim_end_matches(is_lws);
                 if !is_token(name) {
-                    return Err(ParseError::BadHeaderLine("header name is not a token".into()));
+                    return Err(ParseError::BadHeaderLine(
+                        "header name is not a token".into(),
+                    ));
                 }
                 headers.push((name.to_string(), value.trim_matches(is_lws).to_string()));
             }
@@ -161,7 +185,8 @@ impl SipMessage {
         let mut declared: Option<usize> = None;
         for ((_, v), c) in headers.iter().zip(&canon) {
             if c == "content-length" {
-                let n = parse_content_length(v).ok_or_else(|| ParseError::InvalidContentLength(v.clone()))?;
+                let n = parse_content_length(v)
+                    .ok_or_else(|| ParseError::InvalidContentLength(v.clone()))?;
                 match declared {
                     Some(d) if d != n => return Err(ParseError::ConflictingContentLength),
                     _ => declared = Some(n),
@@ -183,12 +208,22 @@ impl SipMessage {
         for ((_, v), c) in headers.iter().zip(&canon) {
             if c == "cseq" {
                 let (num, _) = split_cseq(v).ok_or_else(|| ParseError::InvalidCSeq(v.clone()))?;
-                num.parse::<u32>().map_err(|_| ParseError::InvalidCSeq(v.clone()))?;
+                num.parse::<u32>()
+                    .map_err(|_| ParseError::InvalidCSeq(v.clone()))?;
             }
         }
 
-        let raw = bytes.get(msg_start..end).ok_or(ParseError::Truncated)?.to_vec();
-        Ok(SipMessage { raw, start, headers, canon, body_start: body_start - msg_start })
+        let raw = bytes
+            .get(msg_start..end)
+            .ok_or(ParseError::Truncated)?
+            .to_vec();
+        Ok(SipMessage {
+            raw,
+            start,
+            headers,
+            canon,
+            body_start: body_start - msg_start,
+        })
     }
 
     /// The bytes of this message only.
@@ -265,7 +300,9 @@ impl SipMessage {
         let mut out = Vec::new();
         for v in self.header_all(name) {
             match split_top(v, ',') {
-                Some(pieces) => out.extend(pieces.into_iter().map(str::trim).filter(|p| !p.is_empty())),
+                Some(pieces) => {
+                    out.extend(pieces.into_iter().map(str::trim).filter(|p| !p.is_empty()))
+                }
                 None => out.push(v),
             }
         }
@@ -311,7 +348,10 @@ impl SipMessage {
         let mut out = Vec::new();
         for v in self.header_all("contact") {
             if v.trim() == "*" {
-                out.push(Contact { star: true, addr: None });
+                out.push(Contact {
+                    star: true,
+                    addr: None,
+                });
                 continue;
             }
             if let Some(pieces) = split_top(v, ',') {
@@ -319,7 +359,10 @@ impl SipMessage {
                     pieces
                         .into_iter()
                         .filter_map(|p| NameAddr::parse(p).ok())
-                        .map(|a| Contact { star: false, addr: Some(a) }),
+                        .map(|a| Contact {
+                            star: false,
+                            addr: Some(a),
+                        }),
                 );
             }
         }
@@ -411,7 +454,10 @@ helloEXTRA";
 
     #[test]
     fn parses_response_and_bare_lf() {
-        let m = SipMessage::parse(b"\r\n\r\nSIP/2.0 180 Ringing\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\nCSeq: 1 INVITE\n\n").unwrap();
+        let m = SipMessage::parse(
+            b"\r\n\r\nSIP/2.0 180 Ringing\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\nCSeq: 1 INVITE\n\n",
+        )
+        .unwrap();
         assert!(!m.is_request());
         assert_eq!(m.status(), Some(180));
         assert_eq!(m.reason(), Some("Ringing"));
@@ -424,7 +470,8 @@ helloEXTRA";
 
     #[test]
     fn absent_content_length_takes_rest() {
-        let m = SipMessage::parse(b"MESSAGE sip:a@b SIP/2.0\r\nCSeq: 1 MESSAGE\r\n\r\nhi there").unwrap();
+        let m = SipMessage::parse(b"MESSAGE sip:a@b SIP/2.0\r\nCSeq: 1 MESSAGE\r\n\r\nhi there")
+            .unwrap();
         assert_eq!(m.body(), b"hi there");
     }
 
@@ -433,17 +480,30 @@ helloEXTRA";
         let base = "OPTIONS sip:a@b SIP/2.0\r\nCSeq: 1 OPTIONS\r\n";
         let cases: &[(&str, ParseError)] = &[
             ("Content-Length: 10\r\n\r\nshort", ParseError::Truncated),
-            ("Content-Length: -1\r\n\r\n", ParseError::InvalidContentLength("-1".into())),
-            ("Content-Length: x\r\n\r\n", ParseError::InvalidContentLength("x".into())),
-            ("Content-Length: 1\r\nl: 2\r\n\r\nab", ParseError::ConflictingContentLength),
-            ("Content-Length: 99999999999999999999999\r\n\r\n", ParseError::InvalidContentLength("99999999999999999999999".into())),
+            (
+                "Content-Length: -1\r\n\r\n",
+                ParseError::InvalidContentLength("-1".into()),
+            ),
+            (
+                "Content-Length: x\r\n\r\n",
+                ParseError::InvalidContentLength("x".into()),
+            ),
+            (
+                "Content-Length: 1\r\nl: 2\r\n\r\nab",
+                ParseError::ConflictingContentLength,
+            ),
+            (
+                "Content-Length: 99999999999999999999999\r\n\r\n",
+                ParseError::InvalidContentLength("99999999999999999999999".into()),
+            ),
         ];
         for (tail, want) in cases {
             let got = SipMessage::parse(format!("{base}{tail}").as_bytes()).unwrap_err();
             assert_eq!(&got, want, "{tail}");
             assert_eq!(got.response_code(), 400);
         }
-        let m = SipMessage::parse(format!("{base}Content-Length: 2\r\nl: 2\r\n\r\nab").as_bytes()).unwrap();
+        let m = SipMessage::parse(format!("{base}Content-Length: 2\r\nl: 2\r\n\r\nab").as_bytes())
+            .unwrap();
         assert_eq!(m.body(), b"ab");
     }
 
@@ -452,15 +512,42 @@ helloEXTRA";
         let err = |s: &str| SipMessage::parse(s.as_bytes()).unwrap_err();
         assert_eq!(err("OPTIONS sip:a@b SIP/3.0\r\n\r\n").response_code(), 505);
         assert_eq!(err("SIP/3.0 200 OK\r\n\r\n").response_code(), 505);
-        assert!(matches!(err("INVITE  sip:a@b SIP/2.0\r\n\r\n"), ParseError::BadStartLine(_)));
-        assert!(matches!(err("INVITE sip:a@b\r\n\r\n"), ParseError::BadStartLine(_)));
-        assert!(matches!(err("INVITE sip:a@b HTTP/1.1\r\n\r\n"), ParseError::BadStartLine(_)));
-        assert!(matches!(err("SIP/2.0 4294967301 x\r\n\r\n"), ParseError::InvalidStatus(_)));
-        assert!(matches!(err("SIP/2.0 099 x\r\n\r\n"), ParseError::InvalidStatus(_)));
-        assert!(matches!(err("SIP/2.0 200 OK\r\nbad line\r\n\r\n"), ParseError::BadHeaderLine(_)));
-        assert!(matches!(err("SIP/2.0 200 OK\r\n folded\r\n\r\n"), ParseError::BadHeaderLine(_)));
-        assert!(matches!(err("SIP/2.0 200 OK\r\nCSeq: 4294967296 INVITE\r\n\r\n"), ParseError::InvalidCSeq(_)));
-        assert!(matches!(err("SIP/2.0 200 OK\r\nVia: x"), ParseError::Truncated));
+        assert!(matches!(
+            err("INVITE  sip:a@b SIP/2.0\r\n\r\n"),
+            ParseError::BadStartLine(_)
+        ));
+        assert!(matches!(
+            err("INVITE sip:a@b\r\n\r\n"),
+            ParseError::BadStartLine(_)
+        ));
+        assert!(matches!(
+            err("INVITE sip:a@b HTTP/1.1\r\n\r\n"),
+            ParseError::BadStartLine(_)
+        ));
+        assert!(matches!(
+            err("SIP/2.0 4294967301 x\r\n\r\n"),
+            ParseError::InvalidStatus(_)
+        ));
+        assert!(matches!(
+            err("SIP/2.0 099 x\r\n\r\n"),
+            ParseError::InvalidStatus(_)
+        ));
+        assert!(matches!(
+            err("SIP/2.0 200 OK\r\nbad line\r\n\r\n"),
+            ParseError::BadHeaderLine(_)
+        ));
+        assert!(matches!(
+            err("SIP/2.0 200 OK\r\n folded\r\n\r\n"),
+            ParseError::BadHeaderLine(_)
+        ));
+        assert!(matches!(
+            err("SIP/2.0 200 OK\r\nCSeq: 4294967296 INVITE\r\n\r\n"),
+            ParseError::InvalidCSeq(_)
+        ));
+        assert!(matches!(
+            err("SIP/2.0 200 OK\r\nVia: x"),
+            ParseError::Truncated
+        ));
         assert!(matches!(err("SIP/2.0 200 OK"), ParseError::Truncated));
         assert_eq!(err(""), ParseError::Empty);
         assert_eq!(err("\r\n\r\n"), ParseError::Empty);
@@ -473,12 +560,17 @@ helloEXTRA";
     fn missing_empty_line_after_complete_header() {
         let m = SipMessage::parse(b"OPTIONS sip:a@b SIP/2.0\r\nl: 0\r\n").unwrap();
         assert_eq!(m.header("content-length"), Some("0"));
-        assert_eq!(SipMessage::parse(b"OPTIONS sip:a@b SIP/2.0\r\nl: 3\r\n").unwrap_err(), ParseError::Truncated);
+        assert_eq!(
+            SipMessage::parse(b"OPTIONS sip:a@b SIP/2.0\r\nl: 3\r\n").unwrap_err(),
+            ParseError::Truncated
+        );
     }
 
     #[test]
     fn non_utf8_header_does_not_fail() {
-        let m = SipMessage::parse(b"MESSAGE sip:a@b SIP/2.0\r\nSubject: caf\xe9\r\nl: 1\r\n\r\n\xff").unwrap();
+        let m =
+            SipMessage::parse(b"MESSAGE sip:a@b SIP/2.0\r\nSubject: caf\xe9\r\nl: 1\r\n\r\n\xff")
+                .unwrap();
         assert_eq!(m.header("subject"), Some("caf\u{fffd}"));
         assert_eq!(m.body(), b"\xff");
     }

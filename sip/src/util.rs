@@ -4,7 +4,11 @@
 
 /// RFC 3261 `token` characters.
 pub(crate) fn is_token_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '!' | '%' | '*' | '_' | '+' | '`' | '\'' | '~')
+    c.is_ascii_alphanumeric()
+        || matches!(
+            c,
+            '-' | '.' | '!' | '%' | '*' | '_' | '+' | '`' | '\'' | '~'
+        )
 }
 
 pub(crate) fn is_token(s: &str) -> bool {
@@ -150,9 +154,10 @@ pub(crate) fn unquote(s: &str) -> String {
     let t = s.trim();
     if t.starts_with('"')
         && let Some((inner, rest)) = take_quoted(t)
-            && rest.trim().is_empty() {
-                return inner;
-            }
+        && rest.trim().is_empty()
+    {
+        return inner;
+    }
     t.to_string()
 }
 

@@ -16,7 +16,11 @@ pub struct Rejection {
 
 impl Rejection {
     fn new(code: u16, reason: impl Into<String>) -> Rejection {
-        Rejection { code, reason: reason.into(), headers: Vec::new() }
+        Rejection {
+            code,
+            reason: reason.into(),
+            headers: Vec::new(),
+        }
     }
 }
 
@@ -68,7 +72,8 @@ pub fn check_request(msg: &SipMessage, supported: &[&str]) -> Result<(), Rejecti
     };
     match scheme.as_str() {
         "sip" | "sips" | "tel" => {
-            let parsed = SipUri::parse(uri).map_err(|_| Rejection::new(400, "Malformed Request-URI"))?;
+            let parsed =
+                SipUri::parse(uri).map_err(|_| Rejection::new(400, "Malformed Request-URI"))?;
             if parsed.headers.is_some() {
                 return Err(Rejection::new(400, "Headers not allowed in Request-URI"));
             }
@@ -77,7 +82,11 @@ pub fn check_request(msg: &SipMessage, supported: &[&str]) -> Result<(), Rejecti
     }
 
     // Mandatory and single-value headers.
-    let canon: Vec<String> = msg.headers().iter().map(|(n, _)| canonical_name(n)).collect();
+    let canon: Vec<String> = msg
+        .headers()
+        .iter()
+        .map(|(n, _)| canonical_name(n))
+        .collect();
     let count = |name: &str| canon.iter().filter(|c| c.as_str() == name).count();
     for (name, label) in REQUIRED {
         if count(name) == 0 {
@@ -89,7 +98,10 @@ pub fn check_request(msg: &SipMessage, supported: &[&str]) -> Result<(), Rejecti
             return Err(Rejection::new(400, format!("Multiple {label} headers")));
         }
     }
-    if msg.call_id().is_none_or(|c| c.trim().is_empty() || c.contains(is_lws)) {
+    if msg
+        .call_id()
+        .is_none_or(|c| c.trim().is_empty() || c.contains(is_lws))
+    {
         return Err(Rejection::new(400, "Malformed Call-ID header"));
     }
 
@@ -101,12 +113,19 @@ pub fn check_request(msg: &SipMessage, supported: &[&str]) -> Result<(), Rejecti
         return Err(Rejection::new(400, "CSeq number too large"));
     }
     if cseq_method != method {
-        return Err(Rejection::new(400, "CSeq method does not match request method"));
+        return Err(Rejection::new(
+            400,
+            "CSeq method does not match request method",
+        ));
     }
 
     // Address headers.
     for (name, label) in [("from", "From"), ("to", "To")] {
-        if msg.header(name).map(NameAddr::parse).is_none_or(|r| r.is_err()) {
+        if msg
+            .header(name)
+            .map(NameAddr::parse)
+            .is_none_or(|r| r.is_err())
+        {
             return Err(Rejection::new(400, format!("Malformed {label} header")));
         }
     }
@@ -140,7 +159,8 @@ pub fn check_request(msg: &SipMessage, supported: &[&str]) -> Result<(), Rejecti
         }
         if !unsupported.is_empty() {
             let mut r = Rejection::new(420, "Bad Extension");
-            r.headers.push(("Unsupported".to_string(), unsupported.join(", ")));
+            r.headers
+                .push(("Unsupported".to_string(), unsupported.join(", ")));
             return Err(r);
         }
     }
@@ -149,7 +169,15 @@ pub fn check_request(msg: &SipMessage, supported: &[&str]) -> Result<(), Rejecti
 
 /// Replaces characters that would break a header line.
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c == '\r' || c == '\n' || c == '\0' { ' ' } else { c }).collect()
+    s.chars()
+        .map(|c| {
+            if c == '\r' || c == '\n' || c == '\0' {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// Best-effort error response to bytes that did not parse: scans header
@@ -161,7 +189,10 @@ pub fn error_response_for_unparsed(raw: &[u8], code: u16, reason: &str) -> Optio
     let text = text.trim_start_matches(['\r', '\n']);
     let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let first = lines.next()?;
-    if first.get(..4).is_none_or(|p| p.eq_ignore_ascii_case("SIP/")) {
+    if first
+        .get(..4)
+        .is_none_or(|p| p.eq_ignore_ascii_case("SIP/"))
+    {
         return None;
     }
     let mut headers: Vec<(String, String)> = Vec::new();
@@ -188,12 +219,22 @@ pub fn error_response_for_unparsed(raw: &[u8], code: u16, reason: &str) -> Optio
     if vias.is_empty() {
         return None;
     }
-    let first_of = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let first_of = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
     let mut out = format!("SIP/2.0 {code} {}\r\n", sanitize(reason));
     for v in vias {
         out.push_str(&format!("Via: {}\r\n", sanitize(v)));
     }
-    for (name, label) in [("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq")] {
+    for (name, label) in [
+        ("from", "From"),
+        ("to", "To"),
+        ("call-id", "Call-ID"),
+        ("cseq", "CSeq"),
+    ] {
         if let Some(v) = first_of(name) {
             let mut v = sanitize(v);
             // RFC 3261 8.2.6.2: a final response carries a To tag. It is
@@ -330,23 +371,49 @@ To: <sip:bob@example.com>\r\nFrom: <sip:alice@example.com>;tag=1\r\nCall-ID: c1\
 
     #[test]
     fn rejects_extensions_with_unsupported() {
-        let r = check_request(&req("Require: 100rel, foo\r\nProxy-Require: bar\r\n"), &["100rel"]).unwrap_err();
+        let r = check_request(
+            &req("Require: 100rel, foo\r\nProxy-Require: bar\r\n"),
+            &["100rel"],
+        )
+        .unwrap_err();
         assert_eq!(r.code, 420);
-        assert_eq!(r.headers, vec![("Unsupported".to_string(), "foo, bar".to_string())]);
-        assert_eq!(check_request(&req("Require: 100rel\r\n"), &["100rel"]), Ok(()));
+        assert_eq!(
+            r.headers,
+            vec![("Unsupported".to_string(), "foo, bar".to_string())]
+        );
+        assert_eq!(
+            check_request(&req("Require: 100rel\r\n"), &["100rel"]),
+            Ok(())
+        );
     }
 
     #[test]
     fn rejects_duplicates_and_bad_values() {
         assert_eq!(check_request(&req("i: c2\r\n"), &[]).unwrap_err().code, 400);
-        assert_eq!(check_request(&req("Max-Forwards: x\r\n"), &[]).unwrap_err().code, 400);
-        assert_eq!(check_request(&req("Contact: <sip:a@b>;;\r\n"), &[]).unwrap_err().code, 400);
-        assert_eq!(check_request(&req("Content-Length: 0\r\nl: 0\r\n"), &[]).unwrap_err().code, 400);
+        assert_eq!(
+            check_request(&req("Max-Forwards: x\r\n"), &[])
+                .unwrap_err()
+                .code,
+            400
+        );
+        assert_eq!(
+            check_request(&req("Contact: <sip:a@b>;;\r\n"), &[])
+                .unwrap_err()
+                .code,
+            400
+        );
+        assert_eq!(
+            check_request(&req("Content-Length: 0\r\nl: 0\r\n"), &[])
+                .unwrap_err()
+                .code,
+            400
+        );
     }
 
     #[test]
     fn error_response_copies_transaction_headers() {
-        let raw = b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP x;branch=z9hG4bK1\r\nv: SIP/2.0/UDP y\r\n\
+        let raw =
+            b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP x;branch=z9hG4bK1\r\nv: SIP/2.0/UDP y\r\n\
 f: <sip:c@d>;tag=1\r\nTo: <sip:a@b>\r\ni: abc\r\nCSeq: 1 INVITE\r\nContent-Length: -5\r\n\r\n";
         let out = error_response_for_unparsed(raw, 400, "Bad Request").unwrap();
         let m = SipMessage::parse(&out).unwrap();
@@ -357,10 +424,21 @@ f: <sip:c@d>;tag=1\r\nTo: <sip:a@b>\r\ni: abc\r\nCSeq: 1 INVITE\r\nContent-Lengt
         assert_eq!(m.from().unwrap().tag(), Some("1"));
         let tag = m.to().unwrap().tag().map(str::to_string);
         assert_eq!(tag.as_ref().map(String::len), Some(12));
-        let again = SipMessage::parse(&error_response_for_unparsed(raw, 400, "Bad Request").unwrap()).unwrap();
-        assert_eq!(again.to().unwrap().tag().map(str::to_string), tag, "same request, same tag");
-        assert!(error_response_for_unparsed(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n", 400, "x").is_none());
-        assert!(error_response_for_unparsed(b"INVITE sip:a@b SIP/2.0\r\nTo: x\r\n\r\n", 400, "x").is_none());
+        let again =
+            SipMessage::parse(&error_response_for_unparsed(raw, 400, "Bad Request").unwrap())
+                .unwrap();
+        assert_eq!(
+            again.to().unwrap().tag().map(str::to_string),
+            tag,
+            "same request, same tag"
+        );
+        assert!(
+            error_response_for_unparsed(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n", 400, "x").is_none()
+        );
+        assert!(
+            error_response_for_unparsed(b"INVITE sip:a@b SIP/2.0\r\nTo: x\r\n\r\n", 400, "x")
+                .is_none()
+        );
         assert!(error_response_for_unparsed(b"", 400, "x").is_none());
     }
 

@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 use sipvault_sip::digest::{Challenge, Credentials};
 use sipvault_sip::{
-    Contact, MessageBuilder, NameAddr, SipMessage, SipUri, StreamFramer, Via, check_request, error_response_for_unparsed,
+    Contact, MessageBuilder, NameAddr, SipMessage, SipUri, StreamFramer, Via, check_request,
+    error_response_for_unparsed,
 };
 
 fn corpus() -> &'static [Vec<u8>] {
@@ -35,10 +36,34 @@ fn corpus() -> &'static [Vec<u8>] {
 fn exercise(bytes: &[u8], chunk: usize) {
     let parsed = SipMessage::parse(bytes);
     if let Ok(m) = &parsed {
-        let _ = (m.is_request(), m.method(), m.request_uri(), m.status(), m.reason());
-        let _ = (m.call_id(), m.cseq(), m.from(), m.to(), m.vias(), m.contacts());
-        let _ = (m.max_forwards(), m.expires(), m.content_type(), m.body(), m.start_line());
-        let _ = (m.header("v"), m.header_all("Contact"), m.header_values("require"), m.name_addrs("route"));
+        let _ = (
+            m.is_request(),
+            m.method(),
+            m.request_uri(),
+            m.status(),
+            m.reason(),
+        );
+        let _ = (
+            m.call_id(),
+            m.cseq(),
+            m.from(),
+            m.to(),
+            m.vias(),
+            m.contacts(),
+        );
+        let _ = (
+            m.max_forwards(),
+            m.expires(),
+            m.content_type(),
+            m.body(),
+            m.start_line(),
+        );
+        let _ = (
+            m.header("v"),
+            m.header_all("Contact"),
+            m.header_values("require"),
+            m.name_addrs("route"),
+        );
         for (_, v) in m.headers() {
             let _ = NameAddr::parse(v);
             let _ = Via::parse_list(v);
@@ -63,10 +88,14 @@ fn exercise(bytes: &[u8], chunk: usize) {
         assert_eq!(rebuilt.body(), m.body());
         assert_eq!(rebuilt.method(), m.method());
         b.pop_first_value("via");
-        b.add_to_tag("x").set_header("Max-Forwards", "69").remove_header("route");
+        b.add_to_tag("x")
+            .set_header("Max-Forwards", "69")
+            .remove_header("route");
         let _ = b.build();
         if m.is_request() {
-            let _ = MessageBuilder::response_to(m, 400, "Bad Request").add_to_tag("t").build();
+            let _ = MessageBuilder::response_to(m, 400, "Bad Request")
+                .add_to_tag("t")
+                .build();
         }
     }
     let _ = error_response_for_unparsed(bytes, 400, "Bad Request");
@@ -99,7 +128,10 @@ fn exercise(bytes: &[u8], chunk: usize) {
     };
     let whole = run(bytes.len());
     let chunked = run(chunk);
-    assert_eq!(whole, chunked, "framing differs between whole and {chunk}-byte chunks");
+    assert_eq!(
+        whole, chunked,
+        "framing differs between whole and {chunk}-byte chunks"
+    );
 }
 
 #[derive(Debug, Clone)]
@@ -113,11 +145,62 @@ enum Mutation {
 }
 
 const FRAGMENTS: &[&str] = &[
-    "\r\n", "\n", "\r", " ", "\t", ":", ";", ",", "=", "\"", "\\", "<", ">", "[", "]", "@", "?", "%", "/",
-    "SIP/2.0", "SIP/2.0/UDP ", "Via: ", "v: ", "Content-Length: ", "l: ", "CSeq: ", "Call-ID: ", "To: ",
-    "From: ", "Contact: ", "m: ", "*", "sip:", "sips:", "tel:", "tag=", "branch=z9hG4bK", "received=",
-    "rport", "expires=", "0", "1", "65535", "99999999999999999999", "-1", "INVITE", "REGISTER", "\r\n\r\n",
-    "Require: ", "Digest ", "username=", "\u{0}", "\u{ff}", "é", "[::1]", ":5060",
+    "\r\n",
+    "\n",
+    "\r",
+    " ",
+    "\t",
+    ":",
+    ";",
+    ",",
+    "=",
+    "\"",
+    "\\",
+    "<",
+    ">",
+    "[",
+    "]",
+    "@",
+    "?",
+    "%",
+    "/",
+    "SIP/2.0",
+    "SIP/2.0/UDP ",
+    "Via: ",
+    "v: ",
+    "Content-Length: ",
+    "l: ",
+    "CSeq: ",
+    "Call-ID: ",
+    "To: ",
+    "From: ",
+    "Contact: ",
+    "m: ",
+    "*",
+    "sip:",
+    "sips:",
+    "tel:",
+    "tag=",
+    "branch=z9hG4bK",
+    "received=",
+    "rport",
+    "expires=",
+    "0",
+    "1",
+    "65535",
+    "99999999999999999999",
+    "-1",
+    "INVITE",
+    "REGISTER",
+    "\r\n\r\n",
+    "Require: ",
+    "Digest ",
+    "username=",
+    "\u{0}",
+    "\u{ff}",
+    "é",
+    "[::1]",
+    ":5060",
 ];
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -127,7 +210,8 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         any::<usize>().prop_map(Mutation::Delete),
         any::<usize>().prop_map(Mutation::Truncate),
         (any::<usize>(), 0usize..64).prop_map(|(p, n)| Mutation::Duplicate(p, n)),
-        (any::<usize>(), proptest::sample::select(FRAGMENTS)).prop_map(|(p, t)| Mutation::InsertText(p, t)),
+        (any::<usize>(), proptest::sample::select(FRAGMENTS))
+            .prop_map(|(p, t)| Mutation::InsertText(p, t)),
     ]
 }
 
