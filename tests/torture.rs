@@ -29,85 +29,9 @@ const ANSWER_WAIT: Duration = Duration::from_secs(5);
 /// How long to listen for a response that should not come.
 const QUIET_WAIT: Duration = Duration::from_millis(1500);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
-    /// Parses; a request passes the generic checks, a response parses fully.
-    Accept,
-    /// Request refused with this status.
-    Reject(u16),
-    /// Invalid response: dropped silently.
-    Discard,
-    /// Datagram shorter than its Content-Length: 400 on UDP, a stream waits.
-    Truncated,
-}
-use Verdict::*;
-
-/// Datagram verdicts, the same table as sip/tests/torture.rs (which explains
-/// the LIBERAL / STRICT choices).
-const EXPECTED: &[(&str, Verdict)] = &[
-    ("rfc4475/wsinv.dat", Accept),
-    ("rfc4475/intmeth.dat", Accept),
-    ("rfc4475/esc01.dat", Accept),
-    ("rfc4475/escnull.dat", Accept),
-    ("rfc4475/esc02.dat", Accept),
-    ("rfc4475/lwsdisp.dat", Accept),
-    ("rfc4475/longreq.dat", Accept),
-    ("rfc4475/dblreq.dat", Accept),
-    ("rfc4475/semiuri.dat", Accept),
-    ("rfc4475/transports.dat", Accept),
-    ("rfc4475/mpart01.dat", Accept),
-    ("rfc4475/unreason.dat", Accept),
-    ("rfc4475/noreason.dat", Accept),
-    ("rfc4475/badinv01.dat", Reject(400)),
-    ("rfc4475/clerr.dat", Truncated),
-    ("rfc4475/ncl.dat", Reject(400)),
-    ("rfc4475/scalar02.dat", Reject(400)),
-    ("rfc4475/scalarlg.dat", Discard),
-    ("rfc4475/quotbal.dat", Reject(400)),
-    ("rfc4475/ltgtruri.dat", Reject(400)),
-    ("rfc4475/lwsruri.dat", Reject(400)),
-    ("rfc4475/lwsstart.dat", Reject(400)),
-    ("rfc4475/trws.dat", Accept),
-    ("rfc4475/escruri.dat", Reject(400)),
-    ("rfc4475/baddate.dat", Accept),
-    ("rfc4475/regbadct.dat", Reject(400)),
-    ("rfc4475/badaspec.dat", Accept),
-    ("rfc4475/baddn.dat", Reject(400)),
-    ("rfc4475/badvers.dat", Reject(505)),
-    ("rfc4475/mismatch01.dat", Reject(400)),
-    ("rfc4475/mismatch02.dat", Reject(400)),
-    ("rfc4475/bigcode.dat", Discard),
-    ("rfc4475/badbranch.dat", Accept),
-    ("rfc4475/insuf.dat", Reject(400)),
-    ("rfc4475/unkscm.dat", Reject(416)),
-    ("rfc4475/novelsc.dat", Reject(416)),
-    ("rfc4475/unksm2.dat", Accept),
-    ("rfc4475/bext01.dat", Reject(420)),
-    ("rfc4475/invut.dat", Accept),
-    ("rfc4475/regaut01.dat", Accept),
-    ("rfc4475/multi01.dat", Reject(400)),
-    ("rfc4475/mcl01.dat", Reject(400)),
-    ("rfc4475/bcast.dat", Accept),
-    ("rfc4475/zeromf.dat", Accept),
-    ("rfc4475/cparam01.dat", Accept),
-    ("rfc4475/cparam02.dat", Accept),
-    ("rfc4475/regescrt.dat", Accept),
-    ("rfc4475/sdp01.dat", Accept),
-    ("rfc4475/inv2543.dat", Accept),
-    ("rfc4475/test.dat", Reject(400)),
-    ("rfc5118/ipv6-good", Accept),
-    ("rfc5118/ipv6-bad", Reject(400)),
-    ("rfc5118/port-ambiguous", Accept),
-    ("rfc5118/port-unambiguous", Accept),
-    ("rfc5118/via-received-param-no-delim", Accept),
-    ("rfc5118/via-received-param-with-delim", Accept),
-    ("rfc5118/ipv6-in-sdp", Truncated),
-    ("rfc5118/mult-ip-in-header", Accept),
-    ("rfc5118/mult-ip-in-sdp", Accept),
-    ("rfc5118/ipv4-mapped-ipv6", Accept),
-    ("rfc5118/ipv6-bug-abnf-3-colons", Accept),
-    ("rfc5118/ipv6-correct-abnf-2-colons", Accept),
-];
+#[path = "../sip/tests/common/verdicts.rs"]
+mod verdicts;
+use verdicts::*;
 
 /// What the server must do with one file on one transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
