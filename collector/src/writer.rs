@@ -118,68 +118,104 @@ impl ArchiveWriter {
     /// Seals every buffer that is due (or every non-empty one when `all`).
     /// A buffer whose seal fails keeps its rows for the next attempt.
     pub async fn roll(&mut self, now: Instant, all: bool) -> Result<Vec<SealedSegment>> {
-        let mut sealed = Vec::new();
-        let dates: Vec<String> = self
-            .sip
-            .iter()
-            .filter(|(_, b)| {
-                if all {
-                    !b.rows.is_empty()
-                } else {
-                    b.due(now, &self.limits)
-                }
-            })
-            .map(|(d, _)| d.clone())
-            .collect();
-        for date in dates {
-            let rows =
-                std::mem::take(&mut self.sip.get_mut(&date).expect("date listed above").rows);
-            let batch = sip_messages_batch(&rows)?;
-            let (min, max) = time_range(rows.iter().map(|r| r.time_ns));
-            match self.seal(TABLE_SIP_MESSAGES, &date, batch, min, max).await {
-                Ok(mut seg) => {
-                    seg.rows = rows.len();
-                    self.sip.remove(&date);
-                    sealed.push(seg);
-                }
-                Err(e) => {
-                    self.sip.get_mut(&date).expect("date listed above").rows = rows;
-                    return Err(e);
-                }
-            }
-        }
-        let dates: Vec<String> = self
-            .im
-            .iter()
-            .filter(|(_, b)| {
-                if all {
-                    !b.rows.is_empty()
-                } else {
-                    b.due(now, &self.limits)
-                }
-            })
-            .map(|(d, _)| d.clone())
-            .collect();
-        for date in dates {
-            let rows = std::mem::take(&mut self.im.get_mut(&date).expect("date listed above").rows);
-            let batch = im_messages_batch(&rows)?;
-            let (min, max) = time_range(rows.iter().map(|r| r.time_ns));
-            match self.seal(TABLE_IM_MESSAGES, &date, batch, min, max).await {
-                Ok(mut seg) => {
-                    seg.rows = rows.len();
-                    seg.im_rows = rows;
-                    self.im.remove(&date);
-                    sealed.push(seg);
-                }
-                Err(e) => {
-                    self.im.get_mut(&date).expect("date listed above").rows = rows;
-                    return Err(e);
-                }
-            }
+        let sealer = Sealer {
+            data_dir: &self.data_dir,
+            catalog: &self.catalog,
+        };
+        let mut sealed: Vec<SealedSegment> =
+            roll_table(&mut self.sip, &sealer, now, all, &self.limits)
+                .await?
+                .into_iter()
+                .map(|(seg, _)| seg)
+                .collect();
+        for (mut seg, rows) in roll_table(&mut self.im, &sealer, now, all, &self.limits).await? {
+            seg.im_rows = rows;
+            sealed.push(seg);
         }
         Ok(sealed)
     }
+}
 
+/// A row type with its own archive table.
+trait ArchiveRow: Sized {
+    const TABLE: &'static str;
+    fn time_ns(&self) -> i64;
+    fn batch(rows: &[Self]) -> std::result::Result<RecordBatch, arrow_schema::ArrowError>;
+}
+
+impl ArchiveRow for SipMessageRow {
+    const TABLE: &'static str = TABLE_SIP_MESSAGES;
+    fn time_ns(&self) -> i64 {
+        self.time_ns
+    }
+    fn batch(rows: &[Self]) -> std::result::Result<RecordBatch, arrow_schema::ArrowError> {
+        sip_messages_batch(rows)
+    }
+}
+
+impl ArchiveRow for ImMessageRow {
+    const TABLE: &'static str = TABLE_IM_MESSAGES;
+    fn time_ns(&self) -> i64 {
+        self.time_ns
+    }
+    fn batch(rows: &[Self]) -> std::result::Result<RecordBatch, arrow_schema::ArrowError> {
+        im_messages_batch(rows)
+    }
+}
+
+/// Seals the due buffers of one table; returns each segment with its rows.
+async fn roll_table<T: ArchiveRow>(
+    buffers: &mut BTreeMap<String, Buffer<T>>,
+    sealer: &Sealer<'_>,
+    now: Instant,
+    all: bool,
+    limits: &SegmentLimits,
+) -> Result<Vec<(SealedSegment, Vec<T>)>> {
+    let dates: Vec<String> = buffers
+        .iter()
+        .filter(|(_, b)| {
+            if all {
+                !b.rows.is_empty()
+            } else {
+                b.due(now, limits)
+            }
+        })
+        .map(|(d, _)| d.clone())
+        .collect();
+    let mut sealed = Vec::new();
+    for date in dates {
+        let Some(buf) = buffers.get_mut(&date) else {
+            continue;
+        };
+        let rows = std::mem::take(&mut buf.rows);
+        let (min, max) = time_range(rows.iter().map(T::time_ns));
+        let outcome = match T::batch(&rows) {
+            Ok(batch) => sealer.seal(T::TABLE, &date, batch, min, max).await,
+            Err(e) => Err(e.into()),
+        };
+        match outcome {
+            Ok(mut seg) => {
+                seg.rows = rows.len();
+                buffers.remove(&date);
+                sealed.push((seg, rows));
+            }
+            Err(e) => {
+                if let Some(buf) = buffers.get_mut(&date) {
+                    buf.rows = rows;
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(sealed)
+}
+
+struct Sealer<'a> {
+    data_dir: &'a Path,
+    catalog: &'a Catalog,
+}
+
+impl Sealer<'_> {
     async fn seal(
         &self,
         table: &str,
