@@ -42,9 +42,9 @@ enum Expect {
     AnyResponse,
     /// No response at all (a response message, or nothing to answer to).
     Nothing,
-    /// TCP: the connection is closed (unrecoverable framing); responses, if
-    /// any arrive first, must have one of these codes (`None`: any code).
-    Closed(Option<&'static [u16]>),
+    /// TCP: the connection is closed (unrecoverable framing) after at least
+    /// this many responses, each with one of these codes (`None`: any code).
+    Closed(Option<&'static [u16]>, usize),
     /// TCP: incomplete message; no response, the connection is dropped after
     /// `tcp_message_timeout_secs`, not at once.
     StallClosed,
@@ -109,11 +109,13 @@ fn udp_expect(bytes: &[u8], v: Verdict) -> Expect {
 fn tcp_expect(file: &str, bytes: &[u8], v: Verdict) -> Expect {
     match file {
         // Negative / conflicting Content-Length: framing cannot recover.
-        "rfc4475/ncl.dat" | "rfc4475/mcl01.dat" => Expect::Closed(Some(&[400])),
+        // The offending request is answered 400 before the close.
+        "rfc4475/ncl.dat" | "rfc4475/mcl01.dat" => Expect::Closed(Some(&[400]), 1),
         // No Content-Length at all: required on streams.
-        "rfc4475/inv2543.dat" => Expect::Closed(Some(&[400])),
-        // Two requests, then "C" CRLF CRLF without Content-Length.
-        "rfc4475/dblreq.dat" => Expect::Closed(None),
+        "rfc4475/inv2543.dat" => Expect::Closed(Some(&[400]), 1),
+        // Two requests, then "C" CRLF CRLF without Content-Length: both
+        // requests are answered before the connection closes.
+        "rfc4475/dblreq.dat" => Expect::Closed(None, 2),
         // Body shorter than declared, or header section never terminated:
         // a stream waits for more bytes, then gives up.
         "rfc4475/clerr.dat" | "rfc5118/ipv6-in-sdp" | "rfc4475/baddn.dat" => Expect::StallClosed,
@@ -313,10 +315,16 @@ fn judge(expect: Expect, out: &Outcome) -> Option<String> {
         Expect::Nothing => {
             (!out.responses.is_empty()).then(|| format!("expected no response, {}", got()))
         }
-        Expect::Closed(allowed) => {
+        Expect::Closed(allowed, at_least) => {
             if out.closed_after.is_none() {
                 return Some(format!(
                     "expected the connection to be closed (unrecoverable framing), {}",
+                    got()
+                ));
+            }
+            if out.statuses.len() < at_least {
+                return Some(format!(
+                    "expected {at_least} responses before the close, {}",
                     got()
                 ));
             }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sipvault_schemas::{CapturedMessage, Direction, Transport};
-use sipvault_sip::StreamFramer;
+use sipvault_sip::{StreamFramer, error_response_for_unparsed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
@@ -387,6 +387,17 @@ async fn connection(
                         }
                         Ok(None) => break,
                         Err(e) => {
+                            // Answer the unframeable request if it can be
+                            // answered, flush responses to the requests
+                            // already accepted on this connection, then close.
+                            if let Some(resp) = framer.failed_head().and_then(|head| {
+                                error_response_for_unparsed(head, 400, "Bad Request")
+                            }) {
+                                if wr.write_all(&resp).await.is_ok() {
+                                    shared.tap.capture(Direction::Out, Transport::Tcp, local, peer, &resp);
+                                }
+                            }
+                            flush_pending(&mut out, &mut wr, &shared, local, peer).await;
                             shared.stats.framing_errors.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(%peer, error = %e, "unrecoverable stream framing error: closing connection");
                             break 'conn;
@@ -408,6 +419,25 @@ async fn connection(
     }
     shared.conns.lock().expect("conns lock").remove(&peer);
     shared.stats.tcp_open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Writes what the core still sends to a connection that is about to close,
+/// until it has been quiet for a moment.
+async fn flush_pending(
+    out: &mut mpsc::Receiver<Vec<u8>>,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    shared: &Shared,
+    local: SocketAddr,
+    peer: SocketAddr,
+) {
+    while let Ok(Some(bytes)) = tokio::time::timeout(Duration::from_millis(200), out.recv()).await {
+        if wr.write_all(&bytes).await.is_err() {
+            break;
+        }
+        shared
+            .tap
+            .capture(Direction::Out, Transport::Tcp, local, peer, &bytes);
+    }
 }
 
 async fn core_loop(

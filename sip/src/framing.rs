@@ -28,6 +28,9 @@ pub struct StreamFramer {
     pending: Option<usize>,
     max: usize,
     failed: Option<FramingError>,
+    /// Header section of the message that broke framing, so the caller can
+    /// still answer it (400) before closing the connection.
+    failed_head: Option<Vec<u8>>,
 }
 
 /// Finds the end of the header section in `data` (which starts at a start
@@ -95,6 +98,7 @@ impl StreamFramer {
             pending: None,
             max: max_message_bytes,
             failed: None,
+            failed_head: None,
         }
     }
 
@@ -109,6 +113,12 @@ impl StreamFramer {
             self.start = 0;
         }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// After a Content-Length error: the header section of the offending
+    /// message (for an error response).
+    pub fn failed_head(&self) -> Option<&[u8]> {
+        self.failed_head.as_deref()
     }
 
     /// Bytes held and not yet returned as a message.
@@ -158,7 +168,10 @@ impl StreamFramer {
                     let head = data.get(..head_len).unwrap_or(&[]);
                     let body_len = match content_length(head) {
                         Ok(n) => n,
-                        Err(e) => return self.fail(e),
+                        Err(e) => {
+                            self.failed_head = Some(head.to_vec());
+                            return self.fail(e);
+                        }
                     };
                     match head_len.checked_add(body_len) {
                         Some(total) if total <= self.max => self.pending = Some(total),
@@ -193,6 +206,20 @@ mod tests {
     const A: &[u8] =
         b"MESSAGE sip:a@b SIP/2.0\r\nCSeq: 1 MESSAGE\r\nContent-Length: 5\r\n\r\nhello";
     const B: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\nCSeq: 2 OPTIONS\r\nl: 0\r\n\r\n";
+
+    #[test]
+    fn failed_head_keeps_the_unframeable_headers_for_a_400() {
+        let mut f = StreamFramer::new(1 << 16);
+        f.push(A);
+        f.push(b"INVITE sip:a@b SIP/2.0\r\nCSeq: 3 INVITE\r\nContent-Length: -999\r\n\r\nxx");
+        assert_eq!(f.next_message().unwrap().as_deref(), Some(A));
+        assert!(matches!(
+            f.next_message(),
+            Err(FramingError::BadContentLength(_))
+        ));
+        let head = f.failed_head().expect("head of the failed message");
+        assert!(head.starts_with(b"INVITE sip:a@b") && head.ends_with(b"-999\r\n\r\n"));
+    }
 
     fn drain(f: &mut StreamFramer) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
