@@ -54,25 +54,6 @@ fn torture_dir() -> PathBuf {
     testdata().join("sip-torture")
 }
 
-/// Wire bytes: RFC 5118 files get CRLF line ends and, where missing, the
-/// empty line after the headers (as the sip crate's torture test does).
-fn wire(file: &str, bytes: &[u8]) -> Vec<u8> {
-    if !file.starts_with("rfc5118/") {
-        return bytes.to_vec();
-    }
-    let mut out = Vec::with_capacity(bytes.len() + 64);
-    for &b in bytes {
-        if b == b'\n' {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    if !out.windows(4).any(|w| w == b"\r\n\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
 fn is_response(bytes: &[u8]) -> bool {
     let start = bytes
         .iter()

@@ -52,25 +52,6 @@ fn read(file: &str) -> Vec<u8> {
     std::fs::read(torture_dir().join(file)).unwrap_or_else(|e| panic!("{file}: cannot read: {e}"))
 }
 
-/// Wire bytes of a file: RFC 5118 files get CRLF line ends and, where it is
-/// missing, the empty line after the headers.
-fn wire(file: &str, bytes: &[u8]) -> Vec<u8> {
-    if !file.starts_with("rfc5118/") {
-        return bytes.to_vec();
-    }
-    let mut out = Vec::with_capacity(bytes.len() + 64);
-    for &b in bytes {
-        if b == b'\n' {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    if !out.windows(4).any(|w| w == b"\r\n\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
 fn verdict(bytes: &[u8]) -> Verdict {
     match SipMessage::parse(bytes) {
         Err(ParseError::Truncated) => Truncated,

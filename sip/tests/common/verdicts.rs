@@ -112,3 +112,22 @@ pub const EXPECTED: &[(&str, Verdict)] = &[
     ("rfc5118/ipv6-bug-abnf-3-colons", Accept),
     ("rfc5118/ipv6-correct-abnf-2-colons", Accept),
 ];
+
+/// Wire bytes of a file: RFC 5118 files get CRLF line ends and, where it is
+/// missing, the empty line after the headers.
+pub fn wire(file: &str, bytes: &[u8]) -> Vec<u8> {
+    if !file.starts_with("rfc5118/") {
+        return bytes.to_vec();
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 64);
+    for &b in bytes {
+        if b == b'\n' {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    if !out.windows(4).any(|w| w == b"\r\n\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
