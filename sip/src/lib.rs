@@ -18,7 +18,8 @@
 //!   malformed start line is an error (505 for a SIP version other than 2.0).
 //!
 //! Semantic checks a server makes before acting on a request are in
-//! [`check_request`].
+//! [`check_request`]. [`sdp`] reads session descriptions (codecs, media
+//! addresses) for the archive.
 
 mod addr;
 mod builder;
@@ -26,6 +27,7 @@ pub mod digest;
 mod error;
 mod framing;
 mod message;
+pub mod sdp;
 mod util;
 mod validate;
 
@@ -34,4 +36,5 @@ pub use builder::MessageBuilder;
 pub use error::ParseError;
 pub use framing::{FramingError, StreamFramer};
 pub use message::SipMessage;
+pub use sdp::{Format, MediaDescription, SdpError, SessionDescription};
 pub use validate::{Rejection, check_request, default_reason, error_response_for_unparsed};
