@@ -9,6 +9,7 @@
 
 pub mod hep;
 pub mod im;
+pub mod pcap;
 pub mod rows;
 pub mod verify;
 pub mod writer;
