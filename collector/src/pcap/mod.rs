@@ -69,6 +69,8 @@ mod reader;
 mod sctp;
 pub mod tcp;
 
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
