@@ -18,8 +18,8 @@ use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 use sipvault_catalog::{Catalog, NewSegment};
 use sipvault_schemas::{
-    ImMessageRow, SipMessageRow, TABLE_IM_MESSAGES, TABLE_SIP_MESSAGES, im_messages_batch,
-    sip_messages_batch,
+    CallRow, HepRawRow, ImMessageRow, SipMessageRow, TABLE_CALLS, TABLE_HEP_RAW, TABLE_IM_MESSAGES,
+    TABLE_SIP_MESSAGES, calls_batch, hep_raw_batch, im_messages_batch, sip_messages_batch,
 };
 
 use crate::{CollectorError, Result, SealedSegment};
@@ -62,6 +62,8 @@ pub struct ArchiveWriter {
     catalog: Catalog,
     sip: BTreeMap<String, Buffer<SipMessageRow>>,
     im: BTreeMap<String, Buffer<ImMessageRow>>,
+    calls: BTreeMap<String, Buffer<CallRow>>,
+    hep_raw: BTreeMap<String, Buffer<HepRawRow>>,
 }
 
 /// `YYYY-MM-DD` (UTC) of a nanosecond timestamp: the hive partition value.
@@ -92,6 +94,8 @@ impl ArchiveWriter {
             catalog,
             sip: BTreeMap::new(),
             im: BTreeMap::new(),
+            calls: BTreeMap::new(),
+            hep_raw: BTreeMap::new(),
         }
     }
 
@@ -105,14 +109,31 @@ impl ArchiveWriter {
         push(&mut self.im, partition_date(row.time_ns), row, size);
     }
 
+    pub fn push_call(&mut self, row: CallRow) {
+        let size = row.call_id.len() + row.caller.len() + row.callee.len() + 256;
+        push(&mut self.calls, partition_date(row.time_ns), row, size);
+    }
+
+    pub fn push_hep_raw(&mut self, row: HepRawRow) {
+        let size = row.payload.len() + 128;
+        push(&mut self.hep_raw, partition_date(row.time_ns), row, size);
+    }
+
     pub fn buffered_rows(&self) -> usize {
-        self.sip.values().map(|b| b.rows.len()).sum::<usize>()
-            + self.im.values().map(|b| b.rows.len()).sum::<usize>()
+        fn rows<T>(m: &BTreeMap<String, Buffer<T>>) -> usize {
+            m.values().map(|b| b.rows.len()).sum()
+        }
+        rows(&self.sip) + rows(&self.im) + rows(&self.calls) + rows(&self.hep_raw)
     }
 
     pub fn needs_roll(&self, now: Instant) -> bool {
-        self.sip.values().any(|b| b.due(now, &self.limits))
-            || self.im.values().any(|b| b.due(now, &self.limits))
+        fn due<T>(m: &BTreeMap<String, Buffer<T>>, now: Instant, l: &SegmentLimits) -> bool {
+            m.values().any(|b| b.due(now, l))
+        }
+        due(&self.sip, now, &self.limits)
+            || due(&self.im, now, &self.limits)
+            || due(&self.calls, now, &self.limits)
+            || due(&self.hep_raw, now, &self.limits)
     }
 
     /// Seals every buffer that is due (or every non-empty one when `all`).
@@ -132,6 +153,10 @@ impl ArchiveWriter {
             seg.im_rows = rows;
             sealed.push(seg);
         }
+        let calls = roll_table(&mut self.calls, &sealer, now, all, &self.limits).await?;
+        sealed.extend(calls.into_iter().map(|(seg, _)| seg));
+        let hep_raw = roll_table(&mut self.hep_raw, &sealer, now, all, &self.limits).await?;
+        sealed.extend(hep_raw.into_iter().map(|(seg, _)| seg));
         Ok(sealed)
     }
 }
@@ -160,6 +185,26 @@ impl ArchiveRow for ImMessageRow {
     }
     fn batch(rows: &[Self]) -> std::result::Result<RecordBatch, arrow_schema::ArrowError> {
         im_messages_batch(rows)
+    }
+}
+
+impl ArchiveRow for CallRow {
+    const TABLE: &'static str = TABLE_CALLS;
+    fn time_ns(&self) -> i64 {
+        self.time_ns
+    }
+    fn batch(rows: &[Self]) -> std::result::Result<RecordBatch, arrow_schema::ArrowError> {
+        calls_batch(rows)
+    }
+}
+
+impl ArchiveRow for HepRawRow {
+    const TABLE: &'static str = TABLE_HEP_RAW;
+    fn time_ns(&self) -> i64 {
+        self.time_ns
+    }
+    fn batch(rows: &[Self]) -> std::result::Result<RecordBatch, arrow_schema::ArrowError> {
+        hep_raw_batch(rows)
     }
 }
 

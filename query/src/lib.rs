@@ -25,19 +25,7 @@ pub use sipvault_indexer::{IndexError, SearchHit, SearchRequest, search};
 /// Name of the hive partition column every archive table carries.
 pub const PARTITION_COLUMN: &str = "date";
 
-/// Archive tables and their file schemas (without the `date` partition column).
-pub fn archive_tables() -> Vec<(&'static str, SchemaRef)> {
-    vec![
-        (
-            sipvault_schemas::TABLE_SIP_MESSAGES,
-            sipvault_schemas::sip_messages_schema(),
-        ),
-        (
-            sipvault_schemas::TABLE_IM_MESSAGES,
-            sipvault_schemas::im_messages_schema(),
-        ),
-    ]
-}
+pub use sipvault_schemas::archive_tables;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {

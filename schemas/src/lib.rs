@@ -8,18 +8,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BinaryBuilder, ListBuilder, StringBuilder, UInt16Builder, UInt32Builder,
+    BinaryBuilder, Int64Builder, ListBuilder, StringBuilder, TimestampNanosecondBuilder,
+    UInt8Builder, UInt16Builder, UInt32Builder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 
 /// Version of the archive table schemas. Bump on any change to a schema below.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Archive table names, as they appear under `<data>/archive/<table>/`.
 pub const TABLE_SIP_MESSAGES: &str = "sip_messages";
 pub const TABLE_IM_MESSAGES: &str = "im_messages";
+pub const TABLE_CALLS: &str = "calls";
+pub const TABLE_HEP_RAW: &str = "hep_raw";
 
 /// Which way a message crossed the capture point, seen from the capturing server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -44,6 +47,8 @@ pub enum Transport {
     Udp,
     Tcp,
     Tls,
+    /// Only from captures (pcap import, HEP): the bundled server has no SCTP.
+    Sctp,
 }
 
 impl Transport {
@@ -52,6 +57,7 @@ impl Transport {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
+            Transport::Sctp => "sctp",
         }
     }
 }
@@ -115,6 +121,67 @@ pub struct ImMessageRow {
     pub status: Option<u16>,
 }
 
+/// Row of `calls`: one call (not one leg), from INVITE to its end.
+///
+/// Forked legs and re-INVITEs are folded into the row of their Call-ID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallRow {
+    /// Time of the first INVITE (the partition time).
+    pub time_ns: i64,
+    pub call_id: String,
+    /// Capture source that saw the INVITE (`tap`, `hep:<agent>`, `pcap:<file>`).
+    pub source: String,
+    /// From URI of the INVITE.
+    pub caller: String,
+    /// To URI of the INVITE.
+    pub callee: String,
+    /// First provisional response 180/183 (ringing or early media).
+    pub ring_ns: Option<i64>,
+    /// First 2xx to the INVITE.
+    pub answer_ns: Option<i64>,
+    /// BYE, CANCEL or the final failure response; `None` while open.
+    pub end_ns: Option<i64>,
+    /// INVITE to first ring (or answer, when there is no ring).
+    pub setup_ms: Option<i64>,
+    /// Answer to end.
+    pub duration_ms: Option<i64>,
+    /// `answered`, `busy`, `cancelled`, `rejected`, `failed`, `no-answer`, `timeout`.
+    pub disposition: String,
+    /// Final response code to the initial INVITE, if one was seen.
+    pub final_code: Option<u16>,
+    pub reason: Option<String>,
+    /// `caller`, `callee` or `server` (a final failure generated on the path).
+    pub ended_by: Option<String>,
+    /// Codec names agreed in SDP (the answer's, or the offer's without answer).
+    pub codecs: Vec<String>,
+    /// `ip:port` of the caller's media (SDP offer).
+    pub caller_media: Option<String>,
+    /// `ip:port` of the callee's media (SDP answer).
+    pub callee_media: Option<String>,
+    /// Distinct early/confirmed dialogs (To tags) seen: more than 1 when forked.
+    pub legs: u32,
+    /// re-INVITEs and UPDATEs within the call.
+    pub reinvites: u32,
+    /// Call-ID of the call whose REFER produced this call (a transfer).
+    pub transferred_from: Option<String>,
+}
+
+/// Row of `hep_raw`: a HEP payload that is not SIP (RTCP reports, logs, ...),
+/// kept as received for quality-of-experience analysis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HepRawRow {
+    pub time_ns: i64,
+    /// `hep:<agent>`.
+    pub source: String,
+    /// HEP protocol type: 5 RTCP, 100 log, ...
+    pub proto_type: u8,
+    pub src: String,
+    pub dst: String,
+    /// HEP correlation id (chunk 0x0011), usually the SIP Call-ID.
+    pub correlation_id: Option<String>,
+    pub payload: Vec<u8>,
+}
+
 impl ImMessageRow {
     /// Stable key of an IM across the archive and the search index.
     pub fn key(&self) -> String {
@@ -165,6 +232,47 @@ pub fn im_messages_schema() -> SchemaRef {
         Field::new("body", DataType::Utf8, false),
         Field::new("delivery_status", DataType::Utf8, false),
         Field::new("status", DataType::UInt16, true),
+    ]))
+}
+
+pub fn calls_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("time", ts_type(), false),
+        Field::new("call_id", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("caller", DataType::Utf8, false),
+        Field::new("callee", DataType::Utf8, false),
+        Field::new("ring_time", ts_type(), true),
+        Field::new("answer_time", ts_type(), true),
+        Field::new("end_time", ts_type(), true),
+        Field::new("setup_ms", DataType::Int64, true),
+        Field::new("duration_ms", DataType::Int64, true),
+        Field::new("disposition", DataType::Utf8, false),
+        Field::new("final_code", DataType::UInt16, true),
+        Field::new("reason", DataType::Utf8, true),
+        Field::new("ended_by", DataType::Utf8, true),
+        Field::new(
+            "codecs",
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            false,
+        ),
+        Field::new("caller_media", DataType::Utf8, true),
+        Field::new("callee_media", DataType::Utf8, true),
+        Field::new("legs", DataType::UInt32, false),
+        Field::new("reinvites", DataType::UInt32, false),
+        Field::new("transferred_from", DataType::Utf8, true),
+    ]))
+}
+
+pub fn hep_raw_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("time", ts_type(), false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("proto_type", DataType::UInt8, false),
+        Field::new("src", DataType::Utf8, false),
+        Field::new("dst", DataType::Utf8, false),
+        Field::new("correlation_id", DataType::Utf8, true),
+        Field::new("payload", DataType::Binary, false),
     ]))
 }
 
@@ -226,21 +334,16 @@ pub fn sip_messages_batch(rows: &[SipMessageRow]) -> Result<RecordBatch, ArrowEr
 pub fn im_messages_batch(rows: &[ImMessageRow]) -> Result<RecordBatch, ArrowError> {
     let mut cseq = UInt32Builder::new();
     let mut status = UInt16Builder::new();
-    let mut recipients = ListBuilder::new(StringBuilder::new());
     for r in rows {
         cseq.append_value(r.cseq);
         status.append_option(r.status);
-        for rcpt in &r.recipients {
-            recipients.values().append_value(rcpt);
-        }
-        recipients.append(true);
     }
     let columns: Vec<ArrayRef> = vec![
         ts_column(rows.iter().map(|r| r.time_ns)),
         str_col(rows.iter().map(|r| r.call_id.as_str())),
         Arc::new(cseq.finish()),
         str_col(rows.iter().map(|r| r.sender.as_str())),
-        Arc::new(recipients.finish()),
+        str_list_col(rows.iter().map(|r| r.recipients.as_slice())),
         str_col(rows.iter().map(|r| r.content_type.as_str())),
         str_col(rows.iter().map(|r| r.body.as_str())),
         str_col(rows.iter().map(|r| r.delivery_status.as_str())),
@@ -249,13 +352,100 @@ pub fn im_messages_batch(rows: &[ImMessageRow]) -> Result<RecordBatch, ArrowErro
     RecordBatch::try_new(im_messages_schema(), columns)
 }
 
+fn opt_ts_column(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
+    let mut b = TimestampNanosecondBuilder::new();
+    for v in values {
+        b.append_option(v);
+    }
+    Arc::new(b.finish().with_timezone("UTC"))
+}
+
+fn opt_i64_col(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
+    let mut b = Int64Builder::new();
+    for v in values {
+        b.append_option(v);
+    }
+    Arc::new(b.finish())
+}
+
+fn str_list_col<'a>(lists: impl Iterator<Item = &'a [String]>) -> ArrayRef {
+    let mut b = ListBuilder::new(StringBuilder::new());
+    for list in lists {
+        for v in list {
+            b.values().append_value(v);
+        }
+        b.append(true);
+    }
+    Arc::new(b.finish())
+}
+
+pub fn calls_batch(rows: &[CallRow]) -> Result<RecordBatch, ArrowError> {
+    let mut final_code = UInt16Builder::new();
+    let mut legs = UInt32Builder::new();
+    let mut reinvites = UInt32Builder::new();
+    for r in rows {
+        final_code.append_option(r.final_code);
+        legs.append_value(r.legs);
+        reinvites.append_value(r.reinvites);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        ts_column(rows.iter().map(|r| r.time_ns)),
+        str_col(rows.iter().map(|r| r.call_id.as_str())),
+        str_col(rows.iter().map(|r| r.source.as_str())),
+        str_col(rows.iter().map(|r| r.caller.as_str())),
+        str_col(rows.iter().map(|r| r.callee.as_str())),
+        opt_ts_column(rows.iter().map(|r| r.ring_ns)),
+        opt_ts_column(rows.iter().map(|r| r.answer_ns)),
+        opt_ts_column(rows.iter().map(|r| r.end_ns)),
+        opt_i64_col(rows.iter().map(|r| r.setup_ms)),
+        opt_i64_col(rows.iter().map(|r| r.duration_ms)),
+        str_col(rows.iter().map(|r| r.disposition.as_str())),
+        Arc::new(final_code.finish()),
+        opt_str_col(rows.iter().map(|r| r.reason.as_deref())),
+        opt_str_col(rows.iter().map(|r| r.ended_by.as_deref())),
+        str_list_col(rows.iter().map(|r| r.codecs.as_slice())),
+        opt_str_col(rows.iter().map(|r| r.caller_media.as_deref())),
+        opt_str_col(rows.iter().map(|r| r.callee_media.as_deref())),
+        Arc::new(legs.finish()),
+        Arc::new(reinvites.finish()),
+        opt_str_col(rows.iter().map(|r| r.transferred_from.as_deref())),
+    ];
+    RecordBatch::try_new(calls_schema(), columns)
+}
+
+pub fn hep_raw_batch(rows: &[HepRawRow]) -> Result<RecordBatch, ArrowError> {
+    let mut proto = UInt8Builder::new();
+    let mut payload = BinaryBuilder::new();
+    for r in rows {
+        proto.append_value(r.proto_type);
+        payload.append_value(&r.payload);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        ts_column(rows.iter().map(|r| r.time_ns)),
+        str_col(rows.iter().map(|r| r.source.as_str())),
+        Arc::new(proto.finish()),
+        str_col(rows.iter().map(|r| r.src.as_str())),
+        str_col(rows.iter().map(|r| r.dst.as_str())),
+        opt_str_col(rows.iter().map(|r| r.correlation_id.as_deref())),
+        Arc::new(payload.finish()),
+    ];
+    RecordBatch::try_new(hep_raw_schema(), columns)
+}
+
+/// Every archive table with its file schema (without the `date` partition column).
+pub fn archive_tables() -> Vec<(&'static str, SchemaRef)> {
+    vec![
+        (TABLE_SIP_MESSAGES, sip_messages_schema()),
+        (TABLE_IM_MESSAGES, im_messages_schema()),
+        (TABLE_CALLS, calls_schema()),
+        (TABLE_HEP_RAW, hep_raw_schema()),
+    ]
+}
+
 /// Canonical text form of every table schema, for the version snapshot test.
 pub fn schema_fingerprint() -> String {
     let mut out = String::new();
-    for (name, schema) in [
-        (TABLE_SIP_MESSAGES, sip_messages_schema()),
-        (TABLE_IM_MESSAGES, im_messages_schema()),
-    ] {
+    for (name, schema) in archive_tables() {
         out.push_str(name);
         out.push('\n');
         for f in schema.fields() {
@@ -278,9 +468,9 @@ mod tests {
     /// archives silently; this pins the pair together.
     #[test]
     fn schema_change_requires_version_bump() {
-        let expected = include_str!("../schema-v1.txt");
+        let expected = include_str!("../schema-v2.txt");
         assert_eq!(
-            SCHEMA_VERSION, 1,
+            SCHEMA_VERSION, 2,
             "bump the snapshot file name with the version"
         );
         assert_eq!(
@@ -328,6 +518,41 @@ mod tests {
             raw: b"MESSAGE".to_vec(),
         };
         let b = sip_messages_batch(&[s]).unwrap();
+        assert_eq!(b.num_rows(), 1);
+        let call = CallRow {
+            time_ns: 1,
+            call_id: "c2".into(),
+            source: "pcap:x.pcap".into(),
+            caller: "sip:alice@example.com".into(),
+            callee: "sip:bob@example.com".into(),
+            ring_ns: Some(2),
+            answer_ns: None,
+            end_ns: Some(3),
+            setup_ms: Some(0),
+            duration_ms: None,
+            disposition: "cancelled".into(),
+            final_code: Some(487),
+            reason: Some("Request Terminated".into()),
+            ended_by: Some("caller".into()),
+            codecs: vec!["PCMA/8000".into()],
+            caller_media: Some("127.0.0.1:6000".into()),
+            callee_media: None,
+            legs: 1,
+            reinvites: 0,
+            transferred_from: None,
+        };
+        let b = calls_batch(&[call]).unwrap();
+        assert_eq!(b.num_rows(), 1);
+        let raw = HepRawRow {
+            time_ns: 1,
+            source: "hep:2001".into(),
+            proto_type: 5,
+            src: "10.0.0.1:5000".into(),
+            dst: "10.0.0.2:5001".into(),
+            correlation_id: Some("c2".into()),
+            payload: vec![0x80, 0xc8],
+        };
+        let b = hep_raw_batch(&[raw]).unwrap();
         assert_eq!(b.num_rows(), 1);
     }
 }

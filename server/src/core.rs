@@ -734,5 +734,6 @@ pub fn transport_token(t: Transport) -> &'static str {
         Transport::Udp => "UDP",
         Transport::Tcp => "TCP",
         Transport::Tls => "TLS",
+        Transport::Sctp => "SCTP",
     }
 }

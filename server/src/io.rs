@@ -490,7 +490,7 @@ async fn send(udp: &UdpSocket, udp_local: SocketAddr, shared: &Arc<Shared>, t: T
                 tracing::warn!(dst = %t.dst, error = %e, "udp send failed");
             }
         },
-        Transport::Tcp | Transport::Tls => {
+        Transport::Tcp | Transport::Tls | Transport::Sctp => {
             let existing = shared
                 .conns
                 .lock()

@@ -95,7 +95,7 @@ impl UserAgent {
                 });
                 (writer, local, reader)
             }
-            Transport::Tcp | Transport::Tls => {
+            Transport::Tcp | Transport::Tls | Transport::Sctp => {
                 let stream = TcpStream::connect(server).await?;
                 let local = stream.local_addr()?;
                 let (mut rd, wr) = stream.into_split();
