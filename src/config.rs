@@ -12,6 +12,7 @@ use serde::Deserialize;
 pub struct Config {
     pub sip: SipConfig,
     pub archive: ArchiveConfig,
+    pub hep: HepConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -77,11 +78,39 @@ impl Default for ArchiveConfig {
     }
 }
 
+/// HEP collector socket for traffic of other SIP servers (Kamailio
+/// `siptrace`, heplify, sngrep `-H`, ...). Off unless `listen` is set.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HepConfig {
+    /// UDP and TCP address, e.g. "0.0.0.0:9060" (`--hep` overrides).
+    pub listen: Option<SocketAddr>,
+    /// When set, packets without this HEP auth key are dropped and counted.
+    pub auth_key: Option<String>,
+    /// Larger (or larger when inflated) payloads are dropped and counted.
+    pub max_payload_bytes: usize,
+    pub max_tcp_connections: usize,
+    pub tcp_idle_timeout_secs: u64,
+}
+
+impl Default for HepConfig {
+    fn default() -> Self {
+        HepConfig {
+            listen: None,
+            auth_key: None,
+            max_payload_bytes: 64 * 1024,
+            max_tcp_connections: 1024,
+            tcp_idle_timeout_secs: 300,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             sip: SipConfig::default(),
             archive: ArchiveConfig::default(),
+            hep: HepConfig::default(),
         }
     }
 }
@@ -129,6 +158,10 @@ mod tests {
         assert_eq!(c.sip.max_body_bytes, 100);
         assert_eq!(c.sip.t1_ms, 500);
         assert_eq!(c.archive.segment_max_rows, 5);
+        assert_eq!(c.hep.listen, None, "HEP is off by default");
+        let c = Config::parse("[hep]\nlisten = \"127.0.0.1:9060\"\nauth_key = \"k\"\n").unwrap();
+        assert_eq!(c.hep.listen, Some("127.0.0.1:9060".parse().unwrap()));
+        assert_eq!(c.hep.auth_key.as_deref(), Some("k"));
     }
 
     #[test]

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sipvault_catalog::Catalog;
-use sipvault_collector::{CollectorConfig, CollectorStats, SealedSegment, SegmentLimits};
+use sipvault_collector::calls::CallConfig;
+use sipvault_collector::hep_listener::{HepListener, HepListenerConfig, HepSinks};
+use sipvault_collector::{CollectorConfig, CollectorStats, Inputs, SealedSegment, SegmentLimits};
 use sipvault_indexer::ImIndex;
 use sipvault_schemas::TABLE_IM_MESSAGES;
 use sipvault_server::{CoreConfig, Server, ServerConfig, UserCredentials, UserDirectory};
@@ -25,10 +27,10 @@ pub fn index_dir(data_dir: &Path) -> PathBuf {
 
 pub struct Running {
     pub server: Server,
+    pub hep: Option<HepListener>,
     pub catalog: Catalog,
     pub collector_stats: Arc<CollectorStats>,
-    collector: JoinHandle<Result<(), sipvault_collector::CollectorError>>,
-    indexer: std::thread::JoinHandle<()>,
+    archiver: Archiver,
     background: Vec<JoinHandle<()>>,
     users: UserDirectory,
     domain: String,
@@ -91,7 +93,26 @@ impl Running {
         let catalog = Catalog::open(data_dir)
             .await
             .context("opening the catalog")?;
-        let (tap_tx, tap_rx) = mpsc::channel(config.archive.tap_queue);
+        let (tap_tx, raw_tx, inputs) = Inputs::channel(config.archive.tap_queue);
+        let hep = match config.hep.listen {
+            Some(addr) => Some(
+                HepListener::start(
+                    HepListenerConfig {
+                        addr,
+                        auth_key: config.hep.auth_key.clone(),
+                        max_payload: config.hep.max_payload_bytes,
+                        max_tcp_connections: config.hep.max_tcp_connections,
+                        tcp_idle_timeout: Duration::from_secs(config.hep.tcp_idle_timeout_secs),
+                    },
+                    HepSinks {
+                        sip: tap_tx.clone(),
+                        raw: raw_tx,
+                    },
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let server = Server::start(server_config(config, sip), tap_tx).await?;
         // Users are known before the address is announced: a client that
         // registers as soon as it sees the listening line is not told 404.
@@ -106,30 +127,21 @@ impl Running {
             config.sip.domain,
             data_dir.display()
         );
+        if let Some(hep) = &hep {
+            tracing::info!(
+                "sipvault collecting hep_udp={} hep_tcp={} auth_key={}",
+                hep.udp_addr,
+                hep.tcp_addr,
+                if config.hep.auth_key.is_some() {
+                    "required"
+                } else {
+                    "none"
+                }
+            );
+        }
 
-        let (sealed_tx, sealed_rx) = mpsc::channel::<SealedSegment>(64);
-        let collector_stats = Arc::new(CollectorStats::default());
-        let collector = tokio::spawn(sipvault_collector::run(
-            CollectorConfig {
-                data_dir: data_dir.to_path_buf(),
-                limits: SegmentLimits {
-                    max_rows: config.archive.segment_max_rows,
-                    max_bytes: config.archive.segment_max_bytes,
-                    max_age: Duration::from_secs(config.archive.segment_max_age_secs),
-                },
-                im_answer_timeout: config.t1() * 64,
-            },
-            catalog.clone(),
-            tap_rx,
-            sealed_tx,
-            collector_stats.clone(),
-        ));
-        let index =
-            ImIndex::open_or_create(&index_dir(data_dir)).context("opening the search index")?;
-        let indexer = std::thread::Builder::new()
-            .name("indexer".into())
-            .spawn(move || index_sealed(index, sealed_rx))
-            .context("starting the indexer")?;
+        let archiver = Archiver::start(data_dir, config, catalog.clone(), inputs, true)?;
+        let collector_stats = archiver.stats.clone();
 
         let refresher = {
             let (catalog, users, domain) =
@@ -151,21 +163,23 @@ impl Running {
         };
         let reporter = {
             let (cs, ss) = (collector_stats.clone(), server.stats.clone());
+            let hs = hep.as_ref().map(|h| h.stats.clone());
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(60));
                 tick.tick().await;
                 loop {
                     tick.tick().await;
-                    tracing::info!(collector = ?cs.snapshot(), server = %ss.summary(), "stats");
+                    let hep = hs.as_ref().map(|h| h.snapshot());
+                    tracing::info!(collector = ?cs.snapshot(), server = %ss.summary(), hep = ?hep, "stats");
                 }
             })
         };
         Ok(Running {
             server,
+            hep,
             catalog,
             collector_stats,
-            collector,
-            indexer,
+            archiver,
             background: vec![refresher, reporter],
             users,
             domain: config.sip.domain.clone(),
@@ -187,18 +201,85 @@ impl Running {
             t.abort();
         }
         let server_stats = self.server.stats.clone();
+        let hep_stats = match self.hep {
+            Some(hep) => {
+                let stats = hep.stats.clone();
+                hep.shutdown().await;
+                Some(stats.snapshot())
+            }
+            None => None,
+        };
         self.server.shutdown().await;
-        self.collector.await.context("collector task")??;
-        tokio::task::spawn_blocking(move || self.indexer.join())
-            .await?
-            .map_err(|_| anyhow::anyhow!("indexer thread panicked"))?;
+        self.archiver.finish().await?;
         tracing::info!(
             collector = ?self.collector_stats.snapshot(),
             server = %server_stats.summary(),
             dropped_oversize = server_stats.oversize_dropped.load(Ordering::Relaxed),
+            hep = ?hep_stats,
             "sipvault stopped; archive sealed"
         );
         self.catalog.close().await;
+        Ok(())
+    }
+}
+
+/// The collector task and the indexer thread behind it: what every
+/// command that writes the archive (serve, demo, import) runs.
+pub struct Archiver {
+    pub stats: Arc<CollectorStats>,
+    collector: JoinHandle<Result<(), sipvault_collector::CollectorError>>,
+    indexer: std::thread::JoinHandle<()>,
+}
+
+impl Archiver {
+    /// `live`: traffic arrives now (serve), so call timeouts follow the
+    /// wall clock too; an import's time is only that of its packets.
+    pub fn start(
+        data_dir: &Path,
+        config: &Config,
+        catalog: Catalog,
+        inputs: Inputs,
+        live: bool,
+    ) -> anyhow::Result<Archiver> {
+        let (sealed_tx, sealed_rx) = mpsc::channel::<SealedSegment>(64);
+        let stats = Arc::new(CollectorStats::default());
+        let collector = tokio::spawn(sipvault_collector::run(
+            CollectorConfig {
+                data_dir: data_dir.to_path_buf(),
+                limits: SegmentLimits {
+                    max_rows: config.archive.segment_max_rows,
+                    max_bytes: config.archive.segment_max_bytes,
+                    max_age: Duration::from_secs(config.archive.segment_max_age_secs),
+                },
+                im_answer_timeout: config.t1() * 64,
+                calls: CallConfig::default(),
+                live,
+            },
+            catalog,
+            inputs,
+            sealed_tx,
+            stats.clone(),
+        ));
+        let index =
+            ImIndex::open_or_create(&index_dir(data_dir)).context("opening the search index")?;
+        let indexer = std::thread::Builder::new()
+            .name("indexer".into())
+            .spawn(move || index_sealed(index, sealed_rx))
+            .context("starting the indexer")?;
+        Ok(Archiver {
+            stats,
+            collector,
+            indexer,
+        })
+    }
+
+    /// Waits until every input sender is gone, everything is sealed and indexed.
+    pub async fn finish(self) -> anyhow::Result<()> {
+        self.collector.await.context("collector task")??;
+        let indexer = self.indexer;
+        tokio::task::spawn_blocking(move || indexer.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("indexer thread panicked"))?;
         Ok(())
     }
 }

@@ -5,64 +5,15 @@
 
 mod common;
 
-use std::net::UdpSocket;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow_array::{Array, ListArray, RecordBatch, StringArray, UInt16Array};
-use common::{ServeProcess, sipvault, testdata};
+use common::{ServeProcess, free_udp_port, run_sipp, sipp, sipp_available, sipvault, testdata};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sha2::{Digest, Sha256};
 
 const MESSAGES: usize = 3;
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn sipp_available() -> bool {
-    Command::new("sipp")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-/// Runs one SIPp instance to completion (bounded by -timeout) and asserts success.
-fn run_sipp(dir: &Path, args: &[String], what: &str) {
-    let out = sipp(dir, args).wait_with_output().expect("wait for sipp");
-    assert!(
-        out.status.success(),
-        "SIPp {what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn sipp(dir: &Path, args: &[String]) -> Child {
-    Command::new("sipp")
-        .current_dir(dir)
-        .args(args)
-        .args([
-            "-nostdin",
-            "-timeout",
-            "30s",
-            "-timeout_error",
-            "-i",
-            "127.0.0.1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sipp")
-}
 
 fn read_parquet_dir(dir: &Path) -> Vec<RecordBatch> {
     let mut batches = Vec::new();

@@ -58,7 +58,7 @@
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use sipvault_schemas::{CapturedMessage, Direction, Transport};
+use sipvault_schemas::{CapturedMessage, Direction, HepRawRow, Transport};
 
 /// The four bytes every HEP3 packet starts with.
 pub const HEP3_MAGIC: [u8; 4] = *b"HEP3";
@@ -119,6 +119,7 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 /// Kamailio's "fake protocol" for TLS in HEP (IPPROTO_IDP).
 const IPPROTO_IDP_TLS: u8 = 22;
+const IPPROTO_SCTP: u8 = 132;
 
 /// One decoded HEP packet (any version).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -504,11 +505,9 @@ impl HepPacket {
     /// empty payload (keep-alives). A missing proto type counts as SIP
     /// (v1/v2 carry only SIP).
     ///
-    /// - source: `hep:<capture id>`; `hep:<node name>` when the capture id
-    ///   is missing or 0 (heplify's unset default) and a node name is sent;
-    ///   `hep:0` / `hep:unknown` when there is nothing better.
+    /// - source: see [`Self::source`].
     /// - transport from the protocol: 6 TCP, 22 TLS (Kamailio's marker),
-    ///   anything else (17, missing, SCTP...) UDP.
+    ///   132 SCTP, anything else (17, missing, ...) UDP.
     /// - time from sec/usec; `now_ns` when the packet carries no time.
     /// - src/dst `0.0.0.0:0` when the packet carries no address.
     /// - direction In: the capture was received by us.
@@ -516,36 +515,66 @@ impl HepPacket {
         if self.proto_type.is_some_and(|t| t != proto_type::SIP) || self.payload.is_empty() {
             return None;
         }
+        let transport = match self.protocol {
+            Some(IPPROTO_TCP) => Transport::Tcp,
+            Some(IPPROTO_IDP_TLS) => Transport::Tls,
+            Some(IPPROTO_SCTP) => Transport::Sctp,
+            _ => Transport::Udp,
+        };
+        Some(CapturedMessage {
+            time_ns: self.time_ns(now_ns),
+            source: self.source(),
+            direction: Direction::In,
+            transport,
+            src: self.src.unwrap_or(UNSPECIFIED),
+            dst: self.dst.unwrap_or(UNSPECIFIED),
+            raw: self.payload.clone(),
+        })
+    }
+
+    /// A non-SIP payload (RTCP report, log line, ...) as a `hep_raw` row;
+    /// None for SIP (see [`Self::to_captured`]) and empty payloads.
+    pub fn to_raw_row(&self, now_ns: i64) -> Option<HepRawRow> {
+        let proto = self.proto_type.filter(|&t| t != proto_type::SIP)?;
+        if self.payload.is_empty() {
+            return None;
+        }
+        Some(HepRawRow {
+            time_ns: self.time_ns(now_ns),
+            source: self.source(),
+            proto_type: proto,
+            src: self.src.unwrap_or(UNSPECIFIED).to_string(),
+            dst: self.dst.unwrap_or(UNSPECIFIED).to_string(),
+            correlation_id: self.correlation_id.clone(),
+            payload: self.payload.clone(),
+        })
+    }
+
+    /// `hep:<capture id>`; `hep:<node name>` when the capture id is missing
+    /// or 0 (heplify's unset default) and a node name is sent; `hep:0` /
+    /// `hep:unknown` when there is nothing better.
+    pub fn source(&self) -> String {
         let node = self.node_name.as_deref().filter(|n| !n.is_empty());
-        let source = match (self.capture_id, node) {
+        match (self.capture_id, node) {
             (Some(id), _) if id != 0 => format!("hep:{id}"),
             (_, Some(name)) => format!("hep:{name}"),
             (Some(id), None) => format!("hep:{id}"),
             (None, None) => "hep:unknown".to_owned(),
-        };
-        let transport = match self.protocol {
-            Some(IPPROTO_TCP) => Transport::Tcp,
-            Some(IPPROTO_IDP_TLS) => Transport::Tls,
-            _ => Transport::Udp,
-        };
-        let time_ns = match self.time_sec {
+        }
+    }
+
+    /// Capture time from sec/usec; `now_ns` when the packet carries none.
+    pub fn time_ns(&self, now_ns: i64) -> i64 {
+        match self.time_sec {
             Some(sec) => {
                 i64::from(sec) * 1_000_000_000 + i64::from(self.time_usec.unwrap_or(0)) * 1_000
             }
             None => now_ns,
-        };
-        let unspecified = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0);
-        Some(CapturedMessage {
-            time_ns,
-            source,
-            direction: Direction::In,
-            transport,
-            src: self.src.unwrap_or(unspecified),
-            dst: self.dst.unwrap_or(unspecified),
-            raw: self.payload.clone(),
-        })
+        }
     }
 }
+
+const UNSPECIFIED: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
 
 /// Frames HEP3 packets out of a TCP byte stream: several packets per
 /// segment, packets split across segments. It only frames (magic and total
@@ -668,6 +697,30 @@ pub fn encode_hep3(
     auth_key: Option<&str>,
     payload: &[u8],
 ) -> Vec<u8> {
+    encode_hep3_typed(
+        src,
+        dst,
+        time_sec,
+        time_usec,
+        capture_id,
+        auth_key,
+        proto_type::SIP,
+        payload,
+    )
+}
+
+/// [`encode_hep3`] for any payload type (RTCP, logs, ...).
+#[allow(clippy::too_many_arguments)]
+pub fn encode_hep3_typed(
+    src: SocketAddr,
+    dst: SocketAddr,
+    time_sec: u32,
+    time_usec: u32,
+    capture_id: u32,
+    auth_key: Option<&str>,
+    payload_type: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + payload.len());
     out.extend_from_slice(&HEP3_MAGIC);
     out.extend_from_slice(&[0, 0]);
@@ -691,7 +744,7 @@ pub fn encode_hep3(
     push_chunk(&mut out, 0, chunk::DST_PORT, &dst.port().to_be_bytes());
     push_chunk(&mut out, 0, chunk::TIME_SEC, &time_sec.to_be_bytes());
     push_chunk(&mut out, 0, chunk::TIME_USEC, &time_usec.to_be_bytes());
-    push_chunk(&mut out, 0, chunk::PROTO_TYPE, &[proto_type::SIP]);
+    push_chunk(&mut out, 0, chunk::PROTO_TYPE, &[payload_type]);
     push_chunk(&mut out, 0, chunk::CAPTURE_ID, &capture_id.to_be_bytes());
     if let Some(key) = auth_key {
         push_chunk(&mut out, 0, chunk::AUTH_KEY, key.as_bytes());

@@ -8,7 +8,7 @@ use sipvault_catalog::Catalog;
 use sipvault_schemas::{CapturedMessage, Direction, Transport};
 use tokio::sync::mpsc;
 
-use crate::{CollectorConfig, CollectorStats, SegmentLimits, run, writer::sha256_file};
+use crate::{CollectorConfig, CollectorStats, Inputs, SegmentLimits, run, writer::sha256_file};
 
 fn message(i: u32, t: i64) -> Vec<CapturedMessage> {
     let req = format!(
@@ -36,7 +36,7 @@ fn message(i: u32, t: i64) -> Vec<CapturedMessage> {
 async fn pipeline_writes_sealed_segments_with_manifest_rows() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = Catalog::open(dir.path()).await.unwrap();
-    let (tx, rx) = mpsc::channel(16);
+    let (tx, raw_tx, inputs) = Inputs::channel(16);
     let (sealed_tx, mut sealed_rx) = mpsc::channel(64);
     let stats = Arc::new(CollectorStats::default());
     let config = CollectorConfig {
@@ -47,8 +47,29 @@ async fn pipeline_writes_sealed_segments_with_manifest_rows() {
             max_age: Duration::from_secs(3600),
         },
         im_answer_timeout: Duration::from_secs(32),
+        calls: crate::calls::CallConfig::default(),
+        live: true,
     };
-    let task = tokio::spawn(run(config, catalog.clone(), rx, sealed_tx, stats.clone()));
+    let task = tokio::spawn(run(
+        config,
+        catalog.clone(),
+        inputs,
+        sealed_tx,
+        stats.clone(),
+    ));
+    raw_tx
+        .send(sipvault_schemas::HepRawRow {
+            time_ns: 1_764_000_000_000_000_000,
+            source: "hep:7".into(),
+            proto_type: 5,
+            src: "10.0.0.1:7078".into(),
+            dst: "10.0.0.2:7079".into(),
+            correlation_id: Some("c1".into()),
+            payload: vec![0x81, 0xc8],
+        })
+        .await
+        .unwrap();
+    drop(raw_tx);
     // Two days, so two date partitions; one unparsable datagram is still archived.
     let day1 = 1_764_000_000_000_000_000i64;
     let day2 = day1 + 86_400_000_000_000;
@@ -94,6 +115,12 @@ async fn pipeline_writes_sealed_segments_with_manifest_rows() {
         .sum();
     assert_eq!(sip_rows, 21, "20 SIP messages plus the unparsable one");
     assert_eq!(im_rows, 10);
+    let raw_rows: i64 = entries
+        .iter()
+        .filter(|e| e.table_name == "hep_raw")
+        .map(|e| e.rows)
+        .sum();
+    assert_eq!(raw_rows, 1, "the RTCP payload is archived in hep_raw");
     assert!(
         entries.iter().all(|e| e.rows <= 8),
         "segments roll at max_rows"
@@ -147,7 +174,7 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
 async fn verify_names_altered_missing_and_extra_segments() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = Catalog::open(dir.path()).await.unwrap();
-    let (tx, rx) = mpsc::channel(16);
+    let (tx, _raw_tx, inputs) = Inputs::channel(16);
     let (sealed_tx, mut sealed_rx) = mpsc::channel(64);
     let config = CollectorConfig {
         data_dir: dir.path().to_path_buf(),
@@ -157,11 +184,13 @@ async fn verify_names_altered_missing_and_extra_segments() {
             max_age: Duration::from_secs(3600),
         },
         im_answer_timeout: Duration::from_secs(32),
+        calls: crate::calls::CallConfig::default(),
+        live: true,
     };
     let task = tokio::spawn(run(
         config,
         catalog.clone(),
-        rx,
+        inputs,
         sealed_tx,
         Arc::new(CollectorStats::default()),
     ));

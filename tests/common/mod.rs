@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -42,12 +43,19 @@ impl ServeProcess {
     /// Starts `sipvault serve --sip 127.0.0.1:0` and waits for the line that
     /// names the bound address. `config` is written to `<data>/sipvault.toml` if given.
     pub fn start(data: &Path, config: Option<&str>) -> ServeProcess {
+        Self::start_with(data, config, &[])
+    }
+
+    /// [`ServeProcess::start`] with extra `serve` arguments (e.g. `--hep 127.0.0.1:0`).
+    pub fn start_with(data: &Path, config: Option<&str>, extra: &[&str]) -> ServeProcess {
         if let Some(c) = config {
             std::fs::create_dir_all(data).unwrap();
             std::fs::write(data.join("sipvault.toml"), c).unwrap();
         }
         let mut child = Command::new(bin())
-            .args(["serve", "--sip", "127.0.0.1:0", "--data"])
+            .args(["serve", "--sip", "127.0.0.1:0"])
+            .args(extra)
+            .arg("--data")
             .arg(data)
             .env("SIPVAULT_LOG", "info")
             .stdout(Stdio::null())
@@ -95,6 +103,22 @@ impl ServeProcess {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The value of the first `key=VALUE` in the log, waiting for it (bounded).
+    pub fn log_value(&self, key: &str) -> String {
+        let needle = format!("{key}=");
+        assert!(
+            self.wait_for_log(&needle, Duration::from_secs(30)),
+            "sipvault serve never logged {needle}; log:\n{}",
+            self.log()
+        );
+        let log = self.log();
+        let pos = log.find(&needle).expect("checked above") + needle.len();
+        log[pos..]
+            .chars()
+            .take_while(|c| !c.is_whitespace())
+            .collect()
     }
 
     /// Waits until the log contains `needle` (bounded).
@@ -158,4 +182,61 @@ impl Drop for ServeProcess {
 
 pub fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata")
+}
+
+/// A UDP port that was free a moment ago (for peers that need a fixed port).
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn sipp_available() -> bool {
+    Command::new("sipp")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// Runs one SIPp instance to completion (bounded by -timeout) and asserts success.
+pub fn run_sipp(dir: &Path, args: &[String], what: &str) {
+    let out = sipp(dir, args).wait_with_output().expect("wait for sipp");
+    assert!(
+        out.status.success(),
+        "SIPp {what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn sipp(dir: &Path, args: &[String]) -> Child {
+    Command::new("sipp")
+        .current_dir(dir)
+        .args(args)
+        .args([
+            "-nostdin",
+            "-timeout",
+            "30s",
+            "-timeout_error",
+            "-i",
+            "127.0.0.1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sipp")
+}
+
+/// Runs `sipvault sql STATEMENT --format json` and returns the rows.
+pub fn sql_rows(data: &Path, statement: &str) -> Vec<serde_json::Value> {
+    let out = sipvault(data, &["sql", statement, "--format", "json"]);
+    match serde_json::from_str(&out) {
+        Ok(serde_json::Value::Array(rows)) => rows,
+        other => panic!("`sipvault sql {statement}` did not print a JSON array: {other:?}\n{out}"),
+    }
 }
