@@ -3,6 +3,7 @@
 
 mod config;
 mod demo;
+mod import;
 mod pipeline;
 
 use std::net::SocketAddr;
@@ -40,12 +41,16 @@ struct Cli {
 enum Command {
     /// Run the SIP server with archiving.
     #[command(
-        after_help = "Example:\n  sipvault serve --data ./sipvault-data --sip 127.0.0.1:5060\n\nPort 0 picks a free port; the first log line names the bound addresses."
+        after_help = "Example:\n  sipvault serve --data ./sipvault-data --sip 127.0.0.1:5060 --hep 127.0.0.1:9060\n\nPort 0 picks a free port; the first log line names the bound addresses."
     )]
     Serve {
         /// UDP and TCP listen address [default: sip.listen from the config, 127.0.0.1:5060].
         #[arg(long)]
         sip: Option<SocketAddr>,
+        /// Also collect HEP v1/v2/v3 (UDP and TCP) on this address, e.g.
+        /// 0.0.0.0:9060 [default: hep.listen from the config; off].
+        #[arg(long)]
+        hep: Option<SocketAddr>,
     },
     /// Manage users of the registrar.
     #[command(subcommand)]
@@ -72,10 +77,30 @@ enum Command {
         #[arg(long, default_value = "table")]
         format: OutputFormat,
     },
+    /// Archive SIP traffic from capture files.
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Start a server on free loopback ports, exchange IMs between built-in
     /// user agents, archive them and show a search and a SQL result.
     #[command(after_help = "Example:\n  sipvault demo\n  sipvault demo --data ./demo-data")]
     Demo,
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// Import pcap / pcapng files: SIP over UDP, TCP (reassembled) and SCTP,
+    /// any port, VLAN, tunnels (GRE, ERSPAN, IP-in-IP) and HEP-in-UDP.
+    /// A file whose content was imported before adds nothing.
+    #[command(
+        after_help = "Example:\n  sipvault import pcap capture1.pcap capture2.pcapng --data ./sipvault-data\n  sipvault import pcap *.pcap --format json"
+    )]
+    Pcap {
+        /// Capture files (pcap or pcapng).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = "table")]
+        format: OutputFormat,
+    },
 }
 
 #[derive(Subcommand)]
@@ -165,7 +190,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let data = cli.data.unwrap_or_else(|| PathBuf::from("./sipvault-data"));
     let config = Config::load(cli.config.as_deref(), &data)?;
     match cli.command {
-        Command::Serve { sip } => serve(&data, &config, sip.unwrap_or(config.sip.listen)).await,
+        Command::Serve { sip, hep } => {
+            let mut config = config;
+            if hep.is_some() {
+                config.hep.listen = hep;
+            }
+            serve(&data, &config, sip.unwrap_or(config.sip.listen)).await
+        }
         Command::User(UserCommand::Add {
             name,
             password,
@@ -184,6 +215,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Verify { format } => verify(&data, format).await,
+        Command::Import(ImportCommand::Pcap { files, format }) => {
+            import::import_pcaps(&data, &config, &files, format).await
+        }
         Command::Demo => unreachable!("handled above"),
     }
 }

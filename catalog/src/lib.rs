@@ -59,6 +59,18 @@ pub struct NewSegment {
     pub max_time_ns: i64,
 }
 
+/// A capture file whose messages are in the archive, keyed by content
+/// hash so importing the same bytes again (under any name) adds nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImportRecord {
+    pub sha256: String,
+    pub file_name: String,
+    pub bytes: i64,
+    pub packets: i64,
+    pub sip_messages: i64,
+    pub imported_ns: i64,
+}
+
 /// One manifest row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SegmentEntry {
@@ -116,6 +128,13 @@ const MIGRATIONS: &[&str] = &[
         sealed_ns BIGINT NOT NULL,
         prev_hash TEXT NOT NULL,
         entry_hash TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS imports (
+        sha256 TEXT PRIMARY KEY,
+        file_name TEXT NOT NULL,
+        bytes BIGINT NOT NULL,
+        packets BIGINT NOT NULL,
+        sip_messages BIGINT NOT NULL,
+        imported_ns BIGINT NOT NULL)",
 ];
 
 #[derive(Debug, Clone)]
@@ -298,6 +317,45 @@ impl Catalog {
             .collect()
     }
 
+    /// The earlier import of a file with this content hash, if any.
+    pub async fn find_import(&self, sha256: &str) -> Result<Option<ImportRecord>> {
+        let row = sqlx::query(
+            "SELECT sha256, file_name, bytes, packets, sip_messages, imported_ns FROM imports WHERE sha256 = $1",
+        )
+        .bind(sha256)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(ImportRecord {
+                sha256: r.try_get(0)?,
+                file_name: r.try_get(1)?,
+                bytes: r.try_get(2)?,
+                packets: r.try_get(3)?,
+                sip_messages: r.try_get(4)?,
+                imported_ns: r.try_get(5)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Records a finished import (after its segments are sealed). A second
+    /// record for the same hash is ignored.
+    pub async fn record_import(&self, record: &ImportRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO imports (sha256, file_name, bytes, packets, sip_messages, imported_ns)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(&record.sha256)
+        .bind(&record.file_name)
+        .bind(record.bytes)
+        .bind(record.packets)
+        .bind(record.sip_messages)
+        .bind(record.imported_ns)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -388,6 +446,28 @@ mod tests {
         let mut reordered = all.clone();
         reordered.swap(0, 1);
         assert_eq!(broken_links(&reordered), vec![2, 1]);
+
+        let record = ImportRecord {
+            sha256: "ab".repeat(32),
+            file_name: "call.pcap".into(),
+            bytes: 100,
+            packets: 7,
+            sip_messages: 5,
+            imported_ns: 1,
+        };
+        assert_eq!(cat.find_import(&record.sha256).await.unwrap(), None);
+        cat.record_import(&record).await.unwrap();
+        cat.record_import(&ImportRecord {
+            file_name: "renamed.pcap".into(),
+            ..record.clone()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            cat.find_import(&record.sha256).await.unwrap(),
+            Some(record),
+            "the first import of a content hash is kept"
+        );
     }
 
     #[tokio::test]

@@ -42,11 +42,14 @@ impl ImCorrelator {
         self.pending.len()
     }
 
-    /// Feeds one captured message; returns the IMs it completes.
-    pub fn observe(&mut self, now: Instant, msg: &CapturedMessage) -> Vec<ImMessageRow> {
-        let Ok(sip) = SipMessage::parse(&msg.raw) else {
-            return Vec::new();
-        };
+    /// Feeds one captured message (parsed once by the caller for all
+    /// correlators); returns the IMs it completes.
+    pub fn observe(
+        &mut self,
+        now: Instant,
+        msg: &CapturedMessage,
+        sip: &SipMessage,
+    ) -> Vec<ImMessageRow> {
         let (Some(call_id), Some((cseq, cseq_method))) = (sip.call_id(), sip.cseq()) else {
             return Vec::new();
         };
@@ -171,6 +174,14 @@ mod tests {
 
     const MSG: &str = "MESSAGE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK1\r\nFrom: <sip:alice@example.com>;tag=a\r\nTo: <sip:bob@example.com>\r\nCall-ID: c1\r\nCSeq: 7 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello";
 
+    fn feed(c: &mut ImCorrelator, now: Instant, m: &CapturedMessage) -> Vec<ImMessageRow> {
+        c.observe(
+            now,
+            m,
+            &SipMessage::parse(&m.raw).expect("test message parses"),
+        )
+    }
+
     fn resp(code: u16) -> String {
         format!(
             "SIP/2.0 {code} X\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK1\r\nFrom: <sip:alice@example.com>;tag=a\r\nTo: <sip:bob@example.com>;tag=b\r\nCall-ID: c1\r\nCSeq: 7 MESSAGE\r\nContent-Length: 0\r\n\r\n"
@@ -181,12 +192,12 @@ mod tests {
     fn message_and_response_make_one_im_despite_relay_copies() {
         let mut c = ImCorrelator::new(Duration::from_secs(32));
         let now = Instant::now();
-        assert!(c.observe(now, &cap(1, Direction::In, MSG)).is_empty());
+        assert!(feed(&mut c, now, &cap(1, Direction::In, MSG)).is_empty());
         assert!(
-            c.observe(now, &cap(2, Direction::Out, MSG)).is_empty(),
+            feed(&mut c, now, &cap(2, Direction::Out, MSG)).is_empty(),
             "relayed copy must not open a second IM"
         );
-        let done = c.observe(now, &cap(3, Direction::In, &resp(200)));
+        let done = feed(&mut c, now, &cap(3, Direction::In, &resp(200)));
         assert_eq!(done.len(), 1);
         let im = &done[0];
         assert_eq!(
@@ -198,12 +209,9 @@ mod tests {
         assert_eq!(im.body, "hello");
         assert_eq!(im.delivery_status, "delivered");
         assert_eq!(im.status, Some(200));
+        assert!(feed(&mut c, now, &cap(4, Direction::Out, &resp(200))).is_empty());
         assert!(
-            c.observe(now, &cap(4, Direction::Out, &resp(200)))
-                .is_empty()
-        );
-        assert!(
-            c.observe(now, &cap(5, Direction::In, MSG)).is_empty(),
+            feed(&mut c, now, &cap(5, Direction::In, MSG)).is_empty(),
             "late retransmission ignored"
         );
         assert_eq!(c.pending(), 0);
@@ -213,17 +221,14 @@ mod tests {
     fn failure_and_timeout() {
         let mut c = ImCorrelator::new(Duration::from_secs(32));
         let now = Instant::now();
-        c.observe(now, &cap(1, Direction::In, MSG));
-        assert!(
-            c.observe(now, &cap(2, Direction::Out, &resp(100)))
-                .is_empty()
-        );
-        let done = c.observe(now, &cap(3, Direction::Out, &resp(480)));
+        feed(&mut c, now, &cap(1, Direction::In, MSG));
+        assert!(feed(&mut c, now, &cap(2, Direction::Out, &resp(100))).is_empty());
+        let done = feed(&mut c, now, &cap(3, Direction::Out, &resp(480)));
         assert_eq!(done[0].delivery_status, "failed");
         assert_eq!(done[0].status, Some(480));
 
         let mut c = ImCorrelator::new(Duration::from_secs(32));
-        c.observe(now, &cap(1, Direction::In, MSG));
+        feed(&mut c, now, &cap(1, Direction::In, MSG));
         assert!(c.expire(now + Duration::from_secs(31)).is_empty());
         let done = c.expire(now + Duration::from_secs(33));
         assert_eq!(done.len(), 1);
@@ -234,7 +239,7 @@ mod tests {
     fn typing_indicators_are_not_ims() {
         let mut c = ImCorrelator::new(Duration::from_secs(32));
         let m = MSG.replace("text/plain", "application/im-iscomposing+xml");
-        c.observe(Instant::now(), &cap(1, Direction::In, &m));
+        feed(&mut c, Instant::now(), &cap(1, Direction::In, &m));
         assert_eq!(c.pending(), 0);
     }
 }

@@ -7,7 +7,9 @@
 //! manifest). Each sealed segment is announced on a channel so the binary
 //! can hand IM rows to the indexer without this crate knowing about it.
 
+pub mod calls;
 pub mod hep;
+pub mod hep_listener;
 pub mod im;
 pub mod pcap;
 pub mod rows;
@@ -20,7 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sipvault_catalog::Catalog;
-use sipvault_schemas::{CapturedMessage, ImMessageRow};
+use sipvault_schemas::{CapturedMessage, HepRawRow, ImMessageRow};
+use sipvault_sip::SipMessage;
 use tokio::sync::mpsc;
 
 pub use verify::{Finding, VerifyReport, verify_archive};
@@ -50,6 +53,15 @@ pub struct CollectorConfig {
     /// How long an IM waits for its final response before it is archived
     /// as `unanswered` (RFC 3261 Timer F is 64*T1 = 32 s).
     pub im_answer_timeout: Duration,
+    pub calls: calls::CallConfig,
+    /// Live capture (server tap, HEP): call timeouts also advance with the
+    /// wall clock when no traffic arrives. Off for file imports, whose
+    /// time is only that of their packets.
+    pub live: bool,
+}
+
+fn wall_clock_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
 }
 
 /// A segment that was written, fsynced, renamed and entered in the manifest.
@@ -71,17 +83,21 @@ pub struct CollectorStats {
     pub unparsable: AtomicU64,
     pub sip_rows: AtomicU64,
     pub im_rows: AtomicU64,
+    pub call_rows: AtomicU64,
+    pub hep_raw_rows: AtomicU64,
     pub segments_sealed: AtomicU64,
     pub write_errors: AtomicU64,
 }
 
 impl CollectorStats {
-    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 8] {
         [
             ("received", self.received.load(Ordering::Relaxed)),
             ("unparsable", self.unparsable.load(Ordering::Relaxed)),
             ("sip_rows", self.sip_rows.load(Ordering::Relaxed)),
             ("im_rows", self.im_rows.load(Ordering::Relaxed)),
+            ("call_rows", self.call_rows.load(Ordering::Relaxed)),
+            ("hep_raw_rows", self.hep_raw_rows.load(Ordering::Relaxed)),
             (
                 "segments_sealed",
                 self.segments_sealed.load(Ordering::Relaxed),
@@ -91,17 +107,46 @@ impl CollectorStats {
     }
 }
 
-/// Runs the collector until `input` closes, then archives every IM still
-/// waiting for an answer and seals all open segments.
+/// What the collector reads: captured SIP messages from every source, and
+/// non-SIP HEP payloads for the `hep_raw` table.
+pub struct Inputs {
+    pub captured: mpsc::Receiver<CapturedMessage>,
+    pub hep_raw: mpsc::Receiver<HepRawRow>,
+}
+
+impl Inputs {
+    /// Inputs with senders for both channels, each bounded to `capacity`.
+    pub fn channel(
+        capacity: usize,
+    ) -> (
+        mpsc::Sender<CapturedMessage>,
+        mpsc::Sender<HepRawRow>,
+        Inputs,
+    ) {
+        let (captured_tx, captured) = mpsc::channel(capacity);
+        let (raw_tx, hep_raw) = mpsc::channel(capacity);
+        (captured_tx, raw_tx, Inputs { captured, hep_raw })
+    }
+}
+
+/// Runs the collector until the captured-message input closes, then
+/// archives every IM still waiting for an answer and seals all open segments.
 pub async fn run(
     config: CollectorConfig,
     catalog: Catalog,
-    mut input: mpsc::Receiver<CapturedMessage>,
+    inputs: Inputs,
     sealed: mpsc::Sender<SealedSegment>,
     stats: Arc<CollectorStats>,
 ) -> Result<()> {
+    let Inputs {
+        captured: mut input,
+        mut hep_raw,
+    } = inputs;
+    let mut raw_open = true;
     let mut writer = ArchiveWriter::new(config.data_dir.clone(), config.limits.clone(), catalog);
     let mut correlator = im::ImCorrelator::new(config.im_answer_timeout);
+    let mut calls = calls::CallCorrelator::new(config.calls.clone());
+    let mut latest_capture_ns = i64::MIN;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -109,21 +154,51 @@ pub async fn run(
             msg = input.recv() => {
                 let Some(msg) = msg else { break };
                 stats.received.fetch_add(1, Ordering::Relaxed);
-                let row = rows::sip_row(&msg);
-                if row.parse_error.is_some() {
-                    stats.unparsable.fetch_add(1, Ordering::Relaxed);
-                }
-                for im in correlator.observe(Instant::now(), &msg) {
-                    stats.im_rows.fetch_add(1, Ordering::Relaxed);
-                    writer.push_im(im);
+                let parsed = SipMessage::parse(&msg.raw);
+                let row = rows::sip_row(&msg, &parsed);
+                match &parsed {
+                    Ok(sip) => {
+                        for im in correlator.observe(Instant::now(), &msg, sip) {
+                            stats.im_rows.fetch_add(1, Ordering::Relaxed);
+                            writer.push_im(im);
+                        }
+                        for call in calls.observe(&msg, sip) {
+                            stats.call_rows.fetch_add(1, Ordering::Relaxed);
+                            writer.push_call(call);
+                        }
+                        latest_capture_ns = latest_capture_ns.max(msg.time_ns);
+                    }
+                    Err(_) => {
+                        stats.unparsable.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 stats.sip_rows.fetch_add(1, Ordering::Relaxed);
                 writer.push_sip(row);
+            }
+            row = hep_raw.recv(), if raw_open => {
+                match row {
+                    Some(row) => {
+                        stats.hep_raw_rows.fetch_add(1, Ordering::Relaxed);
+                        writer.push_hep_raw(row);
+                    }
+                    None => raw_open = false,
+                }
             }
             _ = tick.tick() => {
                 for im in correlator.expire(Instant::now()) {
                     stats.im_rows.fetch_add(1, Ordering::Relaxed);
                     writer.push_im(im);
+                }
+                // Call timeouts run on capture time: live sources advance it
+                // with the wall clock, imported captures with their packets.
+                let now_ns = if config.live {
+                    wall_clock_ns().max(latest_capture_ns)
+                } else {
+                    latest_capture_ns
+                };
+                for call in calls.expire(now_ns) {
+                    stats.call_rows.fetch_add(1, Ordering::Relaxed);
+                    writer.push_call(call);
                 }
             }
         }
@@ -131,9 +206,17 @@ pub async fn run(
             seal(&mut writer, false, &sealed, &stats).await;
         }
     }
+    while let Ok(row) = hep_raw.try_recv() {
+        stats.hep_raw_rows.fetch_add(1, Ordering::Relaxed);
+        writer.push_hep_raw(row);
+    }
     for im in correlator.drain() {
         stats.im_rows.fetch_add(1, Ordering::Relaxed);
         writer.push_im(im);
+    }
+    for call in calls.drain() {
+        stats.call_rows.fetch_add(1, Ordering::Relaxed);
+        writer.push_call(call);
     }
     seal(&mut writer, true, &sealed, &stats).await;
     Ok(())

@@ -1,11 +1,12 @@
 //! Parsing a captured message into its `sip_messages` row.
 
 use sipvault_schemas::{CapturedMessage, SipMessageRow};
-use sipvault_sip::SipMessage;
+use sipvault_sip::{ParseError, SipMessage};
 
 /// Never fails: a message that does not parse still becomes a row, with
-/// `parse_error` set and the raw bytes kept.
-pub fn sip_row(msg: &CapturedMessage) -> SipMessageRow {
+/// `parse_error` set and the raw bytes kept. `parsed` is
+/// `SipMessage::parse(&msg.raw)`, done once by the caller for every consumer.
+pub fn sip_row(msg: &CapturedMessage, parsed: &Result<SipMessage, ParseError>) -> SipMessageRow {
     let mut row = SipMessageRow {
         time_ns: msg.time_ns,
         source: msg.source.clone(),
@@ -27,7 +28,7 @@ pub fn sip_row(msg: &CapturedMessage) -> SipMessageRow {
         parse_error: None,
         raw: msg.raw.clone(),
     };
-    match SipMessage::parse(&msg.raw) {
+    match parsed {
         Ok(m) => {
             row.method = m.method().map(str::to_string);
             row.status = m.status();

@@ -1,0 +1,277 @@
+//! `sipvault import pcap`: archives the SIP traffic of capture files.
+//!
+//! Every file is hashed first; a file whose content was imported before is
+//! skipped, so importing the same capture twice adds nothing. Messages go
+//! through the same collector as live traffic (correlation, sealing,
+//! indexing); the import is entered in the catalog only after its segments
+//! are sealed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use sipvault_catalog::{Catalog, ImportRecord};
+use sipvault_collector::Inputs;
+use sipvault_collector::pcap::{ImportOptions, ImportStats, import_file};
+use sipvault_query::OutputFormat;
+
+use crate::config::Config;
+use crate::pipeline::Archiver;
+
+#[derive(Debug, Serialize)]
+struct FileOutcome {
+    file: String,
+    sha256: String,
+    /// `imported`, `already-imported` or `failed`.
+    status: String,
+    /// When already imported: the name it was imported under.
+    previous_name: Option<String>,
+    error: Option<String>,
+    #[serde(flatten)]
+    stats: ImportStats,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    files: Vec<FileOutcome>,
+    packets: u64,
+    sip_messages: u64,
+    calls: u64,
+    im_messages: u64,
+    skipped: BTreeMap<String, u64>,
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+fn progress_bar(total: u64, name: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:24!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(name.to_string());
+    bar
+}
+
+/// Imports `files` into the archive at `data`; returns an error (exit 1)
+/// when any file could not be read at all.
+pub async fn import_pcaps(
+    data: &Path,
+    config: &Config,
+    files: &[PathBuf],
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    let catalog = Catalog::open(data).await.context("opening the catalog")?;
+    let (captured_tx, raw_tx, inputs) = Inputs::channel(config.archive.tap_queue);
+    // Capture files carry no HEP-raw rows of their own.
+    drop(raw_tx);
+    let archiver = Archiver::start(data, config, catalog.clone(), inputs, false)?;
+
+    let mut outcomes = Vec::new();
+    let mut seen_now: BTreeMap<String, String> = BTreeMap::new();
+    for path in files {
+        let name = file_name(path);
+        let sha = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || sipvault_collector::writer::sha256_file(&path))
+                .await?
+        };
+        let sha = match sha {
+            Ok(sha) => sha,
+            Err(e) => {
+                outcomes.push(failed(name, String::new(), e.to_string()));
+                continue;
+            }
+        };
+        let previous = match catalog.find_import(&sha).await? {
+            Some(record) => Some(record.file_name),
+            None => seen_now.get(&sha).cloned(),
+        };
+        if let Some(previous_name) = previous {
+            tracing::info!(file = %name, previous = %previous_name, "already imported; nothing added");
+            outcomes.push(FileOutcome {
+                file: name,
+                sha256: sha,
+                status: "already-imported".into(),
+                previous_name: Some(previous_name),
+                error: None,
+                stats: ImportStats::default(),
+            });
+            continue;
+        }
+        seen_now.insert(sha.clone(), name.clone());
+        let total = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let bar = progress_bar(total, &name);
+        let opts = ImportOptions {
+            source: format!("pcap:{name}"),
+            ..ImportOptions::default()
+        };
+        let (tx, path_owned, bar_in) = (captured_tx.clone(), path.clone(), bar.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            import_file(
+                &path_owned,
+                &opts,
+                // Blocking send: a full collector queue slows the reader down
+                // instead of dropping messages.
+                &mut |msg| {
+                    let _ = tx.blocking_send(msg);
+                },
+                &mut |bytes| bar_in.set_position(bytes),
+            )
+        })
+        .await?;
+        bar.finish_and_clear();
+        outcomes.push(match result {
+            Ok(stats) => FileOutcome {
+                file: name,
+                sha256: sha,
+                status: "imported".into(),
+                previous_name: None,
+                error: None,
+                stats,
+            },
+            Err(e) => {
+                seen_now.remove(&sha);
+                failed(name, sha, e.to_string())
+            }
+        });
+    }
+    drop(captured_tx);
+    let collector = archiver.stats.clone();
+    archiver.finish().await?;
+
+    for o in outcomes.iter().filter(|o| o.status == "imported") {
+        catalog
+            .record_import(&ImportRecord {
+                sha256: o.sha256.clone(),
+                file_name: o.file.clone(),
+                bytes: i64::try_from(o.stats.bytes).unwrap_or(i64::MAX),
+                packets: i64::try_from(o.stats.packets).unwrap_or(i64::MAX),
+                sip_messages: i64::try_from(o.stats.sip_messages).unwrap_or(i64::MAX),
+                imported_ns: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
+            })
+            .await?;
+    }
+    catalog.close().await;
+
+    let mut summary = Summary {
+        packets: outcomes.iter().map(|o| o.stats.packets).sum(),
+        sip_messages: outcomes.iter().map(|o| o.stats.sip_messages).sum(),
+        calls: collector.call_rows.load(Ordering::Relaxed),
+        im_messages: collector.im_rows.load(Ordering::Relaxed),
+        skipped: BTreeMap::new(),
+        files: outcomes,
+    };
+    for o in &summary.files {
+        for (reason, n) in &o.stats.skipped {
+            *summary.skipped.entry(reason.clone()).or_default() += n;
+        }
+    }
+    print_summary(&summary, format)?;
+    let failures = summary
+        .files
+        .iter()
+        .filter(|o| o.status == "failed")
+        .count();
+    if failures > 0 {
+        anyhow::bail!(
+            "{failures} of {} files could not be imported",
+            summary.files.len()
+        );
+    }
+    Ok(())
+}
+
+fn skipped_text(skipped: &BTreeMap<String, u64>) -> String {
+    skipped
+        .iter()
+        .map(|(reason, n)| format!("{reason}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn print_summary(summary: &Summary, format: OutputFormat) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(summary)?),
+        OutputFormat::Csv => {
+            println!("file,status,packets,sip_messages,skipped,error");
+            for o in &summary.files {
+                println!(
+                    "{},{},{},{},{},\"{}\"",
+                    csv_field(&o.file),
+                    o.status,
+                    o.stats.packets,
+                    o.stats.sip_messages,
+                    csv_field(&skipped_text(&o.stats.skipped)),
+                    o.error.as_deref().unwrap_or("").replace('"', "\"\"")
+                );
+            }
+        }
+        OutputFormat::Table => {
+            let width = summary
+                .files
+                .iter()
+                .map(|o| o.file.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(4);
+            println!(
+                "{:<width$} {:<17} {:>9} {:>9}  SKIPPED",
+                "FILE", "STATUS", "PACKETS", "SIP"
+            );
+            for o in &summary.files {
+                let note = match (&o.error, &o.previous_name) {
+                    (Some(e), _) => e.clone(),
+                    (None, Some(prev)) => format!("same content as {prev}; nothing added"),
+                    (None, None) => skipped_text(&o.stats.skipped),
+                };
+                println!(
+                    "{:<width$} {:<17} {:>9} {:>9}  {}",
+                    o.file, o.status, o.stats.packets, o.stats.sip_messages, note
+                );
+            }
+            println!(
+                "{} packets, {} SIP messages, {} calls, {} IMs archived; skipped: {}",
+                summary.packets,
+                summary.sip_messages,
+                summary.calls,
+                summary.im_messages,
+                if summary.skipped.is_empty() {
+                    "none".to_string()
+                } else {
+                    skipped_text(&summary.skipped)
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn failed(file: String, sha256: String, error: String) -> FileOutcome {
+    FileOutcome {
+        file,
+        sha256,
+        status: "failed".into(),
+        previous_name: None,
+        error: Some(error),
+        stats: ImportStats::default(),
+    }
+}
