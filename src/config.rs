@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub sip: SipConfig,
@@ -101,16 +101,6 @@ impl Default for HepConfig {
             max_payload_bytes: 64 * 1024,
             max_tcp_connections: 1024,
             tcp_idle_timeout_secs: 300,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            sip: SipConfig::default(),
-            archive: ArchiveConfig::default(),
-            hep: HepConfig::default(),
         }
     }
 }

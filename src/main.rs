@@ -254,7 +254,7 @@ async fn list_users(data: &Path, format: OutputFormat) -> anyhow::Result<()> {
             }
         }
         OutputFormat::Table => {
-            println!("{:<24} {}", "USER", "DOMAIN");
+            println!("{:<24} DOMAIN", "USER");
             for u in &users {
                 println!("{:<24} {}", u.name, u.domain);
             }

@@ -17,7 +17,7 @@ use sipvault_collector::hep::encode_hep3;
 
 fn packet(i: u64) -> Vec<u8> {
     let call = i / 2;
-    let sip = if i % 2 == 0 {
+    let sip = if i.is_multiple_of(2) {
         format!(
             "MESSAGE sip:bob@example.com SIP/2.0\r\n\
              Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK{call}\r\n\
@@ -41,7 +41,7 @@ fn packet(i: u64) -> Vec<u8> {
              Content-Length: 0\r\n\r\n"
         )
     };
-    let (src, dst): (SocketAddr, SocketAddr) = if i % 2 == 0 {
+    let (src, dst): (SocketAddr, SocketAddr) = if i.is_multiple_of(2) {
         (
             "10.0.0.1:5060".parse().unwrap(),
             "10.0.0.2:5060".parse().unwrap(),

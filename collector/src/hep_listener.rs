@@ -218,14 +218,14 @@ async fn deliver(
         Err(IngestError::AuthKey) => {
             let n = stats.auth_failures.fetch_add(1, Ordering::Relaxed);
             // First and then every 1000th: a misconfigured agent must not flood the log.
-            if n % 1000 == 0 {
+            if n.is_multiple_of(1000) {
                 tracing::warn!(%peer, dropped = n + 1, "HEP packet with a missing or wrong auth key dropped");
             }
             true
         }
         Err(IngestError::Decode(e)) => {
             let n = stats.decode_errors.fetch_add(1, Ordering::Relaxed);
-            if n % 1000 == 0 {
+            if n.is_multiple_of(1000) {
                 tracing::warn!(%peer, error = %e, dropped = n + 1, "undecodable HEP packet dropped");
             }
             true
@@ -272,7 +272,7 @@ async fn accept_loop(
         };
         if stats.tcp_open.load(Ordering::Relaxed) >= config.max_tcp_connections {
             let n = stats.tcp_rejected.fetch_add(1, Ordering::Relaxed);
-            if n % 1000 == 0 {
+            if n.is_multiple_of(1000) {
                 tracing::warn!(%peer, limit = config.max_tcp_connections, "HEP TCP connection refused: connection limit reached");
             }
             drop(stream);

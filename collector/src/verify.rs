@@ -121,15 +121,16 @@ fn parquet_files(root: &Path, dir: &Path) -> Vec<String> {
         let name = entry.file_name().to_string_lossy().into_owned();
         if p.is_dir() {
             out.extend(parquet_files(root, &p));
-        } else if name.ends_with(".parquet") && !name.starts_with('.') {
-            if let Ok(rel) = p.strip_prefix(root) {
-                out.push(
-                    rel.components()
-                        .map(|c| c.as_os_str().to_string_lossy())
-                        .collect::<Vec<_>>()
-                        .join("/"),
-                );
-            }
+        } else if name.ends_with(".parquet")
+            && !name.starts_with('.')
+            && let Ok(rel) = p.strip_prefix(root)
+        {
+            out.push(
+                rel.components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+            );
         }
     }
     out.sort();

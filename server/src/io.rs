@@ -351,12 +351,12 @@ async fn connection(
     let mut shutdown = shared.shutdown.clone();
     let mut framer = StreamFramer::new(shared.config.max_message_bytes);
     let mut buf = vec![0u8; 16 * 1024];
-    if let Some(bytes) = first {
-        if wr.write_all(&bytes).await.is_ok() {
-            shared
-                .tap
-                .capture(Direction::Out, Transport::Tcp, local, peer, &bytes);
-        }
+    if let Some(bytes) = first
+        && wr.write_all(&bytes).await.is_ok()
+    {
+        shared
+            .tap
+            .capture(Direction::Out, Transport::Tcp, local, peer, &bytes);
     }
     'conn: loop {
         let wait = if framer.buffered() > 0 {
@@ -392,11 +392,10 @@ async fn connection(
                             // already accepted on this connection, then close.
                             if let Some(resp) = framer.failed_head().and_then(|head| {
                                 error_response_for_unparsed(head, 400, "Bad Request")
-                            }) {
-                                if wr.write_all(&resp).await.is_ok() {
+                            })
+                                && wr.write_all(&resp).await.is_ok() {
                                     shared.tap.capture(Direction::Out, Transport::Tcp, local, peer, &resp);
                                 }
-                            }
                             flush_pending(&mut out, &mut wr, &shared, local, peer).await;
                             shared.stats.framing_errors.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(%peer, error = %e, "unrecoverable stream framing error: closing connection");

@@ -33,7 +33,7 @@ impl Bindings {
             .get(user)
             .map(|b| b.iter().filter(|b| b.expires_at > now).collect())
             .unwrap_or_default();
-        v.sort_by(|a, b| b.registered_at.cmp(&a.registered_at));
+        v.sort_by_key(|b| std::cmp::Reverse(b.registered_at));
         v
     }
 

@@ -361,10 +361,9 @@ impl SipUri {
                 .iter()
                 .find(|(on, _)| on.eq_ignore_ascii_case(n))
                 .map(|(_, ov)| ov)
+                && norm(v.as_deref()) != norm(ov.as_deref())
             {
-                if norm(v.as_deref()) != norm(ov.as_deref()) {
-                    return false;
-                }
+                return false;
             }
         }
         for key in ["user", "ttl", "method", "maddr", "transport"] {
