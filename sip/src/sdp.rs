@@ -11,7 +11,9 @@
 //! * a malformed `c=` or `a=rtpmap` line is ignored, a malformed `m=` line
 //!   drops that media section (its attributes do not leak into the previous
 //!   one);
-//! * a `c=` address that is not an IP literal (an FQDN) reads as `None`.
+//! * a `c=` address that is not an IP literal (an FQDN) reads as `None`;
+//! * encoding names are case-insensitive: well-known ones (`pcma`, `ILBC`)
+//!   get their registered spelling (`PCMA`, `iLBC`).
 //!
 //! Only a body that is not SDP at all (empty, or not starting with `v=`) is
 //! an error. Nothing here panics on any input (proptest-fuzzed).
@@ -83,6 +85,30 @@ const STATIC_PAYLOAD_TYPES: &[(u8, &str, u32)] = &[
     (26, "JPEG", 90000),
     (31, "H261", 90000),
     (34, "H263", 90000),
+];
+
+/// Registered spellings of common dynamic encodings. Encoding names are
+/// case-insensitive (RFC 4855 3) and phones write `pcma` as often as `PCMA`;
+/// a name matching one of these (or the static table) case-insensitively is
+/// given this spelling, so labels compare equal across vendors.
+const KNOWN_ENCODING_NAMES: &[&str] = &[
+    "telephone-event",
+    "opus",
+    "iLBC",
+    "speex",
+    "AMR",
+    "AMR-WB",
+    "G7221",
+    "G726-16",
+    "G726-24",
+    "G726-32",
+    "G726-40",
+    "L16",
+    "red",
+    "H264",
+    "H265",
+    "VP8",
+    "VP9",
 ];
 
 const DIRECTIONS: &[&str] = &["sendrecv", "sendonly", "recvonly", "inactive"];
@@ -234,7 +260,8 @@ impl MediaSection {
         let clock_rate = parts.next().and_then(|r| r.trim().parse::<u32>().ok());
         // The first mapping of a payload type wins.
         if !self.rtpmaps.iter().any(|(p, _, _)| *p == pt) {
-            self.rtpmaps.push((pt, name.to_string(), clock_rate));
+            self.rtpmaps
+                .push((pt, canonical_encoding_name(name), clock_rate));
         }
     }
 
@@ -251,6 +278,17 @@ impl MediaSection {
         }
         self.description
     }
+}
+
+/// The registered spelling of a known encoding name, else the name as written.
+fn canonical_encoding_name(name: &str) -> String {
+    STATIC_PAYLOAD_TYPES
+        .iter()
+        .map(|(_, known, _)| *known)
+        .chain(KNOWN_ENCODING_NAMES.iter().copied())
+        .find(|known| known.eq_ignore_ascii_case(name))
+        .unwrap_or(name)
+        .to_string()
 }
 
 /// `x=value` with a single-letter type; anything else is not an SDP line.
@@ -427,6 +465,22 @@ a=inactive\r\n";
         let sdp = parse(body.as_bytes()).expect("valid");
         let labels: Vec<String> = sdp.media[0].formats.iter().map(Format::label).collect();
         assert_eq!(labels, ["opus/48000", "PCMA/8000"]);
+    }
+
+    #[test]
+    fn known_encoding_names_get_their_registered_spelling() {
+        let body = "v=0\r\nm=audio 1 RTP/AVP 8 97 98 99\r\na=rtpmap:8 pcma/8000\r\na=rtpmap:97 ILBC/8000\r\na=rtpmap:98 Telephone-Event/8000\r\na=rtpmap:99 x-vendor/16000\r\n";
+        let sdp = parse(body.as_bytes()).expect("valid");
+        let labels: Vec<String> = sdp.media[0].formats.iter().map(Format::label).collect();
+        assert_eq!(
+            labels,
+            [
+                "PCMA/8000",
+                "iLBC/8000",
+                "telephone-event/8000",
+                "x-vendor/16000"
+            ]
+        );
     }
 
     #[test]
