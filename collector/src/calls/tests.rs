@@ -908,3 +908,28 @@ fn addresses_the_strict_parser_refuses_still_name_the_parties() {
         "From tag read leniently"
     );
 }
+
+#[test]
+fn sdp_inside_a_multipart_body_is_read() {
+    let body = format!(
+        "--b1\r\nContent-Type: application/sdp\r\n\r\n{OFFER}--b1\r\nContent-Type: application/isup\r\n\r\nxx\r\n--b1--\r\n"
+    );
+    let invite = message(
+        &format!("INVITE {BOB} SIP/2.0"),
+        &Leg::alice(),
+        &Leg::bob(None),
+        "c-multipart",
+        "1 INVITE",
+        "",
+        &body,
+    )
+    .replace(
+        "Content-Type: application/sdp\r\nContent-Length",
+        "Content-Type: multipart/mixed;boundary=b1\r\nContent-Length",
+    );
+    let mut h = Harness::new();
+    h.feed(0, &invite);
+    let call = h.single();
+    assert_eq!(call.caller_media.as_deref(), Some("192.0.2.10:4000"));
+    assert_eq!(call.codecs, ["PCMU/8000", "PCMA/8000"]);
+}
