@@ -856,8 +856,8 @@ impl TcpReassembler {
             if let Ok(fin) = u64::try_from(fin) {
                 state.fin_off = Some(fin);
             }
-            state.close_if_done(budget, &mut sink);
-        } else if !state.closed {
+        }
+        if !state.closed {
             state.close_if_done(budget, &mut sink);
         }
     }
