@@ -13,7 +13,11 @@ use sipvault_schemas::{CapturedMessage, ImMessageRow};
 use sipvault_sip::SipMessage;
 
 fn testdata() -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata")).to_path_buf()
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/testdata"
+    ))
+    .to_path_buf()
 }
 
 fn correlate(relative: &str) -> Vec<ImMessageRow> {
