@@ -5,6 +5,7 @@ mod config;
 mod demo;
 mod import;
 mod pipeline;
+mod status;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -74,6 +75,13 @@ enum Command {
     /// missing, altered, extra or reordered segments (exit 1 if any).
     #[command(after_help = "Example:\n  sipvault verify --data ./sipvault-data --format json")]
     Verify {
+        #[arg(long, default_value = "table")]
+        format: OutputFormat,
+    },
+    /// State of the server using this data directory: running or not, its
+    /// counters (received, archived, dropped), and rows archived per table.
+    #[command(after_help = "Example:\n  sipvault status --data ./sipvault-data --format json")]
+    Status {
         #[arg(long, default_value = "table")]
         format: OutputFormat,
     },
@@ -215,6 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Verify { format } => verify(&data, format).await,
+        Command::Status { format } => status::show(&data, format).await,
         Command::Import(ImportCommand::Pcap { files, format }) => {
             import::import_pcaps(&data, &config, &files, format).await
         }

@@ -5,13 +5,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
 use sipvault_catalog::Catalog;
 use sipvault_collector::calls::CallConfig;
-use sipvault_collector::hep_listener::{HepListener, HepListenerConfig, HepSinks};
+use sipvault_collector::hep_listener::{HepListener, HepListenerConfig, HepSinks, HepStats};
 use sipvault_collector::{CollectorConfig, CollectorStats, Inputs, SealedSegment, SegmentLimits};
 use sipvault_indexer::ImIndex;
 use sipvault_schemas::TABLE_IM_MESSAGES;
@@ -20,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::status::{ServeStatus, counters};
 
 pub fn index_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("index")
@@ -29,9 +29,9 @@ pub struct Running {
     pub server: Server,
     pub hep: Option<HepListener>,
     pub catalog: Catalog,
-    pub collector_stats: Arc<CollectorStats>,
     archiver: Archiver,
     background: Vec<JoinHandle<()>>,
+    status: StatusSource,
     users: UserDirectory,
     domain: String,
 }
@@ -141,7 +141,6 @@ impl Running {
         }
 
         let archiver = Archiver::start(data_dir, config, catalog.clone(), inputs, true)?;
-        let collector_stats = archiver.stats.clone();
 
         let refresher = {
             let (catalog, users, domain) =
@@ -161,16 +160,31 @@ impl Running {
                 }
             })
         };
+        let status = StatusSource {
+            data_dir: data_dir.to_path_buf(),
+            started: now_rfc3339(),
+            sip_udp: server.udp_addr.to_string(),
+            sip_tcp: server.tcp_addr.to_string(),
+            hep: hep
+                .as_ref()
+                .map(|h| (h.udp_addr.to_string(), h.stats.clone())),
+            collector: archiver.stats.clone(),
+            server: server.stats.clone(),
+        };
         let reporter = {
-            let (cs, ss) = (collector_stats.clone(), server.stats.clone());
-            let hs = hep.as_ref().map(|h| h.stats.clone());
+            let status = status.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(60));
-                tick.tick().await;
-                loop {
+                // The status file every 5 s, a log line every minute.
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                for n in 0u64.. {
                     tick.tick().await;
-                    let hep = hs.as_ref().map(|h| h.snapshot());
-                    tracing::info!(collector = ?cs.snapshot(), server = %ss.summary(), hep = ?hep, "stats");
+                    let now = status.snapshot(true);
+                    if let Err(e) = crate::status::write(&status.data_dir, &now) {
+                        tracing::warn!(error = %e, "writing the status file failed");
+                    }
+                    if n > 0 && n.is_multiple_of(12) {
+                        tracing::info!(collector = ?now.collector, server = ?now.server, hep = ?now.hep_counters, "stats");
+                    }
                 }
             })
         };
@@ -178,9 +192,9 @@ impl Running {
             server,
             hep,
             catalog,
-            collector_stats,
             archiver,
             background: vec![refresher, reporter],
+            status,
             users,
             domain: config.sip.domain.clone(),
         })
@@ -200,27 +214,57 @@ impl Running {
         for t in &self.background {
             t.abort();
         }
-        let server_stats = self.server.stats.clone();
-        let hep_stats = match self.hep {
-            Some(hep) => {
-                let stats = hep.stats.clone();
-                hep.shutdown().await;
-                Some(stats.snapshot())
-            }
-            None => None,
-        };
+        if let Some(hep) = self.hep {
+            hep.shutdown().await;
+        }
         self.server.shutdown().await;
         self.archiver.finish().await?;
+        let last = self.status.snapshot(false);
         tracing::info!(
-            collector = ?self.collector_stats.snapshot(),
-            server = %server_stats.summary(),
-            dropped_oversize = server_stats.oversize_dropped.load(Ordering::Relaxed),
-            hep = ?hep_stats,
+            collector = ?last.collector,
+            server = ?last.server,
+            hep = ?last.hep_counters,
             "sipvault stopped; archive sealed"
         );
+        if let Err(e) = crate::status::write(&self.status.data_dir, &last) {
+            tracing::warn!(error = %e, "writing the status file failed");
+        }
         self.catalog.close().await;
         Ok(())
     }
+}
+
+/// Where the counters of a running `serve` come from, for the status file.
+#[derive(Clone)]
+struct StatusSource {
+    data_dir: PathBuf,
+    started: String,
+    sip_udp: String,
+    sip_tcp: String,
+    hep: Option<(String, Arc<HepStats>)>,
+    collector: Arc<CollectorStats>,
+    server: Arc<sipvault_server::ServerStats>,
+}
+
+impl StatusSource {
+    fn snapshot(&self, running: bool) -> ServeStatus {
+        ServeStatus {
+            pid: std::process::id(),
+            running,
+            started: self.started.clone(),
+            updated: now_rfc3339(),
+            sip_udp: self.sip_udp.clone(),
+            sip_tcp: self.sip_tcp.clone(),
+            hep: self.hep.as_ref().map(|(addr, _)| addr.clone()),
+            collector: counters(self.collector.snapshot()),
+            server: counters(self.server.snapshot()),
+            hep_counters: self.hep.as_ref().map(|(_, s)| counters(s.snapshot())),
+        }
+    }
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// The collector task and the indexer thread behind it: what every

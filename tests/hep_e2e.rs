@@ -329,7 +329,20 @@ fn hep_over_udp_and_tcp_with_an_auth_key() {
     tcp.write_all(&stream).unwrap();
     drop(tcp);
     settle();
+    let status = |data: &Path| -> serde_json::Value {
+        serde_json::from_str(&common::sipvault(data, &["status", "--format", "json"]))
+            .expect("status prints JSON")
+    };
+    let running = status(&data);
+    assert_eq!(running["state"], "running", "{running:#}");
+    assert!(running["serve"]["hep"].is_string(), "{running:#}");
     let log = server.stop();
+    let stopped = status(&data);
+    assert_eq!(stopped["state"], "stopped", "{stopped:#}");
+    assert_eq!(stopped["serve"]["hep_counters"]["auth_failures"], 1);
+    assert_eq!(stopped["serve"]["hep_counters"]["sip"], 3);
+    assert_eq!(stopped["serve"]["collector"]["received"], 3);
+    assert_eq!(stopped["rows"]["sip_messages"], 3, "{stopped:#}");
     let rows = sql_rows(
         &data,
         "SELECT source, count(*) AS n FROM sip_messages GROUP BY source ORDER BY source",
@@ -349,7 +362,7 @@ fn hep_over_udp_and_tcp_with_an_auth_key() {
         vec![serde_json::json!({"source": "hep:42", "proto_type": 5})]
     );
     assert!(
-        log.contains("auth_failures\", 1"),
+        log.contains("\"auth_failures\": 1"),
         "the stop log counts the refused packet:\n{log}"
     );
 }

@@ -69,19 +69,28 @@ pub struct ServerStats {
 }
 
 impl ServerStats {
+    pub fn snapshot(&self) -> [(&'static str, u64); 10] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("datagrams_in", get(&self.datagrams_in)),
+            ("stream_messages_in", get(&self.stream_messages_in)),
+            ("messages_out", get(&self.messages_out)),
+            ("oversize_dropped", get(&self.oversize_dropped)),
+            ("framing_errors", get(&self.framing_errors)),
+            ("tcp_timeouts", get(&self.tcp_timeouts)),
+            ("tcp_refused", get(&self.tcp_refused)),
+            ("send_errors", get(&self.send_errors)),
+            ("tap_dropped", get(&self.tap_dropped)),
+            ("tcp_open", self.tcp_open.load(Ordering::Relaxed) as u64),
+        ]
+    }
+
     pub fn summary(&self) -> String {
-        format!(
-            "datagrams_in={} stream_messages_in={} messages_out={} oversize_dropped={} framing_errors={} tcp_timeouts={} tcp_refused={} send_errors={} tap_dropped={}",
-            self.datagrams_in.load(Ordering::Relaxed),
-            self.stream_messages_in.load(Ordering::Relaxed),
-            self.messages_out.load(Ordering::Relaxed),
-            self.oversize_dropped.load(Ordering::Relaxed),
-            self.framing_errors.load(Ordering::Relaxed),
-            self.tcp_timeouts.load(Ordering::Relaxed),
-            self.tcp_refused.load(Ordering::Relaxed),
-            self.send_errors.load(Ordering::Relaxed),
-            self.tap_dropped.load(Ordering::Relaxed),
-        )
+        self.snapshot()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
