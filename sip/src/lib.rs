@@ -19,7 +19,8 @@
 //!
 //! Semantic checks a server makes before acting on a request are in
 //! [`check_request`]. [`sdp`] reads session descriptions (codecs, media
-//! addresses) for the archive.
+//! addresses) and [`pidf`] presence documents (basic status, activities,
+//! notes) for the archive.
 
 mod addr;
 mod builder;
@@ -27,6 +28,7 @@ pub mod digest;
 mod error;
 mod framing;
 mod message;
+pub mod pidf;
 pub mod sdp;
 mod util;
 mod validate;
