@@ -372,7 +372,16 @@ async fn other_read_only_statements_are_allowed() {
         &sql(d, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name")
             .await,
     );
-    assert_eq!(tables, ["calls", "hep_raw", "im_messages", "sip_messages"]);
+    assert_eq!(
+        tables,
+        [
+            "calls",
+            "hep_raw",
+            "im_messages",
+            "presence",
+            "sip_messages"
+        ]
+    );
 }
 
 #[tokio::test]

@@ -23,6 +23,7 @@ pub const TABLE_SIP_MESSAGES: &str = "sip_messages";
 pub const TABLE_IM_MESSAGES: &str = "im_messages";
 pub const TABLE_CALLS: &str = "calls";
 pub const TABLE_HEP_RAW: &str = "hep_raw";
+pub const TABLE_PRESENCE: &str = "presence";
 
 /// Which way a message crossed the capture point, seen from the capturing server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -182,6 +183,39 @@ pub struct HepRawRow {
     pub payload: Vec<u8>,
 }
 
+/// Row of `presence`: one presence state as published (PUBLISH) or
+/// notified (NOTIFY).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceRow {
+    /// Capture time of the PUBLISH or NOTIFY that carried the state.
+    pub time_ns: i64,
+    /// Capture source of that message (`tap`, `hep:<agent>`, `pcap:<file>`).
+    pub source: String,
+    /// Presentity URI: the document's `entity`, else the To URI of a
+    /// PUBLISH (the published resource) or the From URI of a NOTIFY (the
+    /// notifier speaks for the presentity).
+    pub entity: String,
+    /// `open` or `closed`, from the first tuple with a `<basic>` status;
+    /// `None` when the document has none or the publication was removed.
+    pub basic: Option<String>,
+    /// RPID activities (`away`, `on-the-phone`, `busy`, `meeting`...), by
+    /// element local name.
+    pub activities: Vec<String>,
+    /// The first note: a person's, else a tuple's, else the document's.
+    pub note: Option<String>,
+    /// `publish` or `notify`.
+    pub via: String,
+    pub call_id: String,
+    /// Seconds the state is valid: the Expires granted for a PUBLISH (0 for
+    /// a removal), the `expires` of a NOTIFY's Subscription-State.
+    pub expires: Option<u32>,
+    /// Entity-tag of the publication (SIP-ETag of the 2xx; for a removal,
+    /// the SIP-If-Match it removed).
+    pub etag: Option<String>,
+    /// NOTIFY only: `active`, `pending` or `terminated`.
+    pub subscription_state: Option<String>,
+}
+
 impl ImMessageRow {
     /// Stable key of an IM across the archive and the search index.
     pub fn key(&self) -> String {
@@ -273,6 +307,26 @@ pub fn hep_raw_schema() -> SchemaRef {
         Field::new("dst", DataType::Utf8, false),
         Field::new("correlation_id", DataType::Utf8, true),
         Field::new("payload", DataType::Binary, false),
+    ]))
+}
+
+pub fn presence_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("time", ts_type(), false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("entity", DataType::Utf8, false),
+        Field::new("basic", DataType::Utf8, true),
+        Field::new(
+            "activities",
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            false,
+        ),
+        Field::new("note", DataType::Utf8, true),
+        Field::new("via", DataType::Utf8, false),
+        Field::new("call_id", DataType::Utf8, false),
+        Field::new("expires", DataType::UInt32, true),
+        Field::new("etag", DataType::Utf8, true),
+        Field::new("subscription_state", DataType::Utf8, true),
     ]))
 }
 
@@ -432,6 +486,27 @@ pub fn hep_raw_batch(rows: &[HepRawRow]) -> Result<RecordBatch, ArrowError> {
     RecordBatch::try_new(hep_raw_schema(), columns)
 }
 
+pub fn presence_batch(rows: &[PresenceRow]) -> Result<RecordBatch, ArrowError> {
+    let mut expires = UInt32Builder::new();
+    for r in rows {
+        expires.append_option(r.expires);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        ts_column(rows.iter().map(|r| r.time_ns)),
+        str_col(rows.iter().map(|r| r.source.as_str())),
+        str_col(rows.iter().map(|r| r.entity.as_str())),
+        opt_str_col(rows.iter().map(|r| r.basic.as_deref())),
+        str_list_col(rows.iter().map(|r| r.activities.as_slice())),
+        opt_str_col(rows.iter().map(|r| r.note.as_deref())),
+        str_col(rows.iter().map(|r| r.via.as_str())),
+        str_col(rows.iter().map(|r| r.call_id.as_str())),
+        Arc::new(expires.finish()),
+        opt_str_col(rows.iter().map(|r| r.etag.as_deref())),
+        opt_str_col(rows.iter().map(|r| r.subscription_state.as_deref())),
+    ];
+    RecordBatch::try_new(presence_schema(), columns)
+}
+
 /// Every archive table with its file schema (without the `date` partition column).
 pub fn archive_tables() -> Vec<(&'static str, SchemaRef)> {
     vec![
@@ -439,6 +514,7 @@ pub fn archive_tables() -> Vec<(&'static str, SchemaRef)> {
         (TABLE_IM_MESSAGES, im_messages_schema()),
         (TABLE_CALLS, calls_schema()),
         (TABLE_HEP_RAW, hep_raw_schema()),
+        (TABLE_PRESENCE, presence_schema()),
     ]
 }
 
@@ -554,5 +630,31 @@ mod tests {
         };
         let b = hep_raw_batch(&[raw]).unwrap();
         assert_eq!(b.num_rows(), 1);
+        let published = PresenceRow {
+            time_ns: 1,
+            source: "pcap:publish.pcap".into(),
+            entity: "sip:alice@example.com".into(),
+            basic: Some("open".into()),
+            activities: vec!["away".into(), "on-the-phone".into()],
+            note: Some("back at 3".into()),
+            via: "publish".into(),
+            call_id: "c3".into(),
+            expires: Some(3600),
+            etag: Some("etag-1".into()),
+            subscription_state: None,
+        };
+        let notified = PresenceRow {
+            basic: None,
+            activities: Vec::new(),
+            note: None,
+            via: "notify".into(),
+            expires: None,
+            etag: None,
+            subscription_state: Some("terminated".into()),
+            ..published.clone()
+        };
+        let b = presence_batch(&[published, notified]).unwrap();
+        assert_eq!(b.num_rows(), 2);
+        assert_eq!(b.schema(), presence_schema());
     }
 }
