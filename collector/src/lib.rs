@@ -12,6 +12,7 @@ pub mod hep;
 pub mod hep_listener;
 pub mod im;
 pub mod pcap;
+pub mod presence;
 pub mod rows;
 pub mod verify;
 pub mod writer;
@@ -84,19 +85,21 @@ pub struct CollectorStats {
     pub sip_rows: AtomicU64,
     pub im_rows: AtomicU64,
     pub call_rows: AtomicU64,
+    pub presence_rows: AtomicU64,
     pub hep_raw_rows: AtomicU64,
     pub segments_sealed: AtomicU64,
     pub write_errors: AtomicU64,
 }
 
 impl CollectorStats {
-    pub fn snapshot(&self) -> [(&'static str, u64); 8] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 9] {
         [
             ("received", self.received.load(Ordering::Relaxed)),
             ("unparsable", self.unparsable.load(Ordering::Relaxed)),
             ("sip_rows", self.sip_rows.load(Ordering::Relaxed)),
             ("im_rows", self.im_rows.load(Ordering::Relaxed)),
             ("call_rows", self.call_rows.load(Ordering::Relaxed)),
+            ("presence_rows", self.presence_rows.load(Ordering::Relaxed)),
             ("hep_raw_rows", self.hep_raw_rows.load(Ordering::Relaxed)),
             (
                 "segments_sealed",
@@ -146,6 +149,7 @@ pub async fn run(
     let mut writer = ArchiveWriter::new(config.data_dir.clone(), config.limits.clone(), catalog);
     let mut correlator = im::ImCorrelator::new(config.im_answer_timeout);
     let mut calls = calls::CallCorrelator::new(config.calls.clone());
+    let mut presence = presence::PresenceCorrelator::new();
     let mut latest_capture_ns = i64::MIN;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -165,6 +169,10 @@ pub async fn run(
                         for call in calls.observe(&msg, sip) {
                             stats.call_rows.fetch_add(1, Ordering::Relaxed);
                             writer.push_call(call);
+                        }
+                        for state in presence.observe(&msg, sip) {
+                            stats.presence_rows.fetch_add(1, Ordering::Relaxed);
+                            writer.push_presence(state);
                         }
                         latest_capture_ns = latest_capture_ns.max(msg.time_ns);
                     }
@@ -218,6 +226,13 @@ pub async fn run(
         stats.call_rows.fetch_add(1, Ordering::Relaxed);
         writer.push_call(call);
     }
+    // An unanswered PUBLISH is no presence state: nothing to archive.
+    let unanswered_publishes = presence.drain();
+    tracing::debug!(
+        unanswered_publishes,
+        counters = ?presence.counters(),
+        "presence correlator drained"
+    );
     seal(&mut writer, true, &sealed, &stats).await;
     Ok(())
 }

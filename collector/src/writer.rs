@@ -18,8 +18,9 @@ use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 use sipvault_catalog::{Catalog, NewSegment};
 use sipvault_schemas::{
-    CallRow, HepRawRow, ImMessageRow, SipMessageRow, TABLE_CALLS, TABLE_HEP_RAW, TABLE_IM_MESSAGES,
-    TABLE_SIP_MESSAGES, calls_batch, hep_raw_batch, im_messages_batch, sip_messages_batch,
+    CallRow, HepRawRow, ImMessageRow, PresenceRow, SipMessageRow, TABLE_CALLS, TABLE_HEP_RAW,
+    TABLE_IM_MESSAGES, TABLE_PRESENCE, TABLE_SIP_MESSAGES, calls_batch, hep_raw_batch,
+    im_messages_batch, presence_batch, sip_messages_batch,
 };
 
 use crate::{CollectorError, Result, SealedSegment};
@@ -64,6 +65,7 @@ pub struct ArchiveWriter {
     im: BTreeMap<String, Buffer<ImMessageRow>>,
     calls: BTreeMap<String, Buffer<CallRow>>,
     hep_raw: BTreeMap<String, Buffer<HepRawRow>>,
+    presence: BTreeMap<String, Buffer<PresenceRow>>,
 }
 
 /// `YYYY-MM-DD` (UTC) of a nanosecond timestamp: the hive partition value.
@@ -96,6 +98,7 @@ impl ArchiveWriter {
             im: BTreeMap::new(),
             calls: BTreeMap::new(),
             hep_raw: BTreeMap::new(),
+            presence: BTreeMap::new(),
         }
     }
 
@@ -119,11 +122,20 @@ impl ArchiveWriter {
         push(&mut self.hep_raw, partition_date(row.time_ns), row, size);
     }
 
+    pub fn push_presence(&mut self, row: PresenceRow) {
+        let size = row.entity.len() + row.note.as_ref().map_or(0, String::len) + 128;
+        push(&mut self.presence, partition_date(row.time_ns), row, size);
+    }
+
     pub fn buffered_rows(&self) -> usize {
         fn rows<T>(m: &BTreeMap<String, Buffer<T>>) -> usize {
             m.values().map(|b| b.rows.len()).sum()
         }
-        rows(&self.sip) + rows(&self.im) + rows(&self.calls) + rows(&self.hep_raw)
+        rows(&self.sip)
+            + rows(&self.im)
+            + rows(&self.calls)
+            + rows(&self.hep_raw)
+            + rows(&self.presence)
     }
 
     pub fn needs_roll(&self, now: Instant) -> bool {
@@ -134,6 +146,7 @@ impl ArchiveWriter {
             || due(&self.im, now, &self.limits)
             || due(&self.calls, now, &self.limits)
             || due(&self.hep_raw, now, &self.limits)
+            || due(&self.presence, now, &self.limits)
     }
 
     /// Seals every buffer that is due (or every non-empty one when `all`).
@@ -157,6 +170,8 @@ impl ArchiveWriter {
         sealed.extend(calls.into_iter().map(|(seg, _)| seg));
         let hep_raw = roll_table(&mut self.hep_raw, &sealer, now, all, &self.limits).await?;
         sealed.extend(hep_raw.into_iter().map(|(seg, _)| seg));
+        let presence = roll_table(&mut self.presence, &sealer, now, all, &self.limits).await?;
+        sealed.extend(presence.into_iter().map(|(seg, _)| seg));
         Ok(sealed)
     }
 }
@@ -205,6 +220,16 @@ impl ArchiveRow for HepRawRow {
     }
     fn batch(rows: &[Self]) -> std::result::Result<RecordBatch, arrow_schema::ArrowError> {
         hep_raw_batch(rows)
+    }
+}
+
+impl ArchiveRow for PresenceRow {
+    const TABLE: &'static str = TABLE_PRESENCE;
+    fn time_ns(&self) -> i64 {
+        self.time_ns
+    }
+    fn batch(rows: &[Self]) -> std::result::Result<RecordBatch, arrow_schema::ArrowError> {
+        presence_batch(rows)
     }
 }
 
