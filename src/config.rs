@@ -91,6 +91,8 @@ pub struct HepConfig {
     pub max_payload_bytes: usize,
     pub max_tcp_connections: usize,
     pub tcp_idle_timeout_secs: u64,
+    /// UDP receive buffer to ask the kernel for (capped by net.core.rmem_max).
+    pub udp_recv_buffer_bytes: usize,
 }
 
 impl Default for HepConfig {
@@ -101,6 +103,7 @@ impl Default for HepConfig {
             max_payload_bytes: 64 * 1024,
             max_tcp_connections: 1024,
             tcp_idle_timeout_secs: 300,
+            udp_recv_buffer_bytes: 8 << 20,
         }
     }
 }

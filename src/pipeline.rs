@@ -103,6 +103,7 @@ impl Running {
                         max_payload: config.hep.max_payload_bytes,
                         max_tcp_connections: config.hep.max_tcp_connections,
                         tcp_idle_timeout: Duration::from_secs(config.hep.tcp_idle_timeout_secs),
+                        udp_recv_buffer: config.hep.udp_recv_buffer_bytes,
                     },
                     HepSinks {
                         sip: tap_tx.clone(),

@@ -35,6 +35,10 @@ pub struct HepListenerConfig {
     pub max_tcp_connections: usize,
     /// A TCP sender that sends nothing for this long is disconnected.
     pub tcp_idle_timeout: Duration,
+    /// Requested UDP receive buffer (SO_RCVBUF): bursts wait in the kernel
+    /// instead of being dropped while the archive seals a segment. The
+    /// kernel caps it at `net.core.rmem_max`; the granted size is logged.
+    pub udp_recv_buffer: usize,
 }
 
 impl Default for HepListenerConfig {
@@ -45,6 +49,7 @@ impl Default for HepListenerConfig {
             max_payload: 64 * 1024,
             max_tcp_connections: 1024,
             tcp_idle_timeout: Duration::from_secs(300),
+            udp_recv_buffer: 8 << 20,
         }
     }
 }
@@ -145,9 +150,7 @@ pub struct BindError {
 impl HepListener {
     pub async fn start(config: HepListenerConfig, sinks: HepSinks) -> Result<Self, BindError> {
         let bind_err = |addr| move |source| BindError { addr, source };
-        let udp = UdpSocket::bind(config.addr)
-            .await
-            .map_err(bind_err(config.addr))?;
+        let udp = bind_udp(config.addr, config.udp_recv_buffer).map_err(bind_err(config.addr))?;
         let udp_addr = udp.local_addr().map_err(bind_err(config.addr))?;
         // Port 0: take the port UDP got, so one address serves both.
         let tcp_bind = if config.addr.port() == 0 {
@@ -182,6 +185,26 @@ impl HepListener {
             let _ = t.await;
         }
     }
+}
+
+fn bind_udp(addr: SocketAddr, recv_buffer: usize) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(recv_buffer) {
+        tracing::warn!(error = %e, requested = recv_buffer, "could not set the HEP UDP receive buffer");
+    }
+    let granted = socket.recv_buffer_size().unwrap_or(0);
+    // Linux reports twice the usable size; below the request means rmem_max capped it.
+    if granted < recv_buffer {
+        tracing::info!(
+            requested = recv_buffer,
+            granted,
+            "HEP UDP receive buffer capped by net.core.rmem_max; raise it for bursty agents"
+        );
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 fn now_ns() -> i64 {
