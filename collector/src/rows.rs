@@ -6,10 +6,11 @@ use sipvault_sip::{ParseError, SipMessage};
 /// Never fails: a message that does not parse still becomes a row, with
 /// `parse_error` set and the raw bytes kept. `parsed` is
 /// `SipMessage::parse(&msg.raw)`, done once by the caller for every consumer.
-pub fn sip_row(msg: &CapturedMessage, parsed: &Result<SipMessage, ParseError>) -> SipMessageRow {
+/// The message is consumed so its raw bytes move into the row uncopied.
+pub fn sip_row(msg: CapturedMessage, parsed: &Result<SipMessage, ParseError>) -> SipMessageRow {
     let mut row = SipMessageRow {
         time_ns: msg.time_ns,
-        source: msg.source.clone(),
+        source: msg.source,
         direction: msg.direction.as_str().to_string(),
         transport: msg.transport.as_str().to_string(),
         src: msg.src.to_string(),
@@ -26,7 +27,7 @@ pub fn sip_row(msg: &CapturedMessage, parsed: &Result<SipMessage, ParseError>) -
         to_uri: None,
         to_tag: None,
         parse_error: None,
-        raw: msg.raw.clone(),
+        raw: msg.raw,
     };
     match parsed {
         Ok(m) => {

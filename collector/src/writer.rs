@@ -66,6 +66,7 @@ pub struct ArchiveWriter {
     calls: BTreeMap<String, Buffer<CallRow>>,
     hep_raw: BTreeMap<String, Buffer<HepRawRow>>,
     presence: BTreeMap<String, Buffer<PresenceRow>>,
+    dates: DateCache,
 }
 
 /// `YYYY-MM-DD` (UTC) of a nanosecond timestamp: the hive partition value.
@@ -73,6 +74,30 @@ pub fn partition_date(time_ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(time_ns)
         .format("%Y-%m-%d")
         .to_string()
+}
+
+const NS_PER_DAY: i64 = 86_400_000_000_000;
+
+/// [`partition_date`] remembered for the last day seen: consecutive rows
+/// almost always fall on the same day, and formatting a date per row shows
+/// in profiles.
+#[derive(Default)]
+struct DateCache {
+    last: Option<(i64, String)>,
+}
+
+impl DateCache {
+    fn date(&mut self, time_ns: i64) -> String {
+        let day = time_ns.div_euclid(NS_PER_DAY);
+        match &self.last {
+            Some((d, s)) if *d == day => s.clone(),
+            _ => {
+                let s = partition_date(time_ns);
+                self.last = Some((day, s.clone()));
+                s
+            }
+        }
+    }
 }
 
 fn push<T>(map: &mut BTreeMap<String, Buffer<T>>, date: String, row: T, size: usize) {
@@ -99,32 +124,33 @@ impl ArchiveWriter {
             calls: BTreeMap::new(),
             hep_raw: BTreeMap::new(),
             presence: BTreeMap::new(),
+            dates: DateCache::default(),
         }
     }
 
     pub fn push_sip(&mut self, row: SipMessageRow) {
         let size = row.raw.len() + 128;
-        push(&mut self.sip, partition_date(row.time_ns), row, size);
+        push(&mut self.sip, self.dates.date(row.time_ns), row, size);
     }
 
     pub fn push_im(&mut self, row: ImMessageRow) {
         let size = row.body.len() + 128;
-        push(&mut self.im, partition_date(row.time_ns), row, size);
+        push(&mut self.im, self.dates.date(row.time_ns), row, size);
     }
 
     pub fn push_call(&mut self, row: CallRow) {
         let size = row.call_id.len() + row.caller.len() + row.callee.len() + 256;
-        push(&mut self.calls, partition_date(row.time_ns), row, size);
+        push(&mut self.calls, self.dates.date(row.time_ns), row, size);
     }
 
     pub fn push_hep_raw(&mut self, row: HepRawRow) {
         let size = row.payload.len() + 128;
-        push(&mut self.hep_raw, partition_date(row.time_ns), row, size);
+        push(&mut self.hep_raw, self.dates.date(row.time_ns), row, size);
     }
 
     pub fn push_presence(&mut self, row: PresenceRow) {
         let size = row.entity.len() + row.note.as_ref().map_or(0, String::len) + 128;
-        push(&mut self.presence, partition_date(row.time_ns), row, size);
+        push(&mut self.presence, self.dates.date(row.time_ns), row, size);
     }
 
     pub fn buffered_rows(&self) -> usize {
