@@ -189,6 +189,10 @@ pub async fn run(
                     }
                     stats.sip_rows.fetch_add(1, Ordering::Relaxed);
                     writer.push_sip(rows::sip_row(msg, &parsed));
+                    // Per message, not per batch: a segment never exceeds its limits.
+                    if writer.needs_roll(Instant::now()) {
+                        seal(&mut writer, false, &sealed, &stats).await;
+                    }
                 }
             }
             row = hep_raw.recv(), if raw_open => {
