@@ -35,7 +35,7 @@
 //!   granted, RFC 3903 says it must be there), else the request's; 0 for a
 //!   removal. Of a NOTIFY: the `expires` parameter of Subscription-State.
 //! * `etag` of a PUBLISH: the SIP-ETag the 2xx assigned to the new state
-//!   (else the request's SIP-IF-Match); for a removal the SIP-If-Match it
+//!   (else the request's SIP-If-Match); for a removal the SIP-If-Match it
 //!   removed (else the 2xx's SIP-ETag), so a removal row carries the tag
 //!   of the state row it ends. NOTIFY rows have none.
 //! * `subscription_state`: NOTIFY only, the Subscription-State value
