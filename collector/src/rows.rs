@@ -42,11 +42,11 @@ pub fn sip_row(msg: CapturedMessage, parsed: &Result<SipMessage, ParseError>) ->
             }
             if let Some(from) = m.from() {
                 row.from_tag = from.tag().map(str::to_string);
-                row.from_uri = Some(from.uri);
+                row.from_uri = Some(from.uri.clone());
             }
             if let Some(to) = m.to() {
                 row.to_tag = to.tag().map(str::to_string);
-                row.to_uri = Some(to.uri);
+                row.to_uri = Some(to.uri.clone());
             }
         }
         Err(e) => row.parse_error = Some(e.to_string()),

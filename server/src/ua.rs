@@ -291,7 +291,7 @@ async fn dispatch(
     let (code, reason) = match msg.method() {
         Some("MESSAGE") => {
             let im = ReceivedIm {
-                from: msg.from().map(|f| f.uri).unwrap_or_default(),
+                from: msg.from().map(|f| f.uri.clone()).unwrap_or_default(),
                 body: String::from_utf8_lossy(msg.body()).into_owned(),
             };
             let _ = inbox.try_send(im);

@@ -1,5 +1,7 @@
 //! One SIP message read from datagram bytes.
 
+use std::sync::OnceLock;
+
 use crate::addr::{Contact, NameAddr, Via};
 use crate::error::ParseError;
 use crate::util::{canonical_name, is_lws, is_token, parse_u32_digits, split_top};
@@ -22,6 +24,10 @@ pub struct SipMessage {
     /// Lower-case long names of `headers`, index for index.
     canon: Vec<String>,
     body_start: usize,
+    /// From and To parsed on first use: every archive consumer (row,
+    /// IM and call correlation) asks for them, and parsing validates the URI.
+    from: OnceLock<Option<NameAddr>>,
+    to: OnceLock<Option<NameAddr>>,
 }
 
 /// One line of `buf` from `pos`: (content without CR/LF, position after the
@@ -223,6 +229,8 @@ impl SipMessage {
             headers,
             canon,
             body_start: body_start - msg_start,
+            from: OnceLock::new(),
+            to: OnceLock::new(),
         })
     }
 
@@ -323,12 +331,16 @@ impl SipMessage {
         Some((num.parse().ok()?, method))
     }
 
-    pub fn from(&self) -> Option<NameAddr> {
-        NameAddr::parse(self.header("from")?).ok()
+    pub fn from(&self) -> Option<&NameAddr> {
+        self.from
+            .get_or_init(|| NameAddr::parse(self.header("from")?).ok())
+            .as_ref()
     }
 
-    pub fn to(&self) -> Option<NameAddr> {
-        NameAddr::parse(self.header("to")?).ok()
+    pub fn to(&self) -> Option<&NameAddr> {
+        self.to
+            .get_or_init(|| NameAddr::parse(self.header("to")?).ok())
+            .as_ref()
     }
 
     /// All Via values, comma-split across lines, top first. Values that do

@@ -424,6 +424,7 @@ fn field_level_expectations() {
         m.to()
             .expect("intmeth.dat To")
             .display
+            .as_deref()
             .expect("display")
             .contains('\0'),
         "intmeth.dat"
