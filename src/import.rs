@@ -41,6 +41,7 @@ struct Summary {
     sip_messages: u64,
     calls: u64,
     im_messages: u64,
+    presence: u64,
     skipped: BTreeMap<String, u64>,
 }
 
@@ -169,6 +170,7 @@ pub async fn import_pcaps(
         sip_messages: outcomes.iter().map(|o| o.stats.sip_messages).sum(),
         calls: collector.call_rows.load(Ordering::Relaxed),
         im_messages: collector.im_rows.load(Ordering::Relaxed),
+        presence: collector.presence_rows.load(Ordering::Relaxed),
         skipped: BTreeMap::new(),
         files: outcomes,
     };
@@ -241,11 +243,12 @@ fn print_summary(summary: &Summary, format: OutputFormat) -> anyhow::Result<()> 
                 );
             }
             println!(
-                "{} packets, {} SIP messages, {} calls, {} IMs archived; skipped: {}",
+                "{} packets, {} SIP messages, {} calls, {} IMs, {} presence states archived; skipped: {}",
                 summary.packets,
                 summary.sip_messages,
                 summary.calls,
                 summary.im_messages,
+                summary.presence,
                 if summary.skipped.is_empty() {
                     "none".to_string()
                 } else {
