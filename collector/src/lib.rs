@@ -1,8 +1,13 @@
 //! The collector: turns a stream of [`CapturedMessage`]s into archive rows
 //! and writes them as sealed Parquet segments.
 //!
-//! Pipeline: source channel → [`rows::sip_row`] (parse) → [`im::ImCorrelator`]
-//! (MESSAGE + final response → one IM row) → [`writer::ArchiveWriter`]
+//! Sources: the server's tap, [`hep_listener`] (HEP from other SIP
+//! servers) and [`pcap`] (capture files) all produce `CapturedMessage`s.
+//!
+//! Pipeline: source channel → parse once → [`rows::sip_row`] and the
+//! correlators [`im::ImCorrelator`] (MESSAGE + final response → one IM row),
+//! [`calls::CallCorrelator`] (one row per call) and
+//! [`presence::PresenceCorrelator`] (PIDF states) → [`writer::ArchiveWriter`]
 //! (buffers per table and day, rolls by size and age, seals into the
 //! manifest). Each sealed segment is announced on a channel so the binary
 //! can hand IM rows to the indexer without this crate knowing about it.
