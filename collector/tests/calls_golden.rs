@@ -8,38 +8,24 @@
 //! facts the capture is known for (`pcaps/README.md`, "Expected values for a
 //! correlator", and the flows in `pcaps/INDEX.tsv`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+mod common;
 
 use serde::Serialize;
 use sipvault_collector::calls::{CallConfig, CallCorrelator};
-use sipvault_collector::pcap::{ImportOptions, import_file};
-use sipvault_schemas::{CallRow, CapturedMessage};
+use sipvault_schemas::CallRow;
 use sipvault_sip::SipMessage;
 
 const NS_PER_MS: i64 = 1_000_000;
 
 fn pcaps_dir() -> PathBuf {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata"
-    ))
-    .join("pcaps")
+    common::testdata().join("pcaps")
 }
 
 /// Imports `relative` (under `pcaps/`) and correlates it; rows sorted by start.
 fn correlate(relative: &str) -> Vec<CallRow> {
-    let path = pcaps_dir().join(relative);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let options = ImportOptions {
-        source: format!("pcap:{name}"),
-        ..Default::default()
-    };
-    let mut captured: Vec<CapturedMessage> = Vec::new();
-    import_file(&path, &options, &mut |m| captured.push(m), &mut |_| {})
-        .unwrap_or_else(|e| panic!("import {}: {e}", path.display()));
+    let captured = common::captured(&format!("pcaps/{relative}"));
 
     let mut correlator = CallCorrelator::new(CallConfig::default());
     let mut rows = Vec::new();

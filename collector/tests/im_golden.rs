@@ -4,31 +4,16 @@
 //! `im_messages` rows compared with reviewed snapshots, plus the facts the
 //! captures are documented with (`pcaps/README.md`, `hep/README.md`).
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::time::{Duration, Instant};
 
 use sipvault_collector::im::ImCorrelator;
-use sipvault_collector::pcap::{ImportOptions, import_file};
-use sipvault_schemas::{CapturedMessage, ImMessageRow};
+use sipvault_schemas::ImMessageRow;
 use sipvault_sip::SipMessage;
 
-fn testdata() -> PathBuf {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata"
-    ))
-    .to_path_buf()
-}
-
 fn correlate(relative: &str) -> Vec<ImMessageRow> {
-    let path = testdata().join(relative);
-    let mut captured: Vec<CapturedMessage> = Vec::new();
-    let options = ImportOptions {
-        source: format!("pcap:{relative}"),
-        ..Default::default()
-    };
-    import_file(&path, &options, &mut |m| captured.push(m), &mut |_| {})
-        .unwrap_or_else(|e| panic!("import {}: {e}", path.display()));
+    let captured = common::captured(relative);
     let mut correlator = ImCorrelator::new(Duration::from_secs(32));
     let now = Instant::now();
     let mut rows = Vec::new();

@@ -4,20 +4,11 @@
 //! compared with reviewed snapshots, plus the facts the captures are
 //! documented with (`pcaps/README.md`, `sipp/*/uac.xml`, `uas.xml`).
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use sipvault_collector::pcap::{ImportOptions, import_file};
 use sipvault_collector::presence::{PresenceCorrelator, via};
-use sipvault_schemas::{CapturedMessage, PresenceRow};
+use sipvault_schemas::PresenceRow;
 use sipvault_sip::SipMessage;
-
-fn testdata() -> PathBuf {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata"
-    ))
-    .to_path_buf()
-}
 
 /// Rows of one capture, and how many PUBLISHes were left unanswered.
 fn correlate(relative: &str) -> (Vec<PresenceRow>, usize) {
@@ -27,14 +18,7 @@ fn correlate(relative: &str) -> (Vec<PresenceRow>, usize) {
 /// As [`correlate`], with every message fed `copies` times in a row (what a
 /// relaying server or Kamailio's `siptrace` captures: in, then out).
 fn correlate_copies(relative: &str, copies: usize) -> (Vec<PresenceRow>, usize) {
-    let path = testdata().join(relative);
-    let mut captured: Vec<CapturedMessage> = Vec::new();
-    let options = ImportOptions {
-        source: format!("pcap:{relative}"),
-        ..Default::default()
-    };
-    import_file(&path, &options, &mut |m| captured.push(m), &mut |_| {})
-        .unwrap_or_else(|e| panic!("import {}: {e}", path.display()));
+    let captured = common::captured(relative);
     let mut correlator = PresenceCorrelator::new();
     let mut rows = Vec::new();
     for msg in &captured {
@@ -112,7 +96,7 @@ fn sipp_publish_lifecycle() {
             assert_eq!(r.via, via::PUBLISH);
             assert!(r.activities.is_empty());
             assert_eq!(r.subscription_state, None);
-            assert_eq!(r.source, "pcap:pcaps/local/publish.pcap");
+            assert_eq!(r.source, "pcap:publish.pcap");
         }
     }
     insta::assert_yaml_snapshot!("local-publish", rows);
