@@ -34,6 +34,8 @@ pub struct SipConfig {
     pub tcp_message_timeout_secs: u64,
     pub tcp_idle_timeout_secs: u64,
     pub max_tcp_connections: usize,
+    /// UDP receive buffer to ask the kernel for (capped by net.core.rmem_max).
+    pub udp_recv_buffer_bytes: usize,
 }
 
 impl Default for SipConfig {
@@ -50,6 +52,7 @@ impl Default for SipConfig {
             tcp_message_timeout_secs: 10,
             tcp_idle_timeout_secs: 3600,
             max_tcp_connections: 4096,
+            udp_recv_buffer_bytes: 4 << 20,
         }
     }
 }

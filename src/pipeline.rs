@@ -53,6 +53,7 @@ pub fn server_config(config: &Config, sip: SocketAddr) -> ServerConfig {
         tcp_message_timeout: Duration::from_secs(config.sip.tcp_message_timeout_secs),
         tcp_idle_timeout: Duration::from_secs(config.sip.tcp_idle_timeout_secs),
         max_tcp_connections: config.sip.max_tcp_connections,
+        udp_recv_buffer: config.sip.udp_recv_buffer_bytes,
     }
 }
 

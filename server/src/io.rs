@@ -38,6 +38,9 @@ pub struct ServerConfig {
     /// An idle TCP connection is closed after this.
     pub tcp_idle_timeout: Duration,
     pub max_tcp_connections: usize,
+    /// UDP receive buffer to ask the kernel for (SO_RCVBUF, capped by
+    /// net.core.rmem_max): bursts wait in the kernel instead of being dropped.
+    pub udp_recv_buffer: usize,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +51,7 @@ impl Default for ServerConfig {
             max_message_bytes: 16 * 1024,
             tcp_message_timeout: Duration::from_secs(10),
             tcp_idle_timeout: Duration::from_secs(3600),
+            udp_recv_buffer: 4 << 20,
             max_tcp_connections: 4096,
         }
     }
@@ -195,6 +199,7 @@ impl Server {
         tap: mpsc::Sender<CapturedMessage>,
     ) -> Result<Server, ServerError> {
         let (udp, tcp) = bind_pair(config.sip_addr).await?;
+        set_udp_recv_buffer(&udp, config.udp_recv_buffer);
         let udp_addr = udp.local_addr().map_err(|source| ServerError::Bind {
             addr: config.sip_addr,
             source,
@@ -252,6 +257,23 @@ impl Server {
         for t in self.tasks {
             let _ = t.await;
         }
+    }
+}
+
+/// Asks for a larger UDP receive buffer; the kernel may grant less
+/// (net.core.rmem_max), which is logged, never fatal.
+pub fn set_udp_recv_buffer(udp: &UdpSocket, bytes: usize) {
+    let sock = socket2::SockRef::from(udp);
+    if let Err(e) = sock.set_recv_buffer_size(bytes) {
+        tracing::warn!(error = %e, requested = bytes, "could not set the UDP receive buffer");
+    }
+    let granted = sock.recv_buffer_size().unwrap_or(0);
+    if granted < bytes {
+        tracing::info!(
+            requested = bytes,
+            granted,
+            "UDP receive buffer capped by net.core.rmem_max; raise it for bursty traffic"
+        );
     }
 }
 
