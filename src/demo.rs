@@ -139,6 +139,8 @@ pub async fn run(data: Option<PathBuf>, config_path: Option<&Path>) -> anyhow::R
         "  sipvault sql \"SELECT time, method, status, src, dst FROM sip_messages ORDER BY time\" --data {d}"
     );
     println!("  sipvault user list --data {d}");
+    println!("  sipvault status --data {d}");
+    println!("  sipvault import pcap capture.pcap --data {d}   # archive a capture file too");
     println!("  sipvault serve --data {d}     # then register a SIP client as alice / {PASSWORD}");
     println!(
         "\ndemo finished in {:.1} s",
