@@ -69,7 +69,7 @@ fn content_length(head: &[u8]) -> Result<usize, FramingError> {
             }
         } else if let Some((n, v)) = line.split_once(':') {
             headers.push((
-                canonical_name(n.trim_end_matches(is_lws)),
+                canonical_name(n.trim_end_matches(is_lws)).into_owned(),
                 v.trim().to_string(),
             ));
         }

@@ -185,7 +185,10 @@ impl SipMessage {
             }
             pos = next;
         }
-        let canon: Vec<String> = headers.iter().map(|(n, _)| canonical_name(n)).collect();
+        let canon: Vec<String> = headers
+            .iter()
+            .map(|(n, _)| canonical_name(n).into_owned())
+            .collect();
 
         // Content-Length decides where the body ends.
         let mut declared: Option<usize> = None;
@@ -286,7 +289,7 @@ impl SipMessage {
         self.canon
             .iter()
             .zip(&self.headers)
-            .find(|(c, _)| **c == want)
+            .find(|(c, _)| c.as_str() == want)
             .map(|(_, (_, v))| v.as_str())
     }
 
@@ -296,7 +299,7 @@ impl SipMessage {
         self.canon
             .iter()
             .zip(&self.headers)
-            .filter(|(c, _)| **c == want)
+            .filter(|(c, _)| c.as_str() == want)
             .map(|(_, (_, v))| v.as_str())
             .collect()
     }

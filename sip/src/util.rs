@@ -2,6 +2,8 @@
 //! shared by the parsers. Everything here works on `&str` with byte offsets
 //! obtained from the same string, and never indexes blindly.
 
+use std::borrow::Cow;
+
 /// RFC 3261 `token` characters.
 pub(crate) fn is_token_char(c: char) -> bool {
     c.is_ascii_alphanumeric()
@@ -45,15 +47,21 @@ const COMPACT: &[(char, &str)] = &[
 ];
 
 /// Lower-case long form of a header name; compact forms are expanded.
-pub(crate) fn canonical_name(name: &str) -> String {
+/// Borrows when the name already is canonical: header lookups by name run
+/// many times per message and should not allocate.
+pub(crate) fn canonical_name(name: &str) -> Cow<'_, str> {
     let mut chars = name.chars();
     if let (Some(c), None) = (chars.next(), chars.next()) {
         let lc = c.to_ascii_lowercase();
         if let Some((_, long)) = COMPACT.iter().find(|(k, _)| *k == lc) {
-            return (*long).to_string();
+            return Cow::Borrowed(long);
         }
     }
-    name.to_ascii_lowercase()
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 /// True when two header names denote the same header (case-insensitive,

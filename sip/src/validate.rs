@@ -85,7 +85,7 @@ pub fn check_request(msg: &SipMessage, supported: &[&str]) -> Result<(), Rejecti
     let canon: Vec<String> = msg
         .headers()
         .iter()
-        .map(|(n, _)| canonical_name(n))
+        .map(|(n, _)| canonical_name(n).into_owned())
         .collect();
     let count = |name: &str| canon.iter().filter(|c| c.as_str() == name).count();
     for (name, label) in REQUIRED {
@@ -208,7 +208,7 @@ pub fn error_response_for_unparsed(raw: &[u8], code: u16, reason: &str) -> Optio
             continue;
         }
         if let Some((n, v)) = line.split_once(':') {
-            headers.push((canonical_name(n.trim()), v.trim().to_string()));
+            headers.push((canonical_name(n.trim()).into_owned(), v.trim().to_string()));
         }
     }
     let vias: Vec<&str> = headers
