@@ -1,7 +1,7 @@
 //! End to end: `sipvault serve --hep` collecting the traffic of other SIP
 //! software. Kamailio (`siptrace`, HEP3, capture id 2001, auth key) is the
-//! registrar and proxy for SIPp's REGISTER and MESSAGE traffic and mirrors
-//! it to sipvault; sngrep replays captures (IMs and calls) as HEP;
+//! registrar and proxy for SIPp's REGISTER, MESSAGE and call traffic and
+//! mirrors it to sipvault; sngrep replays captures (IMs and calls) as HEP;
 //! a hand-made sender checks UDP and TCP with a wrong auth key.
 
 mod common;
@@ -119,6 +119,7 @@ fn args(list: &[&str]) -> Vec<String> {
 }
 
 const MESSAGES: u64 = 5;
+const CALLS: u64 = 3;
 
 #[test]
 fn kamailio_siptrace_is_archived_with_its_agent_id() {
@@ -192,6 +193,46 @@ fn kamailio_siptrace_is_archived_with_its_agent_id() {
     let out = uas.wait_with_output().unwrap();
     assert!(out.status.success(), "SIPp message UAS failed");
 
+    // Calls: bob's UAS echoes Kamailio's Record-Route, so ACK and BYE are
+    // loose-routed through the proxy and mirrored too.
+    let uas = sipp(
+        &ours,
+        &args(&[
+            "-sf",
+            "call-uas-record-route.xml",
+            "-p",
+            &bob_port.to_string(),
+            "-m",
+            &CALLS.to_string(),
+            "-mp",
+            &free_udp_port().to_string(),
+        ]),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    run_sipp(
+        &scenarios.join("call-basic"),
+        &args(&[
+            "-sf",
+            "uac.xml",
+            &proxy,
+            "-p",
+            &alice_port.to_string(),
+            "-m",
+            &CALLS.to_string(),
+            "-r",
+            "10",
+            "-mp",
+            &free_udp_port().to_string(),
+        ]),
+        "calls alice -> bob through kamailio",
+    );
+    let out = uas.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "SIPp call UAS failed:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
     settle();
     let kamailio_log = kamailio.log();
     drop(kamailio);
@@ -213,6 +254,12 @@ fn kamailio_siptrace_is_archived_with_its_agent_id() {
     expect("200/REGISTER", 1);
     expect("MESSAGE", 2 * MESSAGES);
     expect("200/MESSAGE", 2 * MESSAGES);
+    expect("INVITE", 2 * CALLS);
+    expect("180/INVITE", 2 * CALLS);
+    expect("200/INVITE", 2 * CALLS);
+    expect("ACK", 2 * CALLS);
+    expect("BYE", 2 * CALLS);
+    expect("200/BYE", 2 * CALLS);
     let others = sql_rows(
         &data,
         "SELECT source, count(*) AS n FROM sip_messages WHERE source <> 'hep:2001' GROUP BY source",
@@ -222,7 +269,8 @@ fn kamailio_siptrace_is_archived_with_its_agent_id() {
         "everything archived came from kamailio's agent id 2001: {others:?}"
     );
 
-    // The correlator turns the mirrored copies into one IM per MESSAGE.
+    // The correlators turn the mirrored copies into one IM per MESSAGE and
+    // one call per INVITE.
     let ims = sql_rows(
         &data,
         "SELECT delivery_status, count(*) AS n FROM im_messages GROUP BY 1",
@@ -231,6 +279,15 @@ fn kamailio_siptrace_is_archived_with_its_agent_id() {
         ims,
         vec![serde_json::json!({"delivery_status": "delivered", "n": MESSAGES})],
         "IMs relayed by kamailio"
+    );
+    let calls = sql_rows(
+        &data,
+        "SELECT disposition, ended_by, count(*) AS n FROM calls GROUP BY 1, 2",
+    );
+    assert_eq!(
+        calls,
+        vec![serde_json::json!({"disposition": "answered", "ended_by": "caller", "n": CALLS})],
+        "calls relayed by kamailio"
     );
 }
 
