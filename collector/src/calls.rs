@@ -829,11 +829,17 @@ struct Party {
 /// taken from inside `< >` and the tag from the parameters after it, so a
 /// call is still attributed to its parties.
 fn header_party(sip: &SipMessage, name: &str) -> Option<Party> {
-    let value = sip.header(name)?;
-    if let Ok(addr) = NameAddr::parse(value) {
+    // From and To are parsed once per message by `SipMessage` itself.
+    let strict = match name {
+        "from" => sip.from().cloned(),
+        "to" => sip.to().cloned(),
+        _ => sip.header(name).and_then(|v| NameAddr::parse(v).ok()),
+    };
+    if let Some(addr) = strict {
         let tag = addr.tag().map(str::to_string);
         return Some(Party { uri: addr.uri, tag });
     }
+    let value = sip.header(name)?;
     let (uri, params) = match (value.find('<'), value.rfind('>')) {
         (Some(open), Some(close)) if open < close => {
             (value.get(open + 1..close)?, value.get(close + 1..)?)
