@@ -94,10 +94,12 @@ pub struct CollectorStats {
     pub hep_raw_rows: AtomicU64,
     pub segments_sealed: AtomicU64,
     pub write_errors: AtomicU64,
+    /// Rows whose segment could not be written even at shutdown.
+    pub rows_lost: AtomicU64,
 }
 
 impl CollectorStats {
-    pub fn snapshot(&self) -> [(&'static str, u64); 9] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 10] {
         [
             ("received", self.received.load(Ordering::Relaxed)),
             ("unparsable", self.unparsable.load(Ordering::Relaxed)),
@@ -111,6 +113,7 @@ impl CollectorStats {
                 self.segments_sealed.load(Ordering::Relaxed),
             ),
             ("write_errors", self.write_errors.load(Ordering::Relaxed)),
+            ("rows_lost", self.rows_lost.load(Ordering::Relaxed)),
         ]
     }
 }
@@ -155,7 +158,16 @@ pub async fn run(
         mut hep_raw,
     } = inputs;
     let mut raw_open = true;
-    let mut writer = ArchiveWriter::new(config.data_dir.clone(), config.limits.clone(), catalog);
+    let mut writer = ArchiveWriter::new(config.limits.clone());
+    // Two jobs in flight at most: when sealing falls behind, ingest waits.
+    let (jobs, job_rx) = mpsc::channel(2);
+    let sealer = tokio::spawn(writer::run_sealer(
+        config.data_dir.clone(),
+        catalog,
+        job_rx,
+        sealed,
+        stats.clone(),
+    ));
     let mut correlator = im::ImCorrelator::new(config.im_answer_timeout);
     let mut calls = calls::CallCorrelator::new(config.calls.clone());
     let mut presence = presence::PresenceCorrelator::new();
@@ -196,7 +208,7 @@ pub async fn run(
                     writer.push_sip(rows::sip_row(msg, &parsed));
                     // Per message, not per batch: a segment never exceeds its limits.
                     if writer.needs_roll(Instant::now()) {
-                        seal(&mut writer, false, &sealed, &stats).await;
+                        seal(&mut writer, false, &jobs).await;
                     }
                 }
             }
@@ -228,7 +240,7 @@ pub async fn run(
             }
         }
         if writer.needs_roll(Instant::now()) {
-            seal(&mut writer, false, &sealed, &stats).await;
+            seal(&mut writer, false, &jobs).await;
         }
     }
     while let Ok(row) = hep_raw.try_recv() {
@@ -250,30 +262,20 @@ pub async fn run(
         counters = ?presence.counters(),
         "presence correlator drained"
     );
-    seal(&mut writer, true, &sealed, &stats).await;
+    seal(&mut writer, true, &jobs).await;
+    drop(jobs);
+    sealer.await.map_err(|e| CollectorError::Io {
+        path: config.data_dir.display().to_string(),
+        source: std::io::Error::other(e),
+    })?;
     Ok(())
 }
 
-async fn seal(
-    writer: &mut ArchiveWriter,
-    all: bool,
-    sealed: &mpsc::Sender<SealedSegment>,
-    stats: &CollectorStats,
-) {
-    let now = Instant::now();
-    match writer.roll(now, all).await {
-        Ok(segments) => {
-            for seg in segments {
-                stats.segments_sealed.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(table = %seg.table, path = %seg.path, rows = seg.rows, "segment sealed");
-                // The receiver going away (indexer stopped) must not stop archiving.
-                let _ = sealed.send(seg).await;
-            }
-        }
-        Err(e) => {
-            stats.write_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "sealing segments failed; rows stay buffered and are retried");
-        }
+/// Hands the due buffers (all of them when `all`) to the sealing stage.
+async fn seal(writer: &mut ArchiveWriter, all: bool, jobs: &mpsc::Sender<writer::SealJob>) {
+    for job in writer.roll(Instant::now(), all) {
+        // The sealer only stops when this sender is dropped.
+        let _ = jobs.send(job).await;
     }
 }
 

@@ -244,3 +244,69 @@ async fn verify_names_altered_missing_and_extra_segments() {
         report.findings
     );
 }
+
+#[tokio::test]
+async fn a_failed_seal_keeps_its_rows_and_succeeds_once_the_disk_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path()).await.unwrap();
+    // A file where the archive directory belongs: every segment write fails.
+    let blocker = dir.path().join("archive");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let (tx, _raw_tx, inputs) = Inputs::channel(16);
+    let (sealed_tx, mut sealed_rx) = mpsc::channel(64);
+    let stats = Arc::new(CollectorStats::default());
+    let config = CollectorConfig {
+        data_dir: dir.path().to_path_buf(),
+        limits: SegmentLimits {
+            max_rows: 4,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(3600),
+        },
+        im_answer_timeout: Duration::from_secs(32),
+        calls: crate::calls::CallConfig::default(),
+        live: true,
+    };
+    let task = tokio::spawn(run(
+        config,
+        catalog.clone(),
+        inputs,
+        sealed_tx,
+        stats.clone(),
+    ));
+    for i in 0..2u32 {
+        for m in message(i, 1_764_000_000_000_000_000 + i64::from(i)) {
+            tx.send(m).await.unwrap();
+        }
+    }
+    // The first seal has failed by now; the disk "recovers".
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while stats
+        .write_errors
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < end,
+            "the blocked seal never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::remove_file(&blocker).unwrap();
+    drop(tx);
+    task.await.unwrap().unwrap();
+    while sealed_rx.recv().await.is_some() {}
+    let entries = catalog.segments().await.unwrap();
+    let sip_rows: i64 = entries
+        .iter()
+        .filter(|e| e.table_name == "sip_messages")
+        .map(|e| e.rows)
+        .sum();
+    assert_eq!(
+        sip_rows, 4,
+        "the rows of the failed seal were kept and sealed later"
+    );
+    assert_eq!(
+        stats.rows_lost.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}

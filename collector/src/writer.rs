@@ -23,7 +23,12 @@ use sipvault_schemas::{
     im_messages_batch, presence_batch, sip_messages_batch,
 };
 
-use crate::{CollectorError, Result, SealedSegment};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+
+use crate::{CollectorError, CollectorStats, Result, SealedSegment};
 
 #[derive(Debug, Clone)]
 pub struct SegmentLimits {
@@ -57,10 +62,11 @@ impl<T> Buffer<T> {
     }
 }
 
+/// Row buffers per table and day. Rolling takes the due buffers out as
+/// [`SealJob`]s; [`run_sealer`] turns them into segments on its own task, so
+/// ingest keeps going while a segment is written.
 pub struct ArchiveWriter {
-    data_dir: PathBuf,
     limits: SegmentLimits,
-    catalog: Catalog,
     sip: BTreeMap<String, Buffer<SipMessageRow>>,
     im: BTreeMap<String, Buffer<ImMessageRow>>,
     calls: BTreeMap<String, Buffer<CallRow>>,
@@ -114,11 +120,9 @@ fn push<T>(map: &mut BTreeMap<String, Buffer<T>>, date: String, row: T, size: us
 }
 
 impl ArchiveWriter {
-    pub fn new(data_dir: PathBuf, limits: SegmentLimits, catalog: Catalog) -> Self {
+    pub fn new(limits: SegmentLimits) -> Self {
         ArchiveWriter {
-            data_dir,
             limits,
-            catalog,
             sip: BTreeMap::new(),
             im: BTreeMap::new(),
             calls: BTreeMap::new(),
@@ -175,42 +179,82 @@ impl ArchiveWriter {
             || due(&self.presence, now, &self.limits)
     }
 
-    /// Seals every buffer that is due (or every non-empty one when `all`).
-    /// A buffer whose seal fails keeps its rows for the next attempt.
-    pub async fn roll(&mut self, now: Instant, all: bool) -> Result<Vec<SealedSegment>> {
-        let sealer = Sealer {
-            data_dir: &self.data_dir,
-            catalog: &self.catalog,
-        };
-        let mut sealed: Vec<SealedSegment> =
-            roll_table(&mut self.sip, &sealer, now, all, &self.limits)
-                .await?
-                .into_iter()
-                .map(|(seg, _)| seg)
-                .collect();
-        for (mut seg, rows) in roll_table(&mut self.im, &sealer, now, all, &self.limits).await? {
-            seg.im_rows = rows;
-            sealed.push(seg);
-        }
-        let calls = roll_table(&mut self.calls, &sealer, now, all, &self.limits).await?;
-        sealed.extend(calls.into_iter().map(|(seg, _)| seg));
-        let hep_raw = roll_table(&mut self.hep_raw, &sealer, now, all, &self.limits).await?;
-        sealed.extend(hep_raw.into_iter().map(|(seg, _)| seg));
-        let presence = roll_table(&mut self.presence, &sealer, now, all, &self.limits).await?;
-        sealed.extend(presence.into_iter().map(|(seg, _)| seg));
-        Ok(sealed)
+    /// Takes every buffer that is due (or every non-empty one when `all`)
+    /// out as a job for the sealer.
+    pub fn roll(&mut self, now: Instant, all: bool) -> Vec<SealJob> {
+        let mut jobs = take_due(&mut self.sip, now, all, &self.limits);
+        jobs.extend(take_due(&mut self.im, now, all, &self.limits));
+        jobs.extend(take_due(&mut self.calls, now, all, &self.limits));
+        jobs.extend(take_due(&mut self.hep_raw, now, all, &self.limits));
+        jobs.extend(take_due(&mut self.presence, now, all, &self.limits));
+        jobs
     }
+}
+
+/// Rows of one table and day on their way to becoming one segment.
+pub enum SegmentRows {
+    Sip(Vec<SipMessageRow>),
+    Im(Vec<ImMessageRow>),
+    Calls(Vec<CallRow>),
+    HepRaw(Vec<HepRawRow>),
+    Presence(Vec<PresenceRow>),
+}
+
+impl SegmentRows {
+    fn table(&self) -> &'static str {
+        match self {
+            SegmentRows::Sip(_) => TABLE_SIP_MESSAGES,
+            SegmentRows::Im(_) => TABLE_IM_MESSAGES,
+            SegmentRows::Calls(_) => TABLE_CALLS,
+            SegmentRows::HepRaw(_) => TABLE_HEP_RAW,
+            SegmentRows::Presence(_) => TABLE_PRESENCE,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            SegmentRows::Sip(r) => r.len(),
+            SegmentRows::Im(r) => r.len(),
+            SegmentRows::Calls(r) => r.len(),
+            SegmentRows::HepRaw(r) => r.len(),
+            SegmentRows::Presence(r) => r.len(),
+        }
+    }
+
+    /// The Arrow batch and the (min, max) row time.
+    fn batch(&self) -> std::result::Result<(RecordBatch, (i64, i64)), arrow_schema::ArrowError> {
+        fn of<T: ArchiveRow>(
+            rows: &[T],
+        ) -> std::result::Result<(RecordBatch, (i64, i64)), arrow_schema::ArrowError> {
+            Ok((T::batch(rows)?, time_range(rows.iter().map(T::time_ns))))
+        }
+        match self {
+            SegmentRows::Sip(r) => of(r),
+            SegmentRows::Im(r) => of(r),
+            SegmentRows::Calls(r) => of(r),
+            SegmentRows::HepRaw(r) => of(r),
+            SegmentRows::Presence(r) => of(r),
+        }
+    }
+}
+
+/// One segment to write: a table's rows for one day.
+pub struct SealJob {
+    pub date: String,
+    pub rows: SegmentRows,
 }
 
 /// A row type with its own archive table.
 trait ArchiveRow: Sized {
-    const TABLE: &'static str;
     fn time_ns(&self) -> i64;
     fn batch(rows: &[Self]) -> std::result::Result<RecordBatch, arrow_schema::ArrowError>;
+    fn into_segment(rows: Vec<Self>) -> SegmentRows;
 }
 
 impl ArchiveRow for SipMessageRow {
-    const TABLE: &'static str = TABLE_SIP_MESSAGES;
+    fn into_segment(rows: Vec<Self>) -> SegmentRows {
+        SegmentRows::Sip(rows)
+    }
     fn time_ns(&self) -> i64 {
         self.time_ns
     }
@@ -220,7 +264,9 @@ impl ArchiveRow for SipMessageRow {
 }
 
 impl ArchiveRow for ImMessageRow {
-    const TABLE: &'static str = TABLE_IM_MESSAGES;
+    fn into_segment(rows: Vec<Self>) -> SegmentRows {
+        SegmentRows::Im(rows)
+    }
     fn time_ns(&self) -> i64 {
         self.time_ns
     }
@@ -230,7 +276,9 @@ impl ArchiveRow for ImMessageRow {
 }
 
 impl ArchiveRow for CallRow {
-    const TABLE: &'static str = TABLE_CALLS;
+    fn into_segment(rows: Vec<Self>) -> SegmentRows {
+        SegmentRows::Calls(rows)
+    }
     fn time_ns(&self) -> i64 {
         self.time_ns
     }
@@ -240,7 +288,9 @@ impl ArchiveRow for CallRow {
 }
 
 impl ArchiveRow for HepRawRow {
-    const TABLE: &'static str = TABLE_HEP_RAW;
+    fn into_segment(rows: Vec<Self>) -> SegmentRows {
+        SegmentRows::HepRaw(rows)
+    }
     fn time_ns(&self) -> i64 {
         self.time_ns
     }
@@ -250,7 +300,9 @@ impl ArchiveRow for HepRawRow {
 }
 
 impl ArchiveRow for PresenceRow {
-    const TABLE: &'static str = TABLE_PRESENCE;
+    fn into_segment(rows: Vec<Self>) -> SegmentRows {
+        SegmentRows::Presence(rows)
+    }
     fn time_ns(&self) -> i64 {
         self.time_ns
     }
@@ -259,14 +311,13 @@ impl ArchiveRow for PresenceRow {
     }
 }
 
-/// Seals the due buffers of one table; returns each segment with its rows.
-async fn roll_table<T: ArchiveRow>(
+/// Takes the due buffers of one table out as jobs.
+fn take_due<T: ArchiveRow>(
     buffers: &mut BTreeMap<String, Buffer<T>>,
-    sealer: &Sealer<'_>,
     now: Instant,
     all: bool,
     limits: &SegmentLimits,
-) -> Result<Vec<(SealedSegment, Vec<T>)>> {
+) -> Vec<SealJob> {
     let dates: Vec<String> = buffers
         .iter()
         .filter(|(_, b)| {
@@ -278,32 +329,73 @@ async fn roll_table<T: ArchiveRow>(
         })
         .map(|(d, _)| d.clone())
         .collect();
-    let mut sealed = Vec::new();
-    for date in dates {
-        let Some(buf) = buffers.get_mut(&date) else {
-            continue;
-        };
-        let rows = std::mem::take(&mut buf.rows);
-        let (min, max) = time_range(rows.iter().map(T::time_ns));
-        let outcome = match T::batch(&rows) {
-            Ok(batch) => sealer.seal(T::TABLE, &date, batch, min, max).await,
-            Err(e) => Err(e.into()),
-        };
-        match outcome {
-            Ok(mut seg) => {
-                seg.rows = rows.len();
-                buffers.remove(&date);
-                sealed.push((seg, rows));
-            }
-            Err(e) => {
-                if let Some(buf) = buffers.get_mut(&date) {
-                    buf.rows = rows;
+    dates
+        .into_iter()
+        .filter_map(|date| {
+            let buf = buffers.remove(&date)?;
+            Some(SealJob {
+                date,
+                rows: T::into_segment(buf.rows),
+            })
+        })
+        .collect()
+}
+
+/// How often a job whose seal keeps failing is retried once the collector
+/// has stopped (while it runs, jobs are retried until they succeed, and the
+/// bounded job channel holds ingest back meanwhile).
+const SEAL_ATTEMPTS_AT_SHUTDOWN: u32 = 5;
+
+/// The sealing stage: writes each job as a segment, in order (the manifest
+/// is a hash chain), and announces it on `sealed`. A failed seal is retried
+/// with backoff, its rows kept, so nothing is dropped because the disk was
+/// briefly full or read-only.
+pub async fn run_sealer(
+    data_dir: PathBuf,
+    catalog: Catalog,
+    mut jobs: mpsc::Receiver<SealJob>,
+    sealed: mpsc::Sender<SealedSegment>,
+    stats: Arc<CollectorStats>,
+) {
+    let sealer = Sealer {
+        data_dir: &data_dir,
+        catalog: &catalog,
+    };
+    while let Some(job) = jobs.recv().await {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match sealer.seal_job(&job).await {
+                Ok(seg) => {
+                    stats.segments_sealed.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(table = %seg.table, path = %seg.path, rows = seg.rows, "segment sealed");
+                    let seg = match job.rows {
+                        SegmentRows::Im(rows) => SealedSegment {
+                            im_rows: rows,
+                            ..seg
+                        },
+                        _ => seg,
+                    };
+                    // The receiver going away (indexer stopped) must not stop archiving.
+                    let _ = sealed.send(seg).await;
+                    break;
                 }
-                return Err(e);
+                Err(e) => {
+                    stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    if jobs.is_closed() && attempt >= SEAL_ATTEMPTS_AT_SHUTDOWN {
+                        stats
+                            .rows_lost
+                            .fetch_add(job.rows.len() as u64, Ordering::Relaxed);
+                        tracing::error!(error = %e, table = job.rows.table(), date = %job.date, rows = job.rows.len(), "sealing failed at shutdown; these rows are lost");
+                        break;
+                    }
+                    let backoff = Duration::from_millis(200 * 2u64.pow(attempt.min(6)));
+                    tracing::error!(error = %e, table = job.rows.table(), date = %job.date, ?backoff, "sealing a segment failed; rows kept, retrying");
+                    tokio::time::sleep(backoff).await;
+                }
             }
         }
     }
-    Ok(sealed)
 }
 
 struct Sealer<'a> {
@@ -312,6 +404,12 @@ struct Sealer<'a> {
 }
 
 impl Sealer<'_> {
+    async fn seal_job(&self, job: &SealJob) -> Result<SealedSegment> {
+        let (batch, (min, max)) = job.rows.batch()?;
+        self.seal(job.rows.table(), &job.date, batch, min, max)
+            .await
+    }
+
     async fn seal(
         &self,
         table: &str,
