@@ -122,7 +122,7 @@ const IPPROTO_IDP_TLS: u8 = 22;
 const IPPROTO_SCTP: u8 = 132;
 
 /// One decoded HEP packet (any version).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HepPacket {
     /// 1, 2 or 3.
     pub version: u8,
@@ -317,14 +317,9 @@ fn decode_v12(bytes: &[u8], max_payload: usize) -> Result<HepPacket, HepError> {
         dst: Some(SocketAddr::new(dst_ip, be16(bytes, 6))),
         time_sec,
         time_usec,
-        proto_type: None,
         capture_id,
-        auth_key: None,
         payload: payload.to_vec(),
-        correlation_id: None,
-        vlan: None,
-        node_name: None,
-        unknown_chunks: 0,
+        ..HepPacket::default()
     })
 }
 
@@ -388,20 +383,7 @@ fn decode_v3(bytes: &[u8], max_payload: usize) -> Result<HepPacket, HepError> {
 
     let mut p = HepPacket {
         version: 3,
-        ip_family: None,
-        protocol: None,
-        src: None,
-        dst: None,
-        time_sec: None,
-        time_usec: None,
-        proto_type: None,
-        capture_id: None,
-        auth_key: None,
-        payload: Vec::new(),
-        correlation_id: None,
-        vlan: None,
-        node_name: None,
-        unknown_chunks: 0,
+        ..HepPacket::default()
     };
     let (mut src4, mut dst4, mut src6, mut dst6) = (None, None, None, None);
     let (mut src_port, mut dst_port) = (None, None);
@@ -795,20 +777,7 @@ mod tests {
     fn empty_v3() -> HepPacket {
         HepPacket {
             version: 3,
-            ip_family: None,
-            protocol: None,
-            src: None,
-            dst: None,
-            time_sec: None,
-            time_usec: None,
-            proto_type: None,
-            capture_id: None,
-            auth_key: None,
-            payload: Vec::new(),
-            correlation_id: None,
-            vlan: None,
-            node_name: None,
-            unknown_chunks: 0,
+            ..HepPacket::default()
         }
     }
 
