@@ -10,6 +10,21 @@ use tokio::sync::mpsc;
 
 use crate::{CollectorConfig, CollectorStats, Inputs, SegmentLimits, run, writer::sha256_file};
 
+/// A live pipeline whose segments roll at `max_rows` (never by size or age).
+fn config(data_dir: &std::path::Path, max_rows: usize) -> CollectorConfig {
+    CollectorConfig {
+        data_dir: data_dir.to_path_buf(),
+        limits: SegmentLimits {
+            max_rows,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(3600),
+        },
+        im_answer_timeout: Duration::from_secs(32),
+        calls: crate::calls::CallConfig::default(),
+        live: true,
+    }
+}
+
 fn message(i: u32, t: i64) -> Vec<CapturedMessage> {
     let req = format!(
         "MESSAGE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK{i}\r\nFrom: <sip:alice@example.com>;tag=a{i}\r\nTo: <sip:bob@example.com>\r\nCall-ID: call-{i}\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: 7\r\n\r\nhello {}",
@@ -39,17 +54,7 @@ async fn pipeline_writes_sealed_segments_with_manifest_rows() {
     let (tx, raw_tx, inputs) = Inputs::channel(16);
     let (sealed_tx, mut sealed_rx) = mpsc::channel(64);
     let stats = Arc::new(CollectorStats::default());
-    let config = CollectorConfig {
-        data_dir: dir.path().to_path_buf(),
-        limits: SegmentLimits {
-            max_rows: 8,
-            max_bytes: 1 << 20,
-            max_age: Duration::from_secs(3600),
-        },
-        im_answer_timeout: Duration::from_secs(32),
-        calls: crate::calls::CallConfig::default(),
-        live: true,
-    };
+    let config = config(dir.path(), 8);
     let task = tokio::spawn(run(
         config,
         catalog.clone(),
@@ -176,17 +181,7 @@ async fn verify_names_altered_missing_and_extra_segments() {
     let catalog = Catalog::open(dir.path()).await.unwrap();
     let (tx, _raw_tx, inputs) = Inputs::channel(16);
     let (sealed_tx, mut sealed_rx) = mpsc::channel(64);
-    let config = CollectorConfig {
-        data_dir: dir.path().to_path_buf(),
-        limits: SegmentLimits {
-            max_rows: 4,
-            max_bytes: 1 << 20,
-            max_age: Duration::from_secs(3600),
-        },
-        im_answer_timeout: Duration::from_secs(32),
-        calls: crate::calls::CallConfig::default(),
-        live: true,
-    };
+    let config = config(dir.path(), 4);
     let task = tokio::spawn(run(
         config,
         catalog.clone(),
@@ -255,17 +250,7 @@ async fn a_failed_seal_keeps_its_rows_and_succeeds_once_the_disk_recovers() {
     let (tx, _raw_tx, inputs) = Inputs::channel(16);
     let (sealed_tx, mut sealed_rx) = mpsc::channel(64);
     let stats = Arc::new(CollectorStats::default());
-    let config = CollectorConfig {
-        data_dir: dir.path().to_path_buf(),
-        limits: SegmentLimits {
-            max_rows: 4,
-            max_bytes: 1 << 20,
-            max_age: Duration::from_secs(3600),
-        },
-        im_answer_timeout: Duration::from_secs(32),
-        calls: crate::calls::CallConfig::default(),
-        live: true,
-    };
+    let config = config(dir.path(), 4);
     let task = tokio::spawn(run(
         config,
         catalog.clone(),
