@@ -143,22 +143,7 @@ async fn bad_input_is_refused_and_service_continues() {
     let mut server = tokio::task::block_in_place(|| ServeProcess::start(&data, Some(&config)));
     let addr = server.addr;
 
-    let mut alice = UserAgent::connect(Transport::Udp, addr, "alice", DOMAIN, "alice-pw")
-        .await
-        .expect("alice UA");
-    let mut bob = UserAgent::connect(Transport::Tcp, addr, "bob", DOMAIN, "bob-pw")
-        .await
-        .expect("bob UA");
-    assert_eq!(
-        alice.register(600).await.expect("alice REGISTER"),
-        200,
-        "alice could not register"
-    );
-    assert_eq!(
-        bob.register(600).await.expect("bob REGISTER"),
-        200,
-        "bob could not register"
-    );
+    let (alice, bob) = common::registered_alice_and_bob(addr, DOMAIN, "before the bad input").await;
     let mut w = Witnesses { alice, bob, n: 0 };
     w.check("start-up").await;
 

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::{ServeProcess, sipvault, testdata};
 use sipvault_schemas::Transport;
-use sipvault_server::ua::UserAgent;
 use sipvault_sip::{SipMessage, StreamFramer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -494,22 +493,8 @@ async fn torture_set_against_the_running_server() {
     );
 
     // The server still does its job.
-    let mut alice = UserAgent::connect(Transport::Udp, addr, "alice", DOMAIN, "alice-pw")
-        .await
-        .expect("alice UA");
-    let mut bob = UserAgent::connect(Transport::Tcp, addr, "bob", DOMAIN, "bob-pw")
-        .await
-        .expect("bob UA");
-    assert_eq!(
-        alice.register(600).await.expect("alice REGISTER"),
-        200,
-        "alice (UDP) could not register after the torture set"
-    );
-    assert_eq!(
-        bob.register(600).await.expect("bob REGISTER"),
-        200,
-        "bob (TCP) could not register after the torture set"
-    );
+    let (mut alice, mut bob) =
+        common::registered_alice_and_bob(addr, DOMAIN, "after the torture set").await;
     let code = alice
         .message("bob", "still standing after RFC 4475")
         .await

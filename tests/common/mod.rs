@@ -240,3 +240,34 @@ pub fn sql_rows(data: &Path, statement: &str) -> Vec<serde_json::Value> {
         other => panic!("`sipvault sql {statement}` did not print a JSON array: {other:?}\n{out}"),
     }
 }
+
+/// alice over UDP and bob over TCP (passwords `alice-pw`, `bob-pw`),
+/// both registered with `server`; `when` names the moment in failure messages.
+pub async fn registered_alice_and_bob(
+    server: SocketAddr,
+    domain: &str,
+    when: &str,
+) -> (
+    sipvault_server::ua::UserAgent,
+    sipvault_server::ua::UserAgent,
+) {
+    use sipvault_schemas::Transport;
+    use sipvault_server::ua::UserAgent;
+    let mut alice = UserAgent::connect(Transport::Udp, server, "alice", domain, "alice-pw")
+        .await
+        .expect("alice UA");
+    let mut bob = UserAgent::connect(Transport::Tcp, server, "bob", domain, "bob-pw")
+        .await
+        .expect("bob UA");
+    assert_eq!(
+        alice.register(600).await.expect("alice REGISTER"),
+        200,
+        "alice (UDP) could not register {when}"
+    );
+    assert_eq!(
+        bob.register(600).await.expect("bob REGISTER"),
+        200,
+        "bob (TCP) could not register {when}"
+    );
+    (alice, bob)
+}
