@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ServeProcess, free_udp_port, run_sipp, sipp, sipp_available, sql_rows, testdata};
+use common::{
+    ServeProcess, SippSide, free_udp_port, run_sipp, run_sipp_pair, sipp_available, sql_rows,
+    testdata,
+};
 use sipvault_collector::hep::{encode_hep3, encode_hep3_typed, proto_type};
 
 fn available(tool: &str, arg: &str) -> bool {
@@ -163,74 +166,68 @@ fn kamailio_siptrace_is_archived_with_its_agent_id() {
         ]),
         "REGISTER bob through kamailio",
     );
-    let uas = sipp(
-        &scenarios.join("message"),
-        &args(&[
-            "-sf",
-            "uas.xml",
-            "-p",
-            &bob_port.to_string(),
-            "-m",
-            &MESSAGES.to_string(),
-        ]),
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    run_sipp(
-        &scenarios.join("message"),
-        &args(&[
-            "-sf",
-            "uac.xml",
-            &proxy,
-            "-p",
-            &alice_port.to_string(),
-            "-m",
-            &MESSAGES.to_string(),
-            "-r",
-            "10",
-        ]),
+    run_sipp_pair(
+        SippSide {
+            dir: &scenarios.join("message"),
+            args: args(&[
+                "-sf",
+                "uas.xml",
+                "-p",
+                &bob_port.to_string(),
+                "-m",
+                &MESSAGES.to_string(),
+            ]),
+        },
+        SippSide {
+            dir: &scenarios.join("message"),
+            args: args(&[
+                "-sf",
+                "uac.xml",
+                &proxy,
+                "-p",
+                &alice_port.to_string(),
+                "-m",
+                &MESSAGES.to_string(),
+                "-r",
+                "10",
+            ]),
+        },
         "MESSAGE alice -> bob through kamailio",
     );
-    let out = uas.wait_with_output().unwrap();
-    assert!(out.status.success(), "SIPp message UAS failed");
 
     // Calls: bob's UAS echoes Kamailio's Record-Route, so ACK and BYE are
     // loose-routed through the proxy and mirrored too.
-    let uas = sipp(
-        &ours,
-        &args(&[
-            "-sf",
-            "call-uas-record-route.xml",
-            "-p",
-            &bob_port.to_string(),
-            "-m",
-            &CALLS.to_string(),
-            "-mp",
-            &free_udp_port().to_string(),
-        ]),
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    run_sipp(
-        &scenarios.join("call-basic"),
-        &args(&[
-            "-sf",
-            "uac.xml",
-            &proxy,
-            "-p",
-            &alice_port.to_string(),
-            "-m",
-            &CALLS.to_string(),
-            "-r",
-            "10",
-            "-mp",
-            &free_udp_port().to_string(),
-        ]),
+    run_sipp_pair(
+        SippSide {
+            dir: &ours,
+            args: args(&[
+                "-sf",
+                "call-uas-record-route.xml",
+                "-p",
+                &bob_port.to_string(),
+                "-m",
+                &CALLS.to_string(),
+                "-mp",
+                &free_udp_port().to_string(),
+            ]),
+        },
+        SippSide {
+            dir: &scenarios.join("call-basic"),
+            args: args(&[
+                "-sf",
+                "uac.xml",
+                &proxy,
+                "-p",
+                &alice_port.to_string(),
+                "-m",
+                &CALLS.to_string(),
+                "-r",
+                "10",
+                "-mp",
+                &free_udp_port().to_string(),
+            ]),
+        },
         "calls alice -> bob through kamailio",
-    );
-    let out = uas.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "SIPp call UAS failed:\n{}",
-        String::from_utf8_lossy(&out.stdout)
     );
 
     settle();

@@ -9,7 +9,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use arrow_array::{Array, ListArray, RecordBatch, StringArray, UInt16Array};
-use common::{ServeProcess, free_udp_port, run_sipp, sipp, sipp_available, sipvault, testdata};
+use common::{
+    ServeProcess, SippSide, free_udp_port, run_sipp, run_sipp_pair, sipp_available, sipvault,
+    testdata,
+};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sha2::{Digest, Sha256};
 
@@ -113,38 +116,33 @@ fn sipp_register_and_message_are_relayed_archived_and_searchable() {
         ],
         "REGISTER bob (tests/sipp/register-user.xml)",
     );
-    let uas = sipp(
-        &scenarios.join("message"),
-        &[
-            "-sf".into(),
-            "uas.xml".into(),
-            "-p".into(),
-            bob_port.to_string(),
-            "-m".into(),
-            MESSAGES.to_string(),
-        ],
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    run_sipp(
-        &scenarios.join("message"),
-        &[
-            "-sf".into(),
-            "uac.xml".into(),
-            remote.clone(),
-            "-p".into(),
-            alice_port.to_string(),
-            "-m".into(),
-            MESSAGES.to_string(),
-            "-r".into(),
-            "10".into(),
-        ],
+    run_sipp_pair(
+        SippSide {
+            dir: &scenarios.join("message"),
+            args: vec![
+                "-sf".into(),
+                "uas.xml".into(),
+                "-p".into(),
+                bob_port.to_string(),
+                "-m".into(),
+                MESSAGES.to_string(),
+            ],
+        },
+        SippSide {
+            dir: &scenarios.join("message"),
+            args: vec![
+                "-sf".into(),
+                "uac.xml".into(),
+                remote.clone(),
+                "-p".into(),
+                alice_port.to_string(),
+                "-m".into(),
+                MESSAGES.to_string(),
+                "-r".into(),
+                "10".into(),
+            ],
+        },
         "MESSAGE alice -> bob (testdata/sipp/message/uac.xml)",
-    );
-    let out = uas.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "SIPp UAS (bob) failed:\n{}",
-        String::from_utf8_lossy(&out.stdout)
     );
 
     // Searching while the server runs works: nothing sealed yet (the segment

@@ -271,3 +271,24 @@ pub async fn registered_alice_and_bob(
     );
     (alice, bob)
 }
+
+/// One SIPp side of a pair: the directory it runs in and its arguments.
+pub struct SippSide<'a> {
+    pub dir: &'a Path,
+    pub args: Vec<String>,
+}
+
+/// Starts the UAS, gives it a moment to bind, runs the UAC to completion,
+/// then asserts that both succeeded; `what` names the exchange in failures.
+pub fn run_sipp_pair(uas: SippSide<'_>, uac: SippSide<'_>, what: &str) {
+    let server = sipp(uas.dir, &uas.args);
+    std::thread::sleep(Duration::from_millis(300));
+    run_sipp(uac.dir, &uac.args, what);
+    let out = server.wait_with_output().expect("wait for the SIPp UAS");
+    assert!(
+        out.status.success(),
+        "SIPp UAS of {what} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
