@@ -157,17 +157,6 @@ impl ArchiveWriter {
         push(&mut self.presence, self.dates.date(row.time_ns), row, size);
     }
 
-    pub fn buffered_rows(&self) -> usize {
-        fn rows<T>(m: &BTreeMap<String, Buffer<T>>) -> usize {
-            m.values().map(|b| b.rows.len()).sum()
-        }
-        rows(&self.sip)
-            + rows(&self.im)
-            + rows(&self.calls)
-            + rows(&self.hep_raw)
-            + rows(&self.presence)
-    }
-
     pub fn needs_roll(&self, now: Instant) -> bool {
         fn due<T>(m: &BTreeMap<String, Buffer<T>>, now: Instant, l: &SegmentLimits) -> bool {
             m.values().any(|b| b.due(now, l))
