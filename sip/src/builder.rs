@@ -67,7 +67,10 @@ impl MessageBuilder {
         };
         MessageBuilder {
             start,
-            headers: msg.headers().to_vec(),
+            headers: msg
+                .headers()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
             body: msg.body().to_vec(),
         }
     }
@@ -289,7 +292,7 @@ Content-Length: 3\r\n\r\nv=0";
         assert_eq!(out.max_forwards(), Some(69));
         assert_eq!(out.header("record-route"), None);
         assert_eq!(out.body(), b"v=0");
-        assert_eq!(out.headers()[0].0, "Via");
+        assert_eq!(out.headers().next().unwrap().0, "Via");
     }
 
     #[test]

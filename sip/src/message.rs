@@ -4,25 +4,47 @@ use std::sync::OnceLock;
 
 use crate::addr::{Contact, NameAddr, Via};
 use crate::error::ParseError;
-use crate::util::{canonical_name, is_lws, is_token, parse_u32_digits, split_top};
+use crate::util::{canonical_name, is_lws, is_token, names_header, parse_u32_digits, split_top};
+
+/// Byte range into [`SipMessage::head`].
+type Span = std::ops::Range<usize>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum StartLine {
-    Request { method: String, uri: String },
-    Response { code: u16, reason: String },
+    Request { method: Span, uri: Span },
+    Response { code: u16, reason: Span },
+}
+
+/// Where a header value lives: in the head text, or (for a value folded
+/// over several lines, which must be rejoined) in `unfolded`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Value {
+    Head(Span),
+    Unfolded(usize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Header {
+    name: Span,
+    value: Value,
 }
 
 /// A parsed SIP message. It owns the bytes of exactly this message (leading
 /// keep-alive CRLFs and octets after the declared body are not part of it);
 /// header names and values are decoded as UTF-8 (invalid sequences replaced),
 /// folded lines unfolded, values trimmed. The body is kept byte for byte.
+///
+/// Names and values are ranges into one decoded copy of the head (start
+/// line and headers), not a string each: archiving parses every message it
+/// sees, and per-header allocations dominated that cost.
 #[derive(Debug, Clone)]
 pub struct SipMessage {
     raw: Vec<u8>,
+    /// Start line and header lines as text, line ends included.
+    head: String,
     start: StartLine,
-    headers: Vec<(String, String)>,
-    /// Lower-case long names of `headers`, index for index.
-    canon: Vec<String>,
+    headers: Vec<Header>,
+    unfolded: Vec<String>,
     body_start: usize,
     /// From and To parsed on first use: every archive consumer (row,
     /// IM and call correlation) asks for them, and parsing validates the URI.
@@ -30,26 +52,62 @@ pub struct SipMessage {
     to: OnceLock<Option<NameAddr>>,
 }
 
-/// One line of `buf` from `pos`: (content without CR/LF, position after the
-/// line end, whether a line end was found).
-fn next_line(buf: &[u8], pos: usize) -> (&[u8], usize, bool) {
-    let rest = buf.get(pos..).unwrap_or(&[]);
+/// One line of `text` from `pos`: (range of the content without CR/LF,
+/// position after the line end, whether a line end was found).
+fn next_line(text: &str, pos: usize) -> (Span, usize, bool) {
+    let rest = text.as_bytes().get(pos..).unwrap_or(&[]);
     match rest.iter().position(|&b| b == b'\n') {
         Some(nl) => {
-            let line = rest.get(..nl).unwrap_or(&[]);
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            (line, pos + nl + 1, true)
+            let end = if nl > 0 && rest.get(nl - 1) == Some(&b'\r') {
+                pos + nl - 1
+            } else {
+                pos + nl
+            };
+            (pos..end, pos + nl + 1, true)
         }
-        None => (rest, buf.len(), false),
+        None => (pos..text.len(), text.len(), false),
     }
 }
 
-fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
-    let looks_like_response = line
-        .get(..4)
-        .is_some_and(|p| p.eq_ignore_ascii_case("SIP/"));
+/// Where the head (start line and headers) of `bytes` ends: the position of
+/// the body, or `None` when the input ends inside a header line. Input that
+/// ends right after a complete header line, without the empty line, has an
+/// empty body.
+fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut pos = from;
+    loop {
+        let rest = bytes.get(pos..).unwrap_or(&[]);
+        if rest.is_empty() {
+            return Some(bytes.len());
+        }
+        if rest.starts_with(b"\r\n") {
+            return Some(pos + 2);
+        }
+        if rest.starts_with(b"\n") {
+            return Some(pos + 1);
+        }
+        pos += rest.iter().position(|&b| b == b'\n')? + 1;
+    }
+}
+
+/// Trims linear white space off both ends of a range of `text`.
+fn trim_span(text: &str, span: Span) -> Span {
+    let s = text.get(span.clone()).unwrap_or("");
+    let lead = s.len() - s.trim_start_matches(is_lws).len();
+    let trimmed = s.trim_matches(is_lws);
+    span.start + lead..span.start + lead + trimmed.len()
+}
+
+fn parse_start_line(text: &str, line: Span) -> Result<StartLine, ParseError> {
+    let l = text.get(line.clone()).unwrap_or("");
+    let at = |s: &str| {
+        // `s` is a sub-slice of `l`: its offset in `text`.
+        let off = s.as_ptr() as usize - l.as_ptr() as usize;
+        line.start + off..line.start + off + s.len()
+    };
+    let looks_like_response = l.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("SIP/"));
     if looks_like_response {
-        let mut it = line.splitn(3, ' ');
+        let mut it = l.splitn(3, ' ');
         let version = it.next().unwrap_or("");
         let code = it
             .next()
@@ -69,18 +127,20 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
         }
         return Ok(StartLine::Response {
             code,
-            reason: reason.to_string(),
+            reason: at(reason),
         });
     }
     // Trailing white space after the version is tolerated (RFC 4475 3.1.2.10
     // allows a liberal element to ignore it); any other deviation from
     // `Method SP Request-URI SP SIP-Version` is rejected.
-    let t = line.trim_end_matches(is_lws);
-    let parts: Vec<&str> = t.split(' ').collect();
-    let [method, uri, version] = parts.as_slice() else {
+    let t = l.trim_end_matches(is_lws);
+    let mut parts = t.split(' ');
+    let (Some(method), Some(uri), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(ParseError::BadStartLine(format!(
             "expected 3 fields separated by single spaces, got {}",
-            parts.len()
+            t.split(' ').count()
         )));
     };
     if !is_token(method) {
@@ -102,8 +162,8 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
         });
     }
     Ok(StartLine::Request {
-        method: method.to_string(),
-        uri: uri.to_string(),
+        method: at(method),
+        uri: at(uri),
     })
 }
 
@@ -136,75 +196,90 @@ impl SipMessage {
             .iter()
             .position(|&b| b != b'\r' && b != b'\n')
             .ok_or(ParseError::Empty)?;
-        let (line, mut pos, terminated) = next_line(bytes, msg_start);
+        let body_at = head_end(bytes, msg_start).ok_or(ParseError::Truncated)?;
+        let head_bytes = bytes.get(msg_start..body_at).unwrap_or(&[]);
+        let head = String::from_utf8_lossy(head_bytes).into_owned();
+
+        let (line, mut pos, terminated) = next_line(&head, 0);
         if !terminated {
             return Err(ParseError::Truncated);
         }
-        let start = parse_start_line(&String::from_utf8_lossy(line))?;
+        let start = parse_start_line(&head, line)?;
 
-        let mut headers: Vec<(String, String)> = Vec::new();
-        let body_start;
-        loop {
-            if pos >= bytes.len() {
-                // Input ends right after a complete header line: the empty
-                // line is missing, take it as the end of the headers.
-                body_start = bytes.len();
-                break;
-            }
-            let (line, next, terminated) = next_line(bytes, pos);
+        let mut headers: Vec<Header> = Vec::with_capacity(16);
+        let mut unfolded: Vec<String> = Vec::new();
+        while pos < head.len() {
+            let (line, next, _) = next_line(&head, pos);
+            pos = next;
             if line.is_empty() {
-                body_start = next;
                 break;
             }
-            if !terminated {
-                return Err(ParseError::Truncated);
-            }
-            let text = String::from_utf8_lossy(line);
+            let text = head.get(line.clone()).unwrap_or("");
             if text.starts_with(is_lws) {
-                let (_, value) = headers.last_mut().ok_or_else(|| {
+                let last = headers.last_mut().ok_or_else(|| {
                     ParseError::BadHeaderLine("continuation line before the first header".into())
                 })?;
                 let more = text.trim_matches(is_lws);
-                if !more.is_empty() {
+                if more.is_empty() {
+                    continue;
+                }
+                let value = match &last.value {
+                    Value::Head(span) => {
+                        let value = head.get(span.clone()).unwrap_or("").to_string();
+                        unfolded.push(value);
+                        last.value = Value::Unfolded(unfolded.len() - 1);
+                        unfolded.last_mut()
+                    }
+                    Value::Unfolded(i) => unfolded.get_mut(*i),
+                };
+                if let Some(value) = value {
                     if !value.is_empty() {
                         value.push(' ');
                     }
                     value.push_str(more);
                 }
             } else {
-                let (name, value) = text
-                    .split_once(':')
+                let colon = text
+                    .find(':')
                     .ok_or_else(|| ParseError::BadHeaderLine("header line without ':'".into()))?;
-                let name = name.trim_end_matches(is_lws);
-                if !is_token(name) {
+                let name = trim_span(&head, line.start..line.start + colon);
+                if name.start != line.start || !is_token(head.get(name.clone()).unwrap_or("")) {
                     return Err(ParseError::BadHeaderLine(
                         "header name is not a token".into(),
                     ));
                 }
-                headers.push((name.to_string(), value.trim_matches(is_lws).to_string()));
+                let value = trim_span(&head, line.start + colon + 1..line.end);
+                headers.push(Header {
+                    name,
+                    value: Value::Head(value),
+                });
             }
-            pos = next;
         }
-        let canon: Vec<String> = headers
-            .iter()
-            .map(|(n, _)| canonical_name(n).into_owned())
-            .collect();
+
+        let mut msg = SipMessage {
+            raw: Vec::new(),
+            head,
+            start,
+            headers,
+            unfolded,
+            body_start: body_at - msg_start,
+            from: OnceLock::new(),
+            to: OnceLock::new(),
+        };
 
         // Content-Length decides where the body ends.
         let mut declared: Option<usize> = None;
-        for ((_, v), c) in headers.iter().zip(&canon) {
-            if c == "content-length" {
-                let n = parse_content_length(v)
-                    .ok_or_else(|| ParseError::InvalidContentLength(v.clone()))?;
-                match declared {
-                    Some(d) if d != n => return Err(ParseError::ConflictingContentLength),
-                    _ => declared = Some(n),
-                }
+        for v in msg.header_iter("content-length") {
+            let n = parse_content_length(v)
+                .ok_or_else(|| ParseError::InvalidContentLength(v.to_string()))?;
+            match declared {
+                Some(d) if d != n => return Err(ParseError::ConflictingContentLength),
+                _ => declared = Some(n),
             }
         }
         let end = match declared {
             Some(n) => {
-                let end = body_start.checked_add(n).ok_or(ParseError::Truncated)?;
+                let end = body_at.checked_add(n).ok_or(ParseError::Truncated)?;
                 if end > bytes.len() {
                     return Err(ParseError::Truncated);
                 }
@@ -214,27 +289,37 @@ impl SipMessage {
         };
 
         // CSeq must be readable: a number that fits 32 bits and a method.
-        for ((_, v), c) in headers.iter().zip(&canon) {
-            if c == "cseq" {
-                let (num, _) = split_cseq(v).ok_or_else(|| ParseError::InvalidCSeq(v.clone()))?;
-                num.parse::<u32>()
-                    .map_err(|_| ParseError::InvalidCSeq(v.clone()))?;
-            }
+        for v in msg.header_iter("cseq") {
+            let (num, _) = split_cseq(v).ok_or_else(|| ParseError::InvalidCSeq(v.to_string()))?;
+            num.parse::<u32>()
+                .map_err(|_| ParseError::InvalidCSeq(v.to_string()))?;
         }
 
-        let raw = bytes
+        msg.raw = bytes
             .get(msg_start..end)
             .ok_or(ParseError::Truncated)?
             .to_vec();
-        Ok(SipMessage {
-            raw,
-            start,
-            headers,
-            canon,
-            body_start: body_start - msg_start,
-            from: OnceLock::new(),
-            to: OnceLock::new(),
-        })
+        Ok(msg)
+    }
+
+    fn text(&self, span: &Span) -> &str {
+        self.head.get(span.clone()).unwrap_or("")
+    }
+
+    fn value(&self, h: &Header) -> &str {
+        match &h.value {
+            Value::Head(span) => self.text(span),
+            Value::Unfolded(i) => self.unfolded.get(*i).map_or("", String::as_str),
+        }
+    }
+
+    /// Values of every header line that `canonical` (a lower-case long
+    /// name) denotes.
+    fn header_iter<'s>(&'s self, canonical: &str) -> impl Iterator<Item = &'s str> {
+        self.headers
+            .iter()
+            .filter(move |h| names_header(self.text(&h.name), canonical))
+            .map(|h| self.value(h))
     }
 
     /// The bytes of this message only.
@@ -249,14 +334,14 @@ impl SipMessage {
     /// Request method token as received (no case folding, no unescaping).
     pub fn method(&self) -> Option<&str> {
         match &self.start {
-            StartLine::Request { method, .. } => Some(method),
+            StartLine::Request { method, .. } => Some(self.text(method)),
             StartLine::Response { .. } => None,
         }
     }
 
     pub fn request_uri(&self) -> Option<&str> {
         match &self.start {
-            StartLine::Request { uri, .. } => Some(uri),
+            StartLine::Request { uri, .. } => Some(self.text(uri)),
             StartLine::Response { .. } => None,
         }
     }
@@ -270,7 +355,7 @@ impl SipMessage {
 
     pub fn reason(&self) -> Option<&str> {
         match &self.start {
-            StartLine::Response { reason, .. } => Some(reason),
+            StartLine::Response { reason, .. } => Some(self.text(reason)),
             StartLine::Request { .. } => None,
         }
     }
@@ -278,30 +363,25 @@ impl SipMessage {
     /// The start line as text (without line end).
     pub fn start_line(&self) -> String {
         match &self.start {
-            StartLine::Request { method, uri } => format!("{method} {uri} SIP/2.0"),
-            StartLine::Response { code, reason } => format!("SIP/2.0 {code} {reason}"),
+            StartLine::Request { method, uri } => {
+                format!("{} {} SIP/2.0", self.text(method), self.text(uri))
+            }
+            StartLine::Response { code, reason } => {
+                format!("SIP/2.0 {code} {}", self.text(reason))
+            }
         }
     }
 
     /// First value of the header, by long or compact name, case-insensitive.
     pub fn header(&self, name: &str) -> Option<&str> {
         let want = canonical_name(name);
-        self.canon
-            .iter()
-            .zip(&self.headers)
-            .find(|(c, _)| c.as_str() == want)
-            .map(|(_, (_, v))| v.as_str())
+        self.header_iter(&want).next()
     }
 
     /// Every header line with that name, in order (values not comma-split).
     pub fn header_all(&self, name: &str) -> Vec<&str> {
         let want = canonical_name(name);
-        self.canon
-            .iter()
-            .zip(&self.headers)
-            .filter(|(c, _)| c.as_str() == want)
-            .map(|(_, (_, v))| v.as_str())
-            .collect()
+        self.header_iter(&want).collect()
     }
 
     /// Every comma-separated value of every line with that name, trimmed,
@@ -320,9 +400,11 @@ impl SipMessage {
         out
     }
 
-    /// All headers in order, names as received, values unfolded and trimmed.
-    pub fn headers(&self) -> &[(String, String)] {
-        &self.headers
+    /// All headers in order: names as received, values unfolded and trimmed.
+    pub fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
+        self.headers
+            .iter()
+            .map(|h| (self.text(&h.name), self.value(h)))
     }
 
     pub fn call_id(&self) -> Option<&str> {
@@ -464,7 +546,7 @@ helloEXTRA";
         assert_eq!(m.header("s"), Some("a long subject"));
         assert_eq!(m.body(), b"hello");
         assert!(m.raw().ends_with(b"\r\n\r\nhello"));
-        assert_eq!(m.headers()[2].0, "f");
+        assert_eq!(m.headers().nth(2).unwrap().0, "f");
     }
 
     #[test]

@@ -64,6 +64,19 @@ pub(crate) fn canonical_name(name: &str) -> Cow<'_, str> {
     }
 }
 
+/// True when the header name `name`, as received, denotes `canonical` (a
+/// lower-case long name, as [`canonical_name`] gives): without allocating.
+pub(crate) fn names_header(name: &str, canonical: &str) -> bool {
+    if let [c] = name.as_bytes()
+        && let Some((_, long)) = COMPACT
+            .iter()
+            .find(|(k, _)| *k == char::from(c.to_ascii_lowercase()))
+    {
+        return *long == canonical;
+    }
+    name.eq_ignore_ascii_case(canonical)
+}
+
 /// True when two header names denote the same header (case-insensitive,
 /// long or compact form).
 pub(crate) fn same_header(a: &str, b: &str) -> bool {

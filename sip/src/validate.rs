@@ -84,7 +84,6 @@ pub fn check_request(msg: &SipMessage, supported: &[&str]) -> Result<(), Rejecti
     // Mandatory and single-value headers.
     let canon: Vec<String> = msg
         .headers()
-        .iter()
         .map(|(n, _)| canonical_name(n).into_owned())
         .collect();
     let count = |name: &str| canon.iter().filter(|c| c.as_str() == name).count();

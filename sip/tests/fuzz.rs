@@ -79,7 +79,7 @@ fn exercise(bytes: &[u8], chunk: usize) {
 
         // Re-reading the bytes of the message gives the same message.
         let again = SipMessage::parse(m.raw()).expect("raw() of a parsed message parses");
-        assert_eq!(again.headers(), m.headers());
+        assert!(again.headers().eq(m.headers()));
         assert_eq!(again.body(), m.body());
 
         // What the builder writes from a parsed message parses again.
