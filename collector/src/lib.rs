@@ -4,7 +4,8 @@
 //! Sources: the server's tap, [`hep_listener`] (HEP from other SIP
 //! servers) and [`pcap`] (capture files) all produce `CapturedMessage`s.
 //!
-//! Pipeline: source channel → parse once → [`rows::sip_row`] and the
+//! Pipeline: source channel → parse once → the `sip_messages` row
+//! ([`writer::ArchiveWriter::push_sip`], straight into Arrow columns) and the
 //! correlators [`im::ImCorrelator`] (MESSAGE + final response → one IM row),
 //! [`calls::CallCorrelator`] (one row per call) and
 //! [`presence::PresenceCorrelator`] (PIDF states) → [`writer::ArchiveWriter`]
@@ -18,7 +19,7 @@ pub mod hep_listener;
 pub mod im;
 pub mod pcap;
 pub mod presence;
-pub mod rows;
+pub mod synthetic;
 pub mod verify;
 pub mod writer;
 
@@ -205,10 +206,10 @@ pub async fn run(
                         }
                     }
                     stats.sip_rows.fetch_add(1, Ordering::Relaxed);
-                    writer.push_sip(rows::sip_row(msg, &parsed));
+                    writer.push_sip(&msg, &parsed);
                     // Per message, not per batch: a segment never exceeds its limits.
                     if writer.needs_roll(Instant::now()) {
-                        seal(&mut writer, false, &jobs).await;
+                        seal(&mut writer, false, &jobs, &stats).await;
                     }
                 }
             }
@@ -240,7 +241,7 @@ pub async fn run(
             }
         }
         if writer.needs_roll(Instant::now()) {
-            seal(&mut writer, false, &jobs).await;
+            seal(&mut writer, false, &jobs, &stats).await;
         }
     }
     while let Ok(row) = hep_raw.try_recv() {
@@ -262,7 +263,7 @@ pub async fn run(
         counters = ?presence.counters(),
         "presence correlator drained"
     );
-    seal(&mut writer, true, &jobs).await;
+    seal(&mut writer, true, &jobs, &stats).await;
     drop(jobs);
     sealer.await.map_err(|e| CollectorError::Io {
         path: config.data_dir.display().to_string(),
@@ -272,11 +273,19 @@ pub async fn run(
 }
 
 /// Hands the due buffers (all of them when `all`) to the sealing stage.
-async fn seal(writer: &mut ArchiveWriter, all: bool, jobs: &mpsc::Sender<writer::SealJob>) {
+async fn seal(
+    writer: &mut ArchiveWriter,
+    all: bool,
+    jobs: &mpsc::Sender<writer::SealJob>,
+    stats: &CollectorStats,
+) {
     for job in writer.roll(Instant::now(), all) {
         // The sealer only stops when this sender is dropped.
         let _ = jobs.send(job).await;
     }
+    stats
+        .rows_lost
+        .fetch_add(writer.take_lost(), Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -14,14 +14,16 @@ use std::time::{Duration, Instant};
 use arrow_array::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 use sipvault_catalog::{Catalog, NewSegment};
 use sipvault_schemas::{
-    CallRow, HepRawRow, ImMessageRow, PresenceRow, SipMessageRow, TABLE_CALLS, TABLE_HEP_RAW,
-    TABLE_IM_MESSAGES, TABLE_PRESENCE, TABLE_SIP_MESSAGES, calls_batch, hep_raw_batch,
-    im_messages_batch, presence_batch, sip_messages_batch,
+    CallRow, CapturedMessage, HepRawRow, ImMessageRow, PresenceRow, SipMessagesBuilder,
+    TABLE_CALLS, TABLE_HEP_RAW, TABLE_IM_MESSAGES, TABLE_PRESENCE, TABLE_SIP_MESSAGES, calls_batch,
+    hep_raw_batch, im_messages_batch, presence_batch,
 };
+use sipvault_sip::{ParseError, SipMessage};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -47,15 +49,32 @@ impl Default for SegmentLimits {
     }
 }
 
-struct Buffer<T> {
-    rows: Vec<T>,
+/// Rows waiting in a buffer: a `Vec` of row structs, or column builders.
+trait PendingRows: Default {
+    fn len(&self) -> usize;
+}
+
+impl<T> PendingRows for Vec<T> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+}
+
+impl PendingRows for SipMessagesBuilder {
+    fn len(&self) -> usize {
+        SipMessagesBuilder::len(self)
+    }
+}
+
+struct Buffer<R> {
+    rows: R,
     bytes: usize,
     opened: Instant,
 }
 
-impl<T> Buffer<T> {
+impl<R: PendingRows> Buffer<R> {
     fn due(&self, now: Instant, limits: &SegmentLimits) -> bool {
-        !self.rows.is_empty()
+        self.rows.len() > 0
             && (self.rows.len() >= limits.max_rows
                 || self.bytes >= limits.max_bytes
                 || now.duration_since(self.opened) >= limits.max_age)
@@ -67,12 +86,43 @@ impl<T> Buffer<T> {
 /// ingest keeps going while a segment is written.
 pub struct ArchiveWriter {
     limits: SegmentLimits,
-    sip: BTreeMap<String, Buffer<SipMessageRow>>,
-    im: BTreeMap<String, Buffer<ImMessageRow>>,
-    calls: BTreeMap<String, Buffer<CallRow>>,
-    hep_raw: BTreeMap<String, Buffer<HepRawRow>>,
-    presence: BTreeMap<String, Buffer<PresenceRow>>,
+    /// `sip_messages` is by far the biggest table: its rows go straight
+    /// into Arrow column builders.
+    sip: BTreeMap<String, Buffer<SipMessagesBuilder>>,
+    im: BTreeMap<String, Buffer<Vec<ImMessageRow>>>,
+    calls: BTreeMap<String, Buffer<Vec<CallRow>>>,
+    hep_raw: BTreeMap<String, Buffer<Vec<HepRawRow>>>,
+    presence: BTreeMap<String, Buffer<Vec<PresenceRow>>>,
     dates: DateCache,
+    addrs: AddrText,
+    /// Rows that could not be turned into a segment (see [`Self::take_lost`]).
+    lost: u64,
+}
+
+/// `ip:port` text of socket addresses, remembered: a capture point sees
+/// the same few peers over and over, and formatting an address per row
+/// shows in profiles.
+#[derive(Default)]
+struct AddrText {
+    text: std::collections::HashMap<std::net::SocketAddr, String>,
+}
+
+impl AddrText {
+    /// Bound on remembered addresses; past it the memory starts over.
+    const MAX: usize = 4096;
+
+    fn remember(&mut self, addr: std::net::SocketAddr) {
+        if !self.text.contains_key(&addr) {
+            if self.text.len() >= Self::MAX {
+                self.text.clear();
+            }
+            self.text.insert(addr, addr.to_string());
+        }
+    }
+
+    fn get(&self, addr: &std::net::SocketAddr) -> &str {
+        self.text.get(addr).map_or("", String::as_str)
+    }
 }
 
 /// `YYYY-MM-DD` (UTC) of a nanosecond timestamp: the hive partition value.
@@ -106,15 +156,21 @@ impl DateCache {
     }
 }
 
-fn push<T>(map: &mut BTreeMap<String, Buffer<T>>, date: String, row: T, size: usize) {
+/// The buffer of `date`, its age restarted when it was empty.
+fn buffer<R: PendingRows>(map: &mut BTreeMap<String, Buffer<R>>, date: String) -> &mut Buffer<R> {
     let buf = map.entry(date).or_insert_with(|| Buffer {
-        rows: Vec::new(),
+        rows: R::default(),
         bytes: 0,
         opened: Instant::now(),
     });
-    if buf.rows.is_empty() {
+    if buf.rows.len() == 0 {
         buf.opened = Instant::now();
     }
+    buf
+}
+
+fn push<T>(map: &mut BTreeMap<String, Buffer<Vec<T>>>, date: String, row: T, size: usize) {
+    let buf = buffer(map, date);
     buf.bytes += size;
     buf.rows.push(row);
 }
@@ -129,12 +185,63 @@ impl ArchiveWriter {
             hep_raw: BTreeMap::new(),
             presence: BTreeMap::new(),
             dates: DateCache::default(),
+            addrs: AddrText::default(),
+            lost: 0,
         }
     }
 
-    pub fn push_sip(&mut self, row: SipMessageRow) {
-        let size = row.raw.len() + 128;
-        push(&mut self.sip, self.dates.date(row.time_ns), row, size);
+    /// Appends the `sip_messages` row of `msg`: key fields from `parsed`
+    /// (`SipMessage::parse(&msg.raw)`, done once by the caller for every
+    /// consumer), raw bytes always. A message that does not parse still
+    /// gets its row, with `parse_error` set.
+    pub fn push_sip(&mut self, msg: &CapturedMessage, parsed: &Result<SipMessage, ParseError>) {
+        self.addrs.remember(msg.src);
+        self.addrs.remember(msg.dst);
+        let error_text;
+        let mut fields = sipvault_schemas::SipMessageFields {
+            time_ns: msg.time_ns,
+            source: &msg.source,
+            direction: msg.direction.as_str(),
+            transport: msg.transport.as_str(),
+            src: self.addrs.get(&msg.src),
+            dst: self.addrs.get(&msg.dst),
+            raw: &msg.raw,
+            ..Default::default()
+        };
+        match parsed {
+            Ok(m) => {
+                fields.method = m.method();
+                fields.status = m.status();
+                fields.reason = m.reason();
+                fields.request_uri = m.request_uri();
+                fields.call_id = m.call_id();
+                if let Some((n, method)) = m.cseq() {
+                    fields.cseq = Some(n);
+                    fields.cseq_method = Some(method);
+                }
+                if let Some(from) = m.from() {
+                    fields.from_tag = from.tag();
+                    fields.from_uri = Some(&from.uri);
+                }
+                if let Some(to) = m.to() {
+                    fields.to_tag = to.tag();
+                    fields.to_uri = Some(&to.uri);
+                }
+            }
+            Err(e) => {
+                error_text = e.to_string();
+                fields.parse_error = Some(&error_text);
+            }
+        }
+        let buf = buffer(&mut self.sip, self.dates.date(msg.time_ns));
+        buf.bytes += msg.raw.len() + 128;
+        buf.rows.append(&fields);
+    }
+
+    /// Rows dropped since the last call because their segment could not be
+    /// assembled (an internal Arrow error, not an I/O one).
+    pub fn take_lost(&mut self) -> u64 {
+        std::mem::take(&mut self.lost)
     }
 
     pub fn push_im(&mut self, row: ImMessageRow) {
@@ -158,7 +265,11 @@ impl ArchiveWriter {
     }
 
     pub fn needs_roll(&self, now: Instant) -> bool {
-        fn due<T>(m: &BTreeMap<String, Buffer<T>>, now: Instant, l: &SegmentLimits) -> bool {
+        fn due<R: PendingRows>(
+            m: &BTreeMap<String, Buffer<R>>,
+            now: Instant,
+            l: &SegmentLimits,
+        ) -> bool {
             m.values().any(|b| b.due(now, l))
         }
         due(&self.sip, now, &self.limits)
@@ -171,18 +282,46 @@ impl ArchiveWriter {
     /// Takes every buffer that is due (or every non-empty one when `all`)
     /// out as a job for the sealer.
     pub fn roll(&mut self, now: Instant, all: bool) -> Vec<SealJob> {
-        let mut jobs = take_due(&mut self.sip, now, all, &self.limits);
-        jobs.extend(take_due(&mut self.im, now, all, &self.limits));
-        jobs.extend(take_due(&mut self.calls, now, all, &self.limits));
-        jobs.extend(take_due(&mut self.hep_raw, now, all, &self.limits));
-        jobs.extend(take_due(&mut self.presence, now, all, &self.limits));
+        let mut jobs = Vec::new();
+        for (date, mut buf) in take_due(&mut self.sip, now, all, &self.limits) {
+            let rows = buf.rows.len();
+            let range = buf.rows.time_range().unwrap_or_default();
+            match buf.rows.finish() {
+                Ok(batch) => jobs.push(SealJob {
+                    date,
+                    rows: SegmentRows::Sip { batch, range },
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, rows, %date, "assembling a sip_messages segment failed; rows lost");
+                    self.lost += rows as u64;
+                }
+            }
+        }
+        jobs.extend(row_jobs(take_due(&mut self.im, now, all, &self.limits)));
+        jobs.extend(row_jobs(take_due(&mut self.calls, now, all, &self.limits)));
+        jobs.extend(row_jobs(take_due(
+            &mut self.hep_raw,
+            now,
+            all,
+            &self.limits,
+        )));
+        jobs.extend(row_jobs(take_due(
+            &mut self.presence,
+            now,
+            all,
+            &self.limits,
+        )));
         jobs
     }
 }
 
 /// Rows of one table and day on their way to becoming one segment.
 pub enum SegmentRows {
-    Sip(Vec<SipMessageRow>),
+    /// Already columnar; `range` is the (min, max) row time.
+    Sip {
+        batch: RecordBatch,
+        range: (i64, i64),
+    },
     Im(Vec<ImMessageRow>),
     Calls(Vec<CallRow>),
     HepRaw(Vec<HepRawRow>),
@@ -192,7 +331,7 @@ pub enum SegmentRows {
 impl SegmentRows {
     fn table(&self) -> &'static str {
         match self {
-            SegmentRows::Sip(_) => TABLE_SIP_MESSAGES,
+            SegmentRows::Sip { .. } => TABLE_SIP_MESSAGES,
             SegmentRows::Im(_) => TABLE_IM_MESSAGES,
             SegmentRows::Calls(_) => TABLE_CALLS,
             SegmentRows::HepRaw(_) => TABLE_HEP_RAW,
@@ -202,7 +341,7 @@ impl SegmentRows {
 
     fn len(&self) -> usize {
         match self {
-            SegmentRows::Sip(r) => r.len(),
+            SegmentRows::Sip { batch, .. } => batch.num_rows(),
             SegmentRows::Im(r) => r.len(),
             SegmentRows::Calls(r) => r.len(),
             SegmentRows::HepRaw(r) => r.len(),
@@ -218,7 +357,7 @@ impl SegmentRows {
             Ok((T::batch(rows)?, time_range(rows.iter().map(T::time_ns))))
         }
         match self {
-            SegmentRows::Sip(r) => of(r),
+            SegmentRows::Sip { batch, range } => Ok((batch.clone(), *range)),
             SegmentRows::Im(r) => of(r),
             SegmentRows::Calls(r) => of(r),
             SegmentRows::HepRaw(r) => of(r),
@@ -238,18 +377,6 @@ trait ArchiveRow: Sized {
     fn time_ns(&self) -> i64;
     fn batch(rows: &[Self]) -> std::result::Result<RecordBatch, arrow_schema::ArrowError>;
     fn into_segment(rows: Vec<Self>) -> SegmentRows;
-}
-
-impl ArchiveRow for SipMessageRow {
-    fn into_segment(rows: Vec<Self>) -> SegmentRows {
-        SegmentRows::Sip(rows)
-    }
-    fn time_ns(&self) -> i64 {
-        self.time_ns
-    }
-    fn batch(rows: &[Self]) -> std::result::Result<RecordBatch, arrow_schema::ArrowError> {
-        sip_messages_batch(rows)
-    }
 }
 
 impl ArchiveRow for ImMessageRow {
@@ -300,18 +427,18 @@ impl ArchiveRow for PresenceRow {
     }
 }
 
-/// Takes the due buffers of one table out as jobs.
-fn take_due<T: ArchiveRow>(
-    buffers: &mut BTreeMap<String, Buffer<T>>,
+/// Takes the due buffers (every non-empty one when `all`) of one table out.
+fn take_due<R: PendingRows>(
+    buffers: &mut BTreeMap<String, Buffer<R>>,
     now: Instant,
     all: bool,
     limits: &SegmentLimits,
-) -> Vec<SealJob> {
+) -> Vec<(String, Buffer<R>)> {
     let dates: Vec<String> = buffers
         .iter()
         .filter(|(_, b)| {
             if all {
-                !b.rows.is_empty()
+                b.rows.len() > 0
             } else {
                 b.due(now, limits)
             }
@@ -322,12 +449,16 @@ fn take_due<T: ArchiveRow>(
         .into_iter()
         .filter_map(|date| {
             let buf = buffers.remove(&date)?;
-            Some(SealJob {
-                date,
-                rows: T::into_segment(buf.rows),
-            })
+            Some((date, buf))
         })
         .collect()
+}
+
+fn row_jobs<T: ArchiveRow>(taken: Vec<(String, Buffer<Vec<T>>)>) -> impl Iterator<Item = SealJob> {
+    taken.into_iter().map(|(date, buf)| SealJob {
+        date,
+        rows: T::into_segment(buf.rows),
+    })
 }
 
 /// How often a job whose seal keeps failing is retried once the collector
@@ -483,10 +614,19 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CollectorError + '_ {
 fn write_parquet(dir: &Path, tmp: &Path, final_path: &Path, batch: &RecordBatch) -> Result<String> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let file = File::create(tmp).map_err(io_err(tmp))?;
-    let props = WriterProperties::builder()
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .set_max_row_group_row_count(Some(128 * 1024))
-        .build();
+        .set_max_row_group_row_count(Some(128 * 1024));
+    // Columns unique per row: a dictionary never pays off, and min/max
+    // statistics of raw bytes help no query.
+    for column in ["raw", "payload", "call_id", "from_tag", "to_tag"] {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
+    }
+    for column in ["raw", "payload"] {
+        props =
+            props.set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
+    }
+    let props = props.build();
     let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
     w.write(batch)?;
     let file = w.into_inner()?;

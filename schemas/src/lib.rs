@@ -352,37 +352,163 @@ fn opt_str_col<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
     Arc::new(b.finish())
 }
 
-pub fn sip_messages_batch(rows: &[SipMessageRow]) -> Result<RecordBatch, ArrowError> {
-    let mut status = UInt16Builder::new();
-    let mut cseq = UInt32Builder::new();
-    let mut raw = BinaryBuilder::new();
-    for r in rows {
-        status.append_option(r.status);
-        cseq.append_option(r.cseq);
-        raw.append_value(&r.raw);
+/// One `sip_messages` row, borrowed: what [`SipMessagesBuilder`] appends.
+/// The collector fills it straight from the captured bytes and the parsed
+/// message, so archiving a message allocates nothing per field.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SipMessageFields<'a> {
+    pub time_ns: i64,
+    pub source: &'a str,
+    pub direction: &'a str,
+    pub transport: &'a str,
+    pub src: &'a str,
+    pub dst: &'a str,
+    pub method: Option<&'a str>,
+    pub status: Option<u16>,
+    pub reason: Option<&'a str>,
+    pub request_uri: Option<&'a str>,
+    pub call_id: Option<&'a str>,
+    pub cseq: Option<u32>,
+    pub cseq_method: Option<&'a str>,
+    pub from_uri: Option<&'a str>,
+    pub from_tag: Option<&'a str>,
+    pub to_uri: Option<&'a str>,
+    pub to_tag: Option<&'a str>,
+    pub parse_error: Option<&'a str>,
+    pub raw: &'a [u8],
+}
+
+impl SipMessageRow {
+    pub fn fields(&self) -> SipMessageFields<'_> {
+        SipMessageFields {
+            time_ns: self.time_ns,
+            source: &self.source,
+            direction: &self.direction,
+            transport: &self.transport,
+            src: &self.src,
+            dst: &self.dst,
+            method: self.method.as_deref(),
+            status: self.status,
+            reason: self.reason.as_deref(),
+            request_uri: self.request_uri.as_deref(),
+            call_id: self.call_id.as_deref(),
+            cseq: self.cseq,
+            cseq_method: self.cseq_method.as_deref(),
+            from_uri: self.from_uri.as_deref(),
+            from_tag: self.from_tag.as_deref(),
+            to_uri: self.to_uri.as_deref(),
+            to_tag: self.to_tag.as_deref(),
+            parse_error: self.parse_error.as_deref(),
+            raw: &self.raw,
+        }
     }
-    let columns: Vec<ArrayRef> = vec![
-        ts_column(rows.iter().map(|r| r.time_ns)),
-        str_col(rows.iter().map(|r| r.source.as_str())),
-        str_col(rows.iter().map(|r| r.direction.as_str())),
-        str_col(rows.iter().map(|r| r.transport.as_str())),
-        str_col(rows.iter().map(|r| r.src.as_str())),
-        str_col(rows.iter().map(|r| r.dst.as_str())),
-        opt_str_col(rows.iter().map(|r| r.method.as_deref())),
-        Arc::new(status.finish()),
-        opt_str_col(rows.iter().map(|r| r.reason.as_deref())),
-        opt_str_col(rows.iter().map(|r| r.request_uri.as_deref())),
-        opt_str_col(rows.iter().map(|r| r.call_id.as_deref())),
-        Arc::new(cseq.finish()),
-        opt_str_col(rows.iter().map(|r| r.cseq_method.as_deref())),
-        opt_str_col(rows.iter().map(|r| r.from_uri.as_deref())),
-        opt_str_col(rows.iter().map(|r| r.from_tag.as_deref())),
-        opt_str_col(rows.iter().map(|r| r.to_uri.as_deref())),
-        opt_str_col(rows.iter().map(|r| r.to_tag.as_deref())),
-        opt_str_col(rows.iter().map(|r| r.parse_error.as_deref())),
-        Arc::new(raw.finish()),
-    ];
-    RecordBatch::try_new(sip_messages_schema(), columns)
+}
+
+/// The `sip_messages` columns under construction: rows are appended field
+/// by field into Arrow buffers and finished into one batch, with no row
+/// structs in between.
+#[derive(Debug, Default)]
+pub struct SipMessagesBuilder {
+    time: Vec<i64>,
+    source: StringBuilder,
+    direction: StringBuilder,
+    transport: StringBuilder,
+    src: StringBuilder,
+    dst: StringBuilder,
+    method: StringBuilder,
+    status: UInt16Builder,
+    reason: StringBuilder,
+    request_uri: StringBuilder,
+    call_id: StringBuilder,
+    cseq: UInt32Builder,
+    cseq_method: StringBuilder,
+    from_uri: StringBuilder,
+    from_tag: StringBuilder,
+    to_uri: StringBuilder,
+    to_tag: StringBuilder,
+    parse_error: StringBuilder,
+    raw: BinaryBuilder,
+    min_time_ns: i64,
+    max_time_ns: i64,
+}
+
+impl SipMessagesBuilder {
+    pub fn len(&self) -> usize {
+        self.time.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.time.is_empty()
+    }
+
+    /// (earliest, latest) row time; `None` while empty.
+    pub fn time_range(&self) -> Option<(i64, i64)> {
+        (!self.is_empty()).then_some((self.min_time_ns, self.max_time_ns))
+    }
+
+    pub fn append(&mut self, f: &SipMessageFields<'_>) {
+        if self.time.is_empty() {
+            self.min_time_ns = f.time_ns;
+            self.max_time_ns = f.time_ns;
+        } else {
+            self.min_time_ns = self.min_time_ns.min(f.time_ns);
+            self.max_time_ns = self.max_time_ns.max(f.time_ns);
+        }
+        self.time.push(f.time_ns);
+        self.source.append_value(f.source);
+        self.direction.append_value(f.direction);
+        self.transport.append_value(f.transport);
+        self.src.append_value(f.src);
+        self.dst.append_value(f.dst);
+        self.method.append_option(f.method);
+        self.status.append_option(f.status);
+        self.reason.append_option(f.reason);
+        self.request_uri.append_option(f.request_uri);
+        self.call_id.append_option(f.call_id);
+        self.cseq.append_option(f.cseq);
+        self.cseq_method.append_option(f.cseq_method);
+        self.from_uri.append_option(f.from_uri);
+        self.from_tag.append_option(f.from_tag);
+        self.to_uri.append_option(f.to_uri);
+        self.to_tag.append_option(f.to_tag);
+        self.parse_error.append_option(f.parse_error);
+        self.raw.append_value(f.raw);
+    }
+
+    /// The rows appended so far as one batch; the builder is left empty.
+    pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        let time = std::mem::take(&mut self.time);
+        let columns: Vec<ArrayRef> = vec![
+            ts_column(time.into_iter()),
+            Arc::new(self.source.finish()),
+            Arc::new(self.direction.finish()),
+            Arc::new(self.transport.finish()),
+            Arc::new(self.src.finish()),
+            Arc::new(self.dst.finish()),
+            Arc::new(self.method.finish()),
+            Arc::new(self.status.finish()),
+            Arc::new(self.reason.finish()),
+            Arc::new(self.request_uri.finish()),
+            Arc::new(self.call_id.finish()),
+            Arc::new(self.cseq.finish()),
+            Arc::new(self.cseq_method.finish()),
+            Arc::new(self.from_uri.finish()),
+            Arc::new(self.from_tag.finish()),
+            Arc::new(self.to_uri.finish()),
+            Arc::new(self.to_tag.finish()),
+            Arc::new(self.parse_error.finish()),
+            Arc::new(self.raw.finish()),
+        ];
+        RecordBatch::try_new(sip_messages_schema(), columns)
+    }
+}
+
+pub fn sip_messages_batch(rows: &[SipMessageRow]) -> Result<RecordBatch, ArrowError> {
+    let mut b = SipMessagesBuilder::default();
+    for r in rows {
+        b.append(&r.fields());
+    }
+    b.finish()
 }
 
 pub fn im_messages_batch(rows: &[ImMessageRow]) -> Result<RecordBatch, ArrowError> {
