@@ -1,8 +1,9 @@
 //! HEP3 load generator for the collector benchmark (`bench/hep-ingest.sh`).
 //!
-//! Sends `COUNT` HEP3 packets, each carrying a distinct SIP MESSAGE or its
-//! 200 response (so the correlator has real work), over UDP at a fixed rate
-//! or over one TCP connection as fast as the receiver accepts.
+//! Sends `COUNT` HEP3 packets carrying the fixed synthetic stream of
+//! `sipvault_collector::synthetic` (IM exchanges and calls, each with its own
+//! Call-ID, so the correlators have real work), over UDP at a fixed rate or
+//! over one TCP connection as fast as the receiver accepts.
 //!
 //! ```text
 //! cargo run --release -p sipvault-collector --example hep_load -- udp 127.0.0.1:9060 200000 50000
@@ -14,55 +15,21 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use sipvault_collector::hep::encode_hep3;
+use sipvault_collector::synthetic;
 
 fn packet(i: u64) -> Vec<u8> {
-    let call = i / 2;
-    let sip = if i.is_multiple_of(2) {
-        format!(
-            "MESSAGE sip:bob@example.com SIP/2.0\r\n\
-             Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK{call}\r\n\
-             Max-Forwards: 70\r\n\
-             From: <sip:alice@example.com>;tag=a{call}\r\n\
-             To: <sip:bob@example.com>\r\n\
-             Call-ID: load-{call}@10.0.0.1\r\n\
-             CSeq: 1 MESSAGE\r\n\
-             Content-Type: text/plain\r\n\
-             Content-Length: 34\r\n\r\n\
-             load test message number {call:>9}"
-        )
-    } else {
-        format!(
-            "SIP/2.0 200 OK\r\n\
-             Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK{call}\r\n\
-             From: <sip:alice@example.com>;tag=a{call}\r\n\
-             To: <sip:bob@example.com>;tag=b{call}\r\n\
-             Call-ID: load-{call}@10.0.0.1\r\n\
-             CSeq: 1 MESSAGE\r\n\
-             Content-Length: 0\r\n\r\n"
-        )
-    };
-    let (src, dst): (SocketAddr, SocketAddr) = if i.is_multiple_of(2) {
-        (
-            "10.0.0.1:5060".parse().unwrap(),
-            "10.0.0.2:5060".parse().unwrap(),
-        )
-    } else {
-        (
-            "10.0.0.2:5060".parse().unwrap(),
-            "10.0.0.1:5060".parse().unwrap(),
-        )
-    };
+    let m = synthetic::message(i);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     encode_hep3(
-        src,
-        dst,
+        m.src,
+        m.dst,
         now.as_secs() as u32,
         now.subsec_micros(),
         2001,
         None,
-        sip.as_bytes(),
+        &m.raw,
     )
 }
 
