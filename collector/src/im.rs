@@ -5,7 +5,8 @@
 //! callee) and every response twice; the first copy opens the IM, the first
 //! final response closes it, later copies are ignored.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use sipvault_schemas::{CapturedMessage, ImMessageRow};
@@ -24,9 +25,22 @@ struct Pending {
 pub struct ImCorrelator {
     answer_timeout: Duration,
     pending: HashMap<Key, Pending>,
-    /// Keys already archived, kept for a while so late duplicates and
-    /// retransmissions do not open a second IM.
-    done: HashMap<Key, Instant>,
+    /// IMs already archived, remembered for at least twice the answer
+    /// timeout so late duplicates and retransmissions do not open a second
+    /// IM. Two generations of 64-bit key hashes: at a sustained 100k IM/s
+    /// a map of owned keys with a timestamp each held gigabytes, and
+    /// sweeping it every tick cost more than the lookups.
+    done: HashSet<u64>,
+    done_before: HashSet<u64>,
+    generation_started: Option<Instant>,
+}
+
+/// Stable hash of an IM key (the same in every run).
+fn key_hash(call_id: &str, cseq: u32) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    call_id.hash(&mut h);
+    cseq.hash(&mut h);
+    h.finish()
 }
 
 impl ImCorrelator {
@@ -34,8 +48,19 @@ impl ImCorrelator {
         ImCorrelator {
             answer_timeout,
             pending: HashMap::new(),
-            done: HashMap::new(),
+            done: HashSet::new(),
+            done_before: HashSet::new(),
+            generation_started: None,
         }
+    }
+
+    fn is_done(&self, hash: u64) -> bool {
+        self.done.contains(&hash) || self.done_before.contains(&hash)
+    }
+
+    fn mark_done(&mut self, now: Instant, call_id: &str, cseq: u32) {
+        self.generation_started.get_or_insert(now);
+        self.done.insert(key_hash(call_id, cseq));
     }
 
     pub fn pending(&self) -> usize {
@@ -60,7 +85,7 @@ impl ImCorrelator {
         if sip.is_request() {
             if sip.method() != Some("MESSAGE")
                 || self.pending.contains_key(&key)
-                || self.done.contains_key(&key)
+                || self.is_done(key_hash(&key.0, key.1))
             {
                 return Vec::new();
             }
@@ -100,7 +125,7 @@ impl ImCorrelator {
         }
         match self.pending.remove(&key) {
             Some(p) => {
-                self.done.insert(key, now);
+                self.mark_done(now, &key.0, key.1);
                 let mut row = p.row;
                 row.delivery_status = if (200..300).contains(&code) {
                     "delivered"
@@ -118,8 +143,13 @@ impl ImCorrelator {
     /// IMs that waited longer than the answer timeout, archived as `unanswered`.
     pub fn expire(&mut self, now: Instant) -> Vec<ImMessageRow> {
         let timeout = self.answer_timeout;
-        self.done
-            .retain(|_, t| now.duration_since(*t) < timeout * 2);
+        if self
+            .generation_started
+            .is_some_and(|t| now.duration_since(t) >= timeout * 2)
+        {
+            self.done_before = std::mem::take(&mut self.done);
+            self.generation_started = Some(now);
+        }
         let expired: Vec<Key> = self
             .pending
             .iter()
@@ -129,7 +159,7 @@ impl ImCorrelator {
         let mut out = Vec::new();
         for k in expired {
             if let Some(p) = self.pending.remove(&k) {
-                self.done.insert(k, now);
+                self.mark_done(now, &k.0, k.1);
                 out.push(unanswered(p.row));
             }
         }
@@ -233,6 +263,29 @@ mod tests {
         let done = c.expire(now + Duration::from_secs(33));
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].delivery_status, "unanswered");
+    }
+
+    #[test]
+    fn archived_ims_are_remembered_for_two_answer_timeouts_then_forgotten() {
+        let mut c = ImCorrelator::new(Duration::from_secs(32));
+        let t0 = Instant::now();
+        feed(&mut c, t0, &cap(1, Direction::In, MSG));
+        assert_eq!(
+            feed(&mut c, t0, &cap(2, Direction::In, &resp(200))).len(),
+            1
+        );
+        // First rotation: the key moves to the older generation, still known.
+        assert!(c.expire(t0 + Duration::from_secs(65)).is_empty());
+        feed(&mut c, t0, &cap(3, Direction::In, MSG));
+        assert_eq!(
+            c.pending(),
+            0,
+            "retransmission 65 s later is still a duplicate"
+        );
+        // Second rotation: forgotten, so the same key opens a new IM.
+        assert!(c.expire(t0 + Duration::from_secs(130)).is_empty());
+        feed(&mut c, t0, &cap(4, Direction::In, MSG));
+        assert_eq!(c.pending(), 1);
     }
 
     #[test]
