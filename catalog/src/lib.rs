@@ -1,5 +1,6 @@
 //! The catalog: users, the archive manifest (a hash chain over sealed
-//! segments) and, later, rooms, holds and the audit log.
+//! segments), imported capture files, the audit log of who read the archive
+//! and, later, rooms and holds.
 //!
 //! One code path serves SQLite (default, a file inside the data directory)
 //! and PostgreSQL (for scale-out) through sqlx's `Any` driver, so every
@@ -71,6 +72,30 @@ pub struct ImportRecord {
     pub imported_ns: i64,
 }
 
+/// A read of the archive, as the audit log records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRecord {
+    /// Who ran it: the OS user, or the name given with `--as`.
+    pub user: String,
+    /// `search`, `report`, `sql`, ...
+    pub command: String,
+    /// The query, statement or report arguments as given.
+    pub query: String,
+    /// Rows or hits returned; `None` when the command failed.
+    pub result_count: Option<i64>,
+    /// Why the command failed, if it did.
+    pub error: Option<String>,
+}
+
+/// One audit log row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub time_ns: i64,
+    #[serde(flatten)]
+    pub record: AuditRecord,
+}
+
 /// One manifest row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SegmentEntry {
@@ -135,7 +160,19 @@ const MIGRATIONS: &[&str] = &[
         packets BIGINT NOT NULL,
         sip_messages BIGINT NOT NULL,
         imported_ns BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS audit_log (
+        id BIGINT PRIMARY KEY,
+        time_ns BIGINT NOT NULL,
+        os_user TEXT NOT NULL,
+        command TEXT NOT NULL,
+        query TEXT NOT NULL,
+        result_count BIGINT,
+        error TEXT)",
 ];
+
+/// Attempts at taking the next audit id before giving up: concurrent
+/// writers on PostgreSQL can pick the same one, and the loser retries.
+const AUDIT_INSERT_ATTEMPTS: usize = 5;
 
 #[derive(Debug, Clone)]
 pub struct Catalog {
@@ -182,16 +219,24 @@ impl Catalog {
                 .await?;
         }
         let catalog = Catalog { pool };
-        catalog.migrate().await?;
+        catalog.migrate(!is_sqlite).await?;
         Ok(catalog)
     }
 
-    async fn migrate(&self) -> Result<()> {
-        for stmt in MIGRATIONS {
-            sqlx::query(AssertSqlSafe(*stmt))
-                .execute(&self.pool)
+    async fn migrate(&self, is_postgres: bool) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        if is_postgres {
+            // Two processes opening a new catalog at once would race on
+            // CREATE TABLE IF NOT EXISTS (PostgreSQL checks before it
+            // locks): migrations run one at a time.
+            sqlx::query("SELECT pg_advisory_xact_lock(5197001)")
+                .execute(&mut *tx)
                 .await?;
         }
+        for stmt in MIGRATIONS {
+            sqlx::query(AssertSqlSafe(*stmt)).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -356,6 +401,68 @@ impl Catalog {
         Ok(())
     }
 
+    /// Appends a row to the audit log and returns it. Ids count up from 1.
+    pub async fn append_audit(&self, record: &AuditRecord) -> Result<AuditEntry> {
+        let time_ns = now_ns();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // The id is taken inside the INSERT, so two writers can only
+            // collide on the primary key, never write the same id twice.
+            let inserted = sqlx::query(
+                "INSERT INTO audit_log (id, time_ns, os_user, command, query, result_count, error)
+                 SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4, $5, $6 FROM audit_log
+                 RETURNING id",
+            )
+            .bind(time_ns)
+            .bind(&record.user)
+            .bind(&record.command)
+            .bind(&record.query)
+            .bind(record.result_count)
+            .bind(&record.error)
+            .fetch_one(&self.pool)
+            .await;
+            match inserted {
+                Ok(row) => {
+                    return Ok(AuditEntry {
+                        id: row.try_get(0)?,
+                        time_ns,
+                        record: record.clone(),
+                    });
+                }
+                Err(sqlx::Error::Database(e))
+                    if e.is_unique_violation() && attempt < AUDIT_INSERT_ATTEMPTS => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Audit log rows at or after `since_ns` (all when `None`), oldest first.
+    pub async fn audit_log(&self, since_ns: Option<i64>) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, time_ns, os_user, command, query, result_count, error
+             FROM audit_log WHERE time_ns >= $1 ORDER BY id",
+        )
+        .bind(since_ns.unwrap_or(i64::MIN))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.try_get(0)?,
+                    time_ns: r.try_get(1)?,
+                    record: AuditRecord {
+                        user: r.try_get(2)?,
+                        command: r.try_get(3)?,
+                        query: r.try_get(4)?,
+                        result_count: r.try_get(5)?,
+                        error: r.try_get(6)?,
+                    },
+                })
+            })
+            .collect()
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -470,22 +577,65 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn sqlite_users_and_manifest_chain() {
-        let dir = tempfile::tempdir().unwrap();
-        let cat = Catalog::open(dir.path()).await.unwrap();
-        exercise(&cat).await;
-        cat.close().await;
-        // Reopening sees the same data.
-        let cat = Catalog::open(dir.path()).await.unwrap();
-        assert_eq!(cat.segments().await.unwrap().len(), 2);
+    async fn exercise_audit_log(cat: &Catalog) {
+        assert!(cat.audit_log(None).await.unwrap().is_empty());
+        let search = cat
+            .append_audit(&AuditRecord {
+                user: "compliance".into(),
+                command: "search".into(),
+                query: "budget AND NOT draft".into(),
+                result_count: Some(3),
+                error: None,
+            })
+            .await
+            .unwrap();
+        let failed = cat
+            .append_audit(&AuditRecord {
+                user: "o'brien".into(),
+                command: "sql".into(),
+                query: "SELECT 'it''s' FROM calls".into(),
+                result_count: None,
+                error: Some("query stopped: it ran longer than the 1s timeout".into()),
+            })
+            .await
+            .unwrap();
+        assert_eq!((search.id, failed.id), (1, 2), "ids count up from 1");
+        let all = cat.audit_log(None).await.unwrap();
+        assert_eq!(all, vec![search.clone(), failed.clone()]);
+        assert_eq!(
+            cat.audit_log(Some(failed.time_ns)).await.unwrap().last(),
+            Some(&failed),
+            "--since keeps later rows"
+        );
+        assert!(
+            cat.audit_log(Some(failed.time_ns + 1))
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]
-    async fn postgres_users_and_manifest_chain() {
+    async fn sqlite_audit_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path()).await.unwrap();
+        exercise_audit_log(&cat).await;
+        cat.close().await;
+        let cat = Catalog::open(dir.path()).await.unwrap();
+        assert_eq!(
+            cat.audit_log(None).await.unwrap().len(),
+            2,
+            "the audit log survives reopening"
+        );
+    }
+
+    /// A catalog in a private PostgreSQL schema, or `None` (and a SKIPPED
+    /// line) when `SIPVAULT_PG_URL` is not set. Returns the admin connection
+    /// and the schema to drop afterwards.
+    async fn postgres_catalog(test: &str) -> Option<(Catalog, Catalog, String)> {
         let Ok(base) = std::env::var("SIPVAULT_PG_URL") else {
-            eprintln!("SKIPPED postgres_users_and_manifest_chain: SIPVAULT_PG_URL is not set");
-            return;
+            eprintln!("SKIPPED {test}: SIPVAULT_PG_URL is not set");
+            return None;
         };
         // A private schema per run keeps parallel runs apart.
         let schema = format!("sipvault_test_{:016x}", rand::random::<u64>());
@@ -499,11 +649,45 @@ mod tests {
         let sep = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
         let cat = Catalog::connect(&url).await.unwrap();
-        exercise(&cat).await;
+        Some((cat, admin, schema))
+    }
+
+    async fn drop_postgres_catalog(cat: Catalog, admin: Catalog, schema: String) {
         cat.close().await;
         sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
             .execute(&admin.pool)
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn postgres_audit_log() {
+        let Some((cat, admin, schema)) = postgres_catalog("postgres_audit_log").await else {
+            return;
+        };
+        exercise_audit_log(&cat).await;
+        drop_postgres_catalog(cat, admin, schema).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_users_and_manifest_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path()).await.unwrap();
+        exercise(&cat).await;
+        cat.close().await;
+        // Reopening sees the same data.
+        let cat = Catalog::open(dir.path()).await.unwrap();
+        assert_eq!(cat.segments().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn postgres_users_and_manifest_chain() {
+        let Some((cat, admin, schema)) =
+            postgres_catalog("postgres_users_and_manifest_chain").await
+        else {
+            return;
+        };
+        exercise(&cat).await;
+        drop_postgres_catalog(cat, admin, schema).await;
     }
 }
