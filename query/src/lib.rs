@@ -2,9 +2,12 @@
 //! (DataFusion), full-text search over IMs (re-exported from the indexer), and
 //! output formatting for the CLI.
 
+use std::io::Write;
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -16,11 +19,18 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::error::DataFusionError;
+pub use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{SetExpr, Statement as SqlStatement};
+use futures::StreamExt;
 
 pub use sipvault_indexer::{IndexError, SearchHit, SearchRequest, search};
+
+pub mod fixture;
+pub mod reports;
 
 /// Name of the hive partition column every archive table carries.
 pub const PARTITION_COLUMN: &str = "date";
@@ -37,7 +47,17 @@ pub enum QueryError {
     #[error("expected exactly one SQL statement, got {0}")]
     StatementCount(usize),
     #[error("SQL error: {0}")]
-    DataFusion(#[from] DataFusionError),
+    DataFusion(DataFusionError),
+    #[error("query stopped: it ran longer than the {} timeout", format_duration(*.0))]
+    Timeout(Duration),
+    #[error("query stopped: it needed more memory than the memory limit allows ({0})")]
+    MemoryLimit(String),
+    #[error("invalid memory size '{0}' (expected bytes, or a number with K, M, G or T, e.g. 512M)")]
+    InvalidByteSize(String),
+    #[error("invalid duration '{0}' (expected seconds, e.g. 30 or 2.5, or 500ms, 10s, 5m)")]
+    InvalidDuration(String),
+    #[error("{0}")]
+    InvalidReport(String),
     #[error("formatting error: {0}")]
     Arrow(#[from] ArrowError),
     #[error(transparent)]
@@ -50,6 +70,17 @@ pub enum QueryError {
     InvalidTime(String),
     #[error("archive I/O error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// A DataFusion error that ran out of its memory pool is a [`QueryError::MemoryLimit`]
+/// wherever it surfaces (planning, execution, or wrapped in an Arrow error).
+impl From<DataFusionError> for QueryError {
+    fn from(e: DataFusionError) -> Self {
+        match e.find_root() {
+            DataFusionError::ResourcesExhausted(detail) => QueryError::MemoryLimit(detail.clone()),
+            _ => QueryError::DataFusion(e),
+        }
+    }
 }
 
 /// Output format of the CLI.
@@ -87,6 +118,17 @@ impl std::fmt::Display for OutputFormat {
 // SQL
 // ---------------------------------------------------------------------------
 
+/// Bounds on one statement: how long it may run and how much memory its
+/// operators may hold. `None` means unbounded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueryLimits {
+    pub timeout: Option<Duration>,
+    /// Bytes for DataFusion's memory pool. Sorts and aggregations spill to
+    /// disk when they reach it; operators that cannot spill (a hash join's
+    /// build side) fail with [`QueryError::MemoryLimit`].
+    pub memory_limit: Option<usize>,
+}
+
 /// A DataFusion session with every archive table under `<data_dir>/archive/` registered.
 ///
 /// Each table is a listing table over `<data>/archive/<table>/` with the hive partition
@@ -94,8 +136,25 @@ impl std::fmt::Display for OutputFormat {
 /// `.parquet` (e.g. in-progress `.tmp` files) are ignored. A table without a directory
 /// is registered empty.
 pub async fn archive_context(data_dir: &Path) -> Result<SessionContext, QueryError> {
+    archive_context_with_limits(data_dir, &QueryLimits::default()).await
+}
+
+/// [`archive_context`] whose memory pool is bounded by `limits.memory_limit`.
+pub async fn archive_context_with_limits(
+    data_dir: &Path,
+    limits: &QueryLimits,
+) -> Result<SessionContext, QueryError> {
     let config = SessionConfig::new().with_information_schema(true);
-    let ctx = SessionContext::new_with_config(config);
+    let mut runtime = RuntimeEnvBuilder::new();
+    if let Some(bytes) = limits.memory_limit {
+        // Tracking the largest consumers makes the error name what ran out.
+        let top = NonZeroUsize::new(3).expect("3 is not zero");
+        runtime = runtime.with_memory_pool(Arc::new(TrackConsumersPool::new(
+            GreedyMemoryPool::new(bytes),
+            top,
+        )));
+    }
+    let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
     let archive = data_dir.join("archive");
     for (name, file_schema) in archive_tables() {
         let dir = archive.join(name);
@@ -142,6 +201,19 @@ fn listing_table(dir: &Path, file_schema: SchemaRef) -> Result<ListingTable, Que
 /// else gives [`QueryError::NotReadOnly`]. The result always holds at least one batch,
 /// so the column names are known even when no row matches.
 pub async fn run_sql(data_dir: &Path, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+    let stream = sql_stream(data_dir, sql, &QueryLimits::default()).await?;
+    collect_stream(stream).await
+}
+
+/// Plans one read-only statement (as [`run_sql`]) and returns its result as a
+/// stream of batches, so a caller can write rows out as they are produced.
+/// `limits.memory_limit` bounds the session; the caller applies
+/// `limits.timeout` around planning and consuming (see [`with_timeout`]).
+pub async fn sql_stream(
+    data_dir: &Path,
+    sql: &str,
+    limits: &QueryLimits,
+) -> Result<SendableRecordBatchStream, QueryError> {
     let mut statements = DFParser::parse_sql(sql)?;
     if statements.len() != 1 {
         return Err(QueryError::StatementCount(statements.len()));
@@ -149,7 +221,7 @@ pub async fn run_sql(data_dir: &Path, sql: &str) -> Result<Vec<RecordBatch>, Que
     let statement = statements.pop_front().expect("one statement");
     check_read_only(&statement)?;
 
-    let ctx = archive_context(data_dir).await?;
+    let ctx = archive_context_with_limits(data_dir, limits).await?;
     let state = ctx.state();
     let plan = state.statement_to_plan(statement).await?;
     SQLOptions::new()
@@ -159,13 +231,52 @@ pub async fn run_sql(data_dir: &Path, sql: &str) -> Result<Vec<RecordBatch>, Que
         .verify_plan(&plan)
         .map_err(|e| QueryError::NotReadOnly(e.strip_backtrace()))?;
     let df = ctx.execute_logical_plan(plan).await?;
-    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let mut batches = df.collect().await?;
-    batches.retain(|b| b.num_rows() > 0);
+    Ok(df.execute_stream().await?)
+}
+
+/// Every batch of a stream; at least one (empty) batch so the schema is kept.
+pub async fn collect_stream(
+    mut stream: SendableRecordBatchStream,
+) -> Result<Vec<RecordBatch>, QueryError> {
+    let schema = stream.schema();
+    let mut batches = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        if batch.num_rows() > 0 {
+            batches.push(batch);
+        }
+    }
     if batches.is_empty() {
         batches.push(RecordBatch::new_empty(schema));
     }
     Ok(batches)
+}
+
+/// Runs `work` under an optional time limit; past it, `work` is dropped (which
+/// cancels DataFusion's tasks) and the result is [`QueryError::Timeout`].
+pub async fn with_timeout<T>(
+    timeout: Option<Duration>,
+    work: impl Future<Output = Result<T, QueryError>>,
+) -> Result<T, QueryError> {
+    match timeout {
+        None => work.await,
+        Some(limit) => tokio::time::timeout(limit, work)
+            .await
+            .unwrap_or(Err(QueryError::Timeout(limit))),
+    }
+}
+
+/// Writes a result stream to `out` as it arrives and returns the number of rows.
+pub async fn write_stream<W: Write>(
+    mut stream: SendableRecordBatchStream,
+    format: OutputFormat,
+    out: W,
+) -> Result<u64, QueryError> {
+    let mut writer = BatchWriter::new(out, format, stream.schema());
+    while let Some(batch) = stream.next().await {
+        writer.write(&batch?)?;
+    }
+    writer.finish()
 }
 
 /// Rejects every statement that is not a pure query.
@@ -258,42 +369,150 @@ fn statement_kind(sql: &str) -> String {
 /// - `Csv`: CSV with a header line (RFC 4180 quoting, `\n` line ends); nulls are empty, timestamps RFC 3339,
 ///   lists as `[a, b]`, binary values as lower-case hex.
 pub fn format_batches(batches: &[RecordBatch], format: OutputFormat) -> Result<String, QueryError> {
-    match format {
-        OutputFormat::Table => {
-            let mut out =
-                datafusion::arrow::util::pretty::pretty_format_batches(batches)?.to_string();
-            out.push('\n');
-            Ok(out)
-        }
-        OutputFormat::Json => batches_to_json(batches),
-        OutputFormat::Csv => batches_to_csv(batches),
+    let Some(first) = batches.first() else {
+        // No schema to go by: nothing to name, nothing to print.
+        return Ok(match format {
+            OutputFormat::Json => "[]\n".to_string(),
+            OutputFormat::Table | OutputFormat::Csv => String::new(),
+        });
+    };
+    let mut buf: Vec<u8> = Vec::new();
+    let mut writer = BatchWriter::new(&mut buf, format, first.schema());
+    for batch in batches {
+        writer.write(batch)?;
     }
+    writer.finish()?;
+    String::from_utf8(buf).map_err(|e| QueryError::Arrow(ArrowError::ExternalError(Box::new(e))))
 }
 
-fn batches_to_json(batches: &[RecordBatch]) -> Result<String, QueryError> {
-    use datafusion::arrow::json::WriterBuilder;
-    use datafusion::arrow::json::writer::LineDelimited;
-    let mut buf: Vec<u8> = Vec::new();
-    {
-        let mut writer = WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, LineDelimited>(&mut buf);
-        for batch in batches {
-            writer.write(batch)?;
+/// Writes results batch by batch in one of the [`format_batches`] formats.
+///
+/// JSON and CSV rows go out as each batch arrives, so memory stays flat
+/// however many rows a report has. A text table has to see every row to
+/// size its columns, so it holds them until [`BatchWriter::finish`].
+pub struct BatchWriter<W: Write> {
+    out: W,
+    format: OutputFormat,
+    schema: SchemaRef,
+    rows: u64,
+    header_written: bool,
+    table_batches: Vec<RecordBatch>,
+}
+
+impl<W: Write> BatchWriter<W> {
+    pub fn new(out: W, format: OutputFormat, schema: SchemaRef) -> Self {
+        BatchWriter {
+            out,
+            format,
+            schema,
+            rows: 0,
+            header_written: false,
+            table_batches: Vec::new(),
         }
-        writer.finish()?;
     }
-    let lines = String::from_utf8(buf)
-        .map_err(|e| ArrowError::JsonError(format!("JSON output is not UTF-8: {e}")))?;
-    let rows: Vec<&str> = lines.lines().filter(|l| !l.is_empty()).collect();
-    if rows.is_empty() {
-        return Ok("[]\n".to_string());
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), QueryError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        match self.format {
+            OutputFormat::Table => self.table_batches.push(batch.clone()),
+            OutputFormat::Json => self.write_json(batch)?,
+            OutputFormat::Csv => self.write_csv(batch)?,
+        }
+        self.rows += batch.num_rows() as u64;
+        Ok(())
     }
-    let mut out = String::with_capacity(lines.len() + rows.len() * 2 + 4);
-    out.push_str("[\n");
-    out.push_str(&rows.join(",\n"));
-    out.push_str("\n]\n");
-    Ok(out)
+
+    /// Closes the output (JSON bracket, CSV header of an empty result, the
+    /// table) and returns the number of rows written.
+    pub fn finish(mut self) -> Result<u64, QueryError> {
+        match self.format {
+            OutputFormat::Table => {
+                if self.table_batches.is_empty() {
+                    self.table_batches
+                        .push(RecordBatch::new_empty(self.schema.clone()));
+                }
+                let table =
+                    datafusion::arrow::util::pretty::pretty_format_batches(&self.table_batches)?;
+                writeln!(self.out, "{table}")?;
+            }
+            OutputFormat::Json => {
+                self.out
+                    .write_all(if self.rows == 0 { b"[]\n" } else { b"\n]\n" })?;
+            }
+            OutputFormat::Csv => self.write_csv_header()?,
+        }
+        self.out.flush()?;
+        Ok(self.rows)
+    }
+
+    fn write_json(&mut self, batch: &RecordBatch) -> Result<(), QueryError> {
+        use datafusion::arrow::json::WriterBuilder;
+        use datafusion::arrow::json::writer::LineDelimited;
+        let mut lines: Vec<u8> = Vec::new();
+        {
+            let mut writer = WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, LineDelimited>(&mut lines);
+            writer.write(batch)?;
+            writer.finish()?;
+        }
+        for (i, line) in lines
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .enumerate()
+        {
+            let separator: &[u8] = if self.rows == 0 && i == 0 {
+                b"[\n"
+            } else {
+                b",\n"
+            };
+            self.out.write_all(separator)?;
+            self.out.write_all(line)?;
+        }
+        Ok(())
+    }
+
+    fn write_csv_header(&mut self) -> Result<(), QueryError> {
+        if self.header_written || self.schema.fields().is_empty() {
+            return Ok(());
+        }
+        self.header_written = true;
+        let mut line = String::new();
+        push_csv_record(
+            &mut line,
+            self.schema.fields().iter().map(|f| f.name().as_str()),
+        );
+        self.out.write_all(line.as_bytes())?;
+        Ok(())
+    }
+
+    fn write_csv(&mut self, batch: &RecordBatch) -> Result<(), QueryError> {
+        self.write_csv_header()?;
+        let options = FormatOptions::default().with_display_error(true);
+        let formatters = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut line = String::new();
+        let mut cells: Vec<String> = Vec::with_capacity(formatters.len());
+        for row in 0..batch.num_rows() {
+            cells.clear();
+            cells.extend(formatters.iter().zip(batch.columns()).map(|(f, col)| {
+                if col.is_null(row) {
+                    String::new()
+                } else {
+                    f.value(row).to_string()
+                }
+            }));
+            line.clear();
+            push_csv_record(&mut line, cells.iter().map(String::as_str));
+            self.out.write_all(line.as_bytes())?;
+        }
+        Ok(())
+    }
 }
 
 fn push_csv_field(out: &mut String, value: &str) {
@@ -314,38 +533,6 @@ fn push_csv_record<'a>(out: &mut String, fields: impl Iterator<Item = &'a str>) 
         push_csv_field(out, f);
     }
     out.push('\n');
-}
-
-fn batches_to_csv(batches: &[RecordBatch]) -> Result<String, QueryError> {
-    let mut out = String::new();
-    let Some(first) = batches.first() else {
-        return Ok(out);
-    };
-    let schema = first.schema();
-    push_csv_record(&mut out, schema.fields().iter().map(|f| f.name().as_str()));
-    let options = FormatOptions::default().with_display_error(true);
-    for batch in batches {
-        let formatters = batch
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-            .collect::<Result<Vec<_>, _>>()?;
-        for row in 0..batch.num_rows() {
-            let cells: Vec<String> = formatters
-                .iter()
-                .zip(batch.columns())
-                .map(|(f, col)| {
-                    if col.is_null(row) {
-                        String::new()
-                    } else {
-                        f.value(row).to_string()
-                    }
-                })
-                .collect();
-            push_csv_record(&mut out, cells.iter().map(String::as_str));
-        }
-    }
-    Ok(out)
 }
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-25T10:00:00.123Z`.
@@ -547,6 +734,73 @@ fn parse_relative(t: &str, now_ns: i64) -> Option<Option<i64>> {
         Err(_) => return Some(None),
     };
     Some(n.checked_mul(unit_ns).and_then(|d| now_ns.checked_sub(d)))
+}
+
+// ---------------------------------------------------------------------------
+// Limits
+// ---------------------------------------------------------------------------
+
+/// Parses a memory size: plain bytes (`1048576`) or a number with a binary
+/// unit `K`, `M`, `G`, `T` (optionally followed by `B` or `iB`): `512M`,
+/// `1.5GiB`, `64kb`.
+pub fn parse_byte_size(s: &str) -> Result<usize, QueryError> {
+    let invalid = || QueryError::InvalidByteSize(s.to_string());
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit
+        .strip_suffix("ib")
+        .or_else(|| unit.strip_suffix('b'))
+        .unwrap_or(&unit);
+    let multiplier: f64 = match unit {
+        "" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024.0 * 1024.0,
+        "g" => 1024.0 * 1024.0 * 1024.0,
+        "t" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(invalid()),
+    };
+    let value: f64 = number.parse().map_err(|_| invalid())?;
+    let bytes = (value * multiplier).round();
+    if !bytes.is_finite() || bytes < 1.0 || bytes > usize::MAX as f64 {
+        return Err(invalid());
+    }
+    Ok(bytes as usize)
+}
+
+/// Parses a timeout: seconds (`30`, `2.5`) or a number with `ms`, `s`, `m`
+/// or `h`.
+pub fn parse_duration(s: &str) -> Result<Duration, QueryError> {
+    let invalid = || QueryError::InvalidDuration(s.to_string());
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let seconds_per_unit = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" | "mins" => 60.0,
+        "h" | "hour" | "hours" => 3600.0,
+        _ => return Err(invalid()),
+    };
+    let value: f64 = number.parse().map_err(|_| invalid())?;
+    Duration::try_from_secs_f64(value * seconds_per_unit)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(invalid)
+}
+
+/// `1.5s`, `500ms`, `30s`: how a timeout is named in messages.
+pub fn format_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
 }
 
 #[cfg(test)]

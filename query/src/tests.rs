@@ -743,3 +743,81 @@ fn statement_kinds() {
     assert_eq!(statement_kind("COPY t TO 'x'"), "COPY");
     assert_eq!(statement_kind(""), "empty statement");
 }
+
+#[test]
+fn byte_sizes() {
+    assert_eq!(parse_byte_size("1048576").unwrap(), 1_048_576);
+    assert_eq!(parse_byte_size("512M").unwrap(), 512 * 1024 * 1024);
+    assert_eq!(parse_byte_size("64kb").unwrap(), 64 * 1024);
+    assert_eq!(parse_byte_size("1.5GiB").unwrap(), 3 * 512 * 1024 * 1024);
+    for bad in ["", "lots", "12X", "-1", "0", "M"] {
+        assert!(
+            matches!(parse_byte_size(bad), Err(QueryError::InvalidByteSize(_))),
+            "{bad:?} must be refused"
+        );
+    }
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+    assert_eq!(parse_duration("2.5").unwrap(), Duration::from_millis(2_500));
+    assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+    for bad in ["", "soon", "0", "-3", "10 parsecs"] {
+        assert!(parse_duration(bad).is_err(), "{bad:?} must be refused");
+    }
+    assert_eq!(format_duration(Duration::from_millis(500)), "500ms");
+    assert_eq!(format_duration(Duration::from_millis(2_500)), "2.5s");
+}
+
+/// Batch by batch, the writer gives exactly what formatting the whole
+/// result at once gives.
+#[tokio::test]
+async fn streamed_output_equals_whole_output() {
+    let dir = fixture();
+    let batches = im_sample(dir.path()).await;
+    let one_row_batches: Vec<RecordBatch> = batches
+        .iter()
+        .flat_map(|b| (0..b.num_rows()).map(move |i| b.slice(i, 1)))
+        .collect();
+    assert!(one_row_batches.len() > 1);
+    for format in [OutputFormat::Table, OutputFormat::Json, OutputFormat::Csv] {
+        let mut streamed: Vec<u8> = Vec::new();
+        let mut writer = BatchWriter::new(&mut streamed, format, batches[0].schema());
+        for batch in &one_row_batches {
+            writer.write(batch).unwrap();
+        }
+        assert_eq!(writer.finish().unwrap(), 3, "{format}: row count");
+        assert_eq!(
+            String::from_utf8(streamed).unwrap(),
+            format_batches(&batches, format).unwrap(),
+            "{format}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn timeout_and_memory_limit_are_errors_of_their_own() {
+    let slow = with_timeout(Some(Duration::from_millis(10)), async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Ok(())
+    })
+    .await;
+    assert!(matches!(slow, Err(QueryError::Timeout(_))), "{slow:?}");
+    let dir = fixture();
+    let limits = QueryLimits {
+        timeout: None,
+        memory_limit: Some(1),
+    };
+    let join = "SELECT count(*) FROM im_messages a JOIN im_messages b ON a.body = b.body";
+    let result = async {
+        let stream = sql_stream(dir.path(), join, &limits).await?;
+        collect_stream(stream).await
+    }
+    .await;
+    assert!(
+        matches!(result, Err(QueryError::MemoryLimit(_))),
+        "{result:?}"
+    );
+}

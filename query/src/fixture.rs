@@ -1,0 +1,633 @@
+//! A generated archive with known contents, for report tests and benchmarks.
+//!
+//! [`generate_fixture`] writes `calls` and `im_messages` segments in the real
+//! layout (`<dir>/archive/<table>/date=YYYY-MM-DD/<segment>.parquet`) from a
+//! fixed seed: the same [`FixtureSpec`] always gives the same files, on any
+//! machine. Some figures hold by construction, whatever the seed, so tests can
+//! check reports against them by hand:
+//!
+//! - record `i` (a call or an IM) falls on day `i % days`;
+//! - call `i`'s outcome is [`call_outcome`]`(i)`, a fixed cycle of 40: 26
+//!   answered, 4 busy (486), 4 no-answer (480), 2 cancelled (487), 2 rejected
+//!   (603), 1 failed (503), 1 timeout (no final response);
+//! - IM `j` is delivered (200) unless `j % 50` is 48 (failed, 480) or 49
+//!   (unanswered, no status); it has two recipients when `j % 10 == 3`, one
+//!   otherwise; its body contains the word `escalation` when `j % 1000 == 0`.
+//!
+//! Who talks to whom, at what time of day and for how long comes from a
+//! SplitMix64 generator seeded per record, skewed so that low-numbered users
+//! are busier. Records are written in time order within each day.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use datafusion::arrow::array::builder::{
+    Int64Builder, ListBuilder, StringBuilder, TimestampNanosecondBuilder, UInt16Builder,
+    UInt32Builder,
+};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, TimestampNanosecondArray};
+use datafusion::parquet::arrow::ArrowWriter;
+use sipvault_schemas::{TABLE_CALLS, TABLE_IM_MESSAGES, calls_schema, im_messages_schema};
+
+use crate::QueryError;
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixtureSpec {
+    pub seed: u64,
+    pub first_day: NaiveDate,
+    pub days: u32,
+    /// Users `sip:<name>@example.com`, at least 2.
+    pub users: u32,
+    pub ims: u64,
+    pub calls: u64,
+}
+
+impl FixtureSpec {
+    /// 100,000 IMs and 10,000 calls among 20 users over the week of
+    /// Monday 2026-11-02: the archive the report tests run on.
+    pub fn standard() -> Self {
+        FixtureSpec {
+            seed: 0x5197_a017,
+            first_day: NaiveDate::from_ymd_opt(2026, 11, 2).expect("valid date"),
+            days: 7,
+            users: 20,
+            ims: 100_000,
+            calls: 10_000,
+        }
+    }
+
+    /// URI of user `index` (0-based): `sip:alice@example.com`, ... and, past
+    /// the 20 names, `sip:alice2@example.com`, ...
+    pub fn user_uri(index: u32) -> String {
+        let mut out = String::new();
+        write_user_uri(&mut out, index);
+        out
+    }
+}
+
+/// Rows written per table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixtureSummary {
+    pub ims: u64,
+    pub calls: u64,
+    pub files: usize,
+}
+
+/// Most rows one segment file holds; a day with more is split, as the
+/// archive writer rolls segments.
+const SEGMENT_ROWS: usize = 250_000;
+
+/// How a generated call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallOutcome {
+    pub disposition: &'static str,
+    pub final_code: Option<u16>,
+    pub reason: Option<&'static str>,
+    /// The callee's phone rang (a 180 was seen).
+    rang: bool,
+    ended_by: &'static str,
+}
+
+const fn outcome(
+    disposition: &'static str,
+    final_code: Option<u16>,
+    reason: Option<&'static str>,
+    rang: bool,
+    ended_by: &'static str,
+) -> CallOutcome {
+    CallOutcome {
+        disposition,
+        final_code,
+        reason,
+        rang,
+        ended_by,
+    }
+}
+
+const ANSWERED: CallOutcome = outcome("answered", Some(200), Some("OK"), true, "caller");
+const BUSY: CallOutcome = outcome("busy", Some(486), Some("Busy Here"), false, "callee");
+const NO_ANSWER: CallOutcome = outcome(
+    "no-answer",
+    Some(480),
+    Some("Temporarily Unavailable"),
+    true,
+    "callee",
+);
+const CANCELLED: CallOutcome = outcome(
+    "cancelled",
+    Some(487),
+    Some("Request Terminated"),
+    true,
+    "caller",
+);
+const REJECTED: CallOutcome = outcome("rejected", Some(603), Some("Decline"), false, "callee");
+const FAILED: CallOutcome = outcome(
+    "failed",
+    Some(503),
+    Some("Service Unavailable"),
+    false,
+    "server",
+);
+const TIMEOUT: CallOutcome = outcome("timeout", None, None, false, "server");
+
+/// The outcome of call `index`: a cycle of 40 (see the module docs).
+pub fn call_outcome(index: u64) -> CallOutcome {
+    match index % 40 {
+        0..=25 => ANSWERED,
+        26..=29 => BUSY,
+        30..=33 => NO_ANSWER,
+        34..=35 => CANCELLED,
+        36..=37 => REJECTED,
+        38 => FAILED,
+        _ => TIMEOUT,
+    }
+}
+
+/// Delivery of IM `index`: `(delivery_status, status)`.
+pub fn im_delivery(index: u64) -> (&'static str, Option<u16>) {
+    match index % 50 {
+        48 => ("failed", Some(480)),
+        49 => ("unanswered", None),
+        _ => ("delivered", Some(200)),
+    }
+}
+
+const NAMES: [&str; 20] = [
+    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory",
+    "niaj", "olivia", "peggy", "rupert", "sybil", "trent", "victor", "walter", "yvonne",
+];
+
+const WORDS: [&str; 32] = [
+    "budget",
+    "meeting",
+    "lunch",
+    "report",
+    "review",
+    "deadline",
+    "customer",
+    "contract",
+    "invoice",
+    "release",
+    "launch",
+    "plan",
+    "draft",
+    "call",
+    "later",
+    "today",
+    "tomorrow",
+    "please",
+    "thanks",
+    "update",
+    "numbers",
+    "slides",
+    "agenda",
+    "quarterly",
+    "approved",
+    "pending",
+    "ticket",
+    "server",
+    "backup",
+    "schedule",
+    "office",
+    "travel",
+];
+
+const MS: i64 = 1_000_000;
+const SECOND: i64 = 1_000 * MS;
+const HOUR: i64 = 3_600 * SECOND;
+/// Traffic falls within 08:00-18:00 UTC each day.
+const WORKDAY_START: i64 = 8 * HOUR;
+const WORKDAY_LENGTH_MS: u64 = 10 * 3_600 * 1_000;
+
+/// Writes the fixture under `dir` (which may already hold other files;
+/// the fixture's own `archive/calls` and `archive/im_messages` are replaced).
+pub fn generate_fixture(dir: &Path, spec: &FixtureSpec) -> Result<FixtureSummary, QueryError> {
+    if spec.users < 2 || spec.days == 0 {
+        return Err(QueryError::InvalidReport(
+            "a fixture needs at least 2 users and 1 day".to_string(),
+        ));
+    }
+    let archive = dir.join("archive");
+    for table in [TABLE_CALLS, TABLE_IM_MESSAGES] {
+        let table_dir = archive.join(table);
+        if table_dir.exists() {
+            fs::remove_dir_all(&table_dir)?;
+        }
+    }
+    let mut files = 0;
+    for day in 0..spec.days {
+        let date = spec.first_day + chrono::Days::new(u64::from(day));
+        let day_start = date
+            .and_hms_opt(0, 0, 0)
+            .and_then(|t| t.and_utc().timestamp_nanos_opt())
+            .ok_or_else(|| QueryError::InvalidReport(format!("fixture day {date} out of range")))?;
+        let date = date.format("%Y-%m-%d").to_string();
+
+        let mut calls: Vec<CallPlan> = indices_of_day(spec.calls, spec.days, day)
+            .map(|i| CallPlan::new(spec, i, day_start))
+            .collect();
+        calls.sort_unstable_by_key(|c| (c.time_ns, c.index));
+        for (n, chunk) in calls.chunks(SEGMENT_ROWS).enumerate() {
+            let path = segment_path(&archive, TABLE_CALLS, &date, n);
+            write_segment(&path, calls_batch(chunk)?)?;
+            files += 1;
+        }
+
+        let mut ims: Vec<ImPlan> = indices_of_day(spec.ims, spec.days, day)
+            .map(|j| ImPlan::new(spec, j, day_start))
+            .collect();
+        ims.sort_unstable_by_key(|m| (m.time_ns, m.index));
+        for (n, chunk) in ims.chunks(SEGMENT_ROWS).enumerate() {
+            let path = segment_path(&archive, TABLE_IM_MESSAGES, &date, n);
+            write_segment(&path, ims_batch(chunk)?)?;
+            files += 1;
+        }
+    }
+    Ok(FixtureSummary {
+        ims: spec.ims,
+        calls: spec.calls,
+        files,
+    })
+}
+
+fn indices_of_day(count: u64, days: u32, day: u32) -> impl Iterator<Item = u64> {
+    (u64::from(day)..count).step_by(days as usize)
+}
+
+fn segment_path(archive: &Path, table: &str, date: &str, n: usize) -> std::path::PathBuf {
+    archive
+        .join(table)
+        .join(format!("date={date}"))
+        .join(format!("fixture-{n:04}.parquet"))
+}
+
+fn write_segment(path: &Path, batch: RecordBatch) -> Result<(), QueryError> {
+    fs::create_dir_all(path.parent().expect("segment paths have a parent"))?;
+    let file = fs::File::create(path)?;
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), None)
+        .map_err(|e| QueryError::Io(std::io::Error::other(e)))?;
+    writer
+        .write(&batch)
+        .and_then(|()| writer.close().map(drop))
+        .map_err(|e| QueryError::Io(std::io::Error::other(e)))
+}
+
+/// SplitMix64: tiny, fast, and the same everywhere.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator for one record, independent of the order records are made in.
+    fn for_record(seed: u64, stream: u64, index: u64) -> Self {
+        let mut g = SplitMix64(seed ^ stream.wrapping_mul(0xA24B_AED4_963E_E407));
+        g.0 = g.0.wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        g.next();
+        g
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0); the modulo bias is irrelevant here.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// In `lo..=hi`.
+    fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+
+    /// A user, low numbers more likely (the smaller of two uniform picks).
+    fn user(&mut self, users: u32) -> u32 {
+        let a = self.below(u64::from(users));
+        let b = self.below(u64::from(users));
+        a.min(b) as u32
+    }
+
+    /// Any user but `not`.
+    fn other_user(&mut self, users: u32, not: u32) -> u32 {
+        let step = 1 + self.below(u64::from(users - 1)) as u32;
+        (not + step) % users
+    }
+}
+
+const CALL_STREAM: u64 = 1;
+const IM_STREAM: u64 = 2;
+
+/// Everything about one call, as plain numbers; strings are made only when
+/// the columns are built.
+#[derive(Clone, Copy)]
+struct CallPlan {
+    index: u64,
+    time_ns: i64,
+    caller: u32,
+    callee: u32,
+    outcome: CallOutcome,
+    ring_ns: Option<i64>,
+    answer_ns: Option<i64>,
+    end_ns: i64,
+    opus: bool,
+    media_port: u16,
+}
+
+impl CallPlan {
+    fn new(spec: &FixtureSpec, index: u64, day_start: i64) -> Self {
+        let mut g = SplitMix64::for_record(spec.seed, CALL_STREAM, index);
+        let caller = g.user(spec.users);
+        let callee = g.other_user(spec.users, caller);
+        let time_ns = day_start + WORKDAY_START + g.below(WORKDAY_LENGTH_MS) as i64 * MS;
+        let outcome = call_outcome(index);
+        let ring_ns = outcome
+            .rang
+            .then(|| time_ns + g.between(200, 4_000) as i64 * MS);
+        let (answer_ns, end_ns) = match (outcome.disposition, ring_ns) {
+            ("answered", Some(ring)) => {
+                let answer = ring + g.between(1_000, 25_000) as i64 * MS;
+                (
+                    Some(answer),
+                    answer + g.between(5_000, 1_800_000) as i64 * MS,
+                )
+            }
+            ("no-answer", Some(ring)) => (None, ring + 30 * SECOND),
+            ("cancelled", Some(ring)) => (None, ring + g.between(2_000, 20_000) as i64 * MS),
+            ("timeout", _) => (None, time_ns + 32 * SECOND),
+            _ => (None, time_ns + g.between(50, 800) as i64 * MS),
+        };
+        CallPlan {
+            index,
+            time_ns,
+            caller,
+            callee,
+            outcome,
+            ring_ns,
+            answer_ns,
+            end_ns,
+            opus: g.below(2) == 0,
+            media_port: 20_000 + 2 * g.below(5_000) as u16,
+        }
+    }
+
+    fn setup_ms(&self) -> Option<i64> {
+        self.ring_ns
+            .or(self.answer_ns)
+            .map(|t| (t - self.time_ns) / MS)
+    }
+
+    fn duration_ms(&self) -> Option<i64> {
+        self.answer_ns.map(|a| (self.end_ns - a) / MS)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ImPlan {
+    index: u64,
+    time_ns: i64,
+    sender: u32,
+    recipient: u32,
+    /// Second recipient of a multiparty IM.
+    also_to: Option<u32>,
+    words: u64,
+    word_seed: u64,
+}
+
+impl ImPlan {
+    fn new(spec: &FixtureSpec, index: u64, day_start: i64) -> Self {
+        let mut g = SplitMix64::for_record(spec.seed, IM_STREAM, index);
+        let sender = g.user(spec.users);
+        let recipient = g.other_user(spec.users, sender);
+        let also_to = (index % 10 == 3 && spec.users > 2).then(|| {
+            let mut other = g.other_user(spec.users, sender);
+            if other == recipient {
+                other = (recipient + 1) % spec.users;
+                if other == sender {
+                    other = (other + 1) % spec.users;
+                }
+            }
+            other
+        });
+        ImPlan {
+            index,
+            time_ns: day_start + WORKDAY_START + g.below(WORKDAY_LENGTH_MS) as i64 * MS,
+            sender,
+            recipient,
+            also_to,
+            words: g.between(3, 12),
+            word_seed: g.next(),
+        }
+    }
+}
+
+fn write_user_uri(out: &mut impl std::fmt::Write, index: u32) {
+    let name = NAMES[index as usize % NAMES.len()];
+    let round = index as usize / NAMES.len();
+    let _ = if round == 0 {
+        write!(out, "sip:{name}@example.com")
+    } else {
+        write!(out, "sip:{name}{}@example.com", round + 1)
+    };
+}
+
+fn utc_timestamps(values: Vec<i64>) -> ArrayRef {
+    Arc::new(TimestampNanosecondArray::from(values).with_timezone("UTC"))
+}
+
+fn opt_utc_timestamps(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
+    let mut b = TimestampNanosecondBuilder::new();
+    for v in values {
+        b.append_option(v);
+    }
+    Arc::new(b.finish().with_timezone("UTC"))
+}
+
+fn calls_batch(calls: &[CallPlan]) -> Result<RecordBatch, QueryError> {
+    let n = calls.len();
+    let mut call_id = StringBuilder::with_capacity(n, n * 16);
+    let mut source = StringBuilder::with_capacity(n, n * 3);
+    let mut caller = StringBuilder::with_capacity(n, n * 24);
+    let mut callee = StringBuilder::with_capacity(n, n * 24);
+    let mut setup_ms = Int64Builder::with_capacity(n);
+    let mut duration_ms = Int64Builder::with_capacity(n);
+    let mut disposition = StringBuilder::with_capacity(n, n * 9);
+    let mut final_code = UInt16Builder::with_capacity(n);
+    let mut reason = StringBuilder::with_capacity(n, n * 8);
+    let mut ended_by = StringBuilder::with_capacity(n, n * 6);
+    let mut codecs = ListBuilder::new(StringBuilder::new());
+    let mut caller_media = StringBuilder::with_capacity(n, n * 16);
+    let mut callee_media = StringBuilder::with_capacity(n, n * 16);
+    let mut legs = UInt32Builder::with_capacity(n);
+    let mut reinvites = UInt32Builder::with_capacity(n);
+    let mut transferred_from = StringBuilder::with_capacity(n, 0);
+    for c in calls {
+        let _ = write!(call_id, "fx-call-{:07}", c.index);
+        call_id.append_value("");
+        source.append_value("tap");
+        write_user_uri(&mut caller, c.caller);
+        caller.append_value("");
+        write_user_uri(&mut callee, c.callee);
+        callee.append_value("");
+        setup_ms.append_option(c.setup_ms());
+        duration_ms.append_option(c.duration_ms());
+        disposition.append_value(c.outcome.disposition);
+        final_code.append_option(c.outcome.final_code);
+        reason.append_option(c.outcome.reason);
+        ended_by.append_value(c.outcome.ended_by);
+        if c.answer_ns.is_some() {
+            codecs
+                .values()
+                .append_value(if c.opus { "opus/48000/2" } else { "PCMA/8000" });
+        }
+        codecs.append(true);
+        let _ = write!(
+            caller_media,
+            "10.1.{}.{}:{}",
+            c.caller / 250,
+            c.caller % 250 + 1,
+            c.media_port
+        );
+        caller_media.append_value("");
+        if c.answer_ns.is_some() {
+            let _ = write!(
+                callee_media,
+                "10.1.{}.{}:{}",
+                c.callee / 250,
+                c.callee % 250 + 1,
+                c.media_port + 2
+            );
+            callee_media.append_value("");
+        } else {
+            callee_media.append_null();
+        }
+        legs.append_value(1);
+        reinvites.append_value(0);
+        transferred_from.append_null();
+    }
+    let columns: Vec<ArrayRef> = vec![
+        utc_timestamps(calls.iter().map(|c| c.time_ns).collect()),
+        Arc::new(call_id.finish()),
+        Arc::new(source.finish()),
+        Arc::new(caller.finish()),
+        Arc::new(callee.finish()),
+        opt_utc_timestamps(calls.iter().map(|c| c.ring_ns)),
+        opt_utc_timestamps(calls.iter().map(|c| c.answer_ns)),
+        opt_utc_timestamps(calls.iter().map(|c| Some(c.end_ns))),
+        Arc::new(setup_ms.finish()),
+        Arc::new(duration_ms.finish()),
+        Arc::new(disposition.finish()),
+        Arc::new(final_code.finish()),
+        Arc::new(reason.finish()),
+        Arc::new(ended_by.finish()),
+        Arc::new(codecs.finish()),
+        Arc::new(caller_media.finish()),
+        Arc::new(callee_media.finish()),
+        Arc::new(legs.finish()),
+        Arc::new(reinvites.finish()),
+        Arc::new(transferred_from.finish()),
+    ];
+    Ok(RecordBatch::try_new(calls_schema(), columns)?)
+}
+
+fn ims_batch(ims: &[ImPlan]) -> Result<RecordBatch, QueryError> {
+    let n = ims.len();
+    let mut call_id = StringBuilder::with_capacity(n, n * 14);
+    let mut cseq = UInt32Builder::with_capacity(n);
+    let mut sender = StringBuilder::with_capacity(n, n * 24);
+    let mut recipients = ListBuilder::new(StringBuilder::with_capacity(n, n * 26));
+    let mut content_type = StringBuilder::with_capacity(n, n * 10);
+    let mut body = StringBuilder::with_capacity(n, n * 50);
+    let mut delivery_status = StringBuilder::with_capacity(n, n * 9);
+    let mut status = UInt16Builder::with_capacity(n);
+    for m in ims {
+        let _ = write!(call_id, "fx-im-{:07}", m.index);
+        call_id.append_value("");
+        cseq.append_value(1);
+        write_user_uri(&mut sender, m.sender);
+        sender.append_value("");
+        for r in std::iter::once(m.recipient).chain(m.also_to) {
+            write_user_uri(recipients.values(), r);
+            recipients.values().append_value("");
+        }
+        recipients.append(true);
+        content_type.append_value("text/plain");
+        write_body(&mut body, m);
+        body.append_value("");
+        let (delivery, code) = im_delivery(m.index);
+        delivery_status.append_value(delivery);
+        status.append_option(code);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        utc_timestamps(ims.iter().map(|m| m.time_ns).collect()),
+        Arc::new(call_id.finish()),
+        Arc::new(cseq.finish()),
+        Arc::new(sender.finish()),
+        Arc::new(recipients.finish()),
+        Arc::new(content_type.finish()),
+        Arc::new(body.finish()),
+        Arc::new(delivery_status.finish()),
+        Arc::new(status.finish()),
+    ];
+    Ok(RecordBatch::try_new(im_messages_schema(), columns)?)
+}
+
+fn write_body(out: &mut StringBuilder, m: &ImPlan) {
+    let mut g = SplitMix64(m.word_seed);
+    for w in 0..m.words {
+        if w > 0 {
+            let _ = out.write_char(' ');
+        }
+        let _ = out.write_str(WORDS[g.below(WORDS.len() as u64) as usize]);
+    }
+    if m.index.is_multiple_of(1000) {
+        let _ = out.write_str(" escalation");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_cycle_has_the_documented_shares() {
+        let mut counts = std::collections::BTreeMap::new();
+        for i in 0..40 {
+            *counts.entry(call_outcome(i).disposition).or_insert(0) += 1;
+        }
+        let expected = [
+            ("answered", 26),
+            ("busy", 4),
+            ("cancelled", 2),
+            ("failed", 1),
+            ("no-answer", 4),
+            ("rejected", 2),
+            ("timeout", 1),
+        ];
+        assert_eq!(counts.into_iter().collect::<Vec<_>>(), expected);
+    }
+
+    #[test]
+    fn records_do_not_depend_on_generation_order() {
+        let spec = FixtureSpec::standard();
+        let a = CallPlan::new(&spec, 1234, 0);
+        let _ = CallPlan::new(&spec, 99, 0);
+        let b = CallPlan::new(&spec, 1234, 0);
+        assert_eq!(
+            (a.time_ns, a.caller, a.callee),
+            (b.time_ns, b.caller, b.callee)
+        );
+        assert_ne!(a.caller, a.callee);
+    }
+
+    #[test]
+    fn user_uris_stay_distinct_past_the_name_list() {
+        assert_eq!(FixtureSpec::user_uri(0), "sip:alice@example.com");
+        assert_eq!(FixtureSpec::user_uri(21), "sip:bob2@example.com");
+    }
+}
