@@ -1,20 +1,25 @@
 //! `sipvault`: the command line. Argument handling and wiring only; the
 //! work happens in the library crates.
 
+mod audit;
 mod config;
 mod demo;
 mod import;
 mod pipeline;
+mod queries;
 mod status;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Args, Parser, Subcommand};
 use sipvault_catalog::Catalog;
-use sipvault_query::{OutputFormat, SearchRequest};
+use sipvault_query::reports::{Grouping, Report, ReportRequest};
+use sipvault_query::{OutputFormat, QueryError, QueryLimits, SearchRequest};
 use sipvault_sip::digest::{Algorithm, ha1};
 
 use crate::config::Config;
@@ -30,7 +35,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
     name = "sipvault",
     version,
     about = "SIP communications server with a tamper-evident compliance archive",
-    after_help = "Examples:\n  sipvault demo\n  sipvault user add alice --password s3cret --data ./sipvault-data\n  sipvault serve --data ./sipvault-data --sip 127.0.0.1:5060\n  sipvault search '\"quarterly budget\" AND NOT draft' --from alice --since 7d\n  sipvault sql \"SELECT sender, count(*) FROM im_messages GROUP BY sender\" --format csv"
+    after_help = "Examples:\n  sipvault demo\n  sipvault user add alice --password s3cret --data ./sipvault-data\n  sipvault serve --data ./sipvault-data --sip 127.0.0.1:5060\n  sipvault search '\"quarterly budget\" AND NOT draft' --from alice --since 7d\n  sipvault report call-summary --since 2026-11-01 --until 2026-12-01 --format csv\n  sipvault sql \"SELECT sender, count(*) FROM im_messages GROUP BY sender\" --format csv\n  sipvault audit list --since 7d"
 )]
 struct Cli {
     /// Data directory: catalog, archive and index [default: ./sipvault-data;
@@ -40,6 +45,10 @@ struct Cli {
     /// Configuration file (default: <data>/sipvault.toml or ./sipvault.toml if present).
     #[arg(long, global = true, env = "SIPVAULT_CONFIG")]
     config: Option<PathBuf>,
+    /// Name recorded in the audit log for search, report and sql [default:
+    /// the OS user, $USER].
+    #[arg(long = "as", global = true, value_name = "USER")]
+    as_user: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,16 +76,27 @@ enum Command {
         after_help = "Query syntax: words, \"phrases\", AND, OR, NOT, parentheses, from:USER, to:USER.\n\nExample:\n  sipvault search 'budget AND NOT draft' --from alice --since 2026-11-01 --format json"
     )]
     Search(SearchArgs),
-    /// Read-only SQL over the archive tables (sip_messages, im_messages).
+    /// Read-only SQL over the archive tables: calls, im_messages,
+    /// sip_messages, presence, hep_raw (each with its `date` partition column).
     #[command(
-        after_help = "Example:\n  sipvault sql \"SELECT date, count(*) FROM im_messages GROUP BY date ORDER BY date\""
+        after_help = "Rows are written as they are produced (csv and json; a table is printed at the end).\n\nExamples:\n  sipvault sql \"SELECT date, count(*) FROM im_messages GROUP BY date ORDER BY date\"\n  sipvault sql \"SELECT * FROM calls WHERE disposition = 'busy'\" --format csv --timeout 30 --memory-limit 512M"
     )]
     Sql {
         /// One SELECT (or WITH/EXPLAIN/SHOW/DESCRIBE) statement.
         statement: String,
         #[arg(long, default_value = "table")]
         format: OutputFormat,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
+    /// Call and IM reports over a time range (no row cap; rows stream out).
+    #[command(
+        after_help = "Examples:\n  sipvault report cdr --since 2026-11-01 --until 2026-11-08 --format csv > cdr.csv\n  sipvault report call-summary --by user --since 7d\n  sipvault report im-volume --by hour --user sip:alice@example.com --since 1d\n  sipvault report top-talkers --top 5 --since 30d"
+    )]
+    Report(ReportArgs),
+    /// Who searched, reported on or queried the archive, and when.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Re-read every archive segment and the manifest hash chain; report
     /// missing, altered, extra or reordered segments (exit 1 if any).
     #[command(after_help = "Example:\n  sipvault verify --data ./sipvault-data --format json")]
@@ -98,6 +118,73 @@ enum Command {
     /// user agents, archive them and show a search and a SQL result.
     #[command(after_help = "Example:\n  sipvault demo\n  sipvault demo --data ./demo-data")]
     Demo,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// List audit log entries, oldest first.
+    #[command(after_help = "Example:\n  sipvault audit list --since 7d --format json")]
+    List {
+        /// Only entries at or after this time: RFC 3339, YYYY-MM-DD, or relative (15m, 2h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value = "table")]
+        format: OutputFormat,
+    },
+}
+
+#[derive(Args)]
+struct LimitArgs {
+    /// Stop the query after this long: seconds (30, 2.5) or with a unit (500ms, 5m).
+    #[arg(long, value_name = "SECS", value_parser = sipvault_query::parse_duration)]
+    timeout: Option<Duration>,
+    /// Memory the query may hold: bytes or with a unit (512M, 2G). Sorts and
+    /// aggregations spill to disk past it; what cannot spill stops the query.
+    #[arg(long, value_name = "BYTES", value_parser = sipvault_query::parse_byte_size)]
+    memory_limit: Option<usize>,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> QueryLimits {
+        QueryLimits {
+            timeout: self.timeout,
+            memory_limit: self.memory_limit,
+        }
+    }
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Which report.
+    #[arg(value_parser = report_names())]
+    name: String,
+    /// Start time: RFC 3339, YYYY-MM-DD, or relative (15m, 2h, 7d) [default: the oldest record].
+    #[arg(long)]
+    since: Option<String>,
+    /// End time (exclusive), same forms as --since [default: no end].
+    #[arg(long)]
+    until: Option<String>,
+    /// Only what this user took part in (sip:alice@example.com or alice@example.com).
+    #[arg(long)]
+    user: Option<String>,
+    /// Grouping: day or user for call-summary (default day); hour or day for im-volume (default hour).
+    #[arg(long)]
+    by: Option<Grouping>,
+    /// top-talkers: how many users [default: 10].
+    #[arg(long)]
+    top: Option<usize>,
+    #[arg(long, default_value = "table")]
+    format: OutputFormat,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+fn report_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(
+        Report::ALL
+            .iter()
+            .map(|r| PossibleValue::new(r.name()).help(r.description())),
+    )
 }
 
 #[derive(Subcommand)]
@@ -177,7 +264,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // Options that do not fit together are a usage error, as clap's own.
+            if matches!(e.downcast_ref(), Some(QueryError::InvalidReport(_))) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -203,6 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let data = cli.data.unwrap_or_else(|| PathBuf::from("./sipvault-data"));
     let config = Config::load(cli.config.as_deref(), &data)?;
+    let reader = audit::reader(cli.as_user.as_deref());
     match cli.command {
         Command::Serve { sip, hep } => {
             let mut config = config;
@@ -222,11 +315,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User(UserCommand::List { format }) => list_users(&data, format).await,
-        Command::Search(args) => search(&data, args),
-        Command::Sql { statement, format } => {
-            let batches = sipvault_query::run_sql(&data, &statement).await?;
-            print!("{}", sipvault_query::format_batches(&batches, format)?);
-            Ok(())
+        Command::Search(args) => {
+            let query = args.describe();
+            let outcome = search(&data, args);
+            audited(&data, &reader, "search", &query, outcome).await
+        }
+        Command::Sql {
+            statement,
+            format,
+            limits,
+        } => {
+            let outcome = queries::sql(&data, &statement, format, limits.limits())
+                .await
+                .map_err(anyhow::Error::from);
+            audited(&data, &reader, "sql", &statement, outcome).await
+        }
+        Command::Report(args) => {
+            let request = report_request(&args)?;
+            let outcome = queries::report(&data, &request, args.format, args.limits.limits())
+                .await
+                .map_err(anyhow::Error::from);
+            audited(&data, &reader, "report", &request.describe(), outcome).await
+        }
+        Command::Audit(AuditCommand::List { since, format }) => {
+            let since_ns = since
+                .as_deref()
+                .map(|s| sipvault_query::parse_time(s, now_ns()))
+                .transpose()?;
+            audit::list(&data, since_ns, format).await
         }
         Command::Verify { format } => verify(&data, format).await,
         Command::Status { format } => status::show(&data, format).await,
@@ -235,6 +351,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo => unreachable!("handled above"),
     }
+}
+
+/// Records a read of the archive in the audit log, then passes its outcome on.
+async fn audited(
+    data: &Path,
+    reader: &str,
+    command: &str,
+    query: &str,
+    outcome: anyhow::Result<u64>,
+) -> anyhow::Result<()> {
+    audit::record(data, reader, command, query, &outcome).await?;
+    outcome.map(drop)
+}
+
+fn report_request(args: &ReportArgs) -> anyhow::Result<ReportRequest> {
+    let now = now_ns();
+    let time = |s: &Option<String>| {
+        s.as_deref()
+            .map(|s| sipvault_query::parse_time(s, now))
+            .transpose()
+    };
+    Ok(ReportRequest {
+        report: args.name.parse()?,
+        since_ns: time(&args.since)?,
+        until_ns: time(&args.until)?,
+        user: args.user.clone(),
+        by: args.by,
+        top: args.top,
+    })
 }
 
 pub async fn add_user(data: &Path, name: &str, password: &str, domain: &str) -> anyhow::Result<()> {
@@ -279,7 +424,26 @@ async fn list_users(data: &Path, format: OutputFormat) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn search(data: &Path, args: SearchArgs) -> anyhow::Result<()> {
+impl SearchArgs {
+    /// The query with its filters, as the audit log records it.
+    fn describe(&self) -> String {
+        let mut out = self.query.clone();
+        for (flag, value) in [
+            ("--from", &self.from),
+            ("--to", &self.to),
+            ("--since", &self.since),
+            ("--until", &self.until),
+        ] {
+            if let Some(v) = value {
+                out.push_str(&format!(" {flag} {v}"));
+            }
+        }
+        out
+    }
+}
+
+/// Prints the hits of a search; returns how many.
+fn search(data: &Path, args: SearchArgs) -> anyhow::Result<u64> {
     let now = now_ns();
     let req = SearchRequest {
         query: args.query,
@@ -299,7 +463,7 @@ fn search(data: &Path, args: SearchArgs) -> anyhow::Result<()> {
     };
     let hits = sipvault_query::search(&pipeline::index_dir(data), &req).context("search failed")?;
     print!("{}", sipvault_query::format_hits(&hits, args.format));
-    Ok(())
+    Ok(hits.len() as u64)
 }
 
 async fn verify(data: &Path, format: OutputFormat) -> anyhow::Result<()> {
