@@ -5,27 +5,24 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{bin, sipvault};
 use sipvault_query::fixture::{FixtureSpec, generate_fixture};
 
-/// A fifth of the standard fixture: enough rows that a self-join cannot
-/// finish in a fraction of a second nor fit in a few kilobytes.
-fn fixture() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let spec = FixtureSpec {
-            ims: 20_000,
-            calls: 2_000,
-            ..FixtureSpec::standard()
-        };
-        generate_fixture(dir.path(), &spec).expect("generate fixture");
-        dir
-    })
-    .path()
+/// A fifth of the standard fixture (about 0.3 s to write in a debug
+/// build), in a data directory of its own so each test sees only its own
+/// audit rows: enough rows that a self-join cannot finish in a fraction of a
+/// second nor fit in a few kilobytes.
+fn fixture() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spec = FixtureSpec {
+        ims: 20_000,
+        calls: 2_000,
+        ..FixtureSpec::standard()
+    };
+    generate_fixture(dir.path(), &spec).expect("generate fixture");
+    dir
 }
 
 struct Run {
@@ -61,30 +58,10 @@ fn audit_rows(data: &Path) -> Vec<serde_json::Value> {
         .clone()
 }
 
-/// A copy of the fixture's archive with a catalog of its own, so tests that
-/// read the audit log see only their own rows.
-fn private_data_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    copy_dir(&fixture().join("archive"), &dir.path().join("archive"));
-    dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn report_writes_csv_and_json_and_takes_a_range() {
-    let data = fixture();
+    let fixture = fixture();
+    let data = fixture.path();
     let csv = sipvault(
         data,
         &[
@@ -120,7 +97,8 @@ fn report_writes_csv_and_json_and_takes_a_range() {
 
 #[test]
 fn report_usage_errors_exit_2() {
-    let data = fixture();
+    let fixture = fixture();
+    let data = fixture.path();
     let wrong_grouping = run(data, &["report", "im-volume", "--by", "user"]);
     assert_eq!(wrong_grouping.code, 2, "{}", wrong_grouping.stderr);
     assert!(
@@ -151,9 +129,10 @@ fn report_usage_errors_exit_2() {
 /// after it.
 #[test]
 fn sql_timeout_stops_the_query_with_exit_1() {
-    let data = private_data_dir();
+    let fixture = fixture();
+    let data = fixture.path();
     let slow = run(
-        data.path(),
+        data,
         &[
             "sql",
             "SELECT count(*) FROM im_messages a JOIN im_messages b ON a.sender <> b.sender",
@@ -172,7 +151,7 @@ fn sql_timeout_stops_the_query_with_exit_1() {
         "stopping took {:?}",
         slow.elapsed
     );
-    let audit = audit_rows(data.path());
+    let audit = audit_rows(data);
     assert_eq!(audit.len(), 1, "{audit:?}");
     assert_eq!(audit[0]["command"], "sql");
     assert_eq!(audit[0]["result_count"], serde_json::Value::Null);
@@ -189,7 +168,8 @@ fn sql_timeout_stops_the_query_with_exit_1() {
 /// and the same query without the limit succeeds.
 #[test]
 fn sql_memory_limit_stops_the_query_with_exit_1() {
-    let data = fixture();
+    let fixture = fixture();
+    let data = fixture.path();
     let join = "SELECT a.sender, count(*) AS n FROM im_messages a JOIN im_messages b ON a.call_id = b.call_id GROUP BY a.sender";
     let limited = run(data, &["sql", join, "--memory-limit", "64K"]);
     assert_eq!(limited.code, 1, "{}\n{}", limited.stdout, limited.stderr);
@@ -209,8 +189,8 @@ fn sql_memory_limit_stops_the_query_with_exit_1() {
 
 #[test]
 fn reads_of_the_archive_are_audited() {
-    let data = private_data_dir();
-    let d = data.path();
+    let fixture = fixture();
+    let d = fixture.path();
     sipvault(
         d,
         &[

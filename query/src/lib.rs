@@ -745,12 +745,8 @@ fn parse_relative(t: &str, now_ns: i64) -> Option<Option<i64>> {
 /// `1.5GiB`, `64kb`.
 pub fn parse_byte_size(s: &str) -> Result<usize, QueryError> {
     let invalid = || QueryError::InvalidByteSize(s.to_string());
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let unit = unit.trim().to_ascii_lowercase();
+    let (number, unit) = split_number_and_unit(s);
+    let unit = unit.to_ascii_lowercase();
     let unit = unit
         .strip_suffix("ib")
         .or_else(|| unit.strip_suffix('b'))
@@ -775,12 +771,8 @@ pub fn parse_byte_size(s: &str) -> Result<usize, QueryError> {
 /// or `h`.
 pub fn parse_duration(s: &str) -> Result<Duration, QueryError> {
     let invalid = || QueryError::InvalidDuration(s.to_string());
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let seconds_per_unit = match unit.trim() {
+    let (number, unit) = split_number_and_unit(s);
+    let seconds_per_unit = match unit {
         "" | "s" | "sec" | "secs" => 1.0,
         "ms" => 0.001,
         "m" | "min" | "mins" => 60.0,
@@ -792,6 +784,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, QueryError> {
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(invalid)
+}
+
+/// `" 1.5 GiB"` → `("1.5", "GiB")`.
+fn split_number_and_unit(s: &str) -> (&str, &str) {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    (number, unit.trim())
 }
 
 /// `1.5s`, `500ms`, `30s`: how a timeout is named in messages.
