@@ -50,17 +50,30 @@ impl Default for SegmentLimits {
 }
 
 /// Rows waiting in a buffer: a `Vec` of row structs, or column builders.
-trait PendingRows: Default {
+trait PendingRows {
+    /// An empty buffer for a segment within `limits`.
+    fn for_segment(limits: &SegmentLimits) -> Self;
     fn len(&self) -> usize;
 }
 
 impl<T> PendingRows for Vec<T> {
+    fn for_segment(_: &SegmentLimits) -> Self {
+        Vec::new()
+    }
     fn len(&self) -> usize {
         Vec::len(self)
     }
 }
 
 impl PendingRows for SipMessagesBuilder {
+    /// Sized for a full segment up front: the big buffers are then written
+    /// once instead of copied at every doubling. Pages never written are
+    /// never touched, so a quiet segment costs address space, not memory.
+    fn for_segment(limits: &SegmentLimits) -> Self {
+        // Every row counts at least 128 bytes against `max_bytes`.
+        let rows = limits.max_rows.min(limits.max_bytes / 128 + 1);
+        SipMessagesBuilder::with_capacity(rows, limits.max_bytes)
+    }
     fn len(&self) -> usize {
         SipMessagesBuilder::len(self)
     }
@@ -157,9 +170,13 @@ impl DateCache {
 }
 
 /// The buffer of `date`, its age restarted when it was empty.
-fn buffer<R: PendingRows>(map: &mut BTreeMap<String, Buffer<R>>, date: String) -> &mut Buffer<R> {
+fn buffer<'m, R: PendingRows>(
+    map: &'m mut BTreeMap<String, Buffer<R>>,
+    date: String,
+    limits: &SegmentLimits,
+) -> &'m mut Buffer<R> {
     let buf = map.entry(date).or_insert_with(|| Buffer {
-        rows: R::default(),
+        rows: R::for_segment(limits),
         bytes: 0,
         opened: Instant::now(),
     });
@@ -169,8 +186,14 @@ fn buffer<R: PendingRows>(map: &mut BTreeMap<String, Buffer<R>>, date: String) -
     buf
 }
 
-fn push<T>(map: &mut BTreeMap<String, Buffer<Vec<T>>>, date: String, row: T, size: usize) {
-    let buf = buffer(map, date);
+fn push<T>(
+    map: &mut BTreeMap<String, Buffer<Vec<T>>>,
+    limits: &SegmentLimits,
+    date: String,
+    row: T,
+    size: usize,
+) {
+    let buf = buffer(map, date, limits);
     buf.bytes += size;
     buf.rows.push(row);
 }
@@ -233,7 +256,7 @@ impl ArchiveWriter {
                 fields.parse_error = Some(&error_text);
             }
         }
-        let buf = buffer(&mut self.sip, self.dates.date(msg.time_ns));
+        let buf = buffer(&mut self.sip, self.dates.date(msg.time_ns), &self.limits);
         buf.bytes += msg.raw.len() + 128;
         buf.rows.append(&fields);
     }
@@ -246,22 +269,46 @@ impl ArchiveWriter {
 
     pub fn push_im(&mut self, row: ImMessageRow) {
         let size = row.body.len() + 128;
-        push(&mut self.im, self.dates.date(row.time_ns), row, size);
+        push(
+            &mut self.im,
+            &self.limits,
+            self.dates.date(row.time_ns),
+            row,
+            size,
+        );
     }
 
     pub fn push_call(&mut self, row: CallRow) {
         let size = row.call_id.len() + row.caller.len() + row.callee.len() + 256;
-        push(&mut self.calls, self.dates.date(row.time_ns), row, size);
+        push(
+            &mut self.calls,
+            &self.limits,
+            self.dates.date(row.time_ns),
+            row,
+            size,
+        );
     }
 
     pub fn push_hep_raw(&mut self, row: HepRawRow) {
         let size = row.payload.len() + 128;
-        push(&mut self.hep_raw, self.dates.date(row.time_ns), row, size);
+        push(
+            &mut self.hep_raw,
+            &self.limits,
+            self.dates.date(row.time_ns),
+            row,
+            size,
+        );
     }
 
     pub fn push_presence(&mut self, row: PresenceRow) {
         let size = row.entity.len() + row.note.as_ref().map_or(0, String::len) + 128;
-        push(&mut self.presence, self.dates.date(row.time_ns), row, size);
+        push(
+            &mut self.presence,
+            &self.limits,
+            self.dates.date(row.time_ns),
+            row,
+            size,
+        );
     }
 
     pub fn needs_roll(&self, now: Instant) -> bool {

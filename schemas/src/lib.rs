@@ -433,6 +433,36 @@ pub struct SipMessagesBuilder {
 }
 
 impl SipMessagesBuilder {
+    /// Room for `rows` rows and `raw_bytes` of raw messages, so a segment's
+    /// buffers are not copied over and over as they grow.
+    pub fn with_capacity(rows: usize, raw_bytes: usize) -> Self {
+        // Typical text per row of the short columns (addresses, tags, ...).
+        let text = |per_row: usize| StringBuilder::with_capacity(rows, rows * per_row);
+        SipMessagesBuilder {
+            time: Vec::with_capacity(rows),
+            source: text(12),
+            direction: text(3),
+            transport: text(3),
+            src: text(20),
+            dst: text(20),
+            method: text(8),
+            status: UInt16Builder::with_capacity(rows),
+            reason: text(4),
+            request_uri: text(24),
+            call_id: text(32),
+            cseq: UInt32Builder::with_capacity(rows),
+            cseq_method: text(8),
+            from_uri: text(24),
+            from_tag: text(12),
+            to_uri: text(24),
+            to_tag: text(8),
+            parse_error: text(0),
+            raw: BinaryBuilder::with_capacity(rows, raw_bytes),
+            min_time_ns: 0,
+            max_time_ns: 0,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.time.len()
     }

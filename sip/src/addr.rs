@@ -112,7 +112,7 @@ pub(crate) fn check_absolute_uri(s: &str) -> Result<(), String> {
         return Err(format!("bad URI {s:?}"));
     }
     if scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips") {
-        SipUri::parse(s).map_err(|e| e.to_string())?;
+        UriParts::parse(s).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -143,7 +143,7 @@ pub(crate) fn is_valid_host(h: &str) -> bool {
 
 /// Splits `host[:port]` (IPv6 references in brackets). LWS around the colon
 /// is tolerated when `lws` is set (Via sent-by).
-fn split_hostport(s: &str, lws: bool) -> Result<(String, Option<u16>), String> {
+fn split_hostport(s: &str, lws: bool) -> Result<(&str, Option<u16>), String> {
     let s = if lws { s.trim() } else { s };
     let (host, port_part) = if s.starts_with('[') {
         let end = s
@@ -182,7 +182,7 @@ fn split_hostport(s: &str, lws: bool) -> Result<(String, Option<u16>), String> {
             )
         }
     };
-    Ok((host.to_string(), port))
+    Ok((host, port))
 }
 
 /// Resolves `%XX` escapes; a `%` not followed by two hex digits is kept
@@ -223,10 +223,14 @@ pub struct SipUri {
     pub headers: Option<String>,
 }
 
-fn parse_uri_params(s: &str) -> Result<Params, String> {
-    let mut out = Vec::new();
+/// Calls `f` with each `name[=value]` of a URI parameter list (the text
+/// after the first ';'), or fails on an empty name, value or parameter.
+fn each_uri_param<'a>(
+    s: &'a str,
+    mut f: impl FnMut(&'a str, Option<&'a str>),
+) -> Result<(), String> {
     if s.is_empty() {
-        return Ok(out);
+        return Ok(());
     }
     for piece in s.split(';') {
         if piece.is_empty() {
@@ -239,15 +243,35 @@ fn parse_uri_params(s: &str) -> Result<Params, String> {
         if n.is_empty() || v.is_some_and(str::is_empty) {
             return Err(format!("bad URI parameter {piece:?}"));
         }
-        out.push((n.to_string(), v.map(str::to_string)));
+        f(n, v);
     }
+    Ok(())
+}
+
+fn parse_uri_params(s: &str) -> Result<Params, String> {
+    let mut out = Vec::new();
+    each_uri_param(s, |n, v| out.push((n.to_string(), v.map(str::to_string))))?;
     Ok(out)
 }
 
+/// A SIP, SIPS or tel URI taken apart and validated, borrowing its text.
+/// [`SipUri::parse`] owns the parts; checking a URI only needs this, so it
+/// allocates nothing.
+struct UriParts<'a> {
+    scheme: &'a str,
+    user: Option<&'a str>,
+    password: Option<&'a str>,
+    host: &'a str,
+    port: Option<u16>,
+    /// The parameter list after the first ';' (validated).
+    params: &'a str,
+    headers: Option<&'a str>,
+}
+
 /// `hostport [;params] [?headers]`
-fn parse_host_part(s: &str) -> Result<(String, Option<u16>, Params, Option<String>), String> {
+fn host_part(s: &str) -> Result<(&str, Option<u16>, &str, Option<&str>), String> {
     let (main, headers) = match s.split_once('?') {
-        Some((m, h)) => (m, Some(h.to_string())),
+        Some((m, h)) => (m, Some(h)),
         None => (s, None),
     };
     let (hostport, params) = match main.split_once(';') {
@@ -255,12 +279,12 @@ fn parse_host_part(s: &str) -> Result<(String, Option<u16>, Params, Option<Strin
         None => (main, ""),
     };
     let (host, port) = split_hostport(hostport, false)?;
-    let params = parse_uri_params(params)?;
+    each_uri_param(params, |_, _| {})?;
     Ok((host, port, params, headers))
 }
 
-impl SipUri {
-    pub fn parse(s: &str) -> Result<SipUri, ParseError> {
+impl<'a> UriParts<'a> {
+    fn parse(s: &'a str) -> Result<UriParts<'a>, ParseError> {
         let bad = |why: String| ParseError::InvalidUri(why);
         let s = s.trim();
         if s.chars().any(is_uri_forbidden) {
@@ -272,64 +296,76 @@ impl SipUri {
         if !is_valid_scheme(scheme) {
             return Err(bad(format!("bad scheme {scheme:?}")));
         }
-        let scheme = scheme.to_ascii_lowercase();
-        match scheme.as_str() {
-            "sip" | "sips" => {
-                // The user part may itself contain ';', '?' and ':', so the
-                // first '@' decides; if what follows is not a host, the URI
-                // has no user part.
-                if let Some((userinfo, after)) = rest.split_once('@')
-                    && let Ok((host, port, params, headers)) = parse_host_part(after)
-                {
-                    let (user, password) = match userinfo.split_once(':') {
-                        Some((u, p)) => (u, Some(p.to_string())),
-                        None => (userinfo, None),
-                    };
-                    if user.is_empty() {
-                        return Err(bad(format!("empty user part in {s:?}")));
-                    }
-                    return Ok(SipUri {
-                        scheme,
-                        user: Some(user.to_string()),
-                        password,
-                        host,
-                        port,
-                        params,
-                        headers,
-                    });
+        if scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips") {
+            // The user part may itself contain ';', '?' and ':', so the
+            // first '@' decides; if what follows is not a host, the URI
+            // has no user part.
+            if let Some((userinfo, after)) = rest.split_once('@')
+                && let Ok((host, port, params, headers)) = host_part(after)
+            {
+                let (user, password) = match userinfo.split_once(':') {
+                    Some((u, p)) => (u, Some(p)),
+                    None => (userinfo, None),
+                };
+                if user.is_empty() {
+                    return Err(bad(format!("empty user part in {s:?}")));
                 }
-                let (host, port, params, headers) = parse_host_part(rest).map_err(bad)?;
-                Ok(SipUri {
+                return Ok(UriParts {
                     scheme,
-                    user: None,
-                    password: None,
+                    user: Some(user),
+                    password,
                     host,
                     port,
                     params,
                     headers,
-                })
+                });
             }
-            "tel" => {
-                let (number, params) = match rest.split_once(';') {
-                    Some((n, p)) => (n, p),
-                    None => (rest, ""),
-                };
-                if number.is_empty() || number.contains('?') {
-                    return Err(bad(format!("bad telephone number in {s:?}")));
-                }
-                let params = parse_uri_params(params).map_err(bad)?;
-                Ok(SipUri {
-                    scheme,
-                    user: None,
-                    password: None,
-                    host: number.to_string(),
-                    port: None,
-                    params,
-                    headers: None,
-                })
-            }
-            _ => Err(bad(format!("not a sip, sips or tel URI: {s:?}"))),
+            let (host, port, params, headers) = host_part(rest).map_err(bad)?;
+            return Ok(UriParts {
+                scheme,
+                user: None,
+                password: None,
+                host,
+                port,
+                params,
+                headers,
+            });
         }
+        if scheme.eq_ignore_ascii_case("tel") {
+            let (number, params) = match rest.split_once(';') {
+                Some((n, p)) => (n, p),
+                None => (rest, ""),
+            };
+            if number.is_empty() || number.contains('?') {
+                return Err(bad(format!("bad telephone number in {s:?}")));
+            }
+            each_uri_param(params, |_, _| {}).map_err(bad)?;
+            return Ok(UriParts {
+                scheme,
+                user: None,
+                password: None,
+                host: number,
+                port: None,
+                params,
+                headers: None,
+            });
+        }
+        Err(bad(format!("not a sip, sips or tel URI: {s:?}")))
+    }
+}
+
+impl SipUri {
+    pub fn parse(s: &str) -> Result<SipUri, ParseError> {
+        let p = UriParts::parse(s)?;
+        Ok(SipUri {
+            scheme: p.scheme.to_ascii_lowercase(),
+            user: p.user.map(str::to_string),
+            password: p.password.map(str::to_string),
+            host: p.host.to_string(),
+            port: p.port,
+            params: parse_uri_params(p.params).map_err(ParseError::InvalidUri)?,
+            headers: p.headers.map(str::to_string),
+        })
     }
 
     pub fn param(&self, n: &str) -> Option<&str> {
@@ -619,6 +655,7 @@ fn parse_via(s: &str) -> Result<Via, String> {
         None => (after, ""),
     };
     let (host, port) = split_hostport(sent_by, true)?;
+    let host = host.to_string();
     let params = parse_header_params(params)?;
     Ok(Via {
         transport: transport.to_string(),

@@ -27,6 +27,46 @@ enum Value {
 struct Header {
     name: Span,
     value: Value,
+    kind: Option<Hot>,
+}
+
+/// Headers every consumer of a message asks for; classified once while
+/// parsing, so looking them up compares a byte instead of names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hot {
+    CallId,
+    CSeq,
+    From,
+    To,
+    ContentType,
+    ContentLength,
+    Via,
+}
+
+impl Hot {
+    /// The kind of a header name (long or compact form, any case).
+    fn of(name: &str) -> Option<Hot> {
+        let is = |long: &str| name.eq_ignore_ascii_case(long);
+        match name.len() {
+            1 => match name.as_bytes().first()?.to_ascii_lowercase() {
+                b'i' => Some(Hot::CallId),
+                b'f' => Some(Hot::From),
+                b't' => Some(Hot::To),
+                b'c' => Some(Hot::ContentType),
+                b'l' => Some(Hot::ContentLength),
+                b'v' => Some(Hot::Via),
+                _ => None,
+            },
+            2 if is("to") => Some(Hot::To),
+            3 if is("via") => Some(Hot::Via),
+            4 if is("cseq") => Some(Hot::CSeq),
+            4 if is("from") => Some(Hot::From),
+            7 if is("call-id") => Some(Hot::CallId),
+            12 if is("content-type") => Some(Hot::ContentType),
+            14 if is("content-length") => Some(Hot::ContentLength),
+            _ => None,
+        }
+    }
 }
 
 /// A parsed SIP message. It owns the bytes of exactly this message (leading
@@ -198,7 +238,10 @@ impl SipMessage {
             .ok_or(ParseError::Empty)?;
         let body_at = head_end(bytes, msg_start).ok_or(ParseError::Truncated)?;
         let head_bytes = bytes.get(msg_start..body_at).unwrap_or(&[]);
-        let head = String::from_utf8_lossy(head_bytes).into_owned();
+        let head = match std::str::from_utf8(head_bytes) {
+            Ok(text) => text.to_owned(),
+            Err(_) => String::from_utf8_lossy(head_bytes).into_owned(),
+        };
 
         let (line, mut pos, terminated) = next_line(&head, 0);
         if !terminated {
@@ -240,7 +283,8 @@ impl SipMessage {
                 }
             } else {
                 let colon = text
-                    .find(':')
+                    .bytes()
+                    .position(|b| b == b':')
                     .ok_or_else(|| ParseError::BadHeaderLine("header line without ':'".into()))?;
                 let name = trim_span(&head, line.start..line.start + colon);
                 if name.start != line.start || !is_token(head.get(name.clone()).unwrap_or("")) {
@@ -249,9 +293,11 @@ impl SipMessage {
                     ));
                 }
                 let value = trim_span(&head, line.start + colon + 1..line.end);
+                let kind = Hot::of(head.get(name.clone()).unwrap_or(""));
                 headers.push(Header {
                     name,
                     value: Value::Head(value),
+                    kind,
                 });
             }
         }
@@ -316,9 +362,13 @@ impl SipMessage {
     /// Values of every header line that `canonical` (a lower-case long
     /// name) denotes.
     fn header_iter<'s>(&'s self, canonical: &str) -> impl Iterator<Item = &'s str> {
+        let kind = Hot::of(canonical);
         self.headers
             .iter()
-            .filter(move |h| names_header(self.text(&h.name), canonical))
+            .filter(move |h| match kind {
+                Some(kind) => h.kind == Some(kind),
+                None => names_header(self.text(&h.name), canonical),
+            })
             .map(|h| self.value(h))
     }
 
