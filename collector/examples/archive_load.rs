@@ -121,4 +121,17 @@ fn main() {
         count as f64 / cpu.max(0.01)
     );
     println!("peak RSS          {} MiB", hwm / 1024);
+    println!("archive size      {:.1} MiB", dir_bytes(dir.path()) as f64 / (1 << 20) as f64);
+}
+
+fn dir_bytes(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
 }

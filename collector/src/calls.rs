@@ -830,14 +830,20 @@ struct Party {
 /// call is still attributed to its parties.
 fn header_party(sip: &SipMessage, name: &str) -> Option<Party> {
     // From and To are parsed once per message by `SipMessage` itself.
-    let strict = match name {
-        "from" => sip.from().cloned(),
-        "to" => sip.to().cloned(),
-        _ => sip.header(name).and_then(|v| NameAddr::parse(v).ok()),
+    let party = |addr: &NameAddr| Party {
+        uri: addr.uri.clone(),
+        tag: addr.tag().map(str::to_string),
     };
-    if let Some(addr) = strict {
-        let tag = addr.tag().map(str::to_string);
-        return Some(Party { uri: addr.uri, tag });
+    let strict = match name {
+        "from" => sip.from().map(party),
+        "to" => sip.to().map(party),
+        _ => sip
+            .header(name)
+            .and_then(|v| NameAddr::parse(v).ok())
+            .map(|a| party(&a)),
+    };
+    if strict.is_some() {
+        return strict;
     }
     let value = sip.header(name)?;
     let (uri, params) = match (value.find('<'), value.rfind('>')) {

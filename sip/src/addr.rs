@@ -89,6 +89,18 @@ fn is_uri_forbidden(c: char) -> bool {
     c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"')
 }
 
+/// Whether `s` holds a character [`is_uri_forbidden`] rejects; byte-wise
+/// for ASCII text (every URI on the hot path), where white space and
+/// controls are exactly the bytes up to 0x20 and 0x7f.
+fn has_uri_forbidden(s: &str) -> bool {
+    if s.is_ascii() {
+        s.bytes()
+            .any(|b| b <= b' ' || b == 0x7f || matches!(b, b'<' | b'>' | b'"'))
+    } else {
+        s.chars().any(is_uri_forbidden)
+    }
+}
+
 /// RFC 3986 scheme syntax.
 pub(crate) fn is_valid_scheme(s: &str) -> bool {
     let mut chars = s.chars();
@@ -108,7 +120,7 @@ pub(crate) fn check_absolute_uri(s: &str) -> Result<(), String> {
     if !is_valid_scheme(scheme) {
         return Err(format!("bad URI scheme {scheme:?}"));
     }
-    if rest.is_empty() || rest.chars().any(is_uri_forbidden) {
+    if rest.is_empty() || has_uri_forbidden(rest) {
         return Err(format!("bad URI {s:?}"));
     }
     if scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips") {
@@ -287,7 +299,7 @@ impl<'a> UriParts<'a> {
     fn parse(s: &'a str) -> Result<UriParts<'a>, ParseError> {
         let bad = |why: String| ParseError::InvalidUri(why);
         let s = s.trim();
-        if s.chars().any(is_uri_forbidden) {
+        if has_uri_forbidden(s) {
             return Err(bad(format!("forbidden character in URI {s:?}")));
         }
         let (scheme, rest) = s

@@ -96,7 +96,7 @@ pub struct SipMessage {
 /// position after the line end, whether a line end was found).
 fn next_line(text: &str, pos: usize) -> (Span, usize, bool) {
     let rest = text.as_bytes().get(pos..).unwrap_or(&[]);
-    match rest.iter().position(|&b| b == b'\n') {
+    match memchr::memchr(b'\n', rest) {
         Some(nl) => {
             let end = if nl > 0 && rest.get(nl - 1) == Some(&b'\r') {
                 pos + nl - 1
@@ -114,20 +114,18 @@ fn next_line(text: &str, pos: usize) -> (Span, usize, bool) {
 /// ends right after a complete header line, without the empty line, has an
 /// empty body.
 fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
-    let mut pos = from;
-    loop {
-        let rest = bytes.get(pos..).unwrap_or(&[]);
-        if rest.is_empty() {
-            return Some(bytes.len());
+    let rest = bytes.get(from..)?;
+    for nl in memchr::memchr_iter(b'\n', rest) {
+        // The line after this line end: empty (CRLF or LF) ends the head.
+        let next = from + nl + 1;
+        match bytes.get(next..)? {
+            [] => return Some(bytes.len()),
+            [b'\r', b'\n', ..] => return Some(next + 2),
+            [b'\n', ..] => return Some(next + 1),
+            _ => {}
         }
-        if rest.starts_with(b"\r\n") {
-            return Some(pos + 2);
-        }
-        if rest.starts_with(b"\n") {
-            return Some(pos + 1);
-        }
-        pos += rest.iter().position(|&b| b == b'\n')? + 1;
     }
+    None
 }
 
 /// Trims linear white space off both ends of a range of `text`.
