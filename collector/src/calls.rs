@@ -249,9 +249,9 @@ pub struct CallCorrelator {
     /// Open calls by (start time, arrival order): the eviction order.
     by_age: BTreeMap<(i64, u64), String>,
     next_seq: u64,
-    /// Call-IDs whose row was emitted, with the capture time it was: late
-    /// copies of their messages must not open a new call.
-    recently_closed: HashMap<String, i64>,
+    /// Call-IDs whose row was emitted: late copies of their messages must
+    /// not open a new call.
+    recently_closed: ClosedCalls,
     referrals: VecDeque<Referral>,
     evicted: u64,
 }
@@ -263,7 +263,7 @@ impl CallCorrelator {
             calls: HashMap::new(),
             by_age: BTreeMap::new(),
             next_seq: 0,
-            recently_closed: HashMap::new(),
+            recently_closed: ClosedCalls::default(),
             referrals: VecDeque::new(),
             evicted: 0,
         }
@@ -503,10 +503,8 @@ impl CallCorrelator {
     fn close(&mut self, call_id: &str, closing: Closing, now: i64) -> Option<CallRow> {
         let call = self.calls.remove(call_id)?;
         self.by_age.remove(&call.age_key);
-        if self.recently_closed.len() >= self.config.max_open_calls.max(1) {
-            self.forget_before(now);
-        }
-        self.recently_closed.insert(call_id.to_string(), now);
+        self.recently_closed
+            .insert(call_id, now, self.config.max_open_calls.max(1));
         let row = call.finish(closing);
         tracing::debug!(
             call_id = %row.call_id,
@@ -520,10 +518,60 @@ impl CallCorrelator {
     fn forget_before(&mut self, now: i64) {
         let linger = self.config.linger_ns;
         self.recently_closed
-            .retain(|_, closed| now.saturating_sub(*closed) < linger);
+            .forget_closed_before(now.saturating_sub(linger));
         let window = self.config.refer_window_ns;
         self.referrals
             .retain(|r| now.saturating_sub(r.time_ns) <= window);
+    }
+}
+
+/// Closed Call-IDs with their close time, forgotten oldest first: in
+/// close order, so forgetting is amortised O(1) per call rather than a
+/// sweep of every entry (which went quadratic once the bound was reached).
+#[derive(Default)]
+struct ClosedCalls {
+    time_of: HashMap<String, i64>,
+    order: VecDeque<(i64, String)>,
+}
+
+impl ClosedCalls {
+    fn contains_key(&self, call_id: &str) -> bool {
+        self.time_of.contains_key(call_id)
+    }
+
+    fn clear(&mut self) {
+        self.time_of.clear();
+        self.order.clear();
+    }
+
+    /// Remembers `call_id` as closed at `now`; past `max` entries the
+    /// earliest closed is forgotten early.
+    fn insert(&mut self, call_id: &str, now: i64, max: usize) {
+        while self.time_of.len() >= max {
+            if !self.pop_oldest() {
+                break;
+            }
+        }
+        self.time_of.insert(call_id.to_string(), now);
+        self.order.push_back((now, call_id.to_string()));
+    }
+
+    fn forget_closed_before(&mut self, cutoff: i64) {
+        while self.order.front().is_some_and(|(t, _)| *t < cutoff) {
+            self.pop_oldest();
+        }
+    }
+
+    /// Drops the earliest entry of `order`, and its Call-ID unless that was
+    /// closed again later (a newer entry further back stands for it).
+    fn pop_oldest(&mut self) -> bool {
+        let Some((t, id)) = self.order.pop_front() else {
+            return false;
+        };
+        if self.time_of.get(&id) == Some(&t) {
+            self.time_of.remove(&id);
+        }
+        true
     }
 }
 

@@ -160,8 +160,9 @@ pub async fn run(
     } = inputs;
     let mut raw_open = true;
     let mut writer = ArchiveWriter::new(config.limits.clone());
-    // Two jobs in flight at most: when sealing falls behind, ingest waits.
-    let (jobs, job_rx) = mpsc::channel(2);
+    // One segment queued behind the one being sealed: when sealing falls
+    // behind, ingest waits, and memory holds at most three segments.
+    let (jobs, job_rx) = mpsc::channel(1);
     let sealer = tokio::spawn(writer::run_sealer(
         config.data_dir.clone(),
         catalog,

@@ -43,7 +43,7 @@ impl Default for SegmentLimits {
     fn default() -> Self {
         SegmentLimits {
             max_rows: 200_000,
-            max_bytes: 64 << 20,
+            max_bytes: 32 << 20,
             max_age: Duration::from_secs(300),
         }
     }

@@ -933,3 +933,20 @@ fn sdp_inside_a_multipart_body_is_read() {
     assert_eq!(call.caller_media.as_deref(), Some("192.0.2.10:4000"));
     assert_eq!(call.codecs, ["PCMU/8000", "PCMA/8000"]);
 }
+
+#[test]
+fn closed_call_ids_are_bounded_and_forgotten_oldest_first() {
+    let mut closed = ClosedCalls::default();
+    for i in 0..1_000 {
+        closed.insert(&format!("call-{i}"), T0 + i * MS, 100);
+    }
+    assert_eq!(closed.time_of.len(), 100, "never more than the bound");
+    assert!(!closed.contains_key("call-899"), "oldest forgotten first");
+    assert!(closed.contains_key("call-900"));
+    // Closing an id again keeps it past its first close time.
+    closed.insert("call-950", T0 + 2_000 * MS, 100);
+    closed.forget_closed_before(T0 + 1_000 * MS);
+    assert!(closed.contains_key("call-950"));
+    assert!(!closed.contains_key("call-999"));
+    assert_eq!(closed.time_of.len(), 1);
+}
