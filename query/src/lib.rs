@@ -29,6 +29,7 @@ use futures::StreamExt;
 
 pub use sipvault_indexer::{IndexError, SearchHit, SearchRequest, search};
 
+pub mod export;
 pub mod fixture;
 pub mod reports;
 

@@ -1,0 +1,333 @@
+//! Case export: what a search matches, fetched from the archive and written
+//! in the formats a case file needs.
+//!
+//! Selection ([`select_case`]): the IMs the search matches (the same query
+//! language and time bounds as `sipvault search`, every hit, no limit), as
+//! their `im_messages` rows, plus every `sip_messages` row whose Call-ID is
+//! one of those IMs' Call-IDs (the MESSAGE, its relay copies, responses and
+//! retransmissions). Rows are exactly the archive's columns, without the
+//! `date` partition column.
+//!
+//! Formats: [`write_jsonl`], [`write_csv`], [`write_parquet`] for rows,
+//! [`eml`] for conversations, [`pcap`] for raw SIP.
+
+pub mod eml;
+pub mod pcap;
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, StringArray};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{SchemaRef, TimestampNanosecondType, UInt32Type};
+use datafusion::arrow::error::ArrowError;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::{SessionContext, col, lit};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::{BatchWriter, IndexError, OutputFormat, QueryError, SearchRequest};
+use eml::ImRecord;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error("archive column '{0}' is missing or of an unexpected type")]
+    Column(&'static str),
+    #[error("parquet write failed: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error(transparent)]
+    Pcap(#[from] pcap::PcapError),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<DataFusionError> for ExportError {
+    fn from(e: DataFusionError) -> Self {
+        ExportError::Query(e.into())
+    }
+}
+
+impl From<ArrowError> for ExportError {
+    fn from(e: ArrowError) -> Self {
+        ExportError::Query(e.into())
+    }
+}
+
+impl From<IndexError> for ExportError {
+    fn from(e: IndexError) -> Self {
+        ExportError::Query(e.into())
+    }
+}
+
+/// The records of one case.
+#[derive(Debug)]
+pub struct CaseRecords {
+    /// `im_messages` rows the search matched, by time.
+    pub ims: Vec<RecordBatch>,
+    pub im_schema: SchemaRef,
+    /// `sip_messages` rows with those IMs' Call-IDs, by time.
+    pub sip: Vec<RecordBatch>,
+    pub sip_schema: SchemaRef,
+}
+
+impl CaseRecords {
+    pub fn im_count(&self) -> usize {
+        self.ims.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    pub fn sip_count(&self) -> usize {
+        self.sip.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// Runs `request` (its `limit` is ignored: every hit counts) against the
+/// index in `index_dir` and fetches the matching rows from the archive
+/// under `data_dir`.
+pub async fn select_case(
+    data_dir: &Path,
+    index_dir: &Path,
+    request: &SearchRequest,
+) -> Result<CaseRecords, ExportError> {
+    let mut request = request.clone();
+    request.limit = usize::MAX;
+    let hits = crate::search(index_dir, &request)?;
+    let keys: HashSet<(i64, String, u32)> = hits
+        .iter()
+        .map(|h| (h.time_ns, h.call_id.clone(), h.cseq))
+        .collect();
+    let mut call_ids: Vec<String> = hits.iter().map(|h| h.call_id.clone()).collect();
+    call_ids.sort();
+    call_ids.dedup();
+
+    let ctx = crate::archive_context(data_dir).await?;
+    let (im_schema, ims) =
+        rows_with_call_ids(&ctx, "im_messages", &call_ids, &["time", "call_id", "cseq"]).await?;
+    // Only the IMs the search matched, not every IM of a shared Call-ID.
+    let mut matched = Vec::with_capacity(ims.len());
+    for batch in ims {
+        let times = batch_column(&batch, "time")?
+            .as_primitive_opt::<TimestampNanosecondType>()
+            .ok_or(ExportError::Column("time"))?;
+        let ids = string_column(&batch, "call_id")?;
+        let cseqs = batch_column(&batch, "cseq")?
+            .as_primitive_opt::<UInt32Type>()
+            .ok_or(ExportError::Column("cseq"))?;
+        let mask: BooleanArray = (0..batch.num_rows())
+            .map(|i| {
+                Some(keys.contains(&(times.value(i), ids.value(i).to_string(), cseqs.value(i))))
+            })
+            .collect();
+        let kept = filter_record_batch(&batch, &mask)?;
+        if kept.num_rows() > 0 {
+            matched.push(kept);
+        }
+    }
+    let (sip_schema, sip) = rows_with_call_ids(&ctx, "sip_messages", &call_ids, &["time"]).await?;
+    Ok(CaseRecords {
+        ims: matched,
+        im_schema,
+        sip,
+        sip_schema,
+    })
+}
+
+/// Rows of `table` whose `call_id` is one of `call_ids`, the table's own
+/// columns only (no partition column), sorted by `order`.
+async fn rows_with_call_ids(
+    ctx: &SessionContext,
+    table: &str,
+    call_ids: &[String],
+    order: &[&str],
+) -> Result<(SchemaRef, Vec<RecordBatch>), ExportError> {
+    let schema = crate::archive_tables()
+        .into_iter()
+        .find(|(name, _)| *name == table)
+        .map(|(_, schema)| schema)
+        .ok_or(ExportError::Column("table"))?;
+    if call_ids.is_empty() {
+        return Ok((schema, Vec::new()));
+    }
+    let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let batches = ctx
+        .table(table)
+        .await?
+        .filter(col("call_id").in_list(call_ids.iter().map(|c| lit(c.as_str())).collect(), false))?
+        .select_columns(&columns)?
+        .sort(order.iter().map(|c| col(*c).sort(true, false)).collect())?
+        .collect()
+        .await?;
+    // Listing tables may hand back their schema with other metadata; the
+    // archive's own schema is the one written out.
+    let batches = batches
+        .into_iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((schema, batches))
+}
+
+fn batch_column<'a>(
+    batch: &'a RecordBatch,
+    name: &'static str,
+) -> Result<&'a dyn Array, ExportError> {
+    batch
+        .column_by_name(name)
+        .map(|c| c.as_ref())
+        .ok_or(ExportError::Column(name))
+}
+
+fn string_column<'a>(
+    batch: &'a RecordBatch,
+    name: &'static str,
+) -> Result<&'a StringArray, ExportError> {
+    batch_column(batch, name)?
+        .as_string_opt::<i32>()
+        .ok_or(ExportError::Column(name))
+}
+
+/// The `im_messages` rows as the records an `.eml` shows.
+pub fn im_records(batches: &[RecordBatch]) -> Result<Vec<ImRecord>, ExportError> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let times = batch_column(batch, "time")?
+            .as_primitive_opt::<TimestampNanosecondType>()
+            .ok_or(ExportError::Column("time"))?;
+        let call_ids = string_column(batch, "call_id")?;
+        let cseqs = batch_column(batch, "cseq")?
+            .as_primitive_opt::<UInt32Type>()
+            .ok_or(ExportError::Column("cseq"))?;
+        let senders = string_column(batch, "sender")?;
+        let recipients = batch_column(batch, "recipients")?
+            .as_list_opt::<i32>()
+            .ok_or(ExportError::Column("recipients"))?;
+        let bodies = string_column(batch, "body")?;
+        let statuses = string_column(batch, "delivery_status")?;
+        for i in 0..batch.num_rows() {
+            let list = recipients.value(i);
+            let list = list
+                .as_string_opt::<i32>()
+                .ok_or(ExportError::Column("recipients"))?;
+            out.push(ImRecord {
+                time_ns: times.value(i),
+                call_id: call_ids.value(i).to_string(),
+                cseq: cseqs.value(i),
+                sender: senders.value(i).to_string(),
+                recipients: list.iter().flatten().map(str::to_string).collect(),
+                body: bodies.value(i).to_string(),
+                delivery_status: statuses.value(i).to_string(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Writes every `sip_messages` row's raw bytes as a pcap packet (see
+/// [`pcap`]). Returns the packets written and the rows left out because
+/// their message does not fit in one UDP datagram.
+pub fn write_pcap(path: &Path, sip: &[RecordBatch]) -> Result<(u64, u64), ExportError> {
+    let mut writer = pcap::PcapWriter::new(BufWriter::new(File::create(path)?))?;
+    let mut oversized = 0;
+    for batch in sip {
+        let times = batch_column(batch, "time")?
+            .as_primitive_opt::<TimestampNanosecondType>()
+            .ok_or(ExportError::Column("time"))?;
+        let srcs = string_column(batch, "src")?;
+        let dsts = string_column(batch, "dst")?;
+        let raws = batch_column(batch, "raw")?
+            .as_binary_opt::<i32>()
+            .ok_or(ExportError::Column("raw"))?;
+        for i in 0..batch.num_rows() {
+            let src = pcap::endpoint_or(srcs.value(i), pcap::PLACEHOLDER_SRC);
+            let dst = pcap::endpoint_or(dsts.value(i), pcap::PLACEHOLDER_DST);
+            match writer.write_message(times.value(i), src, dst, raws.value(i)) {
+                Ok(()) => {}
+                Err(pcap::PcapError::TooLarge(_)) => oversized += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    let packets = writer.packets();
+    writer
+        .finish()?
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
+    Ok((packets, oversized))
+}
+
+/// One JSON object per line, nulls written out, times as RFC 3339 text.
+pub fn write_jsonl(path: &Path, batches: &[RecordBatch]) -> Result<u64, ExportError> {
+    use datafusion::arrow::json::WriterBuilder;
+    use datafusion::arrow::json::writer::LineDelimited;
+    let mut out = BufWriter::new(File::create(path)?);
+    let mut rows = 0;
+    {
+        let mut writer = WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, LineDelimited>(&mut out);
+        for batch in batches {
+            writer.write(batch)?;
+            rows += batch.num_rows() as u64;
+        }
+        writer.finish()?;
+    }
+    finish_file(out)?;
+    Ok(rows)
+}
+
+/// CSV with a header line, the same rendering as `--format csv`.
+pub fn write_csv(
+    path: &Path,
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<u64, ExportError> {
+    let mut out = BufWriter::new(File::create(path)?);
+    let rows = {
+        let mut writer = BatchWriter::new(&mut out, OutputFormat::Csv, schema);
+        for batch in batches {
+            writer.write(batch)?;
+        }
+        writer.finish()?
+    };
+    finish_file(out)?;
+    Ok(rows)
+}
+
+/// A Parquet file (zstd) with the archive table's schema.
+pub fn write_parquet(
+    path: &Path,
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<u64, ExportError> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    let file = File::create(path)?;
+    let mut writer = ArrowWriter::try_new(file, schema, Some(props))?;
+    let mut rows = 0;
+    for batch in batches {
+        writer.write(batch)?;
+        rows += batch.num_rows() as u64;
+    }
+    writer.into_inner()?.sync_all()?;
+    Ok(rows)
+}
+
+fn finish_file(out: BufWriter<File>) -> Result<(), ExportError> {
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Writes `bytes` to `path` and syncs it.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+    let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
