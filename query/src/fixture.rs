@@ -590,6 +590,289 @@ fn write_body(out: &mut StringBuilder, m: &ImPlan) {
     }
 }
 
+// ---------------------------------------------------------------------------
+// A small hand-written day, for conversation and timeline tests
+// ---------------------------------------------------------------------------
+
+/// Writes a small archive of one office day (Monday 2026-11-02, UTC) and
+/// one IM the next morning, every row written by hand so conversation and
+/// timeline output can be checked line by line. All four tables that carry
+/// people's communications are filled: `im_messages`, `sip_messages` (the
+/// final responses of most IMs), `presence` and `calls`.
+///
+/// - 09:00–09:04 alice and bob chat (page mode, one Call-ID per IM:
+///   `conv-1`..`conv-4`); `conv-3` has no response archived, `conv-4`
+///   failed with 480. dave writes to carol at 09:01 (`dave-1`).
+/// - 09:10–09:25 alice calls bob (`call-1`, answered) and her presence
+///   goes on-the-phone and back; her first state is published and also
+///   notified to bob (the same state twice).
+/// - 09:30 alice writes to bob and carol together (`group-1`).
+/// - 10:15–10:16 carol and alice chat in one session (`sess-9`, CSeq 1-3;
+///   the last IM unanswered).
+/// - 11:00 dave calls alice (no answer), 12:00 alice goes away for lunch,
+///   14:00 alice writes to bob again (`conv-6`), 15:00 alice calls carol
+///   (busy), 23:59:59.9 bob writes to alice (`conv-8`, answered after
+///   midnight), and on Tuesday at 09:00 alice writes to bob (`conv-7`) and
+///   calls him at 10:00 (`call-4`).
+pub fn generate_conversation_fixture(dir: &Path) -> Result<(), QueryError> {
+    use sipvault_schemas::{
+        CallRow, ImMessageRow, PresenceRow, SipMessageRow, TABLE_PRESENCE, TABLE_SIP_MESSAGES,
+    };
+
+    const ALICE: &str = "sip:alice@example.com";
+    const BOB: &str = "sip:bob@example.com";
+    const CAROL: &str = "sip:carol@example.com";
+    const DAVE: &str = "sip:dave@example.com";
+    let at = |day: u32, time: &str| -> i64 {
+        let t = chrono::NaiveTime::parse_from_str(time, "%H:%M:%S%.f")
+            .expect("fixture times are valid");
+        NaiveDate::from_ymd_opt(2026, 11, 2 + day)
+            .expect("valid date")
+            .and_time(t)
+            .and_utc()
+            .timestamp_nanos_opt()
+            .expect("in range")
+    };
+    let im = |day, time, call_id: &str, cseq, sender: &str, to: &[&str], body: &str, code| {
+        let delivery_status = match code {
+            Some(200..=299) => "delivered",
+            Some(_) => "failed",
+            None => "unanswered",
+        };
+        ImMessageRow {
+            time_ns: at(day, time),
+            call_id: call_id.to_string(),
+            cseq,
+            sender: sender.to_string(),
+            recipients: to.iter().map(|r| r.to_string()).collect(),
+            content_type: "text/plain".to_string(),
+            body: body.to_string(),
+            delivery_status: delivery_status.to_string(),
+            status: code,
+        }
+    };
+    #[rustfmt::skip]
+    let ims = vec![
+        im(0, "09:00:00", "conv-1", 1, ALICE, &[BOB], "Morning Bob, did you see the budget draft?", Some(200)),
+        im(0, "09:01:00", "dave-1", 1, DAVE, &[CAROL], "Lunch at noon?", Some(200)),
+        im(0, "09:02:10", "conv-2", 1, BOB, &[ALICE], "Yes, the numbers look fine", Some(200)),
+        im(0, "09:03:00", "conv-3", 1, ALICE, &[BOB], "Great, I will send it to Carol", Some(200)),
+        im(0, "09:04:00", "conv-4", 1, ALICE, &[BOB], "Call you in 5?", Some(480)),
+        im(0, "09:30:00", "group-1", 1, ALICE, &[BOB, CAROL], "Budget draft attached for both of you", Some(200)),
+        im(0, "10:15:00", "sess-9", 1, CAROL, &[ALICE], "Quick question about the draft", Some(200)),
+        im(0, "10:15:40", "sess-9", 2, ALICE, &[CAROL], "Go ahead", Some(200)),
+        im(0, "10:16:05", "sess-9", 3, CAROL, &[ALICE], "Is it final?", None),
+        im(0, "14:00:00", "conv-6", 1, ALICE, &[BOB], "Afternoon: the draft is approved", Some(200)),
+        im(0, "23:59:59.900", "conv-8", 1, BOB, &[ALICE], "Late: see you tomorrow", Some(200)),
+        im(1, "09:00:00", "conv-7", 1, ALICE, &[BOB], "Good morning", Some(200)),
+    ];
+
+    // What the server saw of each IM: the MESSAGE in from the sender and
+    // out to the recipient, the final response in from the recipient and
+    // out to the sender. conv-3 has none; unanswered sess-9#3 only its
+    // MESSAGE.
+    let sip = |time_ns: i64, direction: &str, m: &ImMessageRow, status: Option<u16>| {
+        let (method, reason) = match status {
+            None => (Some("MESSAGE".to_string()), None),
+            Some(200) => (None, Some("OK".to_string())),
+            Some(_) => (None, Some("Temporarily Unavailable".to_string())),
+        };
+        let start = match status {
+            None => format!("MESSAGE {} SIP/2.0", m.recipients[0]),
+            Some(code) => format!("SIP/2.0 {code} {}", reason.as_deref().unwrap_or("")),
+        };
+        SipMessageRow {
+            time_ns,
+            source: "tap".to_string(),
+            direction: direction.to_string(),
+            transport: "udp".to_string(),
+            src: "192.0.2.10:5060".to_string(),
+            dst: "192.0.2.20:5060".to_string(),
+            request_uri: method.as_ref().map(|_| m.recipients[0].clone()),
+            method,
+            status,
+            reason,
+            call_id: Some(m.call_id.clone()),
+            cseq: Some(m.cseq),
+            cseq_method: Some("MESSAGE".to_string()),
+            from_uri: Some(m.sender.clone()),
+            from_tag: Some("f1".to_string()),
+            to_uri: Some(m.recipients[0].clone()),
+            to_tag: status.map(|_| "t1".to_string()),
+            parse_error: None,
+            raw: format!(
+                "{start}\r\nCall-ID: {}\r\nCSeq: {} MESSAGE\r\n\r\n",
+                m.call_id, m.cseq
+            )
+            .into_bytes(),
+        }
+    };
+    let answered_after_ms = |call_id: &str, cseq: u32| -> Option<i64> {
+        match (call_id, cseq) {
+            ("conv-1", _) => Some(1_250),
+            ("conv-2", _) => Some(400),
+            ("conv-4", _) => Some(300),
+            ("group-1", _) => Some(900),
+            ("sess-9", 1) => Some(200),
+            ("sess-9", 2) => Some(150),
+            ("conv-6", _) => Some(500),
+            ("conv-8", _) => Some(400),
+            ("conv-7", _) => Some(350),
+            _ => None,
+        }
+    };
+    let mut sip_rows = Vec::new();
+    for m in ims.iter().filter(|m| m.call_id != "conv-3") {
+        sip_rows.push(sip(m.time_ns, "in", m, None));
+        sip_rows.push(sip(m.time_ns + 2 * MS, "out", m, None));
+        if let Some(after) = answered_after_ms(&m.call_id, m.cseq) {
+            let t = m.time_ns + after * MS;
+            sip_rows.push(sip(t, "in", m, m.status));
+            sip_rows.push(sip(t + MS, "out", m, m.status));
+        }
+    }
+
+    let presence = |time: &str,
+                    entity: &str,
+                    basic: &str,
+                    activities: &[&str],
+                    note: Option<&str>,
+                    via: &str,
+                    call_id: &str| {
+        PresenceRow {
+            time_ns: at(0, time),
+            source: "tap".to_string(),
+            entity: entity.to_string(),
+            basic: Some(basic.to_string()),
+            activities: activities.iter().map(|a| a.to_string()).collect(),
+            note: note.map(str::to_string),
+            via: via.to_string(),
+            call_id: call_id.to_string(),
+            expires: Some(3600),
+            etag: (via == "publish").then(|| "e1".to_string()),
+            subscription_state: (via == "notify").then(|| "active".to_string()),
+        }
+    };
+    #[rustfmt::skip]
+    let presence_rows = [
+        presence("08:58:00", ALICE, "open", &[], Some("In the office"), "publish", "pub-a1"),
+        presence("08:58:00.050", ALICE, "open", &[], Some("In the office"), "notify", "sub-b1"),
+        presence("09:03:30", BOB, "closed", &[], None, "publish", "pub-b1"),
+        presence("09:10:01", ALICE, "open", &["on-the-phone"], None, "publish", "pub-a1"),
+        presence("09:25:00", ALICE, "open", &[], Some("In the office"), "publish", "pub-a1"),
+        presence("12:00:00", ALICE, "closed", &["away"], Some("Lunch"), "publish", "pub-a1"),
+    ];
+
+    let call = |day,
+                time: &str,
+                call_id: &str,
+                caller: &str,
+                callee: &str,
+                outcome: CallOutcome,
+                ring_ms: Option<i64>,
+                talk_ms: Option<i64>| {
+        let start = at(day, time);
+        let ring_ns = ring_ms.map(|ms| start + ms * MS);
+        let answer_ns = talk_ms.map(|_| ring_ns.unwrap_or(start) + 3_500 * MS);
+        let end_ns = match (answer_ns, talk_ms, ring_ns) {
+            (Some(a), Some(talk), _) => a + talk * MS,
+            (_, _, Some(r)) => r + 30 * SECOND,
+            _ => start + 120 * MS,
+        };
+        CallRow {
+            time_ns: start,
+            call_id: call_id.to_string(),
+            source: "tap".to_string(),
+            caller: caller.to_string(),
+            callee: callee.to_string(),
+            ring_ns,
+            answer_ns,
+            end_ns: Some(end_ns),
+            setup_ms: ring_ms.or(answer_ns.map(|a| (a - start) / MS)),
+            duration_ms: talk_ms,
+            disposition: outcome.disposition.to_string(),
+            final_code: outcome.final_code,
+            reason: outcome.reason.map(str::to_string),
+            ended_by: Some(outcome.ended_by.to_string()),
+            codecs: talk_ms
+                .map(|_| vec!["opus/48000/2".to_string()])
+                .unwrap_or_default(),
+            caller_media: Some("192.0.2.10:20000".to_string()),
+            callee_media: talk_ms.map(|_| "192.0.2.20:20002".to_string()),
+            legs: 1,
+            reinvites: 0,
+            transferred_from: None,
+        }
+    };
+    #[rustfmt::skip]
+    let call_rows = [
+        call(0, "09:10:00", "call-1", ALICE, BOB, ANSWERED, Some(1_500), Some(891_500)),
+        call(0, "11:00:00", "call-2", DAVE, ALICE, NO_ANSWER, Some(800), None),
+        call(0, "15:00:00", "call-3", ALICE, CAROL, BUSY, None, None),
+        call(1, "10:00:00", "call-4", ALICE, BOB, ANSWERED, Some(2_000), Some(60_000)),
+    ];
+
+    let archive = dir.join("archive");
+    for table in [
+        TABLE_CALLS,
+        TABLE_IM_MESSAGES,
+        TABLE_SIP_MESSAGES,
+        TABLE_PRESENCE,
+    ] {
+        let table_dir = archive.join(table);
+        if table_dir.exists() {
+            fs::remove_dir_all(&table_dir)?;
+        }
+    }
+    for day in 0..2 {
+        let date = utc_day(at(day, "00:00:00"));
+        let on_day = |t: i64| utc_day(t) == date;
+        let day_ims: Vec<_> = ims.iter().filter(|r| on_day(r.time_ns)).cloned().collect();
+        let day_sip: Vec<_> = sip_rows
+            .iter()
+            .filter(|r| on_day(r.time_ns))
+            .cloned()
+            .collect();
+        let day_presence: Vec<_> = presence_rows
+            .iter()
+            .filter(|r| on_day(r.time_ns))
+            .cloned()
+            .collect();
+        let day_calls: Vec<_> = call_rows
+            .iter()
+            .filter(|r| on_day(r.time_ns))
+            .cloned()
+            .collect();
+        let batches = [
+            (
+                TABLE_IM_MESSAGES,
+                sipvault_schemas::im_messages_batch(&day_ims)?,
+            ),
+            (
+                TABLE_SIP_MESSAGES,
+                sipvault_schemas::sip_messages_batch(&day_sip)?,
+            ),
+            (
+                TABLE_PRESENCE,
+                sipvault_schemas::presence_batch(&day_presence)?,
+            ),
+            (TABLE_CALLS, sipvault_schemas::calls_batch(&day_calls)?),
+        ];
+        for (table, batch) in batches {
+            if batch.num_rows() > 0 {
+                write_segment(&segment_path(&archive, table, &date, 0), batch)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn utc_day(time_ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(time_ns)
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

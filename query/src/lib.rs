@@ -29,6 +29,7 @@ use futures::StreamExt;
 
 pub use sipvault_indexer::{IndexError, SearchHit, SearchRequest, search};
 
+pub mod conversation;
 pub mod export;
 pub mod fixture;
 pub mod reports;
@@ -59,6 +60,9 @@ pub enum QueryError {
     InvalidDuration(String),
     #[error("{0}")]
     InvalidReport(String),
+    /// A conversation id (Call-ID or `callid#cseq`) that names no archived IM.
+    #[error("no archived IM has the Call-ID or key '{0}'")]
+    UnknownConversation(String),
     #[error("formatting error: {0}")]
     Arrow(#[from] ArrowError),
     #[error(transparent)]

@@ -257,11 +257,11 @@ pub async fn report_stream(
 
 /// A user as stored in the archive: a URI with its scheme (`alice@example.com`
 /// becomes `sip:alice@example.com`).
-fn user_uri(user: &str) -> Result<String, QueryError> {
+pub(crate) fn user_uri(user: &str) -> Result<String, QueryError> {
     let user = user.trim();
     if user.is_empty() || user.chars().any(|c| c.is_control() || c == '\\') {
         return Err(QueryError::InvalidReport(format!(
-            "invalid --user {user:?}: expected a SIP URI such as sip:alice@example.com"
+            "invalid user {user:?}: expected a SIP URI such as sip:alice@example.com"
         )));
     }
     Ok(if user.contains(':') {
@@ -272,13 +272,13 @@ fn user_uri(user: &str) -> Result<String, QueryError> {
 }
 
 /// A SQL string literal.
-fn sql_string(value: &str) -> String {
+pub(crate) fn sql_string(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
 /// `time` within [since, until), plus the same bounds on the `date` partition
 /// column so whole days outside the range are never opened.
-fn time_range_predicate(since_ns: Option<i64>, until_ns: Option<i64>) -> String {
+pub(crate) fn time_range_predicate(since_ns: Option<i64>, until_ns: Option<i64>) -> String {
     let mut terms = Vec::new();
     if let Some(since) = since_ns {
         terms.push(format!("date >= '{}'", utc_date(since)));
@@ -295,7 +295,7 @@ fn time_range_predicate(since_ns: Option<i64>, until_ns: Option<i64>) -> String 
     }
 }
 
-fn utc_date(time_ns: i64) -> String {
+pub(crate) fn utc_date(time_ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(time_ns)
         .format("%Y-%m-%d")
         .to_string()
@@ -303,7 +303,7 @@ fn utc_date(time_ns: i64) -> String {
 
 /// Replaces each `{name}` in `template` once, left to right, so a value that
 /// itself contains braces is never expanded again.
-fn render<'a>(
+pub(crate) fn render<'a>(
     template: &str,
     value: impl Fn(&str) -> Option<&'a str>,
 ) -> Result<String, QueryError> {
