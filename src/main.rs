@@ -4,6 +4,7 @@
 mod audit;
 mod config;
 mod demo;
+mod export;
 mod import;
 mod pipeline;
 mod queries;
@@ -45,8 +46,8 @@ struct Cli {
     /// Configuration file (default: <data>/sipvault.toml or ./sipvault.toml if present).
     #[arg(long, global = true, env = "SIPVAULT_CONFIG")]
     config: Option<PathBuf>,
-    /// Name recorded in the audit log for search, report and sql [default:
-    /// the OS user, $USER].
+    /// Name recorded in the audit log for search, report, sql and export,
+    /// and in export manifests [default: the OS user, $USER].
     #[arg(long = "as", global = true, value_name = "USER")]
     as_user: Option<String>,
     #[command(subcommand)]
@@ -97,6 +98,13 @@ enum Command {
     /// Who searched, reported on or queried the archive, and when.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Export a case: the IMs a search matches and the SIP messages of their
+    /// Call-IDs as EML, JSON lines, CSV, Parquet and pcap, with a
+    /// MANIFEST.json of SHA-256 hashes; `export verify DIR` re-checks one.
+    #[command(
+        after_help = "Formats: eml (one .eml per conversation), jsonl and csv (IM rows), parquet (IM and SIP rows),\npcap (raw SIP with synthetic IP/UDP headers). Each export is written to the audit log.\n\nExamples:\n  sipvault export --query 'budget AND from:alice' --since 2026-11-01 --case case-4711 --out ./case-4711\n  sipvault export --query '\"launch plan\"' --case launch --out ./launch --format eml,pcap\n  sipvault export verify ./case-4711"
+    )]
+    Export(export::ExportCli),
     /// Re-read every archive segment and the manifest hash chain; report
     /// missing, altered, extra or reordered segments (exit 1 if any).
     #[command(after_help = "Example:\n  sipvault verify --data ./sipvault-data --format json")]
@@ -343,6 +351,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|s| sipvault_query::parse_time(s, now_ns()))
                 .transpose()?;
             audit::list(&data, since_ns, format).await
+        }
+        Command::Export(export::ExportCli {
+            command: Some(export::ExportCommand::Verify { dir }),
+            ..
+        }) => export::verify(&dir),
+        Command::Export(export::ExportCli {
+            command: None,
+            args,
+        }) => {
+            let outcome = export::export(&data, &reader, &args, now_ns()).await;
+            let description = match &outcome {
+                Ok(done) => done.description.clone(),
+                Err(_) => args.describe(),
+            };
+            let outcome = outcome.map(|done| done.ims);
+            audited(&data, &reader, "export", &description, outcome).await
         }
         Command::Verify { format } => verify(&data, format).await,
         Command::Status { format } => status::show(&data, format).await,
