@@ -68,15 +68,23 @@ pub struct ArchiveConfig {
     pub segment_max_age_secs: u64,
     /// Capacity of the channel from the server's tap to the collector.
     pub tap_queue: usize,
+    /// Messages arriving up to this late (capture time) are still put in
+    /// order before correlation.
+    pub reorder_window_ms: u64,
+    /// The same packet from two capture points within this time is
+    /// archived once. Keep it under T1 so retransmissions stay distinct.
+    pub dedup_window_ms: u64,
 }
 
 impl Default for ArchiveConfig {
     fn default() -> Self {
         ArchiveConfig {
             segment_max_rows: 200_000,
-            segment_max_bytes: 64 << 20,
+            segment_max_bytes: 32 << 20,
             segment_max_age_secs: 60,
             tap_queue: 65_536,
+            reorder_window_ms: 200,
+            dedup_window_ms: 100,
         }
     }
 }

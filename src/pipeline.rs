@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sipvault_catalog::Catalog;
+use sipvault_collector::arrivals::ArrivalConfig;
 use sipvault_collector::calls::CallConfig;
 use sipvault_collector::hep_listener::{HepListener, HepListenerConfig, HepSinks, HepStats};
 use sipvault_collector::{CollectorConfig, CollectorStats, Inputs, SealedSegment, SegmentLimits};
@@ -55,6 +56,10 @@ pub fn server_config(config: &Config, sip: SocketAddr) -> ServerConfig {
         max_tcp_connections: config.sip.max_tcp_connections,
         udp_recv_buffer: config.sip.udp_recv_buffer_bytes,
     }
+}
+
+fn ms_to_ns(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX / 1_000_000) * 1_000_000
 }
 
 fn rand_seed() -> u64 {
@@ -299,6 +304,10 @@ impl Archiver {
                 },
                 im_answer_timeout: config.t1() * 64,
                 calls: CallConfig::default(),
+                arrivals: ArrivalConfig {
+                    reorder_window_ns: ms_to_ns(config.archive.reorder_window_ms),
+                    dedup_window_ns: ms_to_ns(config.archive.dedup_window_ms),
+                },
                 live,
             },
             catalog,

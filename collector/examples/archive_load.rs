@@ -90,6 +90,7 @@ fn main() {
                 limits: SegmentLimits::default(),
                 im_answer_timeout: Duration::from_secs(32),
                 calls: Default::default(),
+                arrivals: Default::default(),
                 live: false,
             };
             let pipeline = tokio::spawn(run(config, catalog, inputs, sealed_tx, stats.clone()));
@@ -121,7 +122,10 @@ fn main() {
         count as f64 / cpu.max(0.01)
     );
     println!("peak RSS          {} MiB", hwm / 1024);
-    println!("archive size      {:.1} MiB", dir_bytes(dir.path()) as f64 / (1 << 20) as f64);
+    println!(
+        "archive size      {:.1} MiB",
+        dir_bytes(dir.path()) as f64 / (1 << 20) as f64
+    );
 }
 
 fn dir_bytes(path: &std::path::Path) -> u64 {

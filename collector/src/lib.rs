@@ -4,7 +4,8 @@
 //! Sources: the server's tap, [`hep_listener`] (HEP from other SIP
 //! servers) and [`pcap`] (capture files) all produce `CapturedMessage`s.
 //!
-//! Pipeline: source channel → parse once → the `sip_messages` row
+//! Pipeline: source channel → [`arrivals::Arrivals`] (capture-time order,
+//! copies from a second capture point dropped) → parse once → the `sip_messages` row
 //! ([`writer::ArchiveWriter::push_sip`], straight into Arrow columns) and the
 //! correlators [`im::ImCorrelator`] (MESSAGE + final response → one IM row),
 //! [`calls::CallCorrelator`] (one row per call) and
@@ -13,6 +14,7 @@
 //! manifest). Each sealed segment is announced on a channel so the binary
 //! can hand IM rows to the indexer without this crate knowing about it.
 
+pub mod arrivals;
 pub mod calls;
 pub mod hep;
 pub mod hep_listener;
@@ -61,6 +63,8 @@ pub struct CollectorConfig {
     /// as `unanswered` (RFC 3261 Timer F is 64*T1 = 32 s).
     pub im_answer_timeout: Duration,
     pub calls: calls::CallConfig,
+    /// Reorder window and duplicate detection in front of the correlators.
+    pub arrivals: arrivals::ArrivalConfig,
     /// Live capture (server tap, HEP): call timeouts also advance with the
     /// wall clock when no traffic arrives. Off for file imports, whose
     /// time is only that of their packets.
@@ -87,6 +91,9 @@ pub struct SealedSegment {
 #[derive(Debug, Default)]
 pub struct CollectorStats {
     pub received: AtomicU64,
+    /// Copies of a message already received (two capture points saw the
+    /// same packet), dropped.
+    pub duplicates: AtomicU64,
     pub unparsable: AtomicU64,
     pub sip_rows: AtomicU64,
     pub im_rows: AtomicU64,
@@ -100,9 +107,10 @@ pub struct CollectorStats {
 }
 
 impl CollectorStats {
-    pub fn snapshot(&self) -> [(&'static str, u64); 10] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 11] {
         [
             ("received", self.received.load(Ordering::Relaxed)),
+            ("duplicates", self.duplicates.load(Ordering::Relaxed)),
             ("unparsable", self.unparsable.load(Ordering::Relaxed)),
             ("sip_rows", self.sip_rows.load(Ordering::Relaxed)),
             ("im_rows", self.im_rows.load(Ordering::Relaxed)),
@@ -159,7 +167,7 @@ pub async fn run(
         mut hep_raw,
     } = inputs;
     let mut raw_open = true;
-    let mut writer = ArchiveWriter::new(config.limits.clone());
+    let writer = ArchiveWriter::new(config.limits.clone());
     // One segment queued behind the one being sealed: when sealing falls
     // behind, ingest waits, and memory holds at most three segments.
     let (jobs, job_rx) = mpsc::channel(1);
@@ -170,11 +178,16 @@ pub async fn run(
         sealed,
         stats.clone(),
     ));
-    let mut correlator = im::ImCorrelator::new(config.im_answer_timeout);
-    let mut calls = calls::CallCorrelator::new(config.calls.clone());
-    let mut presence = presence::PresenceCorrelator::new();
-    let mut latest_capture_ns = i64::MIN;
+    let mut stage = Stage {
+        writer,
+        ims: im::ImCorrelator::new(config.im_answer_timeout),
+        calls: calls::CallCorrelator::new(config.calls.clone()),
+        presence: presence::PresenceCorrelator::new(),
+        latest_capture_ns: i64::MIN,
+    };
+    let mut arrivals = arrivals::Arrivals::new(config.arrivals);
     let mut batch = Vec::with_capacity(RECV_BATCH);
+    let mut ready = Vec::with_capacity(RECV_BATCH);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -183,68 +196,68 @@ pub async fn run(
                 if n == 0 {
                     break;
                 }
+                stats.received.fetch_add(n as u64, Ordering::Relaxed);
                 for msg in batch.drain(..) {
-                    stats.received.fetch_add(1, Ordering::Relaxed);
-                    let parsed = SipMessage::parse(&msg.raw);
-                    match &parsed {
-                        Ok(sip) => {
-                            for im in correlator.observe(Instant::now(), &msg, sip) {
-                                stats.im_rows.fetch_add(1, Ordering::Relaxed);
-                                writer.push_im(im);
-                            }
-                            for call in calls.observe(&msg, sip) {
-                                stats.call_rows.fetch_add(1, Ordering::Relaxed);
-                                writer.push_call(call);
-                            }
-                            for state in presence.observe(&msg, sip) {
-                                stats.presence_rows.fetch_add(1, Ordering::Relaxed);
-                                writer.push_presence(state);
-                            }
-                            latest_capture_ns = latest_capture_ns.max(msg.time_ns);
-                        }
-                        Err(_) => {
-                            stats.unparsable.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    stats.sip_rows.fetch_add(1, Ordering::Relaxed);
-                    writer.push_sip(&msg, &parsed);
-                    // Per message, not per batch: a segment never exceeds its limits.
-                    if writer.needs_roll(Instant::now()) {
-                        seal(&mut writer, false, &jobs, &stats).await;
+                    if !arrivals.push(msg) {
+                        stats.duplicates.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                arrivals.release(None, &mut ready);
             }
             row = hep_raw.recv(), if raw_open => {
                 match row {
                     Some(row) => {
                         stats.hep_raw_rows.fetch_add(1, Ordering::Relaxed);
-                        writer.push_hep_raw(row);
+                        stage.writer.push_hep_raw(row);
                     }
                     None => raw_open = false,
                 }
             }
             _ = tick.tick() => {
-                for im in correlator.expire(Instant::now()) {
+                // A live capture's clock moves on when no traffic arrives.
+                arrivals.release(config.live.then(wall_clock_ns), &mut ready);
+                for im in stage.ims.expire(Instant::now()) {
                     stats.im_rows.fetch_add(1, Ordering::Relaxed);
-                    writer.push_im(im);
+                    stage.writer.push_im(im);
                 }
                 // Call timeouts run on capture time: live sources advance it
                 // with the wall clock, imported captures with their packets.
                 let now_ns = if config.live {
-                    wall_clock_ns().max(latest_capture_ns)
+                    wall_clock_ns().max(stage.latest_capture_ns)
                 } else {
-                    latest_capture_ns
+                    stage.latest_capture_ns
                 };
-                for call in calls.expire(now_ns) {
+                for call in stage.calls.expire(now_ns) {
                     stats.call_rows.fetch_add(1, Ordering::Relaxed);
-                    writer.push_call(call);
+                    stage.writer.push_call(call);
                 }
             }
         }
-        if writer.needs_roll(Instant::now()) {
-            seal(&mut writer, false, &jobs, &stats).await;
+        for msg in ready.drain(..) {
+            stage.archive(msg, &stats);
+            // Per message, not per batch: a segment never exceeds its limits.
+            if stage.writer.needs_roll(Instant::now()) {
+                seal(&mut stage.writer, false, &jobs, &stats).await;
+            }
+        }
+        if stage.writer.needs_roll(Instant::now()) {
+            seal(&mut stage.writer, false, &jobs, &stats).await;
         }
     }
+    arrivals.drain(&mut ready);
+    for msg in ready.drain(..) {
+        stage.archive(msg, &stats);
+        if stage.writer.needs_roll(Instant::now()) {
+            seal(&mut stage.writer, false, &jobs, &stats).await;
+        }
+    }
+    let Stage {
+        mut writer,
+        ims: mut correlator,
+        mut calls,
+        mut presence,
+        ..
+    } = stage;
     while let Ok(row) = hep_raw.try_recv() {
         stats.hep_raw_rows.fetch_add(1, Ordering::Relaxed);
         writer.push_hep_raw(row);
@@ -271,6 +284,44 @@ pub async fn run(
         source: std::io::Error::other(e),
     })?;
     Ok(())
+}
+
+/// Everything one message becomes: its `sip_messages` row and whatever the
+/// correlators complete with it.
+struct Stage {
+    writer: ArchiveWriter,
+    ims: im::ImCorrelator,
+    calls: calls::CallCorrelator,
+    presence: presence::PresenceCorrelator,
+    latest_capture_ns: i64,
+}
+
+impl Stage {
+    fn archive(&mut self, msg: CapturedMessage, stats: &CollectorStats) {
+        let parsed = SipMessage::parse(&msg.raw);
+        match &parsed {
+            Ok(sip) => {
+                for im in self.ims.observe(Instant::now(), &msg, sip) {
+                    stats.im_rows.fetch_add(1, Ordering::Relaxed);
+                    self.writer.push_im(im);
+                }
+                for call in self.calls.observe(&msg, sip) {
+                    stats.call_rows.fetch_add(1, Ordering::Relaxed);
+                    self.writer.push_call(call);
+                }
+                for state in self.presence.observe(&msg, sip) {
+                    stats.presence_rows.fetch_add(1, Ordering::Relaxed);
+                    self.writer.push_presence(state);
+                }
+                self.latest_capture_ns = self.latest_capture_ns.max(msg.time_ns);
+            }
+            Err(_) => {
+                stats.unparsable.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        stats.sip_rows.fetch_add(1, Ordering::Relaxed);
+        self.writer.push_sip(&msg, &parsed);
+    }
 }
 
 /// Hands the due buffers (all of them when `all`) to the sealing stage.

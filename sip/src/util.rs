@@ -15,7 +15,9 @@ pub(crate) fn is_token_char(c: char) -> bool {
 
 pub(crate) fn is_token(s: &str) -> bool {
     // Token characters are all ASCII: a byte test is exact.
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii() && is_token_char(char::from(b)))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii() && is_token_char(char::from(b)))
 }
 
 /// Linear white space inside an (already unfolded) header value.

@@ -1,0 +1,260 @@
+//! Arrival order and duplicates: captured messages from several sources
+//! reach the collector slightly out of capture order (a HEP agent batches,
+//! a pcap import races the live tap) and, when two capture points see the
+//! same packet (our tap and a HEP agent on the peer), twice.
+//!
+//! [`Arrivals`] holds each message for a reorder window of capture time
+//! and releases messages in capture-time order, so the correlators see a
+//! request before its response; a copy of a message already seen (same
+//! bytes, same addresses, capture times within the dedup window) is
+//! dropped and counted. Sans-IO: the caller supplies the clock.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use sipvault_schemas::CapturedMessage;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArrivalConfig {
+    /// How far behind the latest capture time a message may arrive and
+    /// still be put in order.
+    pub reorder_window_ns: i64,
+    /// Two identical messages (bytes, source and destination address)
+    /// captured this close together are one packet seen twice. Kept well
+    /// under T1 (500 ms), the earliest a SIP retransmission is sent, so a
+    /// retransmission is never taken for a copy.
+    pub dedup_window_ns: i64,
+}
+
+impl Default for ArrivalConfig {
+    fn default() -> Self {
+        ArrivalConfig {
+            reorder_window_ns: 200_000_000,
+            dedup_window_ns: 100_000_000,
+        }
+    }
+}
+
+struct Held {
+    time_ns: i64,
+    seq: u64,
+    msg: CapturedMessage,
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time_ns, self.seq) == (other.time_ns, other.seq)
+    }
+}
+impl Eq for Held {}
+impl PartialOrd for Held {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Held {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.time_ns, self.seq).cmp(&(other.time_ns, other.seq))
+    }
+}
+
+pub struct Arrivals {
+    config: ArrivalConfig,
+    held: BinaryHeap<Reverse<Held>>,
+    seq: u64,
+    /// Highest capture time pushed (or clock time given to `release`).
+    watermark_ns: i64,
+    /// Fingerprints of recent messages with their capture times, and the
+    /// same in arrival order for forgetting.
+    recent: HashMap<u64, i64>,
+    recent_order: VecDeque<(i64, u64)>,
+    hasher: foldhash::fast::FixedState,
+    duplicates: u64,
+}
+
+impl Arrivals {
+    pub fn new(config: ArrivalConfig) -> Self {
+        Arrivals {
+            config,
+            held: BinaryHeap::new(),
+            seq: 0,
+            watermark_ns: i64::MIN,
+            recent: HashMap::new(),
+            recent_order: VecDeque::new(),
+            hasher: foldhash::fast::FixedState::with_seed(0x5159_7661_756c_7400),
+            duplicates: 0,
+        }
+    }
+
+    /// Copies dropped so far.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+
+    /// Messages held, waiting for their window to pass.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    fn fingerprint(&self, msg: &CapturedMessage) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        msg.raw.hash(&mut h);
+        msg.src.hash(&mut h);
+        msg.dst.hash(&mut h);
+        h.finish()
+    }
+
+    /// Takes one message; returns `false` when it was a copy of one already
+    /// seen, and is dropped.
+    pub fn push(&mut self, msg: CapturedMessage) -> bool {
+        let fp = self.fingerprint(&msg);
+        if let Some(&seen) = self.recent.get(&fp)
+            && (seen - msg.time_ns).abs() <= self.config.dedup_window_ns
+        {
+            self.duplicates += 1;
+            return false;
+        }
+        self.recent.insert(fp, msg.time_ns);
+        self.recent_order.push_back((msg.time_ns, fp));
+        self.watermark_ns = self.watermark_ns.max(msg.time_ns);
+        self.forget_old();
+        self.seq += 1;
+        self.held.push(Reverse(Held {
+            time_ns: msg.time_ns,
+            seq: self.seq,
+            msg,
+        }));
+        true
+    }
+
+    /// Fingerprints older than both windows behind the watermark can no
+    /// longer match a copy.
+    fn forget_old(&mut self) {
+        let horizon = self
+            .watermark_ns
+            .saturating_sub(self.config.reorder_window_ns + self.config.dedup_window_ns);
+        while let Some(&(t, fp)) = self.recent_order.front() {
+            if t >= horizon {
+                break;
+            }
+            self.recent_order.pop_front();
+            if self.recent.get(&fp) == Some(&t) {
+                self.recent.remove(&fp);
+            }
+        }
+    }
+
+    /// Messages whose reorder window has passed, in capture-time order
+    /// (arrival order among equal times). `now_ns`, when given, is the
+    /// wall clock of a live capture: it moves the watermark on when no
+    /// traffic arrives.
+    pub fn release(&mut self, now_ns: Option<i64>, out: &mut Vec<CapturedMessage>) {
+        if let Some(now) = now_ns {
+            self.watermark_ns = self.watermark_ns.max(now);
+            self.forget_old();
+        }
+        let ready_before = self
+            .watermark_ns
+            .saturating_sub(self.config.reorder_window_ns);
+        while self
+            .held
+            .peek()
+            .is_some_and(|Reverse(h)| h.time_ns <= ready_before)
+        {
+            if let Some(Reverse(h)) = self.held.pop() {
+                out.push(h.msg);
+            }
+        }
+    }
+
+    /// End of input: everything held, in order.
+    pub fn drain(&mut self, out: &mut Vec<CapturedMessage>) {
+        while let Some(Reverse(h)) = self.held.pop() {
+            out.push(h.msg);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sipvault_schemas::{Direction, Transport};
+
+    const MS: i64 = 1_000_000;
+
+    fn msg(t_ms: i64, body: &str, source: &str) -> CapturedMessage {
+        CapturedMessage {
+            time_ns: t_ms * MS,
+            source: source.into(),
+            direction: Direction::In,
+            transport: Transport::Udp,
+            src: "192.0.2.1:5060".parse().unwrap(),
+            dst: "192.0.2.2:5060".parse().unwrap(),
+            raw: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn bodies(out: &[CapturedMessage]) -> Vec<&str> {
+        out.iter()
+            .map(|m| std::str::from_utf8(&m.raw).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn late_arrivals_within_the_window_are_put_in_capture_order() {
+        let mut a = Arrivals::new(ArrivalConfig::default());
+        let mut out = Vec::new();
+        a.push(msg(1_000, "request", "hep:1"));
+        a.push(msg(1_050, "final response", "hep:1"));
+        a.push(msg(1_020, "provisional", "hep:2"));
+        a.release(None, &mut out);
+        assert!(out.is_empty(), "all within 200 ms of the latest: held");
+        a.push(msg(1_400, "later", "hep:1"));
+        a.release(None, &mut out);
+        assert_eq!(bodies(&out), ["request", "provisional", "final response"]);
+        a.drain(&mut out);
+        assert_eq!(out.len(), 4);
+    }
+
+    #[test]
+    fn the_wall_clock_releases_a_quiet_capture() {
+        let mut a = Arrivals::new(ArrivalConfig::default());
+        let mut out = Vec::new();
+        a.push(msg(1_000, "only", "tap"));
+        a.release(Some(1_100 * MS), &mut out);
+        assert!(out.is_empty());
+        a.release(Some(1_300 * MS), &mut out);
+        assert_eq!(bodies(&out), ["only"]);
+    }
+
+    #[test]
+    fn a_packet_seen_by_two_capture_points_is_archived_once() {
+        let mut a = Arrivals::new(ArrivalConfig::default());
+        assert!(a.push(msg(1_000, "INVITE", "tap")));
+        assert!(!a.push(msg(1_003, "INVITE", "hep:2001")), "copy 3 ms later");
+        assert_eq!(a.duplicates(), 1);
+        // A retransmission (T1 = 500 ms later) is a packet of its own.
+        assert!(a.push(msg(1_500, "INVITE", "tap")));
+        // The same bytes between other addresses are another packet too.
+        let mut relayed = msg(1_001, "INVITE", "tap");
+        relayed.dst = "192.0.2.3:5060".parse().unwrap();
+        assert!(a.push(relayed));
+        let mut out = Vec::new();
+        a.drain(&mut out);
+        assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn fingerprints_are_forgotten_behind_the_windows() {
+        let mut a = Arrivals::new(ArrivalConfig::default());
+        for i in 0..10_000 {
+            a.push(msg(i, &format!("m{i}"), "tap"));
+        }
+        assert!(
+            a.recent.len() <= 301,
+            "only the last 300 ms are remembered, got {}",
+            a.recent.len()
+        );
+    }
+}
