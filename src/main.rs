@@ -3,6 +3,7 @@
 
 mod audit;
 mod config;
+mod conversation;
 mod demo;
 mod export;
 mod import;
@@ -95,6 +96,18 @@ enum Command {
         after_help = "Examples:\n  sipvault report cdr --since 2026-11-01 --until 2026-11-08 --format csv > cdr.csv\n  sipvault report call-summary --by user --since 7d\n  sipvault report im-volume --by hour --user sip:alice@example.com --since 1d\n  sipvault report top-talkers --top 5 --since 30d"
     )]
     Report(ReportArgs),
+    /// Rebuild an IM conversation in order, with who it was delivered to
+    /// and when.
+    #[command(
+        after_help = "A conversation is every IM with the given Call-ID (session mode) plus the page-mode IMs\nbetween exactly the same participants (sender and recipients, either direction) that follow\neach other with no silence longer than --gap. delivered_to/delivered_at: the recipients of a\ndelivered IM and the time of its 2xx final response in sip_messages (empty if not archived).\nAn id that names no archived IM exits 1.\n\nExamples:\n  sipvault conversation 3c5a7e1f@192.0.2.10 --data ./sipvault-data\n  sipvault conversation '3c5a7e1f@192.0.2.10#2' --gap 2h --format json"
+    )]
+    Conversation(conversation::ConversationArgs),
+    /// One person's IMs sent and received, presence changes and calls
+    /// placed and received over a time range, in time order.
+    #[command(
+        after_help = "Columns: time, kind (im-sent, im-received, presence, call-placed, call-received), party,\nstatus, code, detail (IM body; activities and note; talk time or reason), id (IM key or Call-ID).\n\nExamples:\n  sipvault timeline alice@example.com --since 2026-11-02 --until 2026-11-03\n  sipvault timeline sip:bob@example.com --since 7d --format csv > bob.csv"
+    )]
+    Timeline(conversation::TimelineArgs),
     /// Who searched, reported on or queried the archive, and when.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -344,6 +357,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(anyhow::Error::from);
             audited(&data, &reader, "report", &request.describe(), outcome).await
+        }
+        Command::Conversation(args) => {
+            let outcome = conversation::conversation(&data, &args)
+                .await
+                .map_err(anyhow::Error::from);
+            audited(&data, &reader, "conversation", &args.describe(), outcome).await
+        }
+        Command::Timeline(args) => {
+            let request = args.request(now_ns())?;
+            let outcome = conversation::timeline(&data, &request, &args)
+                .await
+                .map_err(anyhow::Error::from);
+            audited(&data, &reader, "timeline", &request.describe(), outcome).await
         }
         Command::Audit(AuditCommand::List { since, format }) => {
             let since_ns = since
