@@ -47,8 +47,9 @@ struct Cli {
     /// Configuration file (default: <data>/sipvault.toml or ./sipvault.toml if present).
     #[arg(long, global = true, env = "SIPVAULT_CONFIG")]
     config: Option<PathBuf>,
-    /// Name recorded in the audit log for search, report, sql and export,
-    /// and in export manifests [default: the OS user, $USER].
+    /// Name recorded in the audit log for search, conversation, timeline,
+    /// report, sql and export, and in export manifests [default: the OS
+    /// user, $USER].
     #[arg(long = "as", global = true, value_name = "USER")]
     as_user: Option<String>,
     #[command(subcommand)]
