@@ -26,6 +26,39 @@ fn config(data_dir: &std::path::Path, max_rows: usize) -> CollectorConfig {
     }
 }
 
+/// A collector running on `config` over a fresh catalog in `dir`, with
+/// its inputs, its sealed-segment announcements and its counters.
+struct Running {
+    catalog: Catalog,
+    tx: mpsc::Sender<CapturedMessage>,
+    raw_tx: mpsc::Sender<sipvault_schemas::HepRawRow>,
+    sealed_rx: mpsc::Receiver<crate::SealedSegment>,
+    stats: Arc<CollectorStats>,
+    task: tokio::task::JoinHandle<crate::Result<()>>,
+}
+
+async fn start(dir: &std::path::Path, config: CollectorConfig) -> Running {
+    let catalog = Catalog::open(dir).await.unwrap();
+    let (tx, raw_tx, inputs) = Inputs::channel(64);
+    let (sealed_tx, sealed_rx) = mpsc::channel(64);
+    let stats = Arc::new(CollectorStats::default());
+    let task = tokio::spawn(run(
+        config,
+        catalog.clone(),
+        inputs,
+        sealed_tx,
+        stats.clone(),
+    ));
+    Running {
+        catalog,
+        tx,
+        raw_tx,
+        sealed_rx,
+        stats,
+        task,
+    }
+}
+
 fn message(i: u32, t: i64) -> Vec<CapturedMessage> {
     let req = format!(
         "MESSAGE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK{i}\r\nFrom: <sip:alice@example.com>;tag=a{i}\r\nTo: <sip:bob@example.com>\r\nCall-ID: call-{i}\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: 7\r\n\r\nhello {}",
@@ -51,18 +84,14 @@ fn message(i: u32, t: i64) -> Vec<CapturedMessage> {
 #[tokio::test]
 async fn pipeline_writes_sealed_segments_with_manifest_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let catalog = Catalog::open(dir.path()).await.unwrap();
-    let (tx, raw_tx, inputs) = Inputs::channel(16);
-    let (sealed_tx, mut sealed_rx) = mpsc::channel(64);
-    let stats = Arc::new(CollectorStats::default());
-    let config = config(dir.path(), 8);
-    let task = tokio::spawn(run(
-        config,
-        catalog.clone(),
-        inputs,
-        sealed_tx,
-        stats.clone(),
-    ));
+    let Running {
+        catalog,
+        tx,
+        raw_tx,
+        mut sealed_rx,
+        stats,
+        task,
+    } = start(dir.path(), config(dir.path(), 8)).await;
     raw_tx
         .send(sipvault_schemas::HepRawRow {
             time_ns: 1_764_000_000_000_000_000,
@@ -191,19 +220,16 @@ fn sip_rows_of(entries: &[sipvault_catalog::SegmentEntry]) -> usize {
 #[tokio::test]
 async fn copies_from_a_second_capture_point_are_dropped_and_late_arrivals_reordered() {
     let dir = tempfile::tempdir().unwrap();
-    let catalog = Catalog::open(dir.path()).await.unwrap();
-    let (tx, _raw_tx, inputs) = Inputs::channel(64);
-    let (sealed_tx, mut sealed_rx) = mpsc::channel(64);
-    let stats = Arc::new(CollectorStats::default());
     let mut config = config(dir.path(), 1000);
     config.live = false;
-    let task = tokio::spawn(run(
-        config,
-        catalog.clone(),
-        inputs,
-        sealed_tx,
-        stats.clone(),
-    ));
+    let Running {
+        catalog,
+        tx,
+        mut sealed_rx,
+        stats,
+        task,
+        ..
+    } = start(dir.path(), config).await;
     let t = 1_764_000_000_000_000_000i64;
     for i in 0..5u32 {
         let [request, response]: [CapturedMessage; 2] =
@@ -248,17 +274,13 @@ async fn copies_from_a_second_capture_point_are_dropped_and_late_arrivals_reorde
 #[tokio::test]
 async fn verify_names_altered_missing_and_extra_segments() {
     let dir = tempfile::tempdir().unwrap();
-    let catalog = Catalog::open(dir.path()).await.unwrap();
-    let (tx, _raw_tx, inputs) = Inputs::channel(16);
-    let (sealed_tx, mut sealed_rx) = mpsc::channel(64);
-    let config = config(dir.path(), 4);
-    let task = tokio::spawn(run(
-        config,
-        catalog.clone(),
-        inputs,
-        sealed_tx,
-        Arc::new(CollectorStats::default()),
-    ));
+    let Running {
+        catalog,
+        tx,
+        mut sealed_rx,
+        task,
+        ..
+    } = start(dir.path(), config(dir.path(), 4)).await;
     for i in 0..8u32 {
         for m in message(i, 1_764_000_000_000_000_000 + i64::from(i)) {
             tx.send(m).await.unwrap();
@@ -313,21 +335,17 @@ async fn verify_names_altered_missing_and_extra_segments() {
 #[tokio::test]
 async fn a_failed_seal_keeps_its_rows_and_succeeds_once_the_disk_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let catalog = Catalog::open(dir.path()).await.unwrap();
     // A file where the archive directory belongs: every segment write fails.
     let blocker = dir.path().join("archive");
     std::fs::write(&blocker, b"not a directory").unwrap();
-    let (tx, _raw_tx, inputs) = Inputs::channel(16);
-    let (sealed_tx, mut sealed_rx) = mpsc::channel(64);
-    let stats = Arc::new(CollectorStats::default());
-    let config = config(dir.path(), 4);
-    let task = tokio::spawn(run(
-        config,
-        catalog.clone(),
-        inputs,
-        sealed_tx,
-        stats.clone(),
-    ));
+    let Running {
+        catalog,
+        tx,
+        mut sealed_rx,
+        stats,
+        task,
+        ..
+    } = start(dir.path(), config(dir.path(), 4)).await;
     for i in 0..2u32 {
         for m in message(i, 1_764_000_000_000_000_000 + i64::from(i)) {
             tx.send(m).await.unwrap();
