@@ -37,7 +37,7 @@ pub fn message(i: u64) -> SyntheticMessage {
 /// counting the IMs a stream of `n` messages carries).
 pub fn is_im_request(i: u64) -> bool {
     let pos = i % CYCLE;
-    pos < 8 && pos % 2 == 0
+    pos < 8 && pos.is_multiple_of(2)
 }
 
 fn addrs(forward: bool) -> (SocketAddr, SocketAddr) {

@@ -280,8 +280,15 @@ struct UriParts<'a> {
     headers: Option<&'a str>,
 }
 
-/// `hostport [;params] [?headers]`
-fn host_part(s: &str) -> Result<(&str, Option<u16>, &str, Option<&str>), String> {
+/// `hostport [;params] [?headers]`, validated.
+struct HostPart<'a> {
+    host: &'a str,
+    port: Option<u16>,
+    params: &'a str,
+    headers: Option<&'a str>,
+}
+
+fn host_part(s: &str) -> Result<HostPart<'_>, String> {
     let (main, headers) = match s.split_once('?') {
         Some((m, h)) => (m, Some(h)),
         None => (s, None),
@@ -292,7 +299,12 @@ fn host_part(s: &str) -> Result<(&str, Option<u16>, &str, Option<&str>), String>
     };
     let (host, port) = split_hostport(hostport, false)?;
     each_uri_param(params, |_, _| {})?;
-    Ok((host, port, params, headers))
+    Ok(HostPart {
+        host,
+        port,
+        params,
+        headers,
+    })
 }
 
 impl<'a> UriParts<'a> {
@@ -313,7 +325,12 @@ impl<'a> UriParts<'a> {
             // first '@' decides; if what follows is not a host, the URI
             // has no user part.
             if let Some((userinfo, after)) = rest.split_once('@')
-                && let Ok((host, port, params, headers)) = host_part(after)
+                && let Ok(HostPart {
+                    host,
+                    port,
+                    params,
+                    headers,
+                }) = host_part(after)
             {
                 let (user, password) = match userinfo.split_once(':') {
                     Some((u, p)) => (u, Some(p)),
@@ -332,7 +349,12 @@ impl<'a> UriParts<'a> {
                     headers,
                 });
             }
-            let (host, port, params, headers) = host_part(rest).map_err(bad)?;
+            let HostPart {
+                host,
+                port,
+                params,
+                headers,
+            } = host_part(rest).map_err(bad)?;
             return Ok(UriParts {
                 scheme,
                 user: None,
