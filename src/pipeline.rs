@@ -306,7 +306,13 @@ impl Archiver {
                 calls: CallConfig::default(),
                 arrivals: ArrivalConfig {
                     reorder_window_ns: ms_to_ns(config.archive.reorder_window_ms),
-                    dedup_window_ns: ms_to_ns(config.archive.dedup_window_ms),
+                    // An import archives every frame of every file, as
+                    // tshark counts them; copies are a live-capture matter.
+                    dedup_window_ns: if live {
+                        ms_to_ns(config.archive.dedup_window_ms)
+                    } else {
+                        0
+                    },
                 },
                 live,
             },

@@ -5,9 +5,12 @@
 //!
 //! [`Arrivals`] holds each message for a reorder window of capture time
 //! and releases messages in capture-time order, so the correlators see a
-//! request before its response; a copy of a message already seen (same
-//! bytes, same addresses, capture times within the dedup window) is
-//! dropped and counted. Sans-IO: the caller supplies the clock.
+//! request before its response; a copy of a message already seen from
+//! another source (same bytes, same addresses, capture times within the
+//! dedup window) is dropped and counted. Identical frames from one source
+//! are all kept: a capture file on `any` records a loopback packet twice,
+//! and such a file must archive what it holds, as tshark counts it.
+//! Sans-IO: the caller supplies the clock.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -23,7 +26,7 @@ pub struct ArrivalConfig {
     /// Two identical messages (bytes, source and destination address)
     /// captured this close together are one packet seen twice. Kept well
     /// under T1 (500 ms), the earliest a SIP retransmission is sent, so a
-    /// retransmission is never taken for a copy.
+    /// retransmission is never taken for a copy. 0 turns de-duplication off.
     pub dedup_window_ns: i64,
 }
 
@@ -63,11 +66,14 @@ pub struct Arrivals {
     config: ArrivalConfig,
     held: BinaryHeap<Reverse<Held>>,
     seq: u64,
-    /// Highest capture time pushed (or clock time given to `release`).
+    /// Highest capture time pushed: how far the capture has come.
+    latest_capture_ns: i64,
+    /// `latest_capture_ns`, or the wall clock given to `release` when that
+    /// is later: messages this far behind are released.
     watermark_ns: i64,
-    /// Fingerprints of recent messages with their capture times, and the
-    /// same in arrival order for forgetting.
-    recent: HashMap<u64, i64>,
+    /// Fingerprints of recent messages with their capture time and source
+    /// fingerprint, and the same in arrival order for forgetting.
+    recent: HashMap<u64, (i64, u64)>,
     recent_order: VecDeque<(i64, u64)>,
     hasher: foldhash::fast::FixedState,
     duplicates: u64,
@@ -79,6 +85,7 @@ impl Arrivals {
             config,
             held: BinaryHeap::new(),
             seq: 0,
+            latest_capture_ns: i64::MIN,
             watermark_ns: i64::MIN,
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
@@ -97,26 +104,30 @@ impl Arrivals {
         self.held.len()
     }
 
-    fn fingerprint(&self, msg: &CapturedMessage) -> u64 {
+    /// (packet fingerprint, source fingerprint).
+    fn fingerprint(&self, msg: &CapturedMessage) -> (u64, u64) {
         let mut h = self.hasher.build_hasher();
         msg.raw.hash(&mut h);
         msg.src.hash(&mut h);
         msg.dst.hash(&mut h);
-        h.finish()
+        (h.finish(), self.hasher.hash_one(msg.source.as_str()))
     }
 
-    /// Takes one message; returns `false` when it was a copy of one already
-    /// seen, and is dropped.
+    /// Takes one message; returns `false` when it was another source's
+    /// copy of one already seen, and is dropped.
     pub fn push(&mut self, msg: CapturedMessage) -> bool {
-        let fp = self.fingerprint(&msg);
-        if let Some(&seen) = self.recent.get(&fp)
+        let (fp, source) = self.fingerprint(&msg);
+        if self.config.dedup_window_ns > 0
+            && let Some(&(seen, seen_source)) = self.recent.get(&fp)
+            && seen_source != source
             && (seen - msg.time_ns).abs() <= self.config.dedup_window_ns
         {
             self.duplicates += 1;
             return false;
         }
-        self.recent.insert(fp, msg.time_ns);
+        self.recent.insert(fp, (msg.time_ns, source));
         self.recent_order.push_back((msg.time_ns, fp));
+        self.latest_capture_ns = self.latest_capture_ns.max(msg.time_ns);
         self.watermark_ns = self.watermark_ns.max(msg.time_ns);
         self.forget_old();
         self.seq += 1;
@@ -128,18 +139,20 @@ impl Arrivals {
         true
     }
 
-    /// Fingerprints older than both windows behind the watermark can no
-    /// longer match a copy.
+    /// Fingerprints older than both windows behind the latest capture time
+    /// can no longer match a copy. Capture time, not the wall clock: an
+    /// agent whose clock lags (or a replayed capture) still has its copies
+    /// recognised.
     fn forget_old(&mut self) {
         let horizon = self
-            .watermark_ns
+            .latest_capture_ns
             .saturating_sub(self.config.reorder_window_ns + self.config.dedup_window_ns);
         while let Some(&(t, fp)) = self.recent_order.front() {
             if t >= horizon {
                 break;
             }
             self.recent_order.pop_front();
-            if self.recent.get(&fp) == Some(&t) {
+            if self.recent.get(&fp).is_some_and(|(seen, _)| *seen == t) {
                 self.recent.remove(&fp);
             }
         }
@@ -152,7 +165,6 @@ impl Arrivals {
     pub fn release(&mut self, now_ns: Option<i64>, out: &mut Vec<CapturedMessage>) {
         if let Some(now) = now_ns {
             self.watermark_ns = self.watermark_ns.max(now);
-            self.forget_old();
         }
         let ready_before = self
             .watermark_ns
@@ -236,13 +248,27 @@ mod tests {
         assert_eq!(a.duplicates(), 1);
         // A retransmission (T1 = 500 ms later) is a packet of its own.
         assert!(a.push(msg(1_500, "INVITE", "tap")));
+        // One source recording a frame twice (a capture on `any`) keeps both.
+        assert!(a.push(msg(1_501, "INVITE", "tap")));
         // The same bytes between other addresses are another packet too.
         let mut relayed = msg(1_001, "INVITE", "tap");
         relayed.dst = "192.0.2.3:5060".parse().unwrap();
         assert!(a.push(relayed));
         let mut out = Vec::new();
         a.drain(&mut out);
-        assert_eq!(out.len(), 3);
+        assert_eq!(out.len(), 4);
+    }
+
+    #[test]
+    fn copies_are_recognised_when_capture_clocks_lag_the_wall_clock() {
+        let mut a = Arrivals::new(ArrivalConfig::default());
+        let mut out = Vec::new();
+        a.push(msg(1_000, "first", "hep:1"));
+        // The live wall clock is hours ahead of these capture times.
+        a.release(Some(10_000_000 * MS), &mut out);
+        assert_eq!(bodies(&out), ["first"]);
+        assert!(a.push(msg(3_000, "INVITE", "hep:44")));
+        assert!(!a.push(msg(3_000, "INVITE", "hep:45")));
     }
 
     #[test]
