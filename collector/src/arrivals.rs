@@ -12,9 +12,8 @@
 //! and such a file must archive what it holds, as tshark counts it.
 //! Sans-IO: the caller supplies the clock.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 
 use sipvault_schemas::CapturedMessage;
 
@@ -39,33 +38,30 @@ impl Default for ArrivalConfig {
     }
 }
 
-struct Held {
-    time_ns: i64,
-    seq: u64,
-    msg: CapturedMessage,
-}
+/// The keys of `recent` are fingerprints already: hashing them again
+/// (SipHash by default) only costs time.
+#[derive(Default)]
+struct FingerprintHasher(u64);
 
-impl PartialEq for Held {
-    fn eq(&self, other: &Self) -> bool {
-        (self.time_ns, self.seq) == (other.time_ns, other.seq)
+impl Hasher for FingerprintHasher {
+    fn finish(&self) -> u64 {
+        self.0
     }
-}
-impl Eq for Held {}
-impl PartialOrd for Held {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
     }
-}
-impl Ord for Held {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.time_ns, self.seq).cmp(&(other.time_ns, other.seq))
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
 pub struct Arrivals {
     config: ArrivalConfig,
-    held: BinaryHeap<Reverse<Held>>,
-    seq: u64,
+    /// In (capture time, arrival) order. Arrivals are almost always in
+    /// order, so this is a queue with the odd insertion, not a heap.
+    held: VecDeque<CapturedMessage>,
     /// Highest capture time pushed: how far the capture has come.
     latest_capture_ns: i64,
     /// `latest_capture_ns`, or the wall clock given to `release` when that
@@ -73,7 +69,7 @@ pub struct Arrivals {
     watermark_ns: i64,
     /// Fingerprints of recent messages with their capture time and source
     /// fingerprint, and the same in arrival order for forgetting.
-    recent: HashMap<u64, (i64, u64)>,
+    recent: HashMap<u64, (i64, u64), BuildHasherDefault<FingerprintHasher>>,
     recent_order: VecDeque<(i64, u64)>,
     hasher: foldhash::fast::FixedState,
     duplicates: u64,
@@ -83,11 +79,10 @@ impl Arrivals {
     pub fn new(config: ArrivalConfig) -> Self {
         Arrivals {
             config,
-            held: BinaryHeap::new(),
-            seq: 0,
+            held: VecDeque::new(),
             latest_capture_ns: i64::MIN,
             watermark_ns: i64::MIN,
-            recent: HashMap::new(),
+            recent: HashMap::default(),
             recent_order: VecDeque::new(),
             hasher: foldhash::fast::FixedState::with_seed(0x5159_7661_756c_7400),
             duplicates: 0,
@@ -130,12 +125,17 @@ impl Arrivals {
         self.latest_capture_ns = self.latest_capture_ns.max(msg.time_ns);
         self.watermark_ns = self.watermark_ns.max(msg.time_ns);
         self.forget_old();
-        self.seq += 1;
-        self.held.push(Reverse(Held {
-            time_ns: msg.time_ns,
-            seq: self.seq,
-            msg,
-        }));
+        if self
+            .held
+            .back()
+            .is_none_or(|last| last.time_ns <= msg.time_ns)
+        {
+            self.held.push_back(msg);
+        } else {
+            // Late: after everything captured at or before it.
+            let at = self.held.partition_point(|h| h.time_ns <= msg.time_ns);
+            self.held.insert(at, msg);
+        }
         true
     }
 
@@ -169,22 +169,16 @@ impl Arrivals {
         let ready_before = self
             .watermark_ns
             .saturating_sub(self.config.reorder_window_ns);
-        while self
-            .held
-            .peek()
-            .is_some_and(|Reverse(h)| h.time_ns <= ready_before)
-        {
-            if let Some(Reverse(h)) = self.held.pop() {
-                out.push(h.msg);
+        while self.held.front().is_some_and(|h| h.time_ns <= ready_before) {
+            if let Some(msg) = self.held.pop_front() {
+                out.push(msg);
             }
         }
     }
 
     /// End of input: everything held, in order.
     pub fn drain(&mut self, out: &mut Vec<CapturedMessage>) {
-        while let Some(Reverse(h)) = self.held.pop() {
-            out.push(h.msg);
-        }
+        out.extend(self.held.drain(..));
     }
 }
 
