@@ -331,7 +331,7 @@ impl CallCorrelator {
         let due: Vec<(String, Closing)> = self
             .calls
             .iter()
-            .filter_map(|(id, call)| Some((id.clone(), call.due(now_ns, &self.config)?)))
+            .filter_map(|(id, call)| call.due(now_ns, &self.config).map(|c| (id.clone(), c)))
             .collect();
         let mut out: Vec<CallRow> = due
             .into_iter()
