@@ -9,6 +9,7 @@ mod export;
 mod import;
 mod pipeline;
 mod queries;
+mod reindex;
 mod status;
 
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Args, Parser, Subcommand};
 use sipvault_catalog::Catalog;
 use sipvault_query::reports::{Grouping, Report, ReportRequest};
-use sipvault_query::{OutputFormat, QueryError, QueryLimits, SearchRequest};
+use sipvault_query::{OutputFormat, QueryError, QueryLimits, SearchRequest, SortOrder};
 use sipvault_sip::digest::{Algorithm, ha1};
 
 use crate::config::Config;
@@ -74,11 +75,15 @@ enum Command {
     /// Manage users of the registrar.
     #[command(subcommand)]
     User(UserCommand),
-    /// Full-text search of archived instant messages.
+    /// Full-text search of archived instant messages, calls and presence.
     #[command(
-        after_help = "Query syntax: words, \"phrases\", AND, OR, NOT, parentheses, from:USER, to:USER.\n\nExample:\n  sipvault search 'budget AND NOT draft' --from alice --since 2026-11-01 --format json"
+        after_help = "Query syntax: words, \"phrases\", AND, OR, NOT, parentheses, prefixes (budg*), fuzzy\nterms (budgte~1, at most ~2), from:USER, to:USER, type:im|call|presence, body:WORD.\nCalls are indexed with their disposition, final code and reason (from: caller, to: callee);\npresence with its status, activities and note (from: the presentity). type:chat and\nroom:NAME are accepted and match nothing (no group chat is archived).\nA malformed query exits 1 with the position of the problem.\n\nExamples:\n  sipvault search 'budget AND NOT draft' --from alice --since 2026-11-01 --format json\n  sipvault search 'type:call AND busy' --sort time --limit 20 --page 2\n  sipvault search 'quart* OR budgte~1' --sort relevance"
     )]
     Search(SearchArgs),
+    /// Rebuild the search index from the archive: every im_messages, calls
+    /// and presence segment in the manifest. Run while the server is stopped.
+    #[command(after_help = "Example:\n  sipvault reindex --data ./sipvault-data")]
+    Reindex,
     /// Read-only SQL over the archive tables: calls, im_messages,
     /// sip_messages, presence, hep_raw (each with its `date` partition column).
     #[command(
@@ -263,8 +268,18 @@ struct SearchArgs {
     /// End time (exclusive), same forms as --since.
     #[arg(long)]
     until: Option<String>,
+    /// Hits per page.
     #[arg(long, default_value_t = 100)]
     limit: usize,
+    /// Hits to skip first.
+    #[arg(long, default_value_t = 0, conflicts_with = "page")]
+    offset: usize,
+    /// Page number (from 1) of --limit hits each; the same as --offset (PAGE-1)*LIMIT.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    page: Option<u64>,
+    /// Result order: time (oldest first) or relevance (best match first, then time).
+    #[arg(long, default_value = "time", value_parser = ["time", "relevance"])]
+    sort: String,
     #[arg(long, default_value = "table")]
     format: OutputFormat,
 }
@@ -395,6 +410,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let outcome = outcome.map(|done| done.ims);
             audited(&data, &reader, "export", &description, outcome).await
         }
+        Command::Reindex => reindex::reindex(&data).await,
         Command::Verify { format } => verify(&data, format).await,
         Command::Status { format } => status::show(&data, format).await,
         Command::Import(ImportCommand::Pcap { files, format }) => {
@@ -489,6 +505,18 @@ impl SearchArgs {
                 out.push_str(&format!(" {flag} {v}"));
             }
         }
+        // Paging and order as given, when not the defaults.
+        if self.sort != "time" {
+            out.push_str(&format!(" --sort {}", self.sort));
+        }
+        if self.limit != 100 {
+            out.push_str(&format!(" --limit {}", self.limit));
+        }
+        if let Some(page) = self.page {
+            out.push_str(&format!(" --page {page}"));
+        } else if self.offset > 0 {
+            out.push_str(&format!(" --offset {}", self.offset));
+        }
         out
     }
 }
@@ -511,10 +539,28 @@ fn search(data: &Path, args: SearchArgs) -> anyhow::Result<u64> {
             .map(|s| sipvault_query::parse_time(s, now))
             .transpose()?,
         limit: args.limit,
+        offset: match args.page {
+            Some(page) => usize::try_from(page - 1)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(args.limit),
+            None => args.offset,
+        },
+        sort: args.sort.parse::<SortOrder>().map_err(anyhow::Error::msg)?,
+        types: Vec::new(),
     };
-    let hits = sipvault_query::search(&pipeline::index_dir(data), &req).context("search failed")?;
-    print!("{}", sipvault_query::format_hits(&hits, args.format));
-    Ok(hits.len() as u64)
+    let page =
+        sipvault_query::search_page(&pipeline::index_dir(data), &req).context("search failed")?;
+    print!("{}", sipvault_query::format_hits(&page.hits, args.format));
+    if args.format == OutputFormat::Table {
+        let first = req.offset.saturating_add(1);
+        let last = req.offset.saturating_add(page.hits.len());
+        if page.hits.is_empty() {
+            eprintln!("no hits on this page ({} in all)", page.total);
+        } else {
+            eprintln!("hits {first}-{last} of {}", page.total);
+        }
+    }
+    Ok(page.hits.len() as u64)
 }
 
 async fn verify(data: &Path, format: OutputFormat) -> anyhow::Result<()> {

@@ -13,7 +13,8 @@ use sipvault_collector::arrivals::ArrivalConfig;
 use sipvault_collector::calls::CallConfig;
 use sipvault_collector::hep_listener::{HepListener, HepListenerConfig, HepSinks, HepStats};
 use sipvault_collector::{CollectorConfig, CollectorStats, Inputs, SealedSegment, SegmentLimits};
-use sipvault_indexer::ImIndex;
+use sipvault_indexer::{ImIndex, IndexDoc};
+use sipvault_query::reindex::{SegmentRef, indexable_segments, read_segment_docs, repair_index};
 use sipvault_schemas::TABLE_IM_MESSAGES;
 use sipvault_server::{CoreConfig, Server, ServerConfig, UserCredentials, UserDirectory};
 use tokio::sync::mpsc;
@@ -147,7 +148,20 @@ impl Running {
             );
         }
 
-        let archiver = Archiver::start(data_dir, config, catalog.clone(), inputs, true)?;
+        // Segments sealed but not indexed (a crash in between) are indexed
+        // before anything new, by the indexer thread.
+        let manifest = catalog
+            .segments()
+            .await
+            .context("reading the segment manifest")?;
+        let archiver = Archiver::start_repairing(
+            data_dir,
+            config,
+            catalog.clone(),
+            inputs,
+            true,
+            Some(indexable_segments(&manifest)),
+        )?;
 
         let refresher = {
             let (catalog, users, domain) =
@@ -292,6 +306,20 @@ impl Archiver {
         inputs: Inputs,
         live: bool,
     ) -> anyhow::Result<Archiver> {
+        Self::start_repairing(data_dir, config, catalog, inputs, live, None)
+    }
+
+    /// [`Archiver::start`] whose indexer first brings the search index in line
+    /// with `manifest` (the indexable segments of the catalog), see
+    /// [`repair_index`].
+    pub fn start_repairing(
+        data_dir: &Path,
+        config: &Config,
+        catalog: Catalog,
+        inputs: Inputs,
+        live: bool,
+        manifest: Option<Vec<SegmentRef>>,
+    ) -> anyhow::Result<Archiver> {
         let (sealed_tx, sealed_rx) = mpsc::channel::<SealedSegment>(64);
         let stats = Arc::new(CollectorStats::default());
         let collector = tokio::spawn(sipvault_collector::run(
@@ -321,11 +349,17 @@ impl Archiver {
             sealed_tx,
             stats.clone(),
         ));
-        let index =
+        let mut index =
             ImIndex::open_or_create(&index_dir(data_dir)).context("opening the search index")?;
+        let data = data_dir.to_path_buf();
         let indexer = std::thread::Builder::new()
             .name("indexer".into())
-            .spawn(move || index_sealed(index, sealed_rx))
+            .spawn(move || {
+                if let Some(manifest) = manifest {
+                    repair(&mut index, &data, &manifest);
+                }
+                index_sealed(index, &data, sealed_rx)
+            })
             .context("starting the indexer")?;
         Ok(Archiver {
             stats,
@@ -345,12 +379,47 @@ impl Archiver {
     }
 }
 
-fn index_sealed(mut index: ImIndex, mut sealed: mpsc::Receiver<SealedSegment>) {
-    while let Some(seg) = sealed.blocking_recv() {
-        if seg.table != TABLE_IM_MESSAGES {
-            continue;
+fn repair(index: &mut ImIndex, data_dir: &Path, manifest: &[SegmentRef]) {
+    match repair_index(index, data_dir, manifest) {
+        Ok(summary) => {
+            for (path, e) in &summary.failed {
+                tracing::error!(segment = %path, error = %e, "cannot index archive segment");
+            }
+            if summary.segments > 0 || summary.removed > 0 {
+                tracing::info!(
+                    added = summary.segments,
+                    documents = summary.documents,
+                    removed = summary.removed,
+                    "search index repaired from the segment manifest"
+                );
+            }
         }
-        match index.add_segment(&seg.segment_id, &seg.im_rows) {
+        Err(e) => tracing::error!(error = %e, "repairing the search index failed"),
+    }
+}
+
+/// Indexes each sealed segment under its manifest path: IM rows as the
+/// collector handed them over, calls and presence read back from the segment.
+fn index_sealed(mut index: ImIndex, data_dir: &Path, mut sealed: mpsc::Receiver<SealedSegment>) {
+    while let Some(seg) = sealed.blocking_recv() {
+        let docs: Vec<IndexDoc> = if seg.table == TABLE_IM_MESSAGES {
+            seg.im_rows.iter().map(IndexDoc::from).collect()
+        } else if sipvault_indexer::DocType::for_table(&seg.table).is_some() {
+            let segment = SegmentRef {
+                table: seg.table.clone(),
+                path: seg.path.clone(),
+            };
+            match read_segment_docs(data_dir, &segment) {
+                Ok(docs) => docs,
+                Err(e) => {
+                    tracing::error!(segment = %seg.path, error = %e, "cannot read sealed segment for indexing");
+                    continue;
+                }
+            }
+        } else {
+            continue;
+        };
+        match index.add_documents(&seg.path, &docs) {
             Ok(()) => tracing::info!(segment = %seg.segment_id, rows = seg.rows, "segment indexed"),
             Err(e) => tracing::error!(segment = %seg.segment_id, error = %e, "indexing failed"),
         }

@@ -1,14 +1,25 @@
-//! Full-text index of the instant messages in the archive.
+//! Full-text index of the archive: instant messages, calls and presence.
 //!
-//! The index is built from sealed archive segments (`im_messages` rows) and can be
-//! rebuilt from the archive at any time. One process (the server) owns the writer
-//! through [`ImIndex`]; any number of readers search the same directory through
-//! [`search`], which never takes the writer lock.
+//! The index is built from sealed archive segments (`im_messages`, `calls` and
+//! `presence` rows) and can be rebuilt from the archive at any time. Each document
+//! carries the id of the segment it came from (the segment's path in the manifest),
+//! and each indexed segment leaves a marker, so a caller can compare the indexed
+//! segments with the manifest and add what is missing. One process (the server)
+//! owns the writer through [`ImIndex`]; any number of readers search the same
+//! directory through [`search`], which never takes the writer lock.
 //!
-//! Query language (see [`search`]): words and `"phrases"` over the message body,
-//! combined with `AND`, `OR`, `NOT` (or `+word` / `-word`) and parentheses. Bare
-//! words are combined with AND. The fields `from:` and `to:` search the sender and
-//! recipient addresses, e.g. `from:alice`, `to:"bob@example.com"`, `body:lunch`.
+//! Documents ([`IndexDoc`]): an IM (body; sender and recipients), a call (body:
+//! disposition, final code and reason; caller and callee as from/to) or a presence
+//! change (body: basic status, activities and note; the entity as from).
+//!
+//! Query language (see [`search`]): words and `"phrases"` over the body, combined
+//! with `AND`, `OR`, `NOT` (or `+word` / `-word`) and parentheses; bare words are
+//! combined with AND. Prefix terms `budg*`, fuzzy terms `budgte~1` (edit distance 1
+//! or 2). The fields `from:` and `to:` search the sender and recipient addresses
+//! (URIs and any display names archived with them), e.g. `from:alice`,
+//! `to:"bob@example.com"`, `body:lunch`; `type:im`, `type:call`, `type:presence`
+//! select a kind of record; `type:chat` and `room:NAME` are accepted and match
+//! nothing, as the archive holds no group chat.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, BinaryHeap};
@@ -16,14 +27,14 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use sipvault_schemas::ImMessageRow;
-use tantivy::collector::{Collector, DocSetCollector, SegmentCollector};
+use sipvault_schemas::{CallRow, ImMessageRow, PresenceRow};
+use tantivy::collector::{Collector, Count, DocSetCollector, SegmentCollector};
 use tantivy::columnar::Column;
 use tantivy::query::{
-    BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, QueryParserError, RangeQuery,
-    TermQuery,
+    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, EmptyQuery, FuzzyTermQuery, Occur, Query,
+    QueryParser, QueryParserError, RangeQuery, TermQuery, TermSetQuery,
 };
-use tantivy::query_grammar::{self, UserInputAst, UserInputLeaf};
+use tantivy::query_grammar::{self, Delimiter, UserInputAst, UserInputLeaf};
 use tantivy::schema::{
     Field, IndexRecordOption, NumericOptions, STORED, STRING, Schema, TantivyDocument,
     TextFieldIndexing, TextOptions, Value,
@@ -44,12 +55,156 @@ const WRITER_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_LIMIT: usize = 100;
 
 /// Field names that may be used in the query string.
-const QUERY_FIELDS: [&str; 3] = ["body", "from", "to"];
+const QUERY_FIELDS: [&str; 5] = ["body", "from", "to", "type", "room"];
+/// Values of `type:` that name a record kind of the index.
+const TYPE_VALUES: &str = "im, call, presence, chat";
+/// Fuzzy terms may be at most this many edits away.
+const MAX_FUZZY_DISTANCE: u32 = 2;
 
-/// Document kinds: one document per indexed IM, plus one marker per segment so
-/// that segments without any IM rows are still recorded as indexed.
-const KIND_IM: &str = "im";
+/// Document kinds: one document per indexed record (see [`DocType`]), plus one
+/// marker per segment so that segments without any rows are still recorded as indexed.
 const KIND_SEGMENT: &str = "segment";
+
+/// What kind of archive record a document (and a hit) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DocType {
+    Im,
+    Call,
+    Presence,
+}
+
+impl DocType {
+    pub const ALL: [DocType; 3] = [DocType::Im, DocType::Call, DocType::Presence];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DocType::Im => "im",
+            DocType::Call => "call",
+            DocType::Presence => "presence",
+        }
+    }
+
+    fn from_kind(kind: &str) -> Option<DocType> {
+        DocType::ALL.into_iter().find(|t| t.as_str() == kind)
+    }
+
+    /// The record kind an archive table holds, if its rows are indexed.
+    pub fn for_table(table: &str) -> Option<DocType> {
+        match table {
+            sipvault_schemas::TABLE_IM_MESSAGES => Some(DocType::Im),
+            sipvault_schemas::TABLE_CALLS => Some(DocType::Call),
+            sipvault_schemas::TABLE_PRESENCE => Some(DocType::Presence),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for DocType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One searchable record: what [`ImIndex::add_documents`] indexes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexDoc {
+    pub doc_type: DocType,
+    pub time_ns: i64,
+    /// Sender, caller or presentity.
+    pub from: String,
+    /// Recipients or callee.
+    pub to: Vec<String>,
+    /// IM body; call outcome; presence status and note.
+    pub body: String,
+    pub call_id: String,
+    /// CSeq of an IM; 0 for calls and presence.
+    pub cseq: u32,
+}
+
+impl From<&ImMessageRow> for IndexDoc {
+    fn from(row: &ImMessageRow) -> Self {
+        IndexDoc {
+            doc_type: DocType::Im,
+            time_ns: row.time_ns,
+            from: row.sender.clone(),
+            to: row.recipients.clone(),
+            body: row.body.clone(),
+            call_id: row.call_id.clone(),
+            cseq: row.cseq,
+        }
+    }
+}
+
+impl From<&CallRow> for IndexDoc {
+    /// Body: `disposition [code] [reason]`, e.g. `busy 486 Busy Here`.
+    fn from(row: &CallRow) -> Self {
+        let mut body = row.disposition.clone();
+        if let Some(code) = row.final_code {
+            body.push_str(&format!(" {code}"));
+        }
+        if let Some(reason) = row.reason.as_deref().filter(|r| !r.is_empty()) {
+            body.push(' ');
+            body.push_str(reason);
+        }
+        IndexDoc {
+            doc_type: DocType::Call,
+            time_ns: row.time_ns,
+            from: row.caller.clone(),
+            to: vec![row.callee.clone()],
+            body,
+            call_id: row.call_id.clone(),
+            cseq: 0,
+        }
+    }
+}
+
+impl From<&PresenceRow> for IndexDoc {
+    /// Body: basic status, activities and note, space-separated.
+    fn from(row: &PresenceRow) -> Self {
+        let parts: Vec<&str> = row
+            .basic
+            .iter()
+            .map(String::as_str)
+            .chain(row.activities.iter().map(String::as_str))
+            .chain(row.note.iter().map(String::as_str))
+            .filter(|s| !s.is_empty())
+            .collect();
+        IndexDoc {
+            doc_type: DocType::Presence,
+            time_ns: row.time_ns,
+            from: row.entity.clone(),
+            to: Vec::new(),
+            body: parts.join(" "),
+            call_id: row.call_id.clone(),
+            cseq: 0,
+        }
+    }
+}
+
+/// Sort order of search results.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SortOrder {
+    /// Oldest first.
+    #[default]
+    Time,
+    /// Best match first, then oldest first.
+    Relevance,
+}
+
+impl std::str::FromStr for SortOrder {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "time" => Ok(SortOrder::Time),
+            "relevance" => Ok(SortOrder::Relevance),
+            _ => Err(format!(
+                "unknown sort order '{s}' (expected time or relevance)"
+            )),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -65,6 +220,10 @@ pub enum IndexError {
     Locked(PathBuf),
     #[error("search index document is missing field '{0}'")]
     CorruptDocument(&'static str),
+    #[error(
+        "search index at {0} was written by an older sipvault; run `sipvault reindex` to rebuild it"
+    )]
+    OutdatedIndex(PathBuf),
     #[error("invalid search query at position {position}: {message}")]
     Query { position: usize, message: String },
 }
@@ -84,18 +243,33 @@ pub struct SearchRequest {
     pub until_ns: Option<i64>,
     /// Maximum number of hits; 0 means [`DEFAULT_LIMIT`].
     pub limit: usize,
+    /// Number of hits to skip first (paging).
+    pub offset: usize,
+    pub sort: SortOrder,
+    /// Only records of these kinds; empty means every kind.
+    pub types: Vec<DocType>,
 }
 
-/// One matching instant message.
+/// One page of hits and how many there are in all.
+#[derive(Debug, Clone)]
+pub struct SearchPage {
+    /// Every match of the query, whatever the limit and offset.
+    pub total: usize,
+    pub hits: Vec<SearchHit>,
+}
+
+/// One matching record.
 #[derive(Debug, Clone, Serialize)]
 pub struct SearchHit {
+    #[serde(rename = "type")]
+    pub doc_type: DocType,
     pub time_ns: i64,
     pub from: String,
     pub to: Vec<String>,
     pub body: String,
     pub call_id: String,
     pub cseq: u32,
-    /// Relevance score; 0 when results are in time order (empty or `*` query).
+    /// Relevance score; 0 when results are in time order.
     pub score: f32,
 }
 
@@ -122,7 +296,7 @@ fn build_schema() -> Schema {
                 .set_index_option(IndexRecordOption::WithFreqsAndPositions),
         )
         .set_stored();
-    b.add_text_field("kind", STRING);
+    b.add_text_field("kind", STRING | STORED);
     b.add_text_field("segment", STRING | STORED);
     b.add_i64_field(
         "time",
@@ -163,13 +337,16 @@ fn fields(schema: &Schema) -> Result<Fields, IndexError> {
     })
 }
 
-fn register_tokenizers(index: &Index) {
-    let analyzer = TextAnalyzer::builder(SimpleTokenizer::default())
+fn text_analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(SimpleTokenizer::default())
         .filter(RemoveLongFilter::limit(64))
         .filter(LowerCaser)
         .filter(AsciiFoldingFilter)
-        .build();
-    index.tokenizers().register(TOKENIZER, analyzer);
+        .build()
+}
+
+fn register_tokenizers(index: &Index) {
+    index.tokenizers().register(TOKENIZER, text_analyzer());
 }
 
 /// Lower-cased lookup keys of a SIP address: the URI without parameters
@@ -251,8 +428,21 @@ impl ImIndex {
     /// Index under `dir` (created if missing). Holds tantivy's writer lock: one per process.
     pub fn open_or_create(dir: &Path) -> Result<ImIndex, IndexError> {
         std::fs::create_dir_all(dir)?;
-        let directory = tantivy::directory::MmapDirectory::open(dir)?;
-        let index = Index::open_or_create(directory, build_schema())?;
+        let index = match Index::open_or_create(
+            tantivy::directory::MmapDirectory::open(dir)?,
+            build_schema(),
+        ) {
+            Ok(index) => index,
+            // An index written by an older sipvault: it is derived data, so start
+            // afresh; the caller re-adds the archive's segments.
+            Err(tantivy::TantivyError::SchemaError(e)) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "search index has an old layout; recreating it");
+                std::fs::remove_dir_all(dir)?;
+                std::fs::create_dir_all(dir)?;
+                Index::create_in_dir(dir, build_schema())?
+            }
+            Err(e) => return Err(e.into()),
+        };
         register_tokenizers(&index);
         let fields = fields(&index.schema())?;
         let writer = index
@@ -286,34 +476,71 @@ impl ImIndex {
         segment_id: &str,
         rows: &[ImMessageRow],
     ) -> Result<(), IndexError> {
-        if let Err(e) = self.stage_segment(segment_id, rows) {
+        let docs: Vec<IndexDoc> = rows.iter().map(IndexDoc::from).collect();
+        self.add_documents(segment_id, &docs)
+    }
+
+    /// Adds the records of one sealed archive segment and commits. Idempotent per
+    /// segment id (re-adding a segment first deletes its documents).
+    pub fn add_documents(&mut self, segment_id: &str, docs: &[IndexDoc]) -> Result<(), IndexError> {
+        self.stage_documents(segment_id, docs)?;
+        self.commit()?;
+        tracing::debug!(segment_id, docs = docs.len(), "indexed archive segment");
+        Ok(())
+    }
+
+    /// Stages the records of one segment without committing (see [`ImIndex::commit`]):
+    /// for bulk loads, where one commit per segment would be slow.
+    pub fn stage_documents(
+        &mut self,
+        segment_id: &str,
+        docs: &[IndexDoc],
+    ) -> Result<(), IndexError> {
+        if let Err(e) = self.stage_segment(segment_id, docs) {
             // Drop the half-staged segment so that the next commit does not carry it.
             if let Err(rollback) = self.writer.rollback() {
                 tracing::warn!(%rollback, "search index rollback failed");
             }
             return Err(e);
         }
-        self.writer.commit()?;
-        self.reader.reload()?;
-        tracing::debug!(segment_id, rows = rows.len(), "indexed archive segment");
         Ok(())
     }
 
-    fn stage_segment(&mut self, segment_id: &str, rows: &[ImMessageRow]) -> Result<(), IndexError> {
+    /// Stages the removal of every document: the next [`ImIndex::commit`] empties the index.
+    pub fn clear(&mut self) -> Result<(), IndexError> {
+        self.writer.delete_all_documents()?;
+        Ok(())
+    }
+
+    /// Removes every document of a segment (and its marker) and commits.
+    pub fn remove_segment(&mut self, segment_id: &str) -> Result<(), IndexError> {
+        self.writer
+            .delete_term(Term::from_field_text(self.fields.segment, segment_id));
+        self.commit()
+    }
+
+    /// Makes staged segments durable and visible to searches.
+    pub fn commit(&mut self) -> Result<(), IndexError> {
+        self.writer.commit()?;
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    fn stage_segment(&mut self, segment_id: &str, docs: &[IndexDoc]) -> Result<(), IndexError> {
         let f = self.fields;
         self.writer
             .delete_term(Term::from_field_text(f.segment, segment_id));
-        for row in rows {
+        for row in docs {
             let mut doc = TantivyDocument::default();
-            doc.add_text(f.kind, KIND_IM);
+            doc.add_text(f.kind, row.doc_type.as_str());
             doc.add_text(f.segment, segment_id);
             doc.add_i64(f.time, row.time_ns);
             doc.add_text(f.body, &row.body);
-            doc.add_text(f.from, &row.sender);
-            for key in address_keys(&row.sender) {
+            doc.add_text(f.from, &row.from);
+            for key in address_keys(&row.from) {
                 doc.add_text(f.from_addr, &key);
             }
-            for rcpt in &row.recipients {
+            for rcpt in &row.to {
                 doc.add_text(f.to, rcpt);
                 for key in address_keys(rcpt) {
                     doc.add_text(f.to_addr, &key);
@@ -337,7 +564,13 @@ impl ImIndex {
 
     /// Searches the index as of the last commit of this writer.
     pub fn search(&self, req: &SearchRequest) -> Result<Vec<SearchHit>, IndexError> {
-        run_search(&self.index, &self.reader, self.fields, req)
+        Ok(self.search_page(req)?.hits)
+    }
+
+    /// [`ImIndex::search`] with the total number of matches.
+    pub fn search_page(&self, req: &SearchRequest) -> Result<SearchPage, IndexError> {
+        let parsed = parse_user_query(&req.query)?;
+        run_search_parsed(&self.index, &self.reader, self.fields, parsed, req)
     }
 }
 
@@ -345,14 +578,25 @@ impl ImIndex {
 /// directory: the index is opened read-only and the writer lock is never taken. An index
 /// directory that does not exist (or holds no index yet) gives no hits.
 ///
-/// Results are in time order when the query is empty or `*`, otherwise by relevance, then time.
+/// Results are in time order, or by relevance then time (`req.sort`).
 pub fn search(dir: &Path, req: &SearchRequest) -> Result<Vec<SearchHit>, IndexError> {
+    Ok(search_page(dir, req)?.hits)
+}
+
+/// [`search`] with the total number of matches, for paging.
+pub fn search_page(dir: &Path, req: &SearchRequest) -> Result<SearchPage, IndexError> {
     // Validate the query first so that a bad query is reported even on an empty index.
     let parsed = parse_user_query(&req.query)?;
     if !dir.join("meta.json").is_file() {
-        return Ok(Vec::new());
+        return Ok(SearchPage {
+            total: 0,
+            hits: Vec::new(),
+        });
     }
     let index = open_dir_index(dir)?;
+    if index.schema() != build_schema() {
+        return Err(IndexError::OutdatedIndex(dir.to_path_buf()));
+    }
     let fields = fields(&index.schema())?;
     let reader = index
         .reader_builder()
@@ -536,7 +780,7 @@ fn check_fields(ast: &UserInputAst, q: &str) -> Result<(), IndexError> {
         let position = q.find(&format!("{name}:")).unwrap_or(0);
         IndexError::Query {
             position,
-            message: format!("unknown field '{name}' (fields: body, from, to)"),
+            message: format!("unknown field '{name}' (fields: body, from, to, type, room)"),
         }
     };
     let check = |name: Option<&str>| match name {
@@ -552,7 +796,10 @@ fn check_fields(ast: &UserInputAst, q: &str) -> Result<(), IndexError> {
         }
         UserInputAst::Boost(child, _) => check_fields(child, q),
         UserInputAst::Leaf(leaf) => match leaf.as_ref() {
-            UserInputLeaf::Literal(lit) => check(lit.field_name.as_deref()),
+            UserInputLeaf::Literal(lit) => {
+                check(lit.field_name.as_deref())?;
+                check_literal(lit, q)
+            }
             UserInputLeaf::All => Ok(()),
             UserInputLeaf::Range { field, .. } | UserInputLeaf::Set { field, .. } => {
                 check(field.as_deref())
@@ -569,18 +816,34 @@ fn check_fields(ast: &UserInputAst, q: &str) -> Result<(), IndexError> {
     }
 }
 
-fn run_search(
-    index: &Index,
-    reader: &IndexReader,
-    fields: Fields,
-    req: &SearchRequest,
-) -> Result<Vec<SearchHit>, IndexError> {
-    let parsed = parse_user_query(&req.query)?;
-    run_search_parsed(index, reader, fields, parsed, req)
-}
-
 fn filter(query: Box<dyn Query>) -> (Occur, Box<dyn Query>) {
     (Occur::Must, Box::new(ConstScoreQuery::new(query, 0.0)))
+}
+
+/// A `type:` value that names no record kind, or a fuzzy distance past the maximum.
+fn check_literal(lit: &query_grammar::UserInputLiteral, q: &str) -> Result<(), IndexError> {
+    if lit.field_name.as_deref() == Some("type") {
+        let value = lit.phrase.trim().to_ascii_lowercase();
+        if value != "chat" && DocType::from_kind(&value).is_none() {
+            return Err(IndexError::Query {
+                position: q.find(&format!("type:{}", lit.phrase)).unwrap_or(0),
+                message: format!("unknown type '{}' (types: {TYPE_VALUES})", lit.phrase),
+            });
+        }
+        return Ok(());
+    }
+    if lit.delimiter == Delimiter::None
+        && let (word, false, Some(distance)) = split_term_operator(&lit.phrase)
+        && distance > MAX_FUZZY_DISTANCE
+    {
+        return Err(IndexError::Query {
+            position: q.find(&format!("{word}~")).map_or(0, |p| p + word.len()),
+            message: format!(
+                "fuzzy distance {distance} is too large (at most {MAX_FUZZY_DISTANCE})"
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn run_search_parsed(
@@ -589,31 +852,28 @@ fn run_search_parsed(
     f: Fields,
     parsed: UserQuery,
     req: &SearchRequest,
-) -> Result<Vec<SearchHit>, IndexError> {
+) -> Result<SearchPage, IndexError> {
     let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-    let by_relevance = match parsed {
-        UserQuery::All => false,
-        UserQuery::Ast(ast) => {
-            let mut parser = QueryParser::for_index(index, vec![f.body]);
-            parser.set_conjunction_by_default();
-            let query = match parser.build_query_from_user_input_ast(ast.clone()) {
-                Ok(q) => q,
-                // A purely negative query (`NOT spam`) means "everything except".
-                Err(QueryParserError::AllButQueryForbidden) => {
-                    let all = UserInputAst::Leaf(Box::new(UserInputLeaf::All));
-                    parser
-                        .build_query_from_user_input_ast(UserInputAst::and(vec![all, ast]))
-                        .map_err(|e| query_error(&req.query, e))?
-                }
-                Err(e) => return Err(query_error(&req.query, e)),
-            };
-            clauses.push((Occur::Must, query));
-            true
-        }
+    let by_relevance = req.sort == SortOrder::Relevance;
+    if let UserQuery::Ast(ast) = parsed {
+        let mut parser = QueryParser::for_index(index, vec![f.body]);
+        parser.set_conjunction_by_default();
+        let builder = AstBuilder {
+            parser: &parser,
+            f,
+            q: &req.query,
+        };
+        clauses.push((Occur::Must, builder.build(&ast)?));
+    }
+    let types: &[DocType] = if req.types.is_empty() {
+        &DocType::ALL
+    } else {
+        &req.types
     };
-    clauses.push(filter(Box::new(TermQuery::new(
-        Term::from_field_text(f.kind, KIND_IM),
-        IndexRecordOption::Basic,
+    clauses.push(filter(Box::new(TermSetQuery::new(
+        types
+            .iter()
+            .map(|t| Term::from_field_text(f.kind, t.as_str())),
     ))));
     for (value, field) in [(&req.from, f.from_addr), (&req.to, f.to_addr)] {
         if let Some(v) = value.as_deref() {
@@ -641,15 +901,18 @@ fn run_search_parsed(
         req.limit
     };
     let searcher = reader.searcher();
-    let ranked = searcher.search(
+    let (total, ranked) = searcher.search(
         &query,
-        &RankCollector {
-            limit,
-            by_relevance,
-        },
+        &(
+            Count,
+            RankCollector {
+                limit: limit.saturating_add(req.offset),
+                by_relevance,
+            },
+        ),
     )?;
-    let mut hits = Vec::with_capacity(ranked.len());
-    for c in ranked {
+    let mut hits = Vec::with_capacity(ranked.len().saturating_sub(req.offset));
+    for c in ranked.into_iter().skip(req.offset) {
         let doc: TantivyDocument = searcher.doc(DocAddress::new(c.segment, c.doc))?;
         let text = |field: Field, name: &'static str| {
             doc.get_first(field)
@@ -657,7 +920,9 @@ fn run_search_parsed(
                 .map(str::to_string)
                 .ok_or(IndexError::CorruptDocument(name))
         };
+        let kind = text(f.kind, "kind")?;
         hits.push(SearchHit {
+            doc_type: DocType::from_kind(&kind).ok_or(IndexError::CorruptDocument("kind"))?,
             time_ns: c.time,
             from: text(f.from, "from")?,
             to: doc
@@ -674,7 +939,148 @@ fn run_search_parsed(
             score: if by_relevance { c.score } else { 0.0 },
         });
     }
-    Ok(hits)
+    Ok(SearchPage { total, hits })
+}
+
+/// A bare word with its operator: `budg*` is a prefix, `budgte~1` (or `budgte~`,
+/// one edit) a fuzzy term. Returns the word, whether it is a prefix, and the fuzzy
+/// distance if one was given.
+fn split_term_operator(phrase: &str) -> (&str, bool, Option<u32>) {
+    if let Some(word) = phrase.strip_suffix('*')
+        && !word.is_empty()
+    {
+        return (word, true, None);
+    }
+    if let Some(tilde) = phrase.rfind('~')
+        && tilde > 0
+    {
+        let digits = &phrase[tilde + 1..];
+        if digits.is_empty() {
+            return (&phrase[..tilde], false, Some(1));
+        }
+        if let Ok(d) = digits.parse::<u32>() {
+            return (&phrase[..tilde], false, Some(d));
+        }
+    }
+    (phrase, false, None)
+}
+
+/// Turns the parsed query into a tantivy query. Most leaves go to tantivy's query
+/// parser; prefix terms (`budg*`), fuzzy terms (`budgte~1`), `type:` and `room:` are
+/// built here, as the parser reads them otherwise (or not at all).
+struct AstBuilder<'a> {
+    parser: &'a QueryParser,
+    f: Fields,
+    q: &'a str,
+}
+
+impl AstBuilder<'_> {
+    fn build(&self, ast: &UserInputAst) -> Result<Box<dyn Query>, IndexError> {
+        match ast {
+            UserInputAst::Clause(children) => {
+                let mut clauses = Vec::with_capacity(children.len());
+                for (occur, child) in children {
+                    let occur = match occur {
+                        // Bare words are combined with AND.
+                        None | Some(query_grammar::Occur::Must) => Occur::Must,
+                        Some(query_grammar::Occur::Should) => Occur::Should,
+                        Some(query_grammar::Occur::MustNot) => Occur::MustNot,
+                    };
+                    clauses.push((occur, self.build(child)?));
+                }
+                if !clauses.is_empty() && clauses.iter().all(|(o, _)| *o == Occur::MustNot) {
+                    // A purely negative clause means "everything except".
+                    clauses.insert(0, (Occur::Must, Box::new(AllQuery)));
+                }
+                Ok(Box::new(BooleanQuery::new(clauses)))
+            }
+            UserInputAst::Boost(child, boost) => Ok(Box::new(BoostQuery::new(
+                self.build(child)?,
+                boost.into_inner() as f32,
+            ))),
+            UserInputAst::Leaf(leaf) => self.build_leaf(leaf),
+        }
+    }
+
+    fn build_leaf(&self, leaf: &UserInputLeaf) -> Result<Box<dyn Query>, IndexError> {
+        let UserInputLeaf::Literal(lit) = leaf else {
+            return self.parse_leaf(leaf);
+        };
+        match lit.field_name.as_deref() {
+            Some("room") => return Ok(Box::new(EmptyQuery)),
+            Some("type") => {
+                let value = lit.phrase.trim().to_ascii_lowercase();
+                if value == "chat" {
+                    return Ok(Box::new(EmptyQuery));
+                }
+                return match DocType::from_kind(&value) {
+                    Some(t) => Ok(Box::new(TermQuery::new(
+                        Term::from_field_text(self.f.kind, t.as_str()),
+                        IndexRecordOption::Basic,
+                    ))),
+                    None => Err(IndexError::Query {
+                        position: self.position_of(&format!("type:{}", lit.phrase)),
+                        message: format!("unknown type '{}' (types: {TYPE_VALUES})", lit.phrase),
+                    }),
+                };
+            }
+            _ => {}
+        }
+        if lit.delimiter != Delimiter::None {
+            return self.parse_leaf(leaf);
+        }
+        let field = match lit.field_name.as_deref() {
+            Some("from") => self.f.from,
+            Some("to") => self.f.to,
+            _ => self.f.body,
+        };
+        let (word, prefix, distance) = split_term_operator(&lit.phrase);
+        let prefix = prefix || lit.prefix;
+        let distance = distance.unwrap_or(lit.slop);
+        if prefix || distance > 0 {
+            let tokens = self.tokens(word);
+            let [token] = tokens.as_slice() else {
+                // Several words: tantivy's phrase (prefix) query.
+                return self.parse_leaf(leaf);
+            };
+            let term = Term::from_field_text(field, token);
+            if prefix {
+                // Every term that starts with the prefix (distance 0).
+                return Ok(Box::new(FuzzyTermQuery::new_prefix(term, 0, true)));
+            }
+            if distance > MAX_FUZZY_DISTANCE {
+                return Err(IndexError::Query {
+                    position: self.position_of(&format!("{word}~")) + word.len(),
+                    message: format!(
+                        "fuzzy distance {distance} is too large (at most {MAX_FUZZY_DISTANCE})"
+                    ),
+                });
+            }
+            return Ok(Box::new(FuzzyTermQuery::new(term, distance as u8, true)));
+        }
+        self.parse_leaf(leaf)
+    }
+
+    fn parse_leaf(&self, leaf: &UserInputLeaf) -> Result<Box<dyn Query>, IndexError> {
+        self.parser
+            .build_query_from_user_input_ast(UserInputAst::Leaf(Box::new(leaf.clone())))
+            .map_err(|e| query_error(self.q, e))
+    }
+
+    /// The words of `text` as the body analyzer cuts them.
+    fn tokens(&self, text: &str) -> Vec<String> {
+        let mut analyzer = text_analyzer();
+        let mut stream = analyzer.token_stream(text);
+        let mut out = Vec::new();
+        while stream.advance() {
+            out.push(stream.token().text.clone());
+        }
+        out
+    }
+
+    fn position_of(&self, needle: &str) -> usize {
+        self.q.find(needle).unwrap_or(0)
+    }
 }
 
 fn query_error(q: &str, e: QueryParserError) -> IndexError {

@@ -345,6 +345,19 @@ fn relevance_order_then_time() {
         )
         .unwrap();
     let hits = search_ok(dir.path(), &req("budget"));
+    assert_eq!(
+        ids(&hits),
+        ["weak-early", "strong", "weak-late"],
+        "time order by default"
+    );
+    assert!(hits.iter().all(|h| h.score == 0.0), "scores: {hits:?}");
+    let hits = search_ok(
+        dir.path(),
+        &SearchRequest {
+            sort: SortOrder::Relevance,
+            ..req("budget")
+        },
+    );
     assert_eq!(ids(&hits), ["strong", "weak-early", "weak-late"]);
     assert!(hits[0].score > hits[1].score, "scores: {hits:?}");
     assert_eq!(hits[1].score, hits[2].score, "equal bodies score equally");
@@ -353,9 +366,16 @@ fn relevance_order_then_time() {
 #[test]
 fn hits_carry_the_stored_message() {
     let (dir, _index) = fixture_index();
-    let hits = search_ok(dir.path(), &req("quarterly report"));
+    let hits = search_ok(
+        dir.path(),
+        &SearchRequest {
+            sort: SortOrder::Relevance,
+            ..req("quarterly report")
+        },
+    );
     assert_eq!(hits.len(), 1, "hits: {hits:?}");
     let h = &hits[0];
+    assert_eq!(h.doc_type, DocType::Im);
     assert_eq!(h.time_ns, t(2));
     assert_eq!(h.from, ALICE);
     assert_eq!(h.to, [BOB, CAROL]);
@@ -501,7 +521,7 @@ fn malformed_queries_report_a_position() {
     let err = search(Path::new("/nonexistent"), &req("subject:x")).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "invalid search query at position 0: unknown field 'subject' (fields: body, from, to)"
+        "invalid search query at position 0: unknown field 'subject' (fields: body, from, to, type, room)"
     );
 }
 
@@ -553,4 +573,227 @@ fn address_values_with_a_scheme_are_quoted() {
     assert_eq!(quote_address_values("from:alice"), "from:alice");
     assert_eq!(quote_address_values("from:\"sip:a@b\""), "from:\"sip:a@b\"");
     assert_eq!(quote_address_values("xfrom:a:b"), "xfrom:a:b");
+}
+
+fn call(
+    i: i64,
+    call_id: &str,
+    caller: &str,
+    callee: &str,
+    disposition: &str,
+    code: u16,
+) -> CallRow {
+    CallRow {
+        time_ns: t(i),
+        call_id: call_id.to_string(),
+        source: "local".to_string(),
+        caller: caller.to_string(),
+        callee: callee.to_string(),
+        ring_ns: None,
+        answer_ns: None,
+        end_ns: None,
+        setup_ms: None,
+        duration_ms: None,
+        disposition: disposition.to_string(),
+        final_code: Some(code),
+        reason: Some(if code == 486 { "Busy Here" } else { "OK" }.to_string()),
+        ended_by: None,
+        codecs: Vec::new(),
+        caller_media: None,
+        callee_media: None,
+        legs: 1,
+        reinvites: 0,
+        transferred_from: None,
+    }
+}
+
+fn presence(i: i64, call_id: &str, entity: &str, note: &str) -> PresenceRow {
+    PresenceRow {
+        time_ns: t(i),
+        source: "local".to_string(),
+        entity: entity.to_string(),
+        basic: Some("open".to_string()),
+        activities: vec!["meeting".to_string()],
+        note: Some(note.to_string()),
+        via: "PUBLISH".to_string(),
+        call_id: call_id.to_string(),
+        expires: None,
+        etag: None,
+        subscription_state: None,
+    }
+}
+
+/// The IM fixture as `seg-1`, two calls as `seg-calls`, two presence changes as `seg-pres`.
+fn mixed_index() -> (tempfile::TempDir, ImIndex) {
+    let (dir, mut index) = fixture_index();
+    let calls = [
+        call(10, "k1", ALICE, BOB, "answered", 200),
+        call(11, "k2", BOB, CAROL, "busy", 486),
+    ];
+    let docs: Vec<IndexDoc> = calls.iter().map(IndexDoc::from).collect();
+    index.add_documents("seg-calls", &docs).unwrap();
+    let pres = [
+        presence(12, "p1", ALICE, "Budget review until 3"),
+        presence(13, "p2", CAROL, "Out to lunch"),
+    ];
+    let docs: Vec<IndexDoc> = pres.iter().map(IndexDoc::from).collect();
+    index.add_documents("seg-pres", &docs).unwrap();
+    (dir, index)
+}
+
+#[test]
+fn prefix_terms_match_every_word_they_start() {
+    let (dir, _index) = mixed_index();
+    let d = dir.path();
+    // "quarterly" in c3 and c6; "questions" nowhere.
+    assert_set(d, "quar*", &["c3", "c6"]);
+    assert_set(d, "QUAR*", &["c3", "c6"]);
+    // "report" (c3, c4) and "ready" (c3, c6).
+    // "report" (c3, c4), "ready" (c3, c6), "review" (c3, presence p1).
+    assert_set(d, "re*", &["c3", "c4", "c6", "p1"]);
+    assert_set(d, "re* AND NOT rep*", &["c6", "p1"]);
+    assert_set(d, "from:car*", &["c4", "p2"]);
+    assert_set(d, "budg*", &["p1"]);
+    assert_set(d, "zzz*", &[]);
+}
+
+#[test]
+fn fuzzy_terms_allow_edits() {
+    let (dir, _index) = mixed_index();
+    let d = dir.path();
+    // "lucnh" is one transposition from "lunch": c1, c2 and presence p2.
+    assert_set(d, "lucnh~1", &["c1", "c2", "p2"]);
+    assert_set(d, "lucnh", &[]);
+    // `~` alone means one edit.
+    assert_set(d, "lucnh~", &["c1", "c2", "p2"]);
+    // "reprot" -> "report" is a transposition (1); "repott" needs 1 substitution.
+    assert_set(d, "repott~1", &["c3", "c4"]);
+    assert_set(d, "repxtt~1", &[]);
+    assert_set(d, "repxtt~2", &["c3", "c4"]);
+    assert_query_error("repxtt~3", 6);
+}
+
+#[test]
+fn type_field_selects_the_kind_of_record() {
+    let (dir, _index) = mixed_index();
+    let d = dir.path();
+    assert_set(d, "type:call", &["k1", "k2"]);
+    assert_set(d, "type:presence", &["p1", "p2"]);
+    assert_set(d, "type:im", &["c1", "c2", "c3", "c4", "c5", "c6"]);
+    assert_set(d, "type:call AND busy", &["k2"]);
+    assert_set(d, "type:call AND 486", &["k2"]);
+    assert_set(d, "type:call AND to:carol", &["k2"]);
+    assert_set(d, "lunch AND NOT type:im", &["p2"]);
+    assert_set(d, "type:presence AND from:alice", &["p1"]);
+    // No group chat is archived: accepted, and matches nothing.
+    assert_set(d, "type:chat", &[]);
+    assert_set(d, "room:board", &[]);
+    assert_set(d, "lunch OR room:board", &["c1", "c2", "p2"]);
+    let err = search(d, &req("lunch type:fax")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid search query at position 6: unknown type 'fax' (types: im, call, presence, chat)"
+    );
+    // Hits say what they are.
+    let hits = search_ok(d, &req("from:bob"));
+    let kinds: Vec<(&str, DocType)> = hits
+        .iter()
+        .map(|h| (h.call_id.as_str(), h.doc_type))
+        .collect();
+    assert_eq!(kinds, [("c2", DocType::Im), ("k2", DocType::Call)]);
+    let k2 = &hits[1];
+    assert_eq!(k2.body, "busy 486 Busy Here");
+    assert_eq!(k2.to, [CAROL]);
+    // The request can restrict the kinds too (export takes only IMs).
+    let only_ims = SearchRequest {
+        types: vec![DocType::Im],
+        ..req("lunch")
+    };
+    assert_eq!(id_set(&search_ok(d, &only_ims)), ["c1", "c2"]);
+}
+
+#[test]
+fn pages_of_results_with_the_total() {
+    let (dir, _index) = mixed_index();
+    let d = dir.path();
+    let page = |offset: usize, limit: usize| {
+        search_page(
+            d,
+            &SearchRequest {
+                offset,
+                limit,
+                ..req("*")
+            },
+        )
+        .unwrap()
+    };
+    let all = page(0, 100);
+    assert_eq!(all.total, 10);
+    assert_eq!(
+        ids(&all.hits),
+        ["c1", "c2", "c3", "c4", "c5", "c6", "k1", "k2", "p1", "p2"]
+    );
+    let p = page(3, 4);
+    assert_eq!(p.total, 10);
+    assert_eq!(ids(&p.hits), ["c4", "c5", "c6", "k1"]);
+    let last = page(8, 4);
+    assert_eq!(ids(&last.hits), ["p1", "p2"]);
+    let past = page(20, 4);
+    assert_eq!(past.total, 10);
+    assert!(past.hits.is_empty());
+    // Paging by relevance pages through the same order as one long list.
+    let rel = |offset: usize, limit: usize| {
+        search(
+            d,
+            &SearchRequest {
+                offset,
+                limit,
+                sort: SortOrder::Relevance,
+                ..req("lunch OR report OR quarterly")
+            },
+        )
+        .unwrap()
+    };
+    let long = rel(0, 100);
+    assert_eq!(long.len(), 6);
+    let mut paged = rel(0, 2);
+    paged.extend(rel(2, 2));
+    paged.extend(rel(4, 2));
+    assert_eq!(ids(&paged), ids(&long));
+}
+
+#[test]
+fn removed_segments_leave_the_index() {
+    let (dir, mut index) = mixed_index();
+    assert_eq!(
+        index.segment_ids().unwrap(),
+        ["seg-1", "seg-calls", "seg-pres"]
+    );
+    index.remove_segment("seg-calls").unwrap();
+    assert_eq!(index.segment_ids().unwrap(), ["seg-1", "seg-pres"]);
+    assert_set(dir.path(), "type:call", &[]);
+    // Staged segments become visible at the commit.
+    let docs = [IndexDoc::from(&call(20, "k9", ALICE, BOB, "busy", 486))];
+    index.stage_documents("seg-calls-2", &docs).unwrap();
+    assert_set(dir.path(), "type:call", &[]);
+    index.commit().unwrap();
+    assert_set(dir.path(), "type:call", &["k9"]);
+}
+
+#[test]
+fn an_index_of_an_older_layout_is_recreated_by_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = Schema::builder();
+    old.add_text_field("kind", STRING);
+    old.add_text_field("segment", STRING | STORED);
+    Index::create_in_dir(dir.path(), old.build()).unwrap();
+    let err = search(dir.path(), &req("lunch")).unwrap_err();
+    assert!(
+        matches!(err, IndexError::OutdatedIndex(_)),
+        "unexpected error: {err}"
+    );
+    let mut index = ImIndex::open_or_create(dir.path()).unwrap();
+    assert!(index.segment_ids().unwrap().is_empty());
+    index.add_segment("seg-1", &fixture()).unwrap();
+    assert_set(dir.path(), "lunch", &["c1", "c2"]);
 }

@@ -27,12 +27,17 @@ use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{SetExpr, Statement as SqlStatement};
 use futures::StreamExt;
 
-pub use sipvault_indexer::{IndexError, SearchHit, SearchRequest, search};
+pub use sipvault_indexer::{
+    DocType, IndexError, SearchHit, SearchPage, SearchRequest, SortOrder, search, search_page,
+};
 
 pub mod conversation;
 pub mod export;
 pub mod fixture;
+pub mod reindex;
 pub mod reports;
+#[cfg(test)]
+mod search_fixture_tests;
 
 /// Name of the hive partition column every archive table carries.
 pub const PARTITION_COLUMN: &str = "date";
@@ -571,20 +576,21 @@ fn one_line_body(body: &str) -> String {
 
 /// Renders search hits.
 ///
-/// - `Table`: columns time (RFC 3339 UTC, ms), from, to (comma-joined), body (one line,
-///   cut to ~80 characters), call_id.
-/// - `Json`: an array of objects with `time` (RFC 3339 UTC, ms), `time_ns`, `from`,
-///   `to` (array), `body`, `call_id`, `cseq`, `score`.
-/// - `Csv`: header `time,from,to,body,call_id,cseq,score`; full bodies.
+/// - `Table`: columns time (RFC 3339 UTC, ms), type (im, call, presence), from, to
+///   (comma-joined), body (one line, cut to ~80 characters), call_id.
+/// - `Json`: an array of objects with `time` (RFC 3339 UTC, ms), `type`, `time_ns`,
+///   `from`, `to` (array), `body`, `call_id`, `cseq`, `score`.
+/// - `Csv`: header `time,type,from,to,body,call_id,cseq,score`; full bodies.
 pub fn format_hits(hits: &[SearchHit], format: OutputFormat) -> String {
     match format {
         OutputFormat::Table => {
-            let header = ["time", "from", "to", "body", "call_id"];
-            let rows: Vec<[String; 5]> = hits
+            let header = ["time", "type", "from", "to", "body", "call_id"];
+            let rows: Vec<[String; 6]> = hits
                 .iter()
                 .map(|h| {
                     [
                         format_time_ns(h.time_ns),
+                        h.doc_type.to_string(),
                         h.from.clone(),
                         h.to.join(", "),
                         one_line_body(&h.body),
@@ -621,11 +627,15 @@ pub fn format_hits(hits: &[SearchHit], format: OutputFormat) -> String {
             let mut out = String::new();
             push_csv_record(
                 &mut out,
-                ["time", "from", "to", "body", "call_id", "cseq", "score"].into_iter(),
+                [
+                    "time", "type", "from", "to", "body", "call_id", "cseq", "score",
+                ]
+                .into_iter(),
             );
             for h in hits {
                 let cells = [
                     format_time_ns(h.time_ns),
+                    h.doc_type.to_string(),
                     h.from.clone(),
                     h.to.join(", "),
                     h.body.clone(),

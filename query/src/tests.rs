@@ -566,6 +566,7 @@ async fn format_empty_results() {
 fn hits() -> Vec<SearchHit> {
     vec![
         SearchHit {
+            doc_type: DocType::Im,
             time_ns: ns("2026-11-25T10:00:00.123456789Z"),
             from: "sip:alice@example.com".into(),
             to: vec!["sip:bob@example.com".into(), "sip:carol@example.com".into()],
@@ -575,6 +576,7 @@ fn hits() -> Vec<SearchHit> {
             score: 1.5,
         },
         SearchHit {
+            doc_type: DocType::Im,
             time_ns: ns("2026-11-25T10:05:00Z"),
             from: "sip:carol@example.com".into(),
             to: vec!["sip:alice@example.com".into()],
@@ -596,7 +598,7 @@ fn format_hits_table() {
     );
     assert_eq!(
         format_hits(&[], OutputFormat::Table),
-        "+------+------+----+------+---------+\n| time | from | to | body | call_id |\n+------+------+----+------+---------+\n+------+------+----+------+---------+\n"
+        "+------+------+------+----+------+---------+\n| time | type | from | to | body | call_id |\n+------+------+------+----+------+---------+\n+------+------+------+----+------+---------+\n"
     );
 }
 
@@ -620,7 +622,7 @@ fn format_hits_csv() {
     insta::assert_snapshot!("hits_csv", out);
     assert_eq!(
         format_hits(&[], OutputFormat::Csv),
-        "time,from,to,body,call_id,cseq,score\n"
+        "time,type,from,to,body,call_id,cseq,score\n"
     );
 }
 

@@ -95,6 +95,9 @@ pub async fn select_case(
 ) -> Result<CaseRecords, ExportError> {
     let mut request = request.clone();
     request.limit = usize::MAX;
+    request.offset = 0;
+    // A case holds IMs; calls and presence in the index are not exported here.
+    request.types = vec![sipvault_indexer::DocType::Im];
     let hits = crate::search(index_dir, &request)?;
     let keys: HashSet<(i64, String, u32)> = hits
         .iter()

@@ -1,0 +1,331 @@
+//! Searches over the generated fixture archive (`fixture::generate_fixture`), indexed
+//! by the code `sipvault reindex` runs, with answers computed independently: by
+//! construction of the fixture, or by SQL over the same Parquet files.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::{Int64Type, TimestampNanosecondType, UInt32Type};
+
+use crate::fixture::{FixtureSpec, generate_fixture, register_fixture_segments};
+use crate::reindex::{indexable_segments, rebuild_index};
+use crate::{DocType, SearchRequest, SortOrder, run_sql, search, search_page};
+
+/// The standard fixture: 100,000 IMs and 10,000 calls.
+fn spec() -> FixtureSpec {
+    FixtureSpec::standard()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// The fixture with its manifest and index, built once per test binary under the
+/// system temp dir (`sipvault-search-fixture-<pid>`); directories of earlier runs
+/// whose process is gone are removed first.
+fn data_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        let prefix = "sipvault-search-fixture-";
+        for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+                continue;
+            };
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = tmp.join(format!("{prefix}{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let started = Instant::now();
+        generate_fixture(&dir, &spec()).expect("generate fixture");
+        let segments = runtime().block_on(async {
+            let catalog = sipvault_catalog::Catalog::open(&dir)
+                .await
+                .expect("catalog");
+            register_fixture_segments(&dir, &catalog)
+                .await
+                .expect("register segments");
+            let entries = catalog.segments().await.expect("manifest");
+            catalog.close().await;
+            indexable_segments(&entries)
+        });
+        let generated = started.elapsed();
+        let mut index =
+            sipvault_indexer::ImIndex::open_or_create(&dir.join("index")).expect("open index");
+        let summary = rebuild_index(&mut index, &dir, &segments, |_, _| {}).expect("reindex");
+        assert_eq!(summary.documents as u64, spec().ims + spec().calls);
+        eprintln!(
+            "search fixture: generated in {:.1}s, {} segments indexed in {:.1}s",
+            generated.as_secs_f64(),
+            summary.segments,
+            (started.elapsed() - generated).as_secs_f64()
+        );
+        dir
+    })
+}
+
+fn index_dir() -> PathBuf {
+    data_dir().join("index")
+}
+
+fn req(query: &str) -> SearchRequest {
+    SearchRequest {
+        query: query.to_string(),
+        limit: 1,
+        ..SearchRequest::default()
+    }
+}
+
+/// How many records match `query`.
+fn total(query: &str) -> usize {
+    search_page(&index_dir(), &req(query))
+        .unwrap_or_else(|e| panic!("search {query:?}: {e}"))
+        .total
+}
+
+/// `SELECT count(*) ... WHERE <condition>` over `table` of the fixture.
+fn sql_count(table: &str, condition: &str) -> usize {
+    let sql = format!("SELECT count(*) AS n FROM {table} WHERE {condition}");
+    let batches = runtime()
+        .block_on(run_sql(data_dir(), &sql))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let n = batches[0].column(0).as_primitive::<Int64Type>().value(0);
+    usize::try_from(n).expect("count fits")
+}
+
+/// The body holds `word` (bodies are space-separated words of a fixed list).
+fn has_word(word: &str) -> String {
+    format!("array_has(string_to_array(body, ' '), '{word}')")
+}
+
+#[test]
+fn word_queries_match_sql_over_the_same_parquet() {
+    let budget = sql_count("im_messages", &has_word("budget"));
+    assert!(budget > 1000, "the fixture has many budget IMs: {budget}");
+    assert_eq!(total("budget"), budget);
+    assert_eq!(total("BUDGET"), budget, "case-insensitive");
+    assert_eq!(
+        total("budg*"),
+        budget,
+        "no other fixture word starts with budg"
+    );
+    assert_eq!(total("budgte~1"), budget, "one transposition from budget");
+    assert_eq!(total("body:budget"), budget);
+    assert_eq!(
+        total("budget AND NOT meeting"),
+        sql_count(
+            "im_messages",
+            &format!("{} AND NOT {}", has_word("budget"), has_word("meeting"))
+        )
+    );
+    assert_eq!(
+        total("lunch OR travel"),
+        sql_count(
+            "im_messages",
+            &format!("{} OR {}", has_word("lunch"), has_word("travel"))
+        )
+    );
+    assert_eq!(
+        total("\"quarterly budget\""),
+        sql_count(
+            "im_messages",
+            "(' ' || body || ' ') LIKE '% quarterly budget %'"
+        )
+    );
+    // "report", "review" and "release" are the IM words starting with "re"; calls
+    // are found by their outcome too ("rejected", "Request Terminated").
+    assert_eq!(
+        total("re*"),
+        sql_count(
+            "im_messages",
+            &format!(
+                "{} OR {} OR {}",
+                has_word("report"),
+                has_word("review"),
+                has_word("release")
+            )
+        ) + sql_count(
+            "calls",
+            "regexp_like(lower(disposition || ' ' || coalesce(reason, '')), '(^| )re')"
+        )
+    );
+    assert_eq!(
+        total("type:im AND re*"),
+        total("re*") - spec().calls as usize / 40 * 4
+    );
+}
+
+#[test]
+fn escalation_ims_are_every_thousandth_with_their_ids() {
+    // By construction: IM j has "escalation" when j % 1000 == 0.
+    let expected = spec().ims.div_ceil(1000) as usize;
+    let page = search_page(
+        &index_dir(),
+        &SearchRequest {
+            limit: 1000,
+            ..req("escalation")
+        },
+    )
+    .unwrap();
+    assert_eq!(page.total, expected);
+    assert_eq!(page.hits.len(), expected);
+    // The same rows, in the same (time) order, as SQL gives them.
+    let batches = runtime()
+        .block_on(run_sql(
+            data_dir(),
+            "SELECT time, call_id, cseq FROM im_messages WHERE body LIKE '% escalation' ORDER BY time, call_id",
+        ))
+        .unwrap();
+    let mut rows = Vec::new();
+    for b in &batches {
+        let time = b.column(0).as_primitive::<TimestampNanosecondType>();
+        let call_id = b.column(1).as_string::<i32>();
+        let cseq = b.column(2).as_primitive::<UInt32Type>();
+        for i in 0..b.num_rows() {
+            rows.push((time.value(i), call_id.value(i).to_string(), cseq.value(i)));
+        }
+    }
+    let hits: Vec<(i64, String, u32)> = page
+        .hits
+        .iter()
+        .map(|h| (h.time_ns, h.call_id.clone(), h.cseq))
+        .collect();
+    assert_eq!(hits, rows);
+    assert!(page.hits.iter().all(|h| h.doc_type == DocType::Im));
+}
+
+#[test]
+fn calls_are_searchable_by_type_outcome_and_party() {
+    let calls = spec().calls as usize;
+    assert_eq!(total("type:call"), calls);
+    assert_eq!(total("type:im"), spec().ims as usize);
+    assert_eq!(
+        total("type:presence"),
+        0,
+        "the fixture has no presence rows"
+    );
+    assert_eq!(total("type:chat"), 0);
+    // By construction: outcomes cycle over 40 calls, 4 of them busy (486) and 26 answered.
+    assert_eq!(total("type:call AND busy"), calls / 40 * 4);
+    assert_eq!(total("type:call AND 486"), calls / 40 * 4);
+    assert_eq!(total("answered"), calls / 40 * 26);
+    assert_eq!(total("\"busy here\""), calls / 40 * 4);
+    assert_eq!(
+        total("type:call AND from:alice"),
+        sql_count("calls", "caller = 'sip:alice@example.com'")
+    );
+    assert_eq!(
+        total("type:call AND to:bob@example.com"),
+        sql_count("calls", "callee = 'sip:bob@example.com'")
+    );
+    assert_eq!(
+        total("type:im AND to:bob"),
+        sql_count(
+            "im_messages",
+            "array_has(recipients, 'sip:bob@example.com')"
+        )
+    );
+    assert_eq!(
+        total("from:carol"),
+        sql_count("im_messages", "sender = 'sip:carol@example.com'")
+            + sql_count("calls", "caller = 'sip:carol@example.com'")
+    );
+}
+
+#[test]
+fn time_ranges_select_one_day() {
+    // By construction: record i falls on day i % 7. Day 2 is 2026-11-04.
+    let day = |d: u64, n: u64| (d..n).step_by(7).count();
+    let since = crate::parse_time("2026-11-04", 0).unwrap();
+    let until = crate::parse_time("2026-11-05", 0).unwrap();
+    let page = |query: &str| {
+        search_page(
+            &index_dir(),
+            &SearchRequest {
+                since_ns: Some(since),
+                until_ns: Some(until),
+                ..req(query)
+            },
+        )
+        .unwrap()
+        .total
+    };
+    assert_eq!(page("*"), day(2, spec().ims) + day(2, spec().calls));
+    assert_eq!(page("type:call"), day(2, spec().calls));
+    assert_eq!(
+        page("budget"),
+        sql_count(
+            "im_messages",
+            &format!("{} AND date = '2026-11-04'", has_word("budget"))
+        )
+    );
+}
+
+#[test]
+fn pages_and_orders_over_the_fixture() {
+    let dir = index_dir();
+    let all = search(
+        &dir,
+        &SearchRequest {
+            limit: 250,
+            ..req("type:call AND busy")
+        },
+    )
+    .unwrap();
+    assert_eq!(all.len(), 250);
+    assert!(
+        all.windows(2).all(|w| w[0].time_ns <= w[1].time_ns),
+        "time order by default"
+    );
+    for page in 0..5 {
+        let hits = search(
+            &dir,
+            &SearchRequest {
+                limit: 50,
+                offset: page * 50,
+                ..req("type:call AND busy")
+            },
+        )
+        .unwrap();
+        let got: Vec<&str> = hits.iter().map(|h| h.call_id.as_str()).collect();
+        let want: Vec<&str> = all[page * 50..page * 50 + 50]
+            .iter()
+            .map(|h| h.call_id.as_str())
+            .collect();
+        assert_eq!(got, want, "page {page}");
+    }
+    // By relevance: scores never increase down the list, and pages continue it.
+    let by_relevance = |offset: usize, limit: usize| {
+        search(
+            &dir,
+            &SearchRequest {
+                limit,
+                offset,
+                sort: SortOrder::Relevance,
+                ..req("budget OR escalation")
+            },
+        )
+        .unwrap()
+    };
+    let long = by_relevance(0, 40);
+    assert!(long.windows(2).all(|w| w[0].score >= w[1].score));
+    assert!(
+        long[0].body.contains("escalation"),
+        "the rare word ranks first: {:?}",
+        long[0]
+    );
+    let mut paged = by_relevance(0, 20);
+    paged.extend(by_relevance(20, 20));
+    let keys = |v: &[crate::SearchHit]| -> Vec<(String, u32)> {
+        v.iter().map(|h| (h.call_id.clone(), h.cseq)).collect()
+    };
+    assert_eq!(keys(&paged), keys(&long));
+}
