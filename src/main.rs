@@ -548,8 +548,14 @@ fn search(data: &Path, args: SearchArgs) -> anyhow::Result<u64> {
         sort: args.sort.parse::<SortOrder>().map_err(anyhow::Error::msg)?,
         types: Vec::new(),
     };
-    let page =
-        sipvault_query::search_page(&pipeline::index_dir(data), &req).context("search failed")?;
+    let index = pipeline::index_dir(data);
+    let page = sipvault_query::search_page(&index, &req).context("search failed")?;
+    if !index.join("meta.json").is_file() {
+        eprintln!(
+            "note: there is no search index at {}; `sipvault reindex` builds it from the archive",
+            index.display()
+        );
+    }
     print!("{}", sipvault_query::format_hits(&page.hits, args.format));
     if args.format == OutputFormat::Table {
         let first = req.offset.saturating_add(1);
