@@ -137,6 +137,31 @@ fn reindex_then_search_by_field_type_page_and_order() {
     assert_eq!(found.len(), alice_calls);
     assert!(found.iter().all(|h| h["from"] == "sip:alice@example.com"));
     assert!(hits(d, &["type:chat"]).is_empty());
+    // A time range in the query is the same as --since/--until.
+    let day = hits(
+        d,
+        &[
+            "type:call AND time:[2026-11-04 TO 2026-11-05}",
+            "--limit",
+            "10000",
+        ],
+    );
+    assert_eq!(day.len(), (2..400).step_by(7).count());
+    assert_eq!(
+        keys(&day),
+        keys(&hits(
+            d,
+            &[
+                "type:call",
+                "--since",
+                "2026-11-04",
+                "--until",
+                "2026-11-05",
+                "--limit",
+                "10000"
+            ]
+        ))
+    );
     assert!(hits(d, &["room:board"]).is_empty());
 
     // Paging: pages of 7 make up the first 21 hits; the table says where it is.
@@ -209,6 +234,10 @@ fn malformed_queries_exit_1_with_the_position() {
         ("type:fax", "position 0: unknown type 'fax'"),
         ("budgte~3", "position 6: fuzzy distance 3 is too large"),
         ("subject:x", "position 0: unknown field 'subject'"),
+        (
+            "time:[2026-13-01 TO *]",
+            "position 6: invalid time '2026-13-01'",
+        ),
     ] {
         let r = run(d, &["search", query]);
         assert_eq!(r.code, 1, "{query}: {}", r.stderr);

@@ -19,7 +19,9 @@
 //! (URIs and any display names archived with them), e.g. `from:alice`,
 //! `to:"bob@example.com"`, `body:lunch`; `type:im`, `type:call`, `type:presence`
 //! select a kind of record; `type:chat` and `room:NAME` are accepted and match
-//! nothing, as the archive holds no group chat.
+//! nothing, as the archive holds no group chat. `time:[A TO B]` bounds the time
+//! (`[`/`]` inclusive, `{`/`}` exclusive, `*` open; RFC 3339 or `YYYY-MM-DD`, UTC
+//! midnight), e.g. `time:[2026-11-04 TO 2026-11-05}` for one day.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, BinaryHeap};
@@ -34,7 +36,7 @@ use tantivy::query::{
     AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, EmptyQuery, FuzzyTermQuery, Occur, Query,
     QueryParser, QueryParserError, RangeQuery, TermQuery, TermSetQuery,
 };
-use tantivy::query_grammar::{self, Delimiter, UserInputAst, UserInputLeaf};
+use tantivy::query_grammar::{self, Delimiter, UserInputAst, UserInputBound, UserInputLeaf};
 use tantivy::schema::{
     Field, IndexRecordOption, NumericOptions, STORED, STRING, Schema, TantivyDocument,
     TextFieldIndexing, TextOptions, Value,
@@ -55,7 +57,7 @@ const WRITER_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_LIMIT: usize = 100;
 
 /// Field names that may be used in the query string.
-const QUERY_FIELDS: [&str; 5] = ["body", "from", "to", "type", "room"];
+const QUERY_FIELDS: [&str; 6] = ["body", "from", "to", "type", "room", "time"];
 /// Values of `type:` that name a record kind of the index.
 const TYPE_VALUES: &str = "im, call, presence, chat";
 /// Fuzzy terms may be at most this many edits away.
@@ -780,7 +782,7 @@ fn check_fields(ast: &UserInputAst, q: &str) -> Result<(), IndexError> {
         let position = q.find(&format!("{name}:")).unwrap_or(0);
         IndexError::Query {
             position,
-            message: format!("unknown field '{name}' (fields: body, from, to, type, room)"),
+            message: format!("unknown field '{name}' (fields: body, from, to, type, room, time)"),
         }
     };
     let check = |name: Option<&str>| match name {
@@ -801,6 +803,15 @@ fn check_fields(ast: &UserInputAst, q: &str) -> Result<(), IndexError> {
                 check_literal(lit, q)
             }
             UserInputLeaf::All => Ok(()),
+            UserInputLeaf::Range {
+                field: Some(field),
+                lower,
+                upper,
+            } if field == "time" => {
+                time_bound(lower, q)?;
+                time_bound(upper, q)?;
+                Ok(())
+            }
             UserInputLeaf::Range { field, .. } | UserInputLeaf::Set { field, .. } => {
                 check(field.as_deref())
             }
@@ -820,8 +831,43 @@ fn filter(query: Box<dyn Query>) -> (Occur, Box<dyn Query>) {
     (Occur::Must, Box::new(ConstScoreQuery::new(query, 0.0)))
 }
 
-/// A `type:` value that names no record kind, or a fuzzy distance past the maximum.
+/// A bound of `time:[A TO B]` in ns since the epoch: RFC 3339, or `YYYY-MM-DD`
+/// (midnight UTC). `None` for an open bound (`*`).
+fn time_bound(bound: &UserInputBound, q: &str) -> Result<Option<Bound<i64>>, IndexError> {
+    let (text, inclusive) = match bound {
+        UserInputBound::Unbounded => return Ok(None),
+        UserInputBound::Inclusive(t) => (t, true),
+        UserInputBound::Exclusive(t) => (t, false),
+    };
+    let t = text.trim();
+    let ns = chrono::DateTime::parse_from_rfc3339(t)
+        .ok()
+        .and_then(|d| d.timestamp_nanos_opt())
+        .or_else(|| {
+            chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .and_then(|d| d.and_utc().timestamp_nanos_opt())
+        });
+    match ns {
+        Some(ns) if inclusive => Ok(Some(Bound::Included(ns))),
+        Some(ns) => Ok(Some(Bound::Excluded(ns))),
+        None => Err(IndexError::Query {
+            position: q.find(t).unwrap_or(0),
+            message: format!("invalid time '{t}' in time:[...] (expected RFC 3339 or YYYY-MM-DD)"),
+        }),
+    }
+}
+
+/// A `type:` value that names no record kind, a fuzzy distance past the maximum,
+/// or `time:` without a range.
 fn check_literal(lit: &query_grammar::UserInputLiteral, q: &str) -> Result<(), IndexError> {
+    if lit.field_name.as_deref() == Some("time") {
+        return Err(IndexError::Query {
+            position: q.find("time:").unwrap_or(0),
+            message: "time takes a range, e.g. time:[2026-11-04 TO 2026-11-05}".to_string(),
+        });
+    }
     if lit.field_name.as_deref() == Some("type") {
         let value = lit.phrase.trim().to_ascii_lowercase();
         if value != "chat" && DocType::from_kind(&value).is_none() {
@@ -1003,6 +1049,24 @@ impl AstBuilder<'_> {
     }
 
     fn build_leaf(&self, leaf: &UserInputLeaf) -> Result<Box<dyn Query>, IndexError> {
+        if let UserInputLeaf::Range {
+            field: Some(field),
+            lower,
+            upper,
+        } = leaf
+            && field == "time"
+        {
+            let term = |b: Option<Bound<i64>>| match b {
+                None => Bound::Unbounded,
+                Some(Bound::Included(t)) => Bound::Included(Term::from_field_i64(self.f.time, t)),
+                Some(Bound::Excluded(t)) => Bound::Excluded(Term::from_field_i64(self.f.time, t)),
+                Some(Bound::Unbounded) => Bound::Unbounded,
+            };
+            return Ok(Box::new(RangeQuery::new(
+                term(time_bound(lower, self.q)?),
+                term(time_bound(upper, self.q)?),
+            )));
+        }
         let UserInputLeaf::Literal(lit) = leaf else {
             return self.parse_leaf(leaf);
         };

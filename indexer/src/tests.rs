@@ -521,7 +521,7 @@ fn malformed_queries_report_a_position() {
     let err = search(Path::new("/nonexistent"), &req("subject:x")).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "invalid search query at position 0: unknown field 'subject' (fields: body, from, to, type, room)"
+        "invalid search query at position 0: unknown field 'subject' (fields: body, from, to, type, room, time)"
     );
 }
 
@@ -796,4 +796,39 @@ fn an_index_of_an_older_layout_is_recreated_by_the_writer() {
     assert!(index.segment_ids().unwrap().is_empty());
     index.add_segment("seg-1", &fixture()).unwrap();
     assert_set(dir.path(), "lunch", &["c1", "c2"]);
+}
+
+/// RFC 3339 form of `t(i)`.
+fn rfc3339(i: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(t(i)).to_rfc3339()
+}
+
+#[test]
+fn time_ranges_in_the_query_string() {
+    let (dir, _index) = mixed_index();
+    let d = dir.path();
+    let q = |lower: &str, upper: &str, open: char, close: char| {
+        format!("time:{open}{lower} TO {upper}{close}")
+    };
+    // IMs are at t(0)..t(5), calls at t(10), t(11), presence at t(12), t(13).
+    assert_set(
+        d,
+        &q(&rfc3339(2), &rfc3339(4), '[', ']'),
+        &["c3", "c4", "c5"],
+    );
+    assert_set(d, &q(&rfc3339(2), &rfc3339(4), '{', '}'), &["c4"]);
+    assert_set(d, &q(&rfc3339(11), "*", '[', ']'), &["k2", "p1", "p2"]);
+    assert_set(
+        d,
+        &format!("lunch AND {}", q("*", &rfc3339(12), '[', '}')),
+        &["c1", "c2"],
+    );
+    // Dates are midnight UTC: t(0) is 2023-11-14T22:13:20Z.
+    assert_set(d, "time:[2023-11-15 TO *]", &[]);
+    assert_eq!(
+        search_ok(d, &req("time:[2023-11-14 TO 2023-11-15}")).len(),
+        10
+    );
+    assert_query_error("lunch time:[2023-13-45 TO *]", 12);
+    assert_query_error("time:yesterday", 0);
 }

@@ -260,6 +260,15 @@ fn time_ranges_select_one_day() {
     };
     assert_eq!(page("*"), day(2, spec().ims) + day(2, spec().calls));
     assert_eq!(page("type:call"), day(2, spec().calls));
+    // The same day as a range in the query string.
+    assert_eq!(
+        total("time:[2026-11-04 TO 2026-11-05}"),
+        day(2, spec().ims) + day(2, spec().calls)
+    );
+    assert_eq!(
+        total("type:call AND time:[2026-11-04T00:00:00Z TO 2026-11-05T00:00:00Z}"),
+        day(2, spec().calls)
+    );
     assert_eq!(
         page("budget"),
         sql_count(
