@@ -5,9 +5,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::{bin, sipvault};
+use common::{Run, run_sipvault, sipvault};
 use sipvault_query::fixture::generate_conversation_fixture;
 
 fn archive() -> tempfile::TempDir {
@@ -16,25 +15,11 @@ fn archive() -> tempfile::TempDir {
     dir
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
+/// Runs `sipvault ARGS --as auditor --data DATA`.
 fn run(data: &Path, args: &[&str]) -> Run {
-    let out = Command::new(bin())
-        .args(args)
-        .args(["--as", "auditor"])
-        .arg("--data")
-        .arg(data)
-        .output()
-        .expect("run sipvault");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let mut args = args.to_vec();
+    args.extend(["--as", "auditor"]);
+    run_sipvault(data, &args)
 }
 
 fn json_rows(text: &str) -> Vec<serde_json::Value> {

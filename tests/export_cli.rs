@@ -11,23 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use arrow_array::{Array, StringArray, UInt16Array};
-use common::{bin, sipvault};
+use common::{Run, run_sipvault, sipvault};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-
-/// Runs `sipvault ARGS --data DATA`; returns exit code, stdout, stderr.
-fn run(data: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .arg("--data")
-        .arg(data)
-        .output()
-        .expect("run sipvault");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn python(script: &str, args: &[&Path]) -> String {
     let out = Command::new("python3")
@@ -189,7 +174,12 @@ fn demo_case_exports_in_every_format_and_verifies() {
         .map(|h| h["call_id"].as_str().unwrap().to_string())
         .collect();
 
-    let (code, stdout, stderr) = run(
+    let Run {
+        code,
+        stdout,
+        stderr,
+        ..
+    } = run_sipvault(
         &data,
         &[
             "export",
@@ -358,7 +348,12 @@ fn demo_case_exports_in_every_format_and_verifies() {
     assert!(query.contains(&manifest_sha), "{query}");
 
     // verify: intact, then one changed byte, then a deleted file.
-    let (code, stdout, stderr) = run(&data, &["export", "verify", out_s]);
+    let Run {
+        code,
+        stdout,
+        stderr,
+        ..
+    } = run_sipvault(&data, &["export", "verify", out_s]);
     assert_eq!(code, 0, "verify of an intact export:\n{stdout}\n{stderr}");
     assert!(stdout.contains("0 problems"), "{stdout}");
 
@@ -367,7 +362,12 @@ fn demo_case_exports_in_every_format_and_verifies() {
     let last = bytes.len() - 3;
     bytes[last] ^= 0x01;
     std::fs::write(victim, &bytes).unwrap();
-    let (code, stdout, stderr) = run(&data, &["export", "verify", out_s]);
+    let Run {
+        code,
+        stdout,
+        stderr,
+        ..
+    } = run_sipvault(&data, &["export", "verify", out_s]);
     assert_eq!(code, 1, "verify of an altered export:\n{stdout}\n{stderr}");
     let name = format!("eml/{}", victim.file_name().unwrap().to_str().unwrap());
     assert!(stdout.contains(&format!("altered: {name}")), "{stdout}");
@@ -375,7 +375,7 @@ fn demo_case_exports_in_every_format_and_verifies() {
 
     std::fs::remove_file(out.join("sip_messages.pcap")).unwrap();
     std::fs::write(out.join("notes.txt"), b"added later").unwrap();
-    let (code, stdout, _) = run(&data, &["export", "verify", out_s]);
+    let Run { code, stdout, .. } = run_sipvault(&data, &["export", "verify", out_s]);
     assert_eq!(code, 1);
     assert!(stdout.contains("missing: sip_messages.pcap"), "{stdout}");
     assert!(stdout.contains("extra: notes.txt"), "{stdout}");
@@ -390,7 +390,12 @@ fn empty_case_and_refusals() {
     let out_s = out.to_str().unwrap();
 
     // Nothing archived: the export still writes a complete, verifiable case.
-    let (code, stdout, stderr) = run(
+    let Run {
+        code,
+        stdout,
+        stderr,
+        ..
+    } = run_sipvault(
         &data,
         &[
             "export",
@@ -422,11 +427,11 @@ fn empty_case_and_refusals() {
         serde_json::json!(["eml", "jsonl", "pcap"])
     );
     assert_eq!(manifest["im_messages"], 0);
-    let (code, ..) = run(&data, &["export", "verify", out_s]);
+    let Run { code, .. } = run_sipvault(&data, &["export", "verify", out_s]);
     assert_eq!(code, 0);
 
     // A second export into the same directory is refused.
-    let (code, _, stderr) = run(
+    let Run { code, stderr, .. } = run_sipvault(
         &data,
         &["export", "--query", "*", "--case", "again", "--out", out_s],
     );
@@ -436,16 +441,17 @@ fn empty_case_and_refusals() {
     // Usage errors: missing --case, unknown format, malformed query.
     let other = tmp.path().join("other");
     let other_s = other.to_str().unwrap();
-    let (code, _, stderr) = run(&data, &["export", "--query", "x", "--out", other_s]);
+    let Run { code, stderr, .. } =
+        run_sipvault(&data, &["export", "--query", "x", "--out", other_s]);
     assert_eq!(code, 2, "{stderr}");
-    let (code, _, stderr) = run(
+    let Run { code, stderr, .. } = run_sipvault(
         &data,
         &[
             "export", "--query", "x", "--case", "c", "--out", other_s, "--format", "pdf",
         ],
     );
     assert_eq!(code, 2, "{stderr}");
-    let (code, _, stderr) = run(
+    let Run { code, stderr, .. } = run_sipvault(
         &data,
         &[
             "export",
@@ -461,7 +467,8 @@ fn empty_case_and_refusals() {
     assert!(stderr.contains("unclosed quote"), "{stderr}");
 
     // verify of a directory without a manifest fails.
-    let (code, _, stderr) = run(&data, &["export", "verify", tmp.path().to_str().unwrap()]);
+    let Run { code, stderr, .. } =
+        run_sipvault(&data, &["export", "verify", tmp.path().to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(stderr.contains("MANIFEST.json"), "{stderr}");
 }

@@ -4,10 +4,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{bin, sipvault};
+use common::{run_sipvault, sipvault};
 use sipvault_query::fixture::{FixtureSpec, generate_fixture};
 
 /// A fifth of the standard fixture (about 0.3 s to write in a debug
@@ -23,29 +22,6 @@ fn fixture() -> tempfile::TempDir {
     };
     generate_fixture(dir.path(), &spec).expect("generate fixture");
     dir
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-fn run(data: &Path, args: &[&str]) -> Run {
-    let started = Instant::now();
-    let out = Command::new(bin())
-        .args(args)
-        .arg("--data")
-        .arg(data)
-        .output()
-        .expect("run sipvault");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        elapsed: started.elapsed(),
-    }
 }
 
 /// The audit log of `data` as JSON rows.
@@ -99,28 +75,28 @@ fn report_writes_csv_and_json_and_takes_a_range() {
 fn report_usage_errors_exit_2() {
     let fixture = fixture();
     let data = fixture.path();
-    let wrong_grouping = run(data, &["report", "im-volume", "--by", "user"]);
+    let wrong_grouping = run_sipvault(data, &["report", "im-volume", "--by", "user"]);
     assert_eq!(wrong_grouping.code, 2, "{}", wrong_grouping.stderr);
     assert!(
         wrong_grouping.stderr.contains("hour or day"),
         "{}",
         wrong_grouping.stderr
     );
-    let unknown = run(data, &["report", "no-such-report"]);
+    let unknown = run_sipvault(data, &["report", "no-such-report"]);
     assert_eq!(unknown.code, 2);
     assert!(
         unknown.stderr.contains("call-summary"),
         "{}",
         unknown.stderr
     );
-    let help = run(data, &["report", "--help"]);
+    let help = run_sipvault(data, &["report", "--help"]);
     assert_eq!(help.code, 0);
     assert!(
         help.stdout.contains("top-talkers") && help.stdout.contains("Example"),
         "{}",
         help.stdout
     );
-    let bad_limit = run(data, &["sql", "SELECT 1", "--memory-limit", "lots"]);
+    let bad_limit = run_sipvault(data, &["sql", "SELECT 1", "--memory-limit", "lots"]);
     assert_eq!(bad_limit.code, 2, "{}", bad_limit.stderr);
 }
 
@@ -131,7 +107,7 @@ fn report_usage_errors_exit_2() {
 fn sql_timeout_stops_the_query_with_exit_1() {
     let fixture = fixture();
     let data = fixture.path();
-    let slow = run(
+    let slow = run_sipvault(
         data,
         &[
             "sql",
@@ -171,7 +147,7 @@ fn sql_memory_limit_stops_the_query_with_exit_1() {
     let fixture = fixture();
     let data = fixture.path();
     let join = "SELECT a.sender, count(*) AS n FROM im_messages a JOIN im_messages b ON a.call_id = b.call_id GROUP BY a.sender";
-    let limited = run(data, &["sql", join, "--memory-limit", "64K"]);
+    let limited = run_sipvault(data, &["sql", join, "--memory-limit", "64K"]);
     assert_eq!(limited.code, 1, "{}\n{}", limited.stdout, limited.stderr);
     assert!(
         limited.stderr.contains("memory limit"),
@@ -206,7 +182,7 @@ fn reads_of_the_archive_are_audited() {
     // Nothing indexed in this data directory: no hits.
     sipvault(d, &["search", "budget", "--from", "alice"]);
     // A refused statement is audited with its error.
-    let refused = run(d, &["sql", "DELETE FROM calls"]);
+    let refused = run_sipvault(d, &["sql", "DELETE FROM calls"]);
     assert_eq!(refused.code, 1, "{}", refused.stderr);
 
     let audit = audit_rows(d);

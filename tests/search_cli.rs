@@ -5,10 +5,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{ServeProcess, bin, sipvault, sql_rows};
+use common::{ServeProcess, run_sipvault, sipvault, sql_rows};
 use sipvault_query::fixture::{FixtureSpec, generate_fixture, register_fixture_segments};
 
 /// 2,000 IMs and 400 calls over the fixture's week, with a manifest.
@@ -36,26 +35,6 @@ fn fixture() -> tempfile::TempDir {
             catalog.close().await;
         });
     dir
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(data: &Path, args: &[&str]) -> Run {
-    let out = Command::new(bin())
-        .args(args)
-        .arg("--data")
-        .arg(data)
-        .output()
-        .expect("run sipvault");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 /// Hits of `search ARGS --format json`.
@@ -94,7 +73,7 @@ fn reindex_then_search_by_field_type_page_and_order() {
     let d = dir.path();
 
     // No index yet: no hits, and a note saying how to build one.
-    let before = run(d, &["search", "budget"]);
+    let before = run_sipvault(d, &["search", "budget"]);
     assert_eq!(before.code, 0, "{}", before.stderr);
     assert!(
         before.stderr.contains("sipvault reindex"),
@@ -173,7 +152,7 @@ fn reindex_then_search_by_field_type_page_and_order() {
     assert_eq!(keys(&paged), keys(&first21));
     let offset = hits(d, &["budget", "--limit", "7", "--offset", "14"]);
     assert_eq!(keys(&offset), keys(&first21[14..]));
-    let table = run(d, &["search", "budget", "--limit", "7", "--page", "2"]);
+    let table = run_sipvault(d, &["search", "budget", "--limit", "7", "--page", "2"]);
     assert_eq!(table.code, 0);
     assert!(
         table.stderr.contains(&format!("hits 8-14 of {budget}")),
@@ -181,7 +160,7 @@ fn reindex_then_search_by_field_type_page_and_order() {
         table.stderr
     );
     assert_eq!(
-        run(d, &["search", "budget", "--page", "2", "--offset", "3"]).code,
+        run_sipvault(d, &["search", "budget", "--page", "2", "--offset", "3"]).code,
         2,
         "--page and --offset do not go together"
     );
@@ -203,7 +182,10 @@ fn reindex_then_search_by_field_type_page_and_order() {
         .map(|h| h["score"].as_f64().unwrap())
         .collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
-    assert_eq!(run(d, &["search", "budget", "--sort", "random"]).code, 2);
+    assert_eq!(
+        run_sipvault(d, &["search", "budget", "--sort", "random"]).code,
+        2
+    );
 
     // Deleting the index loses nothing: reindex gives the same hits.
     std::fs::remove_dir_all(d.join("index")).unwrap();
@@ -239,7 +221,7 @@ fn malformed_queries_exit_1_with_the_position() {
             "position 6: invalid time '2026-13-01'",
         ),
     ] {
-        let r = run(d, &["search", query]);
+        let r = run_sipvault(d, &["search", query]);
         assert_eq!(r.code, 1, "{query}: {}", r.stderr);
         assert!(
             r.stderr.contains(message),

@@ -14,6 +14,31 @@ pub fn bin() -> &'static str {
 }
 
 /// Runs `sipvault ARGS --data DIR`, asserting it exits 0; returns stdout.
+/// What one `sipvault ARGS --data DATA` run gave back.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Runs `sipvault ARGS --data DATA` whatever its exit code.
+pub fn run_sipvault(data: &Path, args: &[&str]) -> Run {
+    let started = Instant::now();
+    let out = Command::new(bin())
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .expect("run sipvault");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: started.elapsed(),
+    }
+}
+
 pub fn sipvault(data: &Path, args: &[&str]) -> String {
     let out = Command::new(bin())
         .args(args)
