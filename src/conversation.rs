@@ -2,7 +2,6 @@
 //! written to stdout as they arrive. The queries are in
 //! `sipvault_query::conversation`.
 
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,11 +9,10 @@ use clap::Args;
 use sipvault_query::conversation::{
     ConversationId, ConversationRequest, TimelineRequest, conversation_stream, timeline_stream,
 };
-use sipvault_query::{
-    OutputFormat, QueryError, SendableRecordBatchStream, with_timeout, write_stream,
-};
+use sipvault_query::{OutputFormat, QueryError};
 
 use crate::LimitArgs;
+use crate::queries::{bounded, write_to_stdout};
 
 #[derive(Args)]
 pub struct ConversationArgs {
@@ -83,9 +81,10 @@ impl TimelineArgs {
 pub async fn conversation(data: &Path, args: &ConversationArgs) -> Result<u64, QueryError> {
     let req = args.request()?;
     let limits = args.limits.limits();
-    with_timeout(limits.timeout, async {
-        let stream = conversation_stream(data, &req, &limits).await?;
-        write_to_stdout(stream, args.format).await
+    let (data, format) = (data.to_path_buf(), args.format);
+    bounded(limits, async move {
+        let stream = conversation_stream(&data, &req, &limits).await?;
+        write_to_stdout(stream, format).await
     })
     .await
 }
@@ -97,21 +96,12 @@ pub async fn timeline(
     args: &TimelineArgs,
 ) -> Result<u64, QueryError> {
     let limits = args.limits.limits();
-    with_timeout(limits.timeout, async {
-        let stream = timeline_stream(data, req, &limits).await?;
-        write_to_stdout(stream, args.format).await
+    let (data, req, format) = (data.to_path_buf(), req.clone(), args.format);
+    bounded(limits, async move {
+        let stream = timeline_stream(&data, &req, &limits).await?;
+        write_to_stdout(stream, format).await
     })
     .await
-}
-
-async fn write_to_stdout(
-    stream: SendableRecordBatchStream,
-    format: OutputFormat,
-) -> Result<u64, QueryError> {
-    let mut out = std::io::BufWriter::new(std::io::stdout());
-    let rows = write_stream(stream, format, &mut out).await?;
-    out.flush()?;
-    Ok(rows)
 }
 
 #[cfg(test)]

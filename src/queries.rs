@@ -1,4 +1,4 @@
-//! `sipvault sql` and `sipvault report`: run one query over the archive
+//! `sipvault sql`, `report`, `conversation` and `timeline`: run one query over the archive
 //! under the `--timeout` and `--memory-limit` bounds and write its rows to
 //! stdout as they arrive.
 //!
@@ -46,7 +46,8 @@ pub async fn report(
     .await
 }
 
-async fn bounded(
+/// Runs `work` on a runtime of its own under the `--timeout` bound.
+pub(crate) async fn bounded(
     limits: QueryLimits,
     work: impl Future<Output = Result<u64, QueryError>> + Send + 'static,
 ) -> Result<u64, QueryError> {
@@ -64,7 +65,7 @@ async fn bounded(
     outcome
 }
 
-async fn write_to_stdout(
+pub(crate) async fn write_to_stdout(
     stream: SendableRecordBatchStream,
     format: OutputFormat,
 ) -> Result<u64, QueryError> {
