@@ -233,24 +233,13 @@ pub async fn run(
                 }
             }
         }
-        for msg in ready.drain(..) {
-            stage.archive(msg, &stats);
-            // Per message, not per batch: a segment never exceeds its limits.
-            if stage.writer.needs_roll(Instant::now()) {
-                seal(&mut stage.writer, false, &jobs, &stats).await;
-            }
-        }
+        stage.archive_all(&mut ready, &jobs, &stats).await;
         if stage.writer.needs_roll(Instant::now()) {
             seal(&mut stage.writer, false, &jobs, &stats).await;
         }
     }
     arrivals.drain(&mut ready);
-    for msg in ready.drain(..) {
-        stage.archive(msg, &stats);
-        if stage.writer.needs_roll(Instant::now()) {
-            seal(&mut stage.writer, false, &jobs, &stats).await;
-        }
-    }
+    stage.archive_all(&mut ready, &jobs, &stats).await;
     let Stage {
         mut writer,
         ims: mut correlator,
@@ -297,6 +286,22 @@ struct Stage {
 }
 
 impl Stage {
+    /// Archives every message of `ready`, rolling segments per message,
+    /// not per batch, so a segment never exceeds its limits.
+    async fn archive_all(
+        &mut self,
+        ready: &mut Vec<CapturedMessage>,
+        jobs: &mpsc::Sender<writer::SealJob>,
+        stats: &CollectorStats,
+    ) {
+        for msg in ready.drain(..) {
+            self.archive(msg, stats);
+            if self.writer.needs_roll(Instant::now()) {
+                seal(&mut self.writer, false, jobs, stats).await;
+            }
+        }
+    }
+
     fn archive(&mut self, msg: CapturedMessage, stats: &CollectorStats) {
         let parsed = SipMessage::parse(&msg.raw);
         match &parsed {
