@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
+use sipvault_collector::SegmentLimits;
+use sipvault_collector::arrivals::ArrivalConfig;
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -78,13 +80,18 @@ pub struct ArchiveConfig {
 
 impl Default for ArchiveConfig {
     fn default() -> Self {
+        // The collector's own defaults, so the two cannot drift apart; a
+        // running server seals sooner by age than the library default.
+        let limits = SegmentLimits::default();
+        let arrivals = ArrivalConfig::default();
+        let ms = |ns: i64| u64::try_from(ns / 1_000_000).unwrap_or(0);
         ArchiveConfig {
-            segment_max_rows: 200_000,
-            segment_max_bytes: 32 << 20,
+            segment_max_rows: limits.max_rows,
+            segment_max_bytes: limits.max_bytes,
             segment_max_age_secs: 60,
             tap_queue: 65_536,
-            reorder_window_ms: 200,
-            dedup_window_ms: 100,
+            reorder_window_ms: ms(arrivals.reorder_window_ns),
+            dedup_window_ms: ms(arrivals.dedup_window_ns),
         }
     }
 }
@@ -153,6 +160,17 @@ mod tests {
     #[test]
     fn empty_config_is_all_defaults() {
         assert_eq!(Config::parse("").unwrap(), Config::default());
+        // The values the README documents.
+        let a = Config::default().archive;
+        assert_eq!(
+            (
+                a.segment_max_rows,
+                a.segment_max_bytes,
+                a.segment_max_age_secs
+            ),
+            (200_000, 33_554_432, 60)
+        );
+        assert_eq!((a.reorder_window_ms, a.dedup_window_ms), (200, 100));
     }
 
     #[test]
