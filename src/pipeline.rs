@@ -12,7 +12,9 @@ use sipvault_catalog::Catalog;
 use sipvault_collector::arrivals::ArrivalConfig;
 use sipvault_collector::calls::CallConfig;
 use sipvault_collector::hep_listener::{HepListener, HepListenerConfig, HepSinks, HepStats};
-use sipvault_collector::{CollectorConfig, CollectorStats, Inputs, SealedSegment, SegmentLimits};
+use sipvault_collector::{
+    CollectorConfig, CollectorStats, Inputs, SealedSegment, SegmentLimits, WalConfig,
+};
 use sipvault_indexer::{ImIndex, IndexDoc};
 use sipvault_query::reindex::{SegmentRef, indexable_segments, read_segment_docs, repair_index};
 use sipvault_schemas::TABLE_IM_MESSAGES;
@@ -56,6 +58,7 @@ pub fn server_config(config: &Config, sip: SocketAddr) -> ServerConfig {
         tcp_idle_timeout: Duration::from_secs(config.sip.tcp_idle_timeout_secs),
         max_tcp_connections: config.sip.max_tcp_connections,
         udp_recv_buffer: config.sip.udp_recv_buffer_bytes,
+        tls: None,
     }
 }
 
@@ -121,7 +124,9 @@ impl Running {
             ),
             None => None,
         };
-        let server = Server::start(server_config(config, sip), tap_tx).await?;
+        let mut settings = server_config(config, sip);
+        settings.tls = config.tls_listener(data_dir, sip)?;
+        let server = Server::start(settings, tap_tx).await?;
         // Users are known before the address is announced: a client that
         // registers as soon as it sees the listening line is not told 404.
         let users = server.user_directory();
@@ -129,9 +134,10 @@ impl Running {
             .replace(load_users(&catalog, &config.sip.domain).await?)
             .await;
         tracing::info!(
-            "sipvault listening sip_udp={} sip_tcp={} domain={} data={}",
+            "sipvault listening sip_udp={} sip_tcp={} sip_tls={} domain={} data={}",
             server.udp_addr,
             server.tcp_addr,
+            server.tls_addr.map_or("off".into(), |a| a.to_string()),
             config.sip.domain,
             data_dir.display()
         );
@@ -343,6 +349,9 @@ impl Archiver {
                     },
                 },
                 live,
+                // A live capture cannot be repeated: it is logged before
+                // it counts as accepted. An import is repeated whole.
+                wal: live.then(WalConfig::default),
             },
             catalog,
             inputs,

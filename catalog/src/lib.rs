@@ -58,6 +58,11 @@ pub struct NewSegment {
     pub sha256: String,
     pub min_time_ns: i64,
     pub max_time_ns: i64,
+    /// Where in the collector's write-ahead log the segment was rolled
+    /// (see `sipvault_collector::wal`): a replay after a crash skips the
+    /// segments already sealed. `None` for archives written without a log
+    /// (file imports).
+    pub wal_position: Option<i64>,
 }
 
 /// A capture file whose messages are in the archive, keyed by content
@@ -168,6 +173,11 @@ const MIGRATIONS: &[&str] = &[
         query TEXT NOT NULL,
         result_count BIGINT,
         error TEXT)",
+    // Kept beside the manifest rather than in it: not part of the hash chain.
+    "CREATE TABLE IF NOT EXISTS segment_wal_positions (
+        path TEXT PRIMARY KEY,
+        table_name TEXT NOT NULL,
+        wal_position BIGINT NOT NULL)",
 ];
 
 /// Attempts at taking the next audit id before giving up: concurrent
@@ -321,6 +331,16 @@ impl Catalog {
         .bind(&entry_hash)
         .execute(&mut *tx)
         .await?;
+        if let Some(position) = seg.wal_position {
+            sqlx::query(
+                "INSERT INTO segment_wal_positions (path, table_name, wal_position) VALUES ($1, $2, $3)",
+            )
+            .bind(&seg.path)
+            .bind(&seg.table_name)
+            .bind(position)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(SegmentEntry {
             seq,
@@ -359,6 +379,20 @@ impl Catalog {
                     entry_hash: r.try_get(9)?,
                 })
             })
+            .collect()
+    }
+
+    /// (table, path, write-ahead-log position) of every segment sealed
+    /// from the log, for a replay to skip.
+    pub async fn wal_positions(&self) -> Result<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT p.table_name, p.path, p.wal_position FROM segment_wal_positions p
+             JOIN segments s ON s.path = p.path",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
             .collect()
     }
 
@@ -481,6 +515,7 @@ pub fn broken_links(entries: &[SegmentEntry]) -> Vec<i64> {
             sha256: e.sha256.clone(),
             min_time_ns: e.min_time_ns,
             max_time_ns: e.max_time_ns,
+            wal_position: None,
         };
         let expected = SegmentEntry::compute_hash(&prev, &seg, e.seq, e.sealed_ns);
         if e.prev_hash != prev || e.entry_hash != expected {
@@ -503,6 +538,7 @@ mod tests {
             sha256: "ab".repeat(32),
             min_time_ns: 1,
             max_time_ns: 2,
+            wal_position: None,
         }
     }
 
@@ -553,6 +589,21 @@ mod tests {
         let mut reordered = all.clone();
         reordered.swap(0, 1);
         assert_eq!(broken_links(&reordered), vec![2, 1]);
+
+        let logged = NewSegment {
+            wal_position: Some(7 << 20),
+            ..seg("archive/c.parquet")
+        };
+        cat.add_segment(&logged).await.unwrap();
+        assert_eq!(
+            cat.wal_positions().await.unwrap(),
+            vec![(
+                "im_messages".to_string(),
+                "archive/c.parquet".to_string(),
+                7 << 20
+            )],
+            "only segments sealed from the write-ahead log have a position"
+        );
 
         let record = ImportRecord {
             sha256: "ab".repeat(32),
@@ -677,7 +728,7 @@ mod tests {
         cat.close().await;
         // Reopening sees the same data.
         let cat = Catalog::open(dir.path()).await.unwrap();
-        assert_eq!(cat.segments().await.unwrap().len(), 2);
+        assert_eq!(cat.segments().await.unwrap().len(), 3);
     }
 
     #[tokio::test]

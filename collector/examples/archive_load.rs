@@ -11,13 +11,17 @@
 //! ```
 //!
 //! `--generate-only` formats the same stream and drops it: the producer's
-//! own cost, to subtract from the full run's CPU.
+//! own cost, to subtract from the full run's CPU. `--wal` writes the
+//! write-ahead log too (group-committed fsync before a record counts as
+//! accepted, checkpoints, trimming): the durable path of `sipvault serve`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sipvault_catalog::Catalog;
-use sipvault_collector::{CollectorConfig, CollectorStats, Inputs, SegmentLimits, run, synthetic};
+use sipvault_collector::{
+    CollectorConfig, CollectorStats, Inputs, SegmentLimits, WalConfig, run, synthetic,
+};
 use sipvault_schemas::{CapturedMessage, Direction, Transport};
 use tokio::sync::mpsc;
 
@@ -64,10 +68,11 @@ fn main() {
         .first()
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| {
-            eprintln!("usage: archive_load COUNT [--generate-only]");
+            eprintln!("usage: archive_load COUNT [--generate-only | --wal]");
             std::process::exit(2)
         });
     let generate_only = args.iter().any(|a| a == "--generate-only");
+    let durable = args.iter().any(|a| a == "--wal");
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let dir = tempfile::tempdir().expect("temp dir");
     let (cpu0, _) = usage();
@@ -92,6 +97,7 @@ fn main() {
                 calls: Default::default(),
                 arrivals: Default::default(),
                 live: false,
+                wal: durable.then(WalConfig::default),
             };
             let pipeline = tokio::spawn(run(config, catalog, inputs, sealed_tx, stats.clone()));
             for i in 0..count {

@@ -17,7 +17,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 
 use sipvault_schemas::CapturedMessage;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ArrivalConfig {
     /// How far behind the latest capture time a message may arrive and
     /// still be put in order.
@@ -57,6 +57,7 @@ impl Hasher for FingerprintHasher {
     }
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Arrivals {
     config: ArrivalConfig,
     /// In (capture time, arrival) order. Arrivals are almost always in
@@ -71,8 +72,15 @@ pub struct Arrivals {
     /// fingerprint, and the same in arrival order for forgetting.
     recent: HashMap<u64, (i64, u64), BuildHasherDefault<FingerprintHasher>>,
     recent_order: VecDeque<(i64, u64)>,
+    #[serde(skip, default = "fingerprint_state")]
     hasher: foldhash::fast::FixedState,
     duplicates: u64,
+}
+
+/// Fixed, so fingerprints are the same in every run (a restored snapshot
+/// keeps recognising the copies it remembers).
+fn fingerprint_state() -> foldhash::fast::FixedState {
+    foldhash::fast::FixedState::with_seed(0x5159_7661_756c_7400)
 }
 
 impl Arrivals {
@@ -84,9 +92,14 @@ impl Arrivals {
             watermark_ns: i64::MIN,
             recent: HashMap::default(),
             recent_order: VecDeque::new(),
-            hasher: foldhash::fast::FixedState::with_seed(0x5159_7661_756c_7400),
+            hasher: fingerprint_state(),
             duplicates: 0,
         }
+    }
+
+    /// Takes settings that may have changed since a restored snapshot.
+    pub fn set_config(&mut self, config: ArrivalConfig) {
+        self.config = config;
     }
 
     /// Copies dropped so far.

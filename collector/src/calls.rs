@@ -121,6 +121,34 @@ pub mod ended_by {
     pub const CALLER: &str = "caller";
     pub const CALLEE: &str = "callee";
     pub const SERVER: &str = "server";
+
+    /// Who ended a call, as the static name it is kept as.
+    pub fn from_name(name: &str) -> &'static str {
+        match name {
+            CALLER => CALLER,
+            CALLEE => CALLEE,
+            _ => SERVER,
+        }
+    }
+
+    /// Serde for `Option<(time, who)>` in a state snapshot.
+    pub(crate) mod serde_option {
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        pub fn serialize<S: Serializer>(
+            value: &Option<(i64, &'static str)>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            value.serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<(i64, &'static str)>, D::Error> {
+            let value = Option::<(i64, String)>::deserialize(d)?;
+            Ok(value.map(|(t, who)| (t, super::from_name(&who))))
+        }
+    }
 }
 
 const NS_PER_MS: i64 = 1_000_000;
@@ -130,7 +158,7 @@ const NS_PER_SEC: i64 = 1_000_000_000;
 const NON_CODEC_FORMATS: &[&str] = &["telephone-event", "CN"];
 
 /// Timeouts and bounds of the correlator, all in capture-time nanoseconds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CallConfig {
     /// An unanswered call with no final response and no message for this
     /// long is closed (`no-answer`, or `timeout` when nothing beyond 100
@@ -164,7 +192,7 @@ impl Default for CallConfig {
 }
 
 /// Where a call is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Phase {
     /// Initial INVITE sent, no final response yet.
     Calling,
@@ -187,7 +215,7 @@ enum Closing {
 }
 
 /// A digest challenge (401/407) to the initial INVITE.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Challenge {
     time_ns: i64,
     code: u16,
@@ -195,12 +223,13 @@ struct Challenge {
 }
 
 /// The audio part of one side's SDP.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct MediaSummary {
     address: Option<String>,
     codecs: Vec<String>,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Call {
     /// Fields known so far; derived fields are filled in when it closes.
     row: CallRow,
@@ -212,6 +241,7 @@ struct Call {
     invite_cseq: u32,
     phase: Phase,
     /// CANCEL (or BYE on an early dialog): capture time and who sent it.
+    #[serde(with = "ended_by::serde_option")]
     cancel: Option<(i64, &'static str)>,
     /// A 401/407 to the current INVITE: the caller is expected to re-send it
     /// with credentials; if not, the call failed with this response.
@@ -231,6 +261,7 @@ struct Call {
 }
 
 /// A REFER seen inside a call, waiting for the call it produces.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Referral {
     referring_call_id: String,
     /// (From tag, CSeq) of the REFER: relay copies and retransmissions are one referral.
@@ -243,6 +274,7 @@ struct Referral {
 
 /// Folds the SIP messages of INVITE dialogs into [`CallRow`]s. See the
 /// module docs for the rules.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct CallCorrelator {
     config: CallConfig,
     calls: HashMap<String, Call>,
@@ -267,6 +299,11 @@ impl CallCorrelator {
             referrals: VecDeque::new(),
             evicted: 0,
         }
+    }
+
+    /// Takes settings that may have changed since a restored snapshot.
+    pub fn set_config(&mut self, config: CallConfig) {
+        self.config = config;
     }
 
     /// Calls held: unfinished ones and ended ones still lingering.
@@ -528,7 +565,7 @@ impl CallCorrelator {
 /// Closed Call-IDs with their close time, forgotten oldest first: in
 /// close order, so forgetting is amortised O(1) per call rather than a
 /// sweep of every entry (which went quadratic once the bound was reached).
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct ClosedCalls {
     time_of: HashMap<String, i64>,
     order: VecDeque<(i64, String)>,

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sipvault_schemas::{CapturedMessage, ImMessageRow};
 use sipvault_sip::SipMessage;
@@ -17,11 +17,16 @@ const NON_IM_CONTENT_TYPES: &[&str] = &["application/im-iscomposing+xml"];
 
 type Key = (String, u32);
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Pending {
     row: ImMessageRow,
-    seen: Instant,
+    /// When the MESSAGE was taken in (collector clock, ns).
+    seen_ns: i64,
 }
 
+/// Sans-IO: the caller passes the collector's clock (`now_ns`), so a
+/// replay of the write-ahead log decides exactly as the first run did.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct ImCorrelator {
     answer_timeout: Duration,
     pending: HashMap<Key, Pending>,
@@ -32,7 +37,7 @@ pub struct ImCorrelator {
     /// sweeping it every tick cost more than the lookups.
     done: HashSet<u64>,
     done_before: HashSet<u64>,
-    generation_started: Option<Instant>,
+    generation_started_ns: Option<i64>,
 }
 
 /// Stable hash of an IM key (the same in every run).
@@ -50,7 +55,7 @@ impl ImCorrelator {
             pending: HashMap::new(),
             done: HashSet::new(),
             done_before: HashSet::new(),
-            generation_started: None,
+            generation_started_ns: None,
         }
     }
 
@@ -58,9 +63,14 @@ impl ImCorrelator {
         self.done.contains(&hash) || self.done_before.contains(&hash)
     }
 
-    fn mark_done(&mut self, now: Instant, call_id: &str, cseq: u32) {
-        self.generation_started.get_or_insert(now);
+    fn mark_done(&mut self, now_ns: i64, call_id: &str, cseq: u32) {
+        self.generation_started_ns.get_or_insert(now_ns);
         self.done.insert(key_hash(call_id, cseq));
+    }
+
+    /// Takes the setting that may have changed since a restored snapshot.
+    pub fn set_answer_timeout(&mut self, answer_timeout: Duration) {
+        self.answer_timeout = answer_timeout;
     }
 
     pub fn pending(&self) -> usize {
@@ -71,7 +81,7 @@ impl ImCorrelator {
     /// correlators); returns the IMs it completes.
     pub fn observe(
         &mut self,
-        now: Instant,
+        now_ns: i64,
         msg: &CapturedMessage,
         sip: &SipMessage,
     ) -> Vec<ImMessageRow> {
@@ -114,7 +124,13 @@ impl ImCorrelator {
                 delivery_status: String::new(),
                 status: None,
             };
-            self.pending.insert(key, Pending { row, seen: now });
+            self.pending.insert(
+                key,
+                Pending {
+                    row,
+                    seen_ns: now_ns,
+                },
+            );
             return Vec::new();
         }
         let Some(code) = sip.status() else {
@@ -125,7 +141,7 @@ impl ImCorrelator {
         }
         match self.pending.remove(&key) {
             Some(p) => {
-                self.mark_done(now, &key.0, key.1);
+                self.mark_done(now_ns, &key.0, key.1);
                 let mut row = p.row;
                 row.delivery_status = if (200..300).contains(&code) {
                     "delivered"
@@ -141,25 +157,25 @@ impl ImCorrelator {
     }
 
     /// IMs that waited longer than the answer timeout, archived as `unanswered`.
-    pub fn expire(&mut self, now: Instant) -> Vec<ImMessageRow> {
-        let timeout = self.answer_timeout;
+    pub fn expire(&mut self, now_ns: i64) -> Vec<ImMessageRow> {
+        let timeout = i64::try_from(self.answer_timeout.as_nanos()).unwrap_or(i64::MAX);
         if self
-            .generation_started
-            .is_some_and(|t| now.duration_since(t) >= timeout * 2)
+            .generation_started_ns
+            .is_some_and(|t| now_ns.saturating_sub(t) >= timeout.saturating_mul(2))
         {
             self.done_before = std::mem::take(&mut self.done);
-            self.generation_started = Some(now);
+            self.generation_started_ns = Some(now_ns);
         }
         let expired: Vec<Key> = self
             .pending
             .iter()
-            .filter(|(_, p)| now.duration_since(p.seen) >= timeout)
+            .filter(|(_, p)| now_ns.saturating_sub(p.seen_ns) >= timeout)
             .map(|(k, _)| k.clone())
             .collect();
         let mut out = Vec::new();
         for k in expired {
             if let Some(p) = self.pending.remove(&k) {
-                self.mark_done(now, &k.0, k.1);
+                self.mark_done(now_ns, &k.0, k.1);
                 out.push(unanswered(p.row));
             }
         }
@@ -190,6 +206,8 @@ mod tests {
     use super::*;
     use sipvault_schemas::{Direction, Transport};
 
+    const SEC: i64 = 1_000_000_000;
+
     fn cap(t: i64, dir: Direction, raw: &str) -> CapturedMessage {
         CapturedMessage {
             time_ns: t,
@@ -204,7 +222,7 @@ mod tests {
 
     const MSG: &str = "MESSAGE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK1\r\nFrom: <sip:alice@example.com>;tag=a\r\nTo: <sip:bob@example.com>\r\nCall-ID: c1\r\nCSeq: 7 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello";
 
-    fn feed(c: &mut ImCorrelator, now: Instant, m: &CapturedMessage) -> Vec<ImMessageRow> {
+    fn feed(c: &mut ImCorrelator, now: i64, m: &CapturedMessage) -> Vec<ImMessageRow> {
         c.observe(
             now,
             m,
@@ -221,7 +239,7 @@ mod tests {
     #[test]
     fn message_and_response_make_one_im_despite_relay_copies() {
         let mut c = ImCorrelator::new(Duration::from_secs(32));
-        let now = Instant::now();
+        let now = 1_000_000_000;
         assert!(feed(&mut c, now, &cap(1, Direction::In, MSG)).is_empty());
         assert!(
             feed(&mut c, now, &cap(2, Direction::Out, MSG)).is_empty(),
@@ -250,7 +268,7 @@ mod tests {
     #[test]
     fn failure_and_timeout() {
         let mut c = ImCorrelator::new(Duration::from_secs(32));
-        let now = Instant::now();
+        let now = 1_000_000_000;
         feed(&mut c, now, &cap(1, Direction::In, MSG));
         assert!(feed(&mut c, now, &cap(2, Direction::Out, &resp(100))).is_empty());
         let done = feed(&mut c, now, &cap(3, Direction::Out, &resp(480)));
@@ -259,8 +277,8 @@ mod tests {
 
         let mut c = ImCorrelator::new(Duration::from_secs(32));
         feed(&mut c, now, &cap(1, Direction::In, MSG));
-        assert!(c.expire(now + Duration::from_secs(31)).is_empty());
-        let done = c.expire(now + Duration::from_secs(33));
+        assert!(c.expire(now + 31 * SEC).is_empty());
+        let done = c.expire(now + 33 * SEC);
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].delivery_status, "unanswered");
     }
@@ -268,14 +286,14 @@ mod tests {
     #[test]
     fn archived_ims_are_remembered_for_two_answer_timeouts_then_forgotten() {
         let mut c = ImCorrelator::new(Duration::from_secs(32));
-        let t0 = Instant::now();
+        let t0 = 1_000_000_000;
         feed(&mut c, t0, &cap(1, Direction::In, MSG));
         assert_eq!(
             feed(&mut c, t0, &cap(2, Direction::In, &resp(200))).len(),
             1
         );
         // First rotation: the key moves to the older generation, still known.
-        assert!(c.expire(t0 + Duration::from_secs(65)).is_empty());
+        assert!(c.expire(t0 + 65 * SEC).is_empty());
         feed(&mut c, t0, &cap(3, Direction::In, MSG));
         assert_eq!(
             c.pending(),
@@ -283,7 +301,7 @@ mod tests {
             "retransmission 65 s later is still a duplicate"
         );
         // Second rotation: forgotten, so the same key opens a new IM.
-        assert!(c.expire(t0 + Duration::from_secs(130)).is_empty());
+        assert!(c.expire(t0 + 130 * SEC).is_empty());
         feed(&mut c, t0, &cap(4, Direction::In, MSG));
         assert_eq!(c.pending(), 1);
     }
@@ -292,7 +310,7 @@ mod tests {
     fn typing_indicators_are_not_ims() {
         let mut c = ImCorrelator::new(Duration::from_secs(32));
         let m = MSG.replace("text/plain", "application/im-iscomposing+xml");
-        feed(&mut c, Instant::now(), &cap(1, Direction::In, &m));
+        feed(&mut c, 0, &cap(1, Direction::In, &m));
         assert_eq!(c.pending(), 0);
     }
 }

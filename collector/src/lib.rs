@@ -23,12 +23,14 @@ pub mod pcap;
 pub mod presence;
 pub mod synthetic;
 pub mod verify;
+pub mod wal;
 pub mod writer;
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sipvault_catalog::Catalog;
 use sipvault_schemas::{CapturedMessage, HepRawRow, ImMessageRow};
@@ -36,6 +38,7 @@ use sipvault_sip::SipMessage;
 use tokio::sync::mpsc;
 
 pub use verify::{Finding, VerifyReport, verify_archive};
+pub use wal::{Ack, Refused};
 pub use writer::{ArchiveWriter, SegmentLimits};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,10 @@ pub enum CollectorError {
     Arrow(#[from] arrow_schema::ArrowError),
     #[error("catalog: {0}")]
     Catalog(#[from] sipvault_catalog::CatalogError),
+    #[error(transparent)]
+    Wal(#[from] wal::WalError),
+    #[error("checkpoint snapshot: {0}")]
+    Snapshot(#[from] postcard::Error),
 }
 
 pub type Result<T, E = CollectorError> = std::result::Result<T, E>;
@@ -69,6 +76,33 @@ pub struct CollectorConfig {
     /// wall clock when no traffic arrives. Off for file imports, whose
     /// time is only that of their packets.
     pub live: bool,
+    /// Write-ahead log and crash recovery (`serve`); `None` for file
+    /// imports, which are repeated whole instead.
+    pub wal: Option<WalConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalConfig {
+    /// A log file is closed and a new one started past this size.
+    pub file_bytes: u64,
+    /// A checkpoint (seal everything open, snapshot the correlators, trim
+    /// the log) at least this often...
+    pub checkpoint_interval: Duration,
+    /// ...and whenever this much was logged since the last one: it bounds
+    /// what a restart replays.
+    pub checkpoint_bytes: u64,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            file_bytes: 64 << 20,
+            // The segment age limit: checkpoints add no extra segments at
+            // low rates.
+            checkpoint_interval: SegmentLimits::default().max_age,
+            checkpoint_bytes: 1 << 30,
+        }
+    }
 }
 
 fn wall_clock_ns() -> i64 {
@@ -104,10 +138,23 @@ pub struct CollectorStats {
     pub write_errors: AtomicU64,
     /// Rows whose segment could not be written even at shutdown.
     pub rows_lost: AtomicU64,
+    /// Write-ahead log fsyncs (each commits a group of batches).
+    pub wal_fsyncs: AtomicU64,
+    pub wal_errors: AtomicU64,
+    /// Messages archived although their log append failed: a crash before
+    /// their segment is sealed would lose them.
+    pub unlogged: AtomicU64,
+    /// Log groups replayed at start after an unclean stop.
+    pub replayed_groups: AtomicU64,
+    /// Rows a replay produced again whose segment was already sealed.
+    pub replay_skipped_rows: AtomicU64,
+    /// Archive files that were not in the manifest at start (a crash
+    /// between writing and entering them), moved to `quarantine/`.
+    pub quarantined_files: AtomicU64,
 }
 
 impl CollectorStats {
-    pub fn snapshot(&self) -> [(&'static str, u64); 11] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 17] {
         [
             ("received", self.received.load(Ordering::Relaxed)),
             ("duplicates", self.duplicates.load(Ordering::Relaxed)),
@@ -123,6 +170,21 @@ impl CollectorStats {
             ),
             ("write_errors", self.write_errors.load(Ordering::Relaxed)),
             ("rows_lost", self.rows_lost.load(Ordering::Relaxed)),
+            ("wal_fsyncs", self.wal_fsyncs.load(Ordering::Relaxed)),
+            ("wal_errors", self.wal_errors.load(Ordering::Relaxed)),
+            ("unlogged", self.unlogged.load(Ordering::Relaxed)),
+            (
+                "replayed_groups",
+                self.replayed_groups.load(Ordering::Relaxed),
+            ),
+            (
+                "replay_skipped_rows",
+                self.replay_skipped_rows.load(Ordering::Relaxed),
+            ),
+            (
+                "quarantined_files",
+                self.quarantined_files.load(Ordering::Relaxed),
+            ),
         ]
     }
 }
@@ -132,6 +194,15 @@ impl CollectorStats {
 pub struct Inputs {
     pub captured: mpsc::Receiver<CapturedMessage>,
     pub hep_raw: mpsc::Receiver<HepRawRow>,
+    /// Messages whose sender waits to learn that the archive accepted them
+    /// (critical mode: an IM is relayed only once its record is durable).
+    pub acked: Option<mpsc::Receiver<AckedMessage>>,
+}
+
+/// A captured message and the answer its sender waits for.
+pub struct AckedMessage {
+    pub msg: CapturedMessage,
+    pub ack: Ack,
 }
 
 impl Inputs {
@@ -145,7 +216,22 @@ impl Inputs {
     ) {
         let (captured_tx, captured) = mpsc::channel(capacity);
         let (raw_tx, hep_raw) = mpsc::channel(capacity);
-        (captured_tx, raw_tx, Inputs { captured, hep_raw })
+        (
+            captured_tx,
+            raw_tx,
+            Inputs {
+                captured,
+                hep_raw,
+                acked: None,
+            },
+        )
+    }
+
+    /// Adds the input for messages whose sender waits for their acceptance.
+    pub fn acked_channel(&mut self, capacity: usize) -> mpsc::Sender<AckedMessage> {
+        let (tx, rx) = mpsc::channel(capacity);
+        self.acked = Some(rx);
+        tx
     }
 }
 
@@ -155,6 +241,10 @@ const RECV_BATCH: usize = 512;
 
 /// Runs the collector until the captured-message input closes, then
 /// archives every IM still waiting for an answer and seals all open segments.
+///
+/// With a write-ahead log, it first recovers: quarantines archive files a
+/// crash left outside the manifest, restores the newest checkpoint and
+/// replays the log after it.
 pub async fn run(
     config: CollectorConfig,
     catalog: Catalog,
@@ -165,108 +255,104 @@ pub async fn run(
     let Inputs {
         captured: mut input,
         mut hep_raw,
+        mut acked,
     } = inputs;
-    let mut raw_open = true;
-    let writer = ArchiveWriter::new(config.limits.clone());
+    let wal_dir = config.data_dir.join(wal::WAL_DIR);
     // One segment queued behind the one being sealed: when sealing falls
     // behind, ingest waits, and memory holds at most three segments.
     let (jobs, job_rx) = mpsc::channel(1);
     let sealer = tokio::spawn(writer::run_sealer(
         config.data_dir.clone(),
-        catalog,
+        config.wal.as_ref().map(|_| wal_dir.clone()),
+        catalog.clone(),
         job_rx,
         sealed,
         stats.clone(),
     ));
-    let mut stage = Stage {
-        writer,
-        ims: im::ImCorrelator::new(config.im_answer_timeout),
-        calls: calls::CallCorrelator::new(config.calls.clone()),
-        presence: presence::PresenceCorrelator::new(),
-        latest_capture_ns: i64::MIN,
-    };
-    let mut arrivals = arrivals::Arrivals::new(config.arrivals);
+    let mut pipeline = Pipeline::new(&config);
+    let mut log = None;
+    if let Some(wal_config) = &config.wal {
+        quarantine_unsealed(&config.data_dir, &catalog, &stats).await?;
+        pipeline.recover(&wal_dir, &catalog, &jobs, &stats).await?;
+        pipeline.configure(&config);
+        log = Some(Log {
+            writer: wal::WalWriter::start(wal_dir.clone(), wal_config.file_bytes, stats.clone())?,
+            config: wal_config.clone(),
+            since_checkpoint_bytes: 0,
+            last_checkpoint_ns: pipeline.clock_ns.max(wall_clock_ns()),
+        });
+    }
+    let mut raw_open = true;
     let mut batch = Vec::with_capacity(RECV_BATCH);
-    let mut ready = Vec::with_capacity(RECV_BATCH);
+    let mut acked_batch = Vec::new();
+    let mut raw_batch = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let mut acks = Vec::new();
+        let event = tokio::select! {
             n = input.recv_many(&mut batch, RECV_BATCH) => {
                 if n == 0 {
                     break;
                 }
-                stats.received.fetch_add(n as u64, Ordering::Relaxed);
-                for msg in batch.drain(..) {
-                    if !arrivals.push(msg) {
-                        stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                arrivals.release(None, &mut ready);
+                Event::Input { captured: std::mem::take(&mut batch), hep_raw: Vec::new() }
             }
-            row = hep_raw.recv(), if raw_open => {
-                match row {
-                    Some(row) => {
-                        stats.hep_raw_rows.fetch_add(1, Ordering::Relaxed);
-                        stage.writer.push_hep_raw(row);
-                    }
-                    None => raw_open = false,
+            n = recv_acked(&mut acked, &mut acked_batch) => {
+                if n == 0 {
+                    acked = None;
+                    continue;
                 }
+                let captured = acked_batch
+                    .drain(..)
+                    .map(|AckedMessage { msg, ack }| {
+                        acks.push(ack);
+                        msg
+                    })
+                    .collect();
+                Event::Input { captured, hep_raw: Vec::new() }
             }
-            _ = tick.tick() => {
-                // A live capture's clock moves on when no traffic arrives.
-                arrivals.release(config.live.then(wall_clock_ns), &mut ready);
-                for im in stage.ims.expire(Instant::now()) {
-                    stats.im_rows.fetch_add(1, Ordering::Relaxed);
-                    stage.writer.push_im(im);
+            n = hep_raw.recv_many(&mut raw_batch, RECV_BATCH), if raw_open => {
+                if n == 0 {
+                    raw_open = false;
+                    continue;
                 }
-                // Call timeouts run on capture time: live sources advance it
-                // with the wall clock, imported captures with their packets.
-                let now_ns = if config.live {
-                    wall_clock_ns().max(stage.latest_capture_ns)
-                } else {
-                    stage.latest_capture_ns
-                };
-                for call in stage.calls.expire(now_ns) {
-                    stats.call_rows.fetch_add(1, Ordering::Relaxed);
-                    stage.writer.push_call(call);
-                }
+                Event::Input { captured: Vec::new(), hep_raw: std::mem::take(&mut raw_batch) }
             }
-        }
-        stage.archive_all(&mut ready, &jobs, &stats).await;
-        if stage.writer.needs_roll(Instant::now()) {
-            seal(&mut stage.writer, false, &jobs, &stats).await;
+            _ = tick.tick() => Event::Tick,
+        };
+        pipeline
+            .log_and_apply(event, acks, log.as_mut(), &jobs, &stats)
+            .await?;
+        if let Some(l) = &log
+            && (l.since_checkpoint_bytes >= l.config.checkpoint_bytes
+                || pipeline.clock_ns - l.last_checkpoint_ns
+                    >= i64::try_from(l.config.checkpoint_interval.as_nanos()).unwrap_or(i64::MAX))
+        {
+            pipeline
+                .log_and_apply(Event::Checkpoint, Vec::new(), log.as_mut(), &jobs, &stats)
+                .await?;
         }
     }
-    arrivals.drain(&mut ready);
-    stage.archive_all(&mut ready, &jobs, &stats).await;
-    let Stage {
-        mut writer,
-        ims: mut correlator,
-        mut calls,
-        mut presence,
-        ..
-    } = stage;
+    // What is left of the non-SIP input, then the drain: both logged, so a
+    // crash during shutdown replays to the same end.
     while let Ok(row) = hep_raw.try_recv() {
-        stats.hep_raw_rows.fetch_add(1, Ordering::Relaxed);
-        writer.push_hep_raw(row);
+        raw_batch.push(row);
     }
-    for im in correlator.drain() {
-        stats.im_rows.fetch_add(1, Ordering::Relaxed);
-        writer.push_im(im);
+    if !raw_batch.is_empty() {
+        let event = Event::Input {
+            captured: Vec::new(),
+            hep_raw: std::mem::take(&mut raw_batch),
+        };
+        pipeline
+            .log_and_apply(event, Vec::new(), log.as_mut(), &jobs, &stats)
+            .await?;
     }
-    for call in calls.drain() {
-        stats.call_rows.fetch_add(1, Ordering::Relaxed);
-        writer.push_call(call);
+    pipeline
+        .log_and_apply(Event::Drain, Vec::new(), log.as_mut(), &jobs, &stats)
+        .await?;
+    if let Some(l) = log {
+        l.writer.close();
     }
-    // An unanswered PUBLISH is no presence state: nothing to archive.
-    let unanswered_publishes = presence.drain();
-    tracing::debug!(
-        unanswered_publishes,
-        counters = ?presence.counters(),
-        "presence correlator drained"
-    );
-    seal(&mut writer, true, &jobs, &stats).await;
     drop(jobs);
     sealer.await.map_err(|e| CollectorError::Io {
         path: config.data_dir.display().to_string(),
@@ -275,38 +361,349 @@ pub async fn run(
     Ok(())
 }
 
-/// Everything one message becomes: its `sip_messages` row and whatever the
-/// correlators complete with it.
-struct Stage {
+async fn recv_acked(
+    acked: &mut Option<mpsc::Receiver<AckedMessage>>,
+    out: &mut Vec<AckedMessage>,
+) -> usize {
+    match acked {
+        Some(rx) => rx.recv_many(out, RECV_BATCH).await,
+        None => std::future::pending().await,
+    }
+}
+
+use wal::{Event, Group};
+
+/// The write-ahead log while the collector runs.
+struct Log {
+    writer: wal::WalWriter,
+    config: WalConfig,
+    since_checkpoint_bytes: u64,
+    last_checkpoint_ns: i64,
+}
+
+/// Rolls within one log group are numbered in the low bits of a position.
+const ROLL_BITS: u32 = 20;
+
+/// Everything the collector holds between messages: the arrival window,
+/// the correlators and the open segments. Driven only by [`Group`]s.
+struct Pipeline {
+    live: bool,
+    arrivals: arrivals::Arrivals,
     writer: ArchiveWriter,
     ims: im::ImCorrelator,
     calls: calls::CallCorrelator,
     presence: presence::PresenceCorrelator,
     latest_capture_ns: i64,
+    next_lsn: u64,
+    /// The collector clock: the latest group's.
+    clock_ns: i64,
+    /// Log position of the next roll: (group LSN << ROLL_BITS) | roll.
+    lsn: u64,
+    rolls_in_group: i64,
+    logged: bool,
+    /// While replaying: per (table, date), the latest position sealed.
+    sealed_positions: HashMap<(String, String), i64>,
+    ready: Vec<CapturedMessage>,
 }
 
-impl Stage {
-    /// Archives every message of `ready`, rolling segments per message,
-    /// not per batch, so a segment never exceeds its limits.
-    async fn archive_all(
+/// The pipeline state a checkpoint keeps (the open segments are sealed
+/// at a checkpoint, so they are never part of it).
+#[derive(serde::Serialize)]
+struct StateRef<'a> {
+    latest_capture_ns: i64,
+    clock_ns: i64,
+    arrivals: &'a arrivals::Arrivals,
+    ims: &'a im::ImCorrelator,
+    calls: &'a calls::CallCorrelator,
+    presence: &'a presence::PresenceCorrelator,
+}
+
+/// [`StateRef`] read back (same fields, same order).
+#[derive(serde::Deserialize)]
+struct State {
+    latest_capture_ns: i64,
+    clock_ns: i64,
+    arrivals: arrivals::Arrivals,
+    ims: im::ImCorrelator,
+    calls: calls::CallCorrelator,
+    presence: presence::PresenceCorrelator,
+}
+
+impl Pipeline {
+    fn new(config: &CollectorConfig) -> Self {
+        Pipeline {
+            live: config.live,
+            arrivals: arrivals::Arrivals::new(config.arrivals),
+            writer: ArchiveWriter::new(config.limits.clone()),
+            ims: im::ImCorrelator::new(config.im_answer_timeout),
+            calls: calls::CallCorrelator::new(config.calls.clone()),
+            presence: presence::PresenceCorrelator::new(),
+            latest_capture_ns: i64::MIN,
+            next_lsn: 1,
+            clock_ns: i64::MIN,
+            lsn: 0,
+            rolls_in_group: 0,
+            logged: config.wal.is_some(),
+            sealed_positions: HashMap::new(),
+            ready: Vec::with_capacity(RECV_BATCH),
+        }
+    }
+
+    /// Settings from the configuration, after a restored snapshot was
+    /// replayed with its own.
+    fn configure(&mut self, config: &CollectorConfig) {
+        self.arrivals.set_config(config.arrivals);
+        self.ims.set_answer_timeout(config.im_answer_timeout);
+        self.calls.set_config(config.calls.clone());
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>> {
+        Ok(postcard::to_stdvec(&StateRef {
+            latest_capture_ns: self.latest_capture_ns,
+            clock_ns: self.clock_ns,
+            arrivals: &self.arrivals,
+            ims: &self.ims,
+            calls: &self.calls,
+            presence: &self.presence,
+        })?)
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<()> {
+        let state: State = postcard::from_bytes(bytes)?;
+        self.latest_capture_ns = state.latest_capture_ns;
+        self.clock_ns = state.clock_ns;
+        self.arrivals = state.arrivals;
+        self.ims = state.ims;
+        self.calls = state.calls;
+        self.presence = state.presence;
+        Ok(())
+    }
+
+    /// Restores the newest checkpoint and replays the log after it; the
+    /// segments already sealed from the log are rolled again but skipped.
+    async fn recover(
         &mut self,
-        ready: &mut Vec<CapturedMessage>,
-        jobs: &mpsc::Sender<writer::SealJob>,
+        wal_dir: &Path,
+        catalog: &Catalog,
+        jobs: &mpsc::Sender<writer::SealerMsg>,
         stats: &CollectorStats,
-    ) {
-        for msg in ready.drain(..) {
-            self.archive(msg, stats);
-            if self.writer.needs_roll(Instant::now()) {
-                seal(&mut self.writer, false, jobs, stats).await;
+    ) -> Result<()> {
+        let recovered = wal::read(wal_dir)?;
+        if let Some((lsn, state)) = &recovered.snapshot {
+            self.restore(state)?;
+            self.next_lsn = lsn + 1;
+        }
+        if recovered.groups.is_empty() {
+            return Ok(());
+        }
+        for (table, path, position) in catalog.wal_positions().await? {
+            let Some(date) = partition_of(&path) else {
+                continue;
+            };
+            let best = self
+                .sealed_positions
+                .entry((table, date))
+                .or_insert(position);
+            *best = (*best).max(position);
+        }
+        let groups = recovered.groups.len();
+        let first = recovered.groups[0].lsn;
+        for group in recovered.groups {
+            stats.replayed_groups.fetch_add(1, Ordering::Relaxed);
+            self.apply(group, jobs, stats).await?;
+        }
+        self.sealed_positions.clear();
+        tracing::warn!(
+            groups,
+            first_lsn = first,
+            damaged_files = recovered.damaged_files,
+            skipped_rows = stats.replay_skipped_rows.load(Ordering::Relaxed),
+            "write-ahead log replayed after an unclean stop"
+        );
+        Ok(())
+    }
+
+    /// Stamps `event` as the next group, logs it (when there is a log) and
+    /// applies it. `acks` are answered once the group is durable.
+    async fn log_and_apply(
+        &mut self,
+        event: Event,
+        acks: Vec<Ack>,
+        log: Option<&mut Log>,
+        jobs: &mpsc::Sender<writer::SealerMsg>,
+        stats: &CollectorStats,
+    ) -> Result<()> {
+        let group = Group {
+            lsn: self.next_lsn,
+            clock_ns: self.clock_ns.max(wall_clock_ns()),
+            event,
+        };
+        match log {
+            Some(log) => {
+                let messages = match &group.event {
+                    Event::Input { captured, hep_raw } => (captured.len() + hep_raw.len()) as u64,
+                    _ => 0,
+                };
+                let checkpoint = matches!(group.event, Event::Checkpoint | Event::Drain);
+                let frame = wal::encode(&group)?;
+                log.since_checkpoint_bytes += frame.len() as u64;
+                if checkpoint {
+                    log.since_checkpoint_bytes = 0;
+                    log.last_checkpoint_ns = group.clock_ns;
+                }
+                let append = wal::Append {
+                    lsn: group.lsn,
+                    frame,
+                    messages,
+                    acks,
+                    rotate_after: checkpoint,
+                };
+                if let Err(e) = log.writer.append(append).await {
+                    // The log thread is gone: nothing more can be made
+                    // durable. Keep archiving; count it.
+                    stats.wal_errors.fetch_add(1, Ordering::Relaxed);
+                    stats.unlogged.fetch_add(messages, Ordering::Relaxed);
+                    tracing::error!(error = %e, "write-ahead log unavailable");
+                }
+            }
+            None => {
+                for ack in acks {
+                    let _ = ack.send(Ok(()));
+                }
             }
         }
+        self.apply(group, jobs, stats).await
+    }
+
+    /// One group through the pipeline: the same work live and in a replay.
+    async fn apply(
+        &mut self,
+        group: Group,
+        jobs: &mpsc::Sender<writer::SealerMsg>,
+        stats: &CollectorStats,
+    ) -> Result<()> {
+        self.lsn = group.lsn;
+        self.next_lsn = group.lsn + 1;
+        self.rolls_in_group = 0;
+        self.clock_ns = self.clock_ns.max(group.clock_ns);
+        self.writer.set_clock(self.clock_ns);
+        let kind = match &group.event {
+            Event::Checkpoint => EventKind::Checkpoint,
+            Event::Drain => EventKind::Drain,
+            Event::Input { .. } | Event::Tick => EventKind::Other,
+        };
+        match group.event {
+            Event::Input { captured, hep_raw } => {
+                stats
+                    .received
+                    .fetch_add(captured.len() as u64, Ordering::Relaxed);
+                for msg in captured {
+                    if !self.arrivals.push(msg) {
+                        stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                for row in hep_raw {
+                    stats.hep_raw_rows.fetch_add(1, Ordering::Relaxed);
+                    self.writer.push_hep_raw(row);
+                }
+                self.arrivals.release(None, &mut self.ready);
+            }
+            Event::Tick => {
+                // A live capture's clock moves on when no traffic arrives.
+                self.arrivals
+                    .release(self.live.then_some(self.clock_ns), &mut self.ready);
+                for im in self.ims.expire(self.clock_ns) {
+                    stats.im_rows.fetch_add(1, Ordering::Relaxed);
+                    self.writer.push_im(im);
+                }
+                // Call timeouts run on capture time: live sources advance it
+                // with the clock, imported captures with their packets.
+                let now_ns = if self.live {
+                    self.clock_ns.max(self.latest_capture_ns)
+                } else {
+                    self.latest_capture_ns
+                };
+                for call in self.calls.expire(now_ns) {
+                    stats.call_rows.fetch_add(1, Ordering::Relaxed);
+                    self.writer.push_call(call);
+                }
+            }
+            Event::Checkpoint => {}
+            Event::Drain => self.arrivals.drain(&mut self.ready),
+        }
+        self.archive_ready(jobs, stats).await;
+        match kind {
+            EventKind::Checkpoint => self.checkpoint(jobs, stats).await?,
+            EventKind::Drain => {
+                for im in self.ims.drain() {
+                    stats.im_rows.fetch_add(1, Ordering::Relaxed);
+                    self.writer.push_im(im);
+                }
+                for call in self.calls.drain() {
+                    stats.call_rows.fetch_add(1, Ordering::Relaxed);
+                    self.writer.push_call(call);
+                }
+                // An unanswered PUBLISH is no presence state: nothing to archive.
+                let unanswered_publishes = self.presence.drain();
+                tracing::debug!(
+                    unanswered_publishes,
+                    counters = ?self.presence.counters(),
+                    "presence correlator drained"
+                );
+                self.checkpoint(jobs, stats).await?;
+            }
+            EventKind::Other => {
+                if self.writer.needs_roll() {
+                    self.seal(false, jobs, stats).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals everything open, then (with a log) hands the sealer the state
+    /// to snapshot once those segments are in the manifest.
+    async fn checkpoint(
+        &mut self,
+        jobs: &mpsc::Sender<writer::SealerMsg>,
+        stats: &CollectorStats,
+    ) -> Result<()> {
+        self.seal(true, jobs, stats).await;
+        if self.logged {
+            let state = self.snapshot()?;
+            // The sealer only stops when this sender is dropped.
+            let _ = jobs
+                .send(writer::SealerMsg::Checkpoint {
+                    lsn: self.lsn,
+                    state,
+                })
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Archives every released message, rolling segments per message, not
+    /// per batch, so a segment never exceeds its limits.
+    async fn archive_ready(
+        &mut self,
+        jobs: &mpsc::Sender<writer::SealerMsg>,
+        stats: &CollectorStats,
+    ) {
+        let mut ready = std::mem::take(&mut self.ready);
+        for msg in ready.drain(..) {
+            self.archive(msg, stats);
+            if self.writer.needs_roll() {
+                self.seal(false, jobs, stats).await;
+            }
+        }
+        self.ready = ready;
     }
 
     fn archive(&mut self, msg: CapturedMessage, stats: &CollectorStats) {
         let parsed = SipMessage::parse(&msg.raw);
         match &parsed {
             Ok(sip) => {
-                for im in self.ims.observe(Instant::now(), &msg, sip) {
+                for im in self.ims.observe(self.clock_ns, &msg, sip) {
                     stats.im_rows.fetch_add(1, Ordering::Relaxed);
                     self.writer.push_im(im);
                 }
@@ -327,22 +724,96 @@ impl Stage {
         stats.sip_rows.fetch_add(1, Ordering::Relaxed);
         self.writer.push_sip(&msg, &parsed);
     }
+
+    /// Hands the due buffers (all of them when `all`) to the sealing stage,
+    /// except, in a replay, those already sealed before the crash.
+    async fn seal(
+        &mut self,
+        all: bool,
+        jobs: &mpsc::Sender<writer::SealerMsg>,
+        stats: &CollectorStats,
+    ) {
+        let position =
+            ((self.lsn as i64) << ROLL_BITS) | self.rolls_in_group.min((1 << ROLL_BITS) - 1);
+        self.rolls_in_group += 1;
+        for mut job in self.writer.roll(all) {
+            if self
+                .sealed_positions
+                .get(&(job.rows.table().to_string(), job.date.clone()))
+                .is_some_and(|&sealed| sealed >= position)
+            {
+                stats
+                    .replay_skipped_rows
+                    .fetch_add(job.rows.len() as u64, Ordering::Relaxed);
+                continue;
+            }
+            job.wal_position = self.logged.then_some(position);
+            // The sealer only stops when this sender is dropped.
+            let _ = jobs.send(writer::SealerMsg::Segment(job)).await;
+        }
+        stats
+            .rows_lost
+            .fetch_add(self.writer.take_lost(), Ordering::Relaxed);
+    }
 }
 
-/// Hands the due buffers (all of them when `all`) to the sealing stage.
-async fn seal(
-    writer: &mut ArchiveWriter,
-    all: bool,
-    jobs: &mpsc::Sender<writer::SealJob>,
+enum EventKind {
+    Checkpoint,
+    Drain,
+    Other,
+}
+
+/// `date` of an archive path `archive/<table>/date=<date>/<segment>.parquet`.
+fn partition_of(path: &str) -> Option<String> {
+    path.split('/')
+        .find_map(|part| part.strip_prefix("date="))
+        .map(str::to_string)
+}
+
+/// Archive files a crash left outside the manifest: a half-written
+/// `.tmp` is deleted; a whole segment that never entered the manifest is
+/// moved to `quarantine/` (its rows are rebuilt from the log), so the
+/// archive again holds exactly what the manifest names.
+async fn quarantine_unsealed(
+    data_dir: &Path,
+    catalog: &Catalog,
     stats: &CollectorStats,
-) {
-    for job in writer.roll(Instant::now(), all) {
-        // The sealer only stops when this sender is dropped.
-        let _ = jobs.send(job).await;
+) -> Result<()> {
+    let known: std::collections::HashSet<String> = catalog
+        .segments()
+        .await?
+        .into_iter()
+        .map(|s| s.path)
+        .collect();
+    for rel in verify::archive_files(data_dir) {
+        let path = data_dir.join(&rel);
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            std::fs::remove_file(&path).map_err(|source| CollectorError::Io {
+                path: rel.clone(),
+                source,
+            })?;
+            tracing::warn!(path = %rel, "removed a half-written segment");
+        } else if name.ends_with(".parquet") && !known.contains(&rel) {
+            let target = data_dir.join("quarantine").join(&rel);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(|source| CollectorError::Io {
+                    path: parent.display().to_string(),
+                    source,
+                })?;
+            }
+            std::fs::rename(&path, &target).map_err(|source| CollectorError::Io {
+                path: rel.clone(),
+                source,
+            })?;
+            stats.quarantined_files.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(path = %rel, moved_to = %target.display(), "segment not in the manifest (a crash came before it was entered); quarantined");
+        }
     }
-    stats
-        .rows_lost
-        .fetch_add(writer.take_lost(), Ordering::Relaxed);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ const NS_PER_SEC: i64 = 1_000_000_000;
 const PIDF_CONTENT_TYPE: &str = "application/pidf+xml";
 
 /// Timeouts and bounds, in capture-time nanoseconds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PresenceConfig {
     /// A PUBLISH without a final response for this long is forgotten, and
     /// a settled request's key is kept this long to absorb late copies.
@@ -91,7 +91,7 @@ impl Default for PresenceConfig {
 }
 
 /// What the correlator saw but did not turn into rows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PresenceCounters {
     /// Presence bodies that were not readable PIDF.
     pub unreadable_bodies: u64,
@@ -104,9 +104,17 @@ pub struct PresenceCounters {
 }
 
 /// A request: (Call-ID, CSeq number, method).
-type RequestKey = (String, u32, &'static str);
+type RequestKey = (String, u32, PresenceMethod);
+
+/// The requests that carry presence state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+enum PresenceMethod {
+    Publish,
+    Notify,
+}
 
 /// A PUBLISH waiting for its final response.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct PendingPublish {
     /// The row as far as the request tells it.
     row: PresenceRow,
@@ -117,6 +125,7 @@ struct PendingPublish {
 
 /// Folds SIMPLE messages into [`PresenceRow`]s. See the module docs for the
 /// rules.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct PresenceCorrelator {
     config: PresenceConfig,
     pending: AgedMap<PendingPublish>,
@@ -165,8 +174,8 @@ impl PresenceCorrelator {
             return Vec::new();
         };
         let method = match cseq_method {
-            "PUBLISH" => "PUBLISH",
-            "NOTIFY" => "NOTIFY",
+            "PUBLISH" => PresenceMethod::Publish,
+            "NOTIFY" => PresenceMethod::Notify,
             _ => return Vec::new(),
         };
         let key: RequestKey = (call_id.to_string(), cseq, method);
@@ -176,7 +185,7 @@ impl PresenceCorrelator {
                 .into_iter()
                 .collect();
         }
-        if sip.method() != Some(method)
+        if sip.method() != Some(cseq_method)
             || self.pending.contains(&key)
             || self.settled.contains(&key)
             || !is_presence_event(sip)
@@ -184,11 +193,11 @@ impl PresenceCorrelator {
             return Vec::new();
         }
         match method {
-            "PUBLISH" => {
+            PresenceMethod::Publish => {
                 self.on_publish(key, msg, sip);
                 Vec::new()
             }
-            _ => self.on_notify(key, msg, sip).into_iter().collect(),
+            PresenceMethod::Notify => self.on_notify(key, msg, sip).into_iter().collect(),
         }
     }
 
@@ -239,7 +248,7 @@ impl PresenceCorrelator {
 
     fn on_response(&mut self, key: RequestKey, sip: &SipMessage, now: i64) -> Option<PresenceRow> {
         let code = sip.status()?;
-        if code < 200 || key.2 != "PUBLISH" {
+        if code < 200 || key.2 != PresenceMethod::Publish {
             return None;
         }
         let publish = self.pending.remove(&key)?;
@@ -409,6 +418,7 @@ fn address_uri(sip: &SipMessage, name: &str) -> Option<String> {
 
 /// Values by request key, with the capture time each was entered: dropped
 /// oldest first by age or by count, in O(log n) each.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct AgedMap<V> {
     entries: HashMap<RequestKey, (V, (i64, u64))>,
     by_age: BTreeMap<(i64, u64), RequestKey>,

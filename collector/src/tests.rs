@@ -23,6 +23,7 @@ fn config(data_dir: &std::path::Path, max_rows: usize) -> CollectorConfig {
         calls: crate::calls::CallConfig::default(),
         arrivals: Default::default(),
         live: true,
+        wal: None,
     }
 }
 
@@ -382,4 +383,189 @@ async fn a_failed_seal_keeps_its_rows_and_succeeds_once_the_disk_recovers() {
         stats.rows_lost.load(std::sync::atomic::Ordering::Relaxed),
         0
     );
+}
+
+/// `call_id` of every row of `table` in the sealed segments.
+fn call_ids(
+    dir: &std::path::Path,
+    entries: &[sipvault_catalog::SegmentEntry],
+    table: &str,
+) -> Vec<String> {
+    use arrow_array::{Array, StringArray};
+    let mut out = Vec::new();
+    for e in entries.iter().filter(|e| e.table_name == table) {
+        let file = std::fs::File::open(dir.join(&e.path)).unwrap();
+        for batch in ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+        {
+            let batch = batch.unwrap();
+            let col = batch.column_by_name("call_id").unwrap();
+            let col = col.as_any().downcast_ref::<StringArray>().unwrap();
+            out.extend((0..col.len()).map(|i| col.value(i).to_string()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A logged pipeline: tiny log files and a checkpoint every few KiB.
+fn logged_config(dir: &std::path::Path) -> CollectorConfig {
+    CollectorConfig {
+        wal: Some(crate::WalConfig {
+            file_bytes: 4096,
+            checkpoint_interval: Duration::from_secs(3600),
+            checkpoint_bytes: 6000,
+        }),
+        ..config(dir, 7)
+    }
+}
+
+struct Acked {
+    catalog: Catalog,
+    tx: mpsc::Sender<crate::AckedMessage>,
+    stats: Arc<CollectorStats>,
+    task: tokio::task::JoinHandle<crate::Result<()>>,
+    _keep: (
+        mpsc::Sender<CapturedMessage>,
+        mpsc::Sender<sipvault_schemas::HepRawRow>,
+    ),
+}
+
+async fn start_acked(dir: &std::path::Path) -> Acked {
+    let catalog = Catalog::open(dir).await.unwrap();
+    let (captured_tx, raw_tx, mut inputs) = Inputs::channel(64);
+    let tx = inputs.acked_channel(64);
+    let (sealed_tx, mut sealed_rx) = mpsc::channel(64);
+    tokio::spawn(async move { while sealed_rx.recv().await.is_some() {} });
+    let stats = Arc::new(CollectorStats::default());
+    let task = tokio::spawn(run(
+        logged_config(dir),
+        catalog.clone(),
+        inputs,
+        sealed_tx,
+        stats.clone(),
+    ));
+    Acked {
+        catalog,
+        tx,
+        stats,
+        task,
+        _keep: (captured_tx, raw_tx),
+    }
+}
+
+/// Sends the IMs `range` and waits for each message to be accepted.
+async fn send_accepted(tx: &mpsc::Sender<crate::AckedMessage>, range: std::ops::Range<u32>) {
+    let t = 1_764_000_000_000_000_000i64;
+    for i in range {
+        for msg in message(i, t + i64::from(i) * 1_000_000) {
+            let (ack, accepted) = tokio::sync::oneshot::channel();
+            tx.send(crate::AckedMessage { msg, ack }).await.unwrap();
+            assert_eq!(accepted.await.unwrap(), Ok(()), "IM {i} accepted");
+        }
+    }
+}
+
+/// Polls the manifest until it stops growing (a sealer left behind by an
+/// aborted collector finishes the segment it has).
+async fn settled_segments(catalog: &Catalog) -> usize {
+    let mut last = usize::MAX;
+    for _ in 0..50 {
+        let n = catalog.segments().await.unwrap().len();
+        if n == last {
+            return n;
+        }
+        last = n;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
+}
+
+#[tokio::test]
+async fn a_crash_loses_no_accepted_message_and_a_replay_doubles_none() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let first = start_acked(dir.path()).await;
+    send_accepted(&first.tx, 0..40).await;
+    for _ in 0..100 {
+        if first.stats.segments_sealed.load(Relaxed) >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        first.stats.segments_sealed.load(Relaxed) >= 3,
+        "some segments are sealed before the crash"
+    );
+    // The crash: the collector stops between two messages, with open
+    // segments, pending state and a log past its last checkpoint.
+    first.task.abort();
+    let _ = first.task.await;
+    let before = settled_segments(&first.catalog).await;
+    let entries = first.catalog.segments().await.unwrap();
+    let im_before = call_ids(dir.path(), &entries, "im_messages").len();
+    assert!(
+        im_before < 40,
+        "the crash came before every IM was sealed ({im_before} of 40)"
+    );
+    // A segment written but not entered in the manifest, and half a one.
+    let sealed = dir.path().join(&entries[0].path);
+    let orphan = sealed.with_file_name("20991231T000000.000Z-00000000.parquet");
+    std::fs::copy(&sealed, &orphan).unwrap();
+    let torn = sealed.with_file_name(".20991231T000000.000Z-00000001.parquet.tmp");
+    std::fs::write(&torn, b"PAR1 half").unwrap();
+    first.catalog.close().await;
+
+    let second = start_acked(dir.path()).await;
+    send_accepted(&second.tx, 40..50).await;
+    drop(second.tx);
+    drop(second._keep);
+    second.task.await.unwrap().unwrap();
+    assert!(
+        second.stats.replayed_groups.load(Relaxed) > 0,
+        "the log was replayed"
+    );
+    assert!(
+        second.stats.replay_skipped_rows.load(Relaxed) > 0,
+        "segments sealed after the last checkpoint were rolled again and skipped"
+    );
+    assert_eq!(second.stats.quarantined_files.load(Relaxed), 1);
+    assert!(!orphan.exists() && !torn.exists());
+    assert!(
+        dir.path()
+            .join("quarantine")
+            .join(orphan.strip_prefix(dir.path()).unwrap())
+            .exists(),
+        "the unentered segment is kept aside, not deleted"
+    );
+
+    let entries = second.catalog.segments().await.unwrap();
+    assert!(entries.len() > before);
+    let ims = call_ids(dir.path(), &entries, "im_messages");
+    let expected: Vec<String> = {
+        let mut v: Vec<String> = (0..50).map(|i| format!("call-{i}")).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ims, expected, "every accepted IM exactly once");
+    let sip = call_ids(dir.path(), &entries, "sip_messages");
+    let mut twice: Vec<String> = expected
+        .iter()
+        .flat_map(|c| [c.clone(), c.clone()])
+        .collect();
+    twice.sort();
+    assert_eq!(sip, twice, "every accepted SIP message exactly once");
+    let report = crate::verify_archive(dir.path(), &entries, |_| {});
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    second.catalog.close().await;
+
+    // A clean stop leaves nothing to replay.
+    let third = start_acked(dir.path()).await;
+    drop(third.tx);
+    drop(third._keep);
+    third.task.await.unwrap().unwrap();
+    assert_eq!(third.stats.replayed_groups.load(Relaxed), 0);
+    assert_eq!(third.catalog.segments().await.unwrap().len(), entries.len());
 }

@@ -112,6 +112,18 @@ pub fn verify_archive(
 
 /// Every sealed-looking Parquet file under `dir`, relative to `root`, `/`-separated.
 fn parquet_files(root: &Path, dir: &Path) -> Vec<String> {
+    files_under(root, dir, &|name| {
+        name.ends_with(".parquet") && !name.starts_with('.')
+    })
+}
+
+/// Every file under `<data_dir>/archive`, sealed or half-written, relative
+/// to `data_dir`.
+pub(crate) fn archive_files(data_dir: &Path) -> Vec<String> {
+    files_under(data_dir, &data_dir.join("archive"), &|_| true)
+}
+
+fn files_under(root: &Path, dir: &Path, keep: &dyn Fn(&str) -> bool) -> Vec<String> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(dir) else {
         return out;
@@ -120,9 +132,8 @@ fn parquet_files(root: &Path, dir: &Path) -> Vec<String> {
         let p = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
         if p.is_dir() {
-            out.extend(parquet_files(root, &p));
-        } else if name.ends_with(".parquet")
-            && !name.starts_with('.')
+            out.extend(files_under(root, &p, keep));
+        } else if keep(&name)
             && let Ok(rel) = p.strip_prefix(root)
         {
             out.push(

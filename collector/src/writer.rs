@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow_array::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -82,15 +82,17 @@ impl PendingRows for SipMessagesBuilder {
 struct Buffer<R> {
     rows: R,
     bytes: usize,
-    opened: Instant,
+    /// Collector clock (ns) when its first row came.
+    opened_ns: i64,
 }
 
 impl<R: PendingRows> Buffer<R> {
-    fn due(&self, now: Instant, limits: &SegmentLimits) -> bool {
+    fn due(&self, now_ns: i64, limits: &SegmentLimits) -> bool {
         self.rows.len() > 0
             && (self.rows.len() >= limits.max_rows
                 || self.bytes >= limits.max_bytes
-                || now.duration_since(self.opened) >= limits.max_age)
+                || now_ns.saturating_sub(self.opened_ns)
+                    >= i64::try_from(limits.max_age.as_nanos()).unwrap_or(i64::MAX))
     }
 }
 
@@ -110,6 +112,8 @@ pub struct ArchiveWriter {
     addrs: AddrText,
     /// Rows that could not be turned into a segment (see [`Self::take_lost`]).
     lost: u64,
+    /// The collector clock, ns (see [`Self::set_clock`]).
+    now_ns: i64,
 }
 
 /// `ip:port` text of socket addresses, remembered: a capture point sees
@@ -174,26 +178,28 @@ fn buffer<'m, R: PendingRows>(
     map: &'m mut BTreeMap<String, Buffer<R>>,
     date: String,
     limits: &SegmentLimits,
+    now_ns: i64,
 ) -> &'m mut Buffer<R> {
     let buf = map.entry(date).or_insert_with(|| Buffer {
         rows: R::for_segment(limits),
         bytes: 0,
-        opened: Instant::now(),
+        opened_ns: now_ns,
     });
     if buf.rows.len() == 0 {
-        buf.opened = Instant::now();
+        buf.opened_ns = now_ns;
     }
     buf
 }
 
 fn push<T>(
+    now_ns: i64,
     map: &mut BTreeMap<String, Buffer<Vec<T>>>,
     limits: &SegmentLimits,
     date: String,
     row: T,
     size: usize,
 ) {
-    let buf = buffer(map, date, limits);
+    let buf = buffer(map, date, limits, now_ns);
     buf.bytes += size;
     buf.rows.push(row);
 }
@@ -210,6 +216,7 @@ impl ArchiveWriter {
             dates: DateCache::default(),
             addrs: AddrText::default(),
             lost: 0,
+            now_ns: i64::MIN,
         }
     }
 
@@ -256,7 +263,12 @@ impl ArchiveWriter {
                 fields.parse_error = Some(&error_text);
             }
         }
-        let buf = buffer(&mut self.sip, self.dates.date(msg.time_ns), &self.limits);
+        let buf = buffer(
+            &mut self.sip,
+            self.dates.date(msg.time_ns),
+            &self.limits,
+            self.now_ns,
+        );
         buf.bytes += msg.raw.len() + 128;
         buf.rows.append(&fields);
     }
@@ -270,6 +282,7 @@ impl ArchiveWriter {
     pub fn push_im(&mut self, row: ImMessageRow) {
         let size = row.body.len() + 128;
         push(
+            self.now_ns,
             &mut self.im,
             &self.limits,
             self.dates.date(row.time_ns),
@@ -281,6 +294,7 @@ impl ArchiveWriter {
     pub fn push_call(&mut self, row: CallRow) {
         let size = row.call_id.len() + row.caller.len() + row.callee.len() + 256;
         push(
+            self.now_ns,
             &mut self.calls,
             &self.limits,
             self.dates.date(row.time_ns),
@@ -292,6 +306,7 @@ impl ArchiveWriter {
     pub fn push_hep_raw(&mut self, row: HepRawRow) {
         let size = row.payload.len() + 128;
         push(
+            self.now_ns,
             &mut self.hep_raw,
             &self.limits,
             self.dates.date(row.time_ns),
@@ -303,6 +318,7 @@ impl ArchiveWriter {
     pub fn push_presence(&mut self, row: PresenceRow) {
         let size = row.entity.len() + row.note.as_ref().map_or(0, String::len) + 128;
         push(
+            self.now_ns,
             &mut self.presence,
             &self.limits,
             self.dates.date(row.time_ns),
@@ -311,10 +327,17 @@ impl ArchiveWriter {
         );
     }
 
-    pub fn needs_roll(&self, now: Instant) -> bool {
+    /// Sets the collector clock that ages buffers (the writer reads no
+    /// clock itself, so a write-ahead-log replay rolls at the same rows).
+    pub fn set_clock(&mut self, now_ns: i64) {
+        self.now_ns = self.now_ns.max(now_ns);
+    }
+
+    pub fn needs_roll(&self) -> bool {
+        let now = self.now_ns;
         fn due<R: PendingRows>(
             m: &BTreeMap<String, Buffer<R>>,
-            now: Instant,
+            now: i64,
             l: &SegmentLimits,
         ) -> bool {
             m.values().any(|b| b.due(now, l))
@@ -328,7 +351,8 @@ impl ArchiveWriter {
 
     /// Takes every buffer that is due (or every non-empty one when `all`)
     /// out as a job for the sealer.
-    pub fn roll(&mut self, now: Instant, all: bool) -> Vec<SealJob> {
+    pub fn roll(&mut self, all: bool) -> Vec<SealJob> {
+        let now = self.now_ns;
         let mut jobs = Vec::new();
         for (date, mut buf) in take_due(&mut self.sip, now, all, &self.limits) {
             let rows = buf.rows.len();
@@ -337,6 +361,7 @@ impl ArchiveWriter {
                 Ok(batch) => jobs.push(SealJob {
                     date,
                     rows: SegmentRows::Sip { batch, range },
+                    wal_position: None,
                 }),
                 Err(e) => {
                     tracing::error!(error = %e, rows, %date, "assembling a sip_messages segment failed; rows lost");
@@ -376,7 +401,7 @@ pub enum SegmentRows {
 }
 
 impl SegmentRows {
-    fn table(&self) -> &'static str {
+    pub(crate) fn table(&self) -> &'static str {
         match self {
             SegmentRows::Sip { .. } => TABLE_SIP_MESSAGES,
             SegmentRows::Im(_) => TABLE_IM_MESSAGES,
@@ -386,7 +411,7 @@ impl SegmentRows {
         }
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             SegmentRows::Sip { batch, .. } => batch.num_rows(),
             SegmentRows::Im(r) => r.len(),
@@ -417,6 +442,19 @@ impl SegmentRows {
 pub struct SealJob {
     pub date: String,
     pub rows: SegmentRows,
+    /// Where in the write-ahead log it was rolled (see [`crate::wal`]).
+    pub wal_position: Option<i64>,
+}
+
+/// What the sealing stage works through, in order.
+pub enum SealerMsg {
+    Segment(SealJob),
+    /// Every segment rolled up to log group `lsn` is sealed once this is
+    /// reached: snapshot `state` and trim the log.
+    Checkpoint {
+        lsn: u64,
+        state: Vec<u8>,
+    },
 }
 
 /// A row type with its own archive table.
@@ -477,7 +515,7 @@ impl ArchiveRow for PresenceRow {
 /// Takes the due buffers (every non-empty one when `all`) of one table out.
 fn take_due<R: PendingRows>(
     buffers: &mut BTreeMap<String, Buffer<R>>,
-    now: Instant,
+    now: i64,
     all: bool,
     limits: &SegmentLimits,
 ) -> Vec<(String, Buffer<R>)> {
@@ -505,6 +543,7 @@ fn row_jobs<T: ArchiveRow>(taken: Vec<(String, Buffer<Vec<T>>)>) -> impl Iterato
     taken.into_iter().map(|(date, buf)| SealJob {
         date,
         rows: T::into_segment(buf.rows),
+        wal_position: None,
     })
 }
 
@@ -519,8 +558,9 @@ const SEAL_ATTEMPTS_AT_SHUTDOWN: u32 = 5;
 /// briefly full or read-only.
 pub async fn run_sealer(
     data_dir: PathBuf,
+    wal_dir: Option<PathBuf>,
     catalog: Catalog,
-    mut jobs: mpsc::Receiver<SealJob>,
+    mut jobs: mpsc::Receiver<SealerMsg>,
     sealed: mpsc::Sender<SealedSegment>,
     stats: Arc<CollectorStats>,
 ) {
@@ -528,7 +568,29 @@ pub async fn run_sealer(
         data_dir: &data_dir,
         catalog: &catalog,
     };
-    while let Some(job) = jobs.recv().await {
+    while let Some(msg) = jobs.recv().await {
+        let job = match msg {
+            SealerMsg::Segment(job) => job,
+            SealerMsg::Checkpoint { lsn, state } => {
+                let Some(dir) = wal_dir.clone() else {
+                    continue;
+                };
+                let result = tokio::task::spawn_blocking(move || {
+                    crate::wal::commit_checkpoint(&dir, lsn, &state)
+                })
+                .await;
+                match result {
+                    Ok(Ok(())) => tracing::debug!(lsn, "checkpoint written; log trimmed"),
+                    // The log stays untrimmed; the next checkpoint tries again.
+                    Ok(Err(e)) => {
+                        stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, lsn, "writing a checkpoint failed");
+                    }
+                    Err(e) => tracing::error!(error = %e, lsn, "checkpoint task failed"),
+                }
+                continue;
+            }
+        };
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -573,8 +635,15 @@ struct Sealer<'a> {
 impl Sealer<'_> {
     async fn seal_job(&self, job: &SealJob) -> Result<SealedSegment> {
         let (batch, (min, max)) = job.rows.batch()?;
-        self.seal(job.rows.table(), &job.date, batch, min, max)
-            .await
+        self.seal(
+            job.rows.table(),
+            &job.date,
+            batch,
+            min,
+            max,
+            job.wal_position,
+        )
+        .await
     }
 
     async fn seal(
@@ -584,6 +653,7 @@ impl Sealer<'_> {
         batch: RecordBatch,
         min: i64,
         max: i64,
+        wal_position: Option<i64>,
     ) -> Result<SealedSegment> {
         let segment_id = format!(
             "{}-{:08x}",
@@ -610,6 +680,7 @@ impl Sealer<'_> {
                 sha256,
                 min_time_ns: min,
                 max_time_ns: max,
+                wal_position,
             })
             .await?;
         Ok(SealedSegment {

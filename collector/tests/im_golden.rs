@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sipvault_collector::im::ImCorrelator;
 use sipvault_schemas::ImMessageRow;
@@ -15,11 +15,11 @@ use sipvault_sip::SipMessage;
 fn correlate(relative: &str) -> Vec<ImMessageRow> {
     let captured = common::captured(relative);
     let mut correlator = ImCorrelator::new(Duration::from_secs(32));
-    let now = Instant::now();
     let mut rows = Vec::new();
     for msg in &captured {
         if let Ok(sip) = SipMessage::parse(&msg.raw) {
-            rows.extend(correlator.observe(now, msg, &sip));
+            // The collector clock: the capture's own time in an import.
+            rows.extend(correlator.observe(msg.time_ns, msg, &sip));
         }
     }
     rows.extend(correlator.drain());

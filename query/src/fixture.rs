@@ -947,6 +947,7 @@ pub async fn register_fixture_segments(
                 sha256,
                 min_time_ns: min,
                 max_time_ns: max,
+                wal_position: None,
             })
             .await
             .map_err(|e| QueryError::Io(std::io::Error::other(e)))?;

@@ -65,7 +65,7 @@ impl Transport {
 
 /// One SIP message as seen on the wire by a capture source (the server's tap,
 /// a HEP agent, a pcap file). The raw bytes are always kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CapturedMessage {
     /// Capture time, nanoseconds since the Unix epoch (UTC).
     pub time_ns: i64,
