@@ -1,13 +1,17 @@
 //! `sipvault.toml`: every setting has a default, unknown keys are rejected.
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use serde::Deserialize;
 use sipvault_collector::SegmentLimits;
 use sipvault_collector::arrivals::ArrivalConfig;
+use sipvault_server::TlsListener;
+use sipvault_server::tls::{Origin, TlsIdentity};
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -22,6 +26,14 @@ pub struct Config {
 pub struct SipConfig {
     /// UDP and TCP listen address (`--sip` overrides).
     pub listen: SocketAddr,
+    /// SIP over TLS (`--tls` overrides): "auto" (the SIP address with the
+    /// next port, so 5061 beside 5060, and a free port when the SIP port is
+    /// 0), "off", or an address.
+    pub tls_listen: TlsListen,
+    /// PEM certificate chain and key for TLS (`--tls-cert`/`--tls-key`).
+    /// Unset: a self-signed certificate in `<data>/tls/`, made on first start.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Served SIP domain and digest realm.
     pub domain: String,
     /// Larger datagrams/stream messages are dropped and counted.
@@ -44,6 +56,9 @@ impl Default for SipConfig {
     fn default() -> Self {
         SipConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
+            tls_listen: TlsListen::Auto,
+            tls_cert: None,
+            tls_key: None,
             domain: "sipvault.local".into(),
             max_message_bytes: 16 * 1024,
             max_body_bytes: 8 * 1024,
@@ -55,6 +70,69 @@ impl Default for SipConfig {
             tcp_idle_timeout_secs: 3600,
             max_tcp_connections: 4096,
             udp_recv_buffer_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Where `serve` listens for SIP over TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum TlsListen {
+    /// Beside the SIP address: its port + 1, or a free port for port 0.
+    #[default]
+    Auto,
+    Off,
+    At(SocketAddr),
+}
+
+impl FromStr for TlsListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "auto" => Ok(TlsListen::Auto),
+            "off" => Ok(TlsListen::Off),
+            a => a.parse().map(TlsListen::At).map_err(|_| {
+                format!("{s:?}: expected \"auto\", \"off\" or an address like 0.0.0.0:5061")
+            }),
+        }
+    }
+}
+
+impl TryFrom<String> for TlsListen {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for TlsListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsListen::Auto => f.write_str("auto"),
+            TlsListen::Off => f.write_str("off"),
+            TlsListen::At(a) => a.fmt(f),
+        }
+    }
+}
+
+impl TlsListen {
+    /// The address to listen on beside the SIP address `sip`, or `None` for off.
+    pub fn resolve(self, sip: SocketAddr) -> anyhow::Result<Option<SocketAddr>> {
+        match self {
+            TlsListen::Off => Ok(None),
+            TlsListen::At(a) => Ok(Some(a)),
+            // Port 0 stays 0: every server started on a free SIP port gets
+            // a free TLS port too, so test servers never meet on 5061.
+            TlsListen::Auto if sip.port() == 0 => Ok(Some(sip)),
+            TlsListen::Auto => match sip.port().checked_add(1) {
+                Some(port) => Ok(Some(SocketAddr::new(sip.ip(), port))),
+                None => bail!(
+                    "SIP port {} leaves no next port for TLS: set --tls ADDR or --tls off",
+                    sip.port()
+                ),
+            },
         }
     }
 }
@@ -151,6 +229,41 @@ impl Config {
     pub fn t1(&self) -> Duration {
         Duration::from_millis(self.sip.t1_ms)
     }
+
+    /// The TLS listener of a server whose SIP address is `sip`: the
+    /// configured certificate, or the one generated into `<data>/tls/`
+    /// (made on the first start, reused after). Logs the certificate's
+    /// path and SHA-256 fingerprint, which clients pin or compare.
+    pub fn tls_listener(
+        &self,
+        data_dir: &Path,
+        sip: SocketAddr,
+    ) -> anyhow::Result<Option<TlsListener>> {
+        let Some(addr) = self.sip.tls_listen.resolve(sip)? else {
+            return Ok(None);
+        };
+        let identity = match (&self.sip.tls_cert, &self.sip.tls_key) {
+            (Some(cert), Some(key)) => TlsIdentity::load_pem(cert, key)?,
+            (None, None) => TlsIdentity::load_or_generate(&data_dir.join("tls"), &self.sip.domain)?,
+            _ => bail!(
+                "a TLS certificate needs both --tls-cert and --tls-key (sip.tls_cert and sip.tls_key)"
+            ),
+        };
+        let config = identity
+            .server_config()
+            .with_context(|| format!("TLS certificate {}", identity.cert_path.display()))?;
+        let origin = match identity.origin {
+            Origin::Given => "given",
+            Origin::Generated => "generated",
+            Origin::Reused => "reused",
+        };
+        tracing::info!(
+            "tls certificate={} sha256={} ({origin})",
+            identity.cert_path.display(),
+            identity.fingerprint()
+        );
+        Ok(Some(TlsListener { addr, config }))
+    }
 }
 
 #[cfg(test)]
@@ -181,9 +294,66 @@ mod tests {
         assert_eq!(c.sip.t1_ms, 500);
         assert_eq!(c.archive.segment_max_rows, 5);
         assert_eq!(c.hep.listen, None, "HEP is off by default");
+        assert_eq!(c.sip.tls_listen, TlsListen::Auto, "TLS is on by default");
         let c = Config::parse("[hep]\nlisten = \"127.0.0.1:9060\"\nauth_key = \"k\"\n").unwrap();
         assert_eq!(c.hep.listen, Some("127.0.0.1:9060".parse().unwrap()));
         assert_eq!(c.hep.auth_key.as_deref(), Some("k"));
+    }
+
+    #[test]
+    fn tls_listen_values() {
+        let sip = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let c = Config::parse("[sip]\ntls_listen = \"off\"\n").unwrap();
+        assert_eq!(c.sip.tls_listen, TlsListen::Off);
+        let c = Config::parse(
+            "[sip]\ntls_listen = \"0.0.0.0:5071\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.sip.tls_listen, TlsListen::At(sip("0.0.0.0:5071")));
+        assert_eq!(c.sip.tls_cert, Some(PathBuf::from("c.pem")));
+        let err = Config::parse("[sip]\ntls_listen = \"yes\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("auto"), "{err:#}");
+
+        let auto = TlsListen::Auto;
+        assert_eq!(
+            auto.resolve(sip("127.0.0.1:5060")).unwrap(),
+            Some(sip("127.0.0.1:5061")),
+            "5061 beside the default 5060"
+        );
+        assert_eq!(
+            auto.resolve(sip("10.0.0.1:5080")).unwrap(),
+            Some(sip("10.0.0.1:5081"))
+        );
+        assert_eq!(
+            auto.resolve(sip("127.0.0.1:0")).unwrap(),
+            Some(sip("127.0.0.1:0")),
+            "a free port beside a free port"
+        );
+        assert!(auto.resolve(sip("127.0.0.1:65535")).is_err());
+        assert_eq!(TlsListen::Off.resolve(sip("127.0.0.1:5060")).unwrap(), None);
+        for s in ["auto", "off", "127.0.0.1:5061"] {
+            assert_eq!(s.parse::<TlsListen>().unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn tls_certificate_is_generated_once_or_given_as_a_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let sip = "127.0.0.1:0".parse().unwrap();
+        let c = Config::default();
+        assert!(c.tls_listener(dir.path(), sip).unwrap().is_some());
+        assert!(dir.path().join("tls/cert.pem").exists());
+        assert!(dir.path().join("tls/key.pem").exists());
+        let mut given = Config::default();
+        given.sip.tls_cert = Some(dir.path().join("tls/cert.pem"));
+        assert!(
+            given.tls_listener(dir.path(), sip).is_err(),
+            "a certificate without its key"
+        );
+        given.sip.tls_key = Some(dir.path().join("tls/key.pem"));
+        assert!(given.tls_listener(dir.path(), sip).unwrap().is_some());
+        given.sip.tls_listen = TlsListen::Off;
+        assert!(given.tls_listener(dir.path(), sip).unwrap().is_none());
     }
 
     #[test]

@@ -61,12 +61,23 @@ struct Cli {
 enum Command {
     /// Run the SIP server with archiving.
     #[command(
-        after_help = "Example:\n  sipvault serve --data ./sipvault-data --sip 127.0.0.1:5060 --hep 127.0.0.1:9060\n\nPort 0 picks a free port; the first log line names the bound addresses."
+        after_help = "Examples:\n  sipvault serve --data ./sipvault-data --sip 127.0.0.1:5060 --hep 127.0.0.1:9060\n  sipvault serve --sip 0.0.0.0:5060 --tls 0.0.0.0:5061 --tls-cert cert.pem --tls-key key.pem\n  sipvault serve --tls off\n\nPort 0 picks a free port; the first log line names the bound addresses.\nWithout --tls-cert/--tls-key a self-signed certificate for the domain, localhost and\n127.0.0.1 is made on the first start in <data>/tls/ and reused; its SHA-256 fingerprint is logged."
     )]
     Serve {
         /// UDP and TCP listen address [default: sip.listen from the config, 127.0.0.1:5060].
         #[arg(long)]
         sip: Option<SocketAddr>,
+        /// SIP over TLS: an address, "auto" (the SIP port + 1, so 5061 beside
+        /// 5060; a free port when the SIP port is 0) or "off"
+        /// [default: sip.tls_listen from the config, auto].
+        #[arg(long, value_name = "ADDR|auto|off")]
+        tls: Option<config::TlsListen>,
+        /// PEM certificate chain for TLS [default: <data>/tls/cert.pem, self-signed].
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// Also collect HEP v1/v2/v3 (UDP and TCP) on this address, e.g.
         /// 0.0.0.0:9060 [default: hep.listen from the config; off].
         #[arg(long)]
@@ -334,10 +345,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref(), &data)?;
     let reader = audit::reader(cli.as_user.as_deref());
     match cli.command {
-        Command::Serve { sip, hep } => {
+        Command::Serve {
+            sip,
+            hep,
+            tls,
+            tls_cert,
+            tls_key,
+        } => {
             let mut config = config;
             if hep.is_some() {
                 config.hep.listen = hep;
+            }
+            if let Some(tls) = tls {
+                config.sip.tls_listen = tls;
+            }
+            if tls_cert.is_some() {
+                (config.sip.tls_cert, config.sip.tls_key) = (tls_cert, tls_key);
             }
             serve(&data, &config, sip.unwrap_or(config.sip.listen)).await
         }
@@ -609,18 +632,34 @@ async fn verify(data: &Path, format: OutputFormat) -> anyhow::Result<()> {
 }
 
 async fn serve(data: &Path, config: &Config, sip: SocketAddr) -> anyhow::Result<()> {
+    // Handlers before the listening line: a SIGTERM sent as soon as the
+    // server says it listens must seal the archive, not kill the process.
+    let mut stop = StopSignals::install()?;
     let running = pipeline::Running::start(data, config, sip).await?;
-    wait_for_signal().await?;
+    stop.wait().await;
     tracing::info!("shutting down: sealing the archive");
     running.shutdown().await
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
+/// SIGINT and SIGTERM, caught from the moment they are installed.
+struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
     }
-    Ok(())
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
 }

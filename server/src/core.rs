@@ -600,14 +600,42 @@ impl Core {
             self.respond(key, &req, 483, "Too Many Hops", &[]);
             return;
         }
-        let Some(binding) = self
-            .bindings
-            .lookup(&target, now)
-            .first()
-            .map(|b| (*b).clone())
-        else {
+        let bindings = self.bindings.lookup(&target, now);
+        if bindings.is_empty() {
             self.reject_event(peer, 480, "recipient not registered");
             self.respond(key, &req, 480, "Temporarily Unavailable", &[]);
+            return;
+        }
+        // A sips: Request-URI asks for TLS on every hop (RFC 3261 26.2.2,
+        // RFC 5630), and a contact registered as sips: or ;transport=tls
+        // asks to be reached over TLS: such a request goes only to a flow
+        // that is itself TLS. Without one the user is registered but not
+        // reachable securely right now: 480, as for a user not registered
+        // (416 would claim we do not support sips, 503 that we are
+        // overloaded, and the user may come back over TLS).
+        let secure = req
+            .request_uri()
+            .and_then(|u| SipUri::parse(u).ok())
+            .is_some_and(|u| u.scheme == "sips");
+        let Some(binding) = bindings
+            .iter()
+            .find(|b| b.transport == Transport::Tls || !(secure || requires_tls(&b.contact)))
+            .map(|b| (*b).clone())
+        else {
+            self.reject_event(peer, 480, "recipient has no TLS flow for a secure request");
+            self.respond(
+                key,
+                &req,
+                480,
+                "Temporarily Unavailable",
+                &[(
+                    "Warning".into(),
+                    format!(
+                        "399 {} \"no TLS connection to the recipient\"",
+                        self.config.domain
+                    ),
+                )],
+            );
             return;
         };
         let branch = format!("z9hG4bK-sv-{}", self.token());
@@ -687,6 +715,36 @@ impl Core {
         });
     }
 
+    /// The IO layer could not deliver to `dst` over `transport` (no
+    /// connection to reuse, or it closed). Relayed requests waiting on that
+    /// flow are answered 480 now rather than 408 after Timer F: the
+    /// recipient is registered but not reachable this moment. RFC 3261
+    /// 17.1.4 treats a transport error as a 503, which a proxy must not
+    /// pass upstream as such (16.7).
+    pub fn handle_flow_failed(&mut self, now: Instant, transport: Transport, dst: SocketAddr) {
+        let failed: Vec<String> = self
+            .client_txns
+            .iter()
+            .filter(|(_, t)| t.transmit.transport == transport && t.transmit.dst == dst)
+            .map(|(branch, _)| branch.clone())
+            .collect();
+        for branch in failed {
+            if let Some(txn) = self.client_txns.remove(&branch) {
+                self.reject_event(txn.origin, 480, "recipient's connection is gone");
+                self.respond(
+                    &txn.server_key,
+                    &txn.request,
+                    480,
+                    "Temporarily Unavailable",
+                    &[],
+                );
+                if let Some(st) = self.server_txns.get_mut(&txn.server_key) {
+                    st.expires_at = st.expires_at.max(now + self.config.t1 * 64);
+                }
+            }
+        }
+    }
+
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut timed_out = Vec::new();
         let mut retransmit = Vec::new();
@@ -727,6 +785,15 @@ impl Core {
             }
         }
     }
+}
+
+/// Whether a contact asks to be reached over TLS only.
+fn requires_tls(contact: &str) -> bool {
+    SipUri::parse(contact).is_ok_and(|u| {
+        u.scheme == "sips"
+            || u.param("transport")
+                .is_some_and(|t| t.eq_ignore_ascii_case("tls"))
+    })
 }
 
 pub fn transport_token(t: Transport) -> &'static str {

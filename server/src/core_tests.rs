@@ -23,6 +23,9 @@ fn addr(s: &str) -> SocketAddr {
 fn server_addr() -> SocketAddr {
     addr("192.0.2.1:5060")
 }
+fn server_tls_addr() -> SocketAddr {
+    addr("192.0.2.1:5061")
+}
 fn alice_addr() -> SocketAddr {
     addr("198.51.100.10:40001")
 }
@@ -64,6 +67,7 @@ impl Sim {
         ]));
         core.set_local_addr(Transport::Udp, server_addr());
         core.set_local_addr(Transport::Tcp, server_addr());
+        core.set_local_addr(Transport::Tls, server_tls_addr());
         let base = Instant::now();
         Sim {
             core,
@@ -223,8 +227,30 @@ impl Sim {
         body: &str,
         max_forwards: u32,
     ) -> Vec<u8> {
+        self.message_req_to(
+            from_user,
+            from,
+            &format!("sip:{to_user}@{DOMAIN}"),
+            body,
+            max_forwards,
+        )
+    }
+
+    /// A MESSAGE to the Request-URI `ruri` (`sip:` or `sips:`).
+    fn message_req_to(
+        &mut self,
+        from_user: &str,
+        from: SocketAddr,
+        ruri: &str,
+        body: &str,
+        max_forwards: u32,
+    ) -> Vec<u8> {
         let id = self.next_id();
-        let mut b = MessageBuilder::request("MESSAGE", &format!("sip:{to_user}@{DOMAIN}"));
+        let to_user = ruri
+            .split_once(':')
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .map_or("", |(user, _)| user);
+        let mut b = MessageBuilder::request("MESSAGE", ruri);
         b.header(
             "Via",
             &format!("SIP/2.0/UDP {from};branch=z9hG4bK-msg-{id};rport"),
@@ -1849,5 +1875,150 @@ fn lossy_network_every_message_gets_a_final_response() {
     assert!(
         worst < t1 * 64,
         "slowest MESSAGE took {worst:?}, longer than a transaction timeout"
+    );
+}
+
+/// The answer to a secure request that cannot be delivered securely:
+/// one 480 to the sender, nothing to the recipient.
+fn assert_refused_480(tx: &[Transmit], what: &str) {
+    assert_eq!(
+        tx.len(),
+        1,
+        "{what}: expected only a 480 to the sender, got {:?}",
+        describe(tx)
+    );
+    assert_eq!(tx[0].dst, alice_addr(), "{what}: answer goes to the sender");
+    let resp = parse(&tx[0].bytes, what);
+    assert_eq!(resp.status(), Some(480), "{what}: {}", resp.start_line());
+    assert!(
+        resp.header("Warning").is_some_and(|w| w.contains("TLS")),
+        "{what}: the 480 should say why in a Warning: {:?}",
+        resp.header("Warning")
+    );
+}
+
+#[test]
+fn sips_request_goes_only_to_a_tls_flow() {
+    let mut sim = Sim::new(config());
+    // bob registers over UDP with a plain contact: reachable for sip:, not sips:.
+    let reg = sim.register(
+        "bob",
+        "bob-pw",
+        bob_addr(),
+        "<sip:bob@10.0.0.2:5062>",
+        Some(600),
+    );
+    assert_eq!(reg.status(), Some(200));
+    let req = sim.message_req_to(
+        "alice",
+        alice_addr(),
+        &format!("sips:bob@{DOMAIN}"),
+        "secret",
+        70,
+    );
+    let tx = sim.deliver(Transport::Tls, alice_addr(), &req);
+    assert_refused_480(&tx, "sips: MESSAGE to a UDP-only user");
+    let req = sim.message_req("alice", alice_addr(), "bob", "plain", 70);
+    let tx = sim.deliver(Transport::Tls, alice_addr(), &req);
+    assert_eq!(tx.len(), 1, "{:?}", describe(&tx));
+    assert_eq!(
+        (tx[0].transport, tx[0].dst),
+        (Transport::Udp, bob_addr()),
+        "a sip: MESSAGE may go over UDP"
+    );
+
+    // bob adds a binding over TLS: the secure request takes it, with our TLS Via.
+    let bob_tls = addr("198.51.100.20:40443");
+    let reg = sim.register_on(
+        Transport::Tls,
+        "bob",
+        "bob-pw",
+        bob_tls,
+        "<sips:bob@198.51.100.20:40443>",
+        Some(600),
+    );
+    assert_eq!(reg.status(), Some(200));
+    let req = sim.message_req_to(
+        "alice",
+        alice_addr(),
+        &format!("sips:bob@{DOMAIN}"),
+        "secret",
+        70,
+    );
+    let tx = sim.deliver(Transport::Tls, alice_addr(), &req);
+    assert_eq!(tx.len(), 1, "{:?}", describe(&tx));
+    assert_eq!(
+        (tx[0].transport, tx[0].dst),
+        (Transport::Tls, bob_tls),
+        "sips: relayed over bob's TLS flow"
+    );
+    let relayed = parse(&tx[0].bytes, "relayed sips MESSAGE");
+    assert_eq!(relayed.request_uri(), Some("sips:bob@198.51.100.20:40443"));
+    let top = &relayed.vias()[0];
+    assert_eq!(
+        top.transport, "TLS",
+        "our Via names the transport the request leaves on"
+    );
+    assert_eq!(
+        (top.host.as_str(), top.port),
+        ("192.0.2.1", Some(5061)),
+        "our Via names the TLS listener"
+    );
+}
+
+#[test]
+fn contact_asking_for_tls_is_not_reached_over_udp() {
+    let mut sim = Sim::new(config());
+    for contact in [
+        "<sip:bob@10.0.0.2:5062;transport=TLS>",
+        "<sips:bob@10.0.0.2:5062>",
+    ] {
+        let reg = sim.register("bob", "bob-pw", bob_addr(), contact, Some(600));
+        assert_eq!(reg.status(), Some(200), "{contact}");
+        let req = sim.message_req("alice", alice_addr(), "bob", "hi", 70);
+        let tx = sim.udp(alice_addr(), &req);
+        assert_refused_480(&tx, contact);
+        let reg = sim.register("bob", "bob-pw", bob_addr(), "*", Some(0));
+        assert_eq!(reg.status(), Some(200), "unregister {contact}");
+    }
+}
+
+#[test]
+fn lost_flow_answers_480_at_once_not_408_later() {
+    let mut sim = Sim::new(config());
+    let bob_tls = addr("198.51.100.20:40443");
+    let reg = sim.register_on(
+        Transport::Tls,
+        "bob",
+        "bob-pw",
+        bob_tls,
+        "<sips:bob@198.51.100.20:40443>",
+        Some(600),
+    );
+    assert_eq!(reg.status(), Some(200));
+    let req = sim.message_req("alice", alice_addr(), "bob", "anyone there?", 70);
+    let tx = sim.udp(alice_addr(), &req);
+    assert_eq!((tx[0].transport, tx[0].dst), (Transport::Tls, bob_tls));
+    // A failure on another flow answers nothing.
+    sim.core
+        .handle_flow_failed(sim.now, Transport::Tcp, bob_tls);
+    assert!(
+        sim.drain().is_empty(),
+        "a TCP failure is not the TLS flow's"
+    );
+    sim.core
+        .handle_flow_failed(sim.now, Transport::Tls, bob_tls);
+    let resp = only_response(sim.drain(), alice_addr(), "lost TLS flow");
+    assert_eq!(resp.status(), Some(480), "{}", resp.start_line());
+    assert_eq!(resp.call_id(), parse(&req, "req").call_id());
+    // The transaction is answered: a retransmission gets the 480 again and
+    // no 408 follows.
+    let again = sim.udp(alice_addr(), &req);
+    assert_eq!(status(&again), vec![480], "{:?}", describe(&again));
+    let later = sim.run_until(sim.at(40.0));
+    assert!(
+        later.is_empty(),
+        "{:?}",
+        later.iter().map(|(_, t)| t.dst).collect::<Vec<_>>()
     );
 }

@@ -1,6 +1,7 @@
 //! Tokio transports around the sans-IO core: one UDP socket and one TCP
-//! listener on the same address, one task per TCP connection, and one task
-//! that owns the [`Core`] and carries out its transmits.
+//! listener on the same address, an optional TLS listener, one task per
+//! stream connection (TCP or TLS: the same code, generic over the stream),
+//! and one task that owns the [`Core`] and carries out its transmits.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use sipvault_schemas::{CapturedMessage, Direction, Transport};
 use sipvault_sip::{StreamFramer, error_response_for_unparsed};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use crate::core::{Core, CoreConfig, Event, Transmit, UserCredentials};
 
@@ -37,7 +39,12 @@ pub struct ServerConfig {
     pub tcp_message_timeout: Duration,
     /// An idle TCP connection is closed after this.
     pub tcp_idle_timeout: Duration,
+    /// Cap on open stream connections, TCP and TLS together (a TLS
+    /// connection counts from accept, before its handshake).
     pub max_tcp_connections: usize,
+    /// SIP over TLS; `None` listens for no TLS. A TLS handshake must finish
+    /// within `tcp_message_timeout`, like a message once begun.
+    pub tls: Option<TlsListener>,
     /// UDP receive buffer to ask the kernel for (SO_RCVBUF, capped by
     /// net.core.rmem_max): bursts wait in the kernel instead of being dropped.
     pub udp_recv_buffer: usize,
@@ -53,8 +60,17 @@ impl Default for ServerConfig {
             tcp_idle_timeout: Duration::from_secs(3600),
             udp_recv_buffer: 4 << 20,
             max_tcp_connections: 4096,
+            tls: None,
         }
     }
+}
+
+/// Where to listen for SIP over TLS and with which certificate.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    /// Port 0 picks a free port.
+    pub addr: SocketAddr,
+    pub config: Arc<rustls::ServerConfig>,
 }
 
 /// Counters of the transports, readable while the server runs.
@@ -67,13 +83,17 @@ pub struct ServerStats {
     pub framing_errors: AtomicU64,
     pub tcp_timeouts: AtomicU64,
     pub tcp_refused: AtomicU64,
+    /// TLS connections that never completed a handshake (not TLS, bad
+    /// handshake, or stalled past `tcp_message_timeout`).
+    pub tls_handshake_failures: AtomicU64,
     pub send_errors: AtomicU64,
     pub tap_dropped: AtomicU64,
+    /// Open stream connections, TCP and TLS.
     pub tcp_open: AtomicUsize,
 }
 
 impl ServerStats {
-    pub fn snapshot(&self) -> [(&'static str, u64); 10] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 11] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("datagrams_in", get(&self.datagrams_in)),
@@ -83,6 +103,7 @@ impl ServerStats {
             ("framing_errors", get(&self.framing_errors)),
             ("tcp_timeouts", get(&self.tcp_timeouts)),
             ("tcp_refused", get(&self.tcp_refused)),
+            ("tls_handshake_failures", get(&self.tls_handshake_failures)),
             ("send_errors", get(&self.send_errors)),
             ("tap_dropped", get(&self.tap_dropped)),
             ("tcp_open", self.tcp_open.load(Ordering::Relaxed) as u64),
@@ -151,6 +172,12 @@ enum Inbound {
         bytes: Vec<u8>,
     },
     Users(HashMap<String, UserCredentials>),
+    /// Nothing could be sent to `dst` over `transport`: no connection to
+    /// reuse and none could be opened, or it went away.
+    FlowFailed {
+        transport: Transport,
+        dst: SocketAddr,
+    },
 }
 
 #[derive(Clone)]
@@ -158,7 +185,27 @@ struct Conn {
     tx: mpsc::Sender<Vec<u8>>,
 }
 
-type Conns = Arc<Mutex<HashMap<SocketAddr, Conn>>>;
+/// Stream connections by transport and peer: a TCP and a TLS connection
+/// from the same address and port are different flows, and a message for a
+/// TLS flow must never leave over TCP.
+type Conns = Arc<Mutex<HashMap<(Transport, SocketAddr), Conn>>>;
+
+/// Counts an open stream connection for the cap until dropped, however
+/// the connection ends (handshake failure included).
+struct OpenConn(Arc<ServerStats>);
+
+impl OpenConn {
+    fn new(stats: &Arc<ServerStats>) -> OpenConn {
+        stats.tcp_open.fetch_add(1, Ordering::Relaxed);
+        OpenConn(stats.clone())
+    }
+}
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.tcp_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 struct Shared {
     config: ServerConfig,
@@ -167,7 +214,6 @@ struct Shared {
     inbound: mpsc::Sender<Inbound>,
     conns: Conns,
     shutdown: watch::Receiver<bool>,
-    tcp_local: SocketAddr,
 }
 
 /// Updates the registrar's user directory of a running server.
@@ -186,6 +232,8 @@ impl UserDirectory {
 pub struct Server {
     pub udp_addr: SocketAddr,
     pub tcp_addr: SocketAddr,
+    /// The TLS listener's address, if TLS is on.
+    pub tls_addr: Option<SocketAddr>,
     pub stats: Arc<ServerStats>,
     users: mpsc::Sender<Inbound>,
     shutdown: watch::Sender<bool>,
@@ -193,7 +241,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds UDP and TCP and starts serving. Every message in and out goes to `tap`.
+    /// Binds UDP and TCP (and TLS if configured) and starts serving. Every
+    /// message in and out goes to `tap`.
     pub async fn start(
         config: ServerConfig,
         tap: mpsc::Sender<CapturedMessage>,
@@ -208,6 +257,19 @@ impl Server {
             addr: config.sip_addr,
             source,
         })?;
+        let tls = match &config.tls {
+            Some(t) => {
+                let err = |source| ServerError::Bind {
+                    addr: t.addr,
+                    source,
+                };
+                let listener = TcpListener::bind(t.addr).await.map_err(err)?;
+                let addr = listener.local_addr().map_err(err)?;
+                Some((listener, addr, TlsAcceptor::from(t.config.clone())))
+            }
+            None => None,
+        };
+        let tls_addr = tls.as_ref().map(|(_, addr, _)| *addr);
         let stats = Arc::new(ServerStats::default());
         let (inbound_tx, inbound_rx) = mpsc::channel(4096);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -221,20 +283,28 @@ impl Server {
             inbound: inbound_tx.clone(),
             conns: Arc::new(Mutex::new(HashMap::new())),
             shutdown: shutdown_rx,
-            tcp_local: tcp_addr,
         });
         let udp = Arc::new(udp);
         let mut core = Core::new(config.core.clone());
         core.set_local_addr(Transport::Udp, udp_addr);
         core.set_local_addr(Transport::Tcp, tcp_addr);
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(udp_loop(udp.clone(), shared.clone())),
-            tokio::spawn(tcp_accept_loop(tcp, shared.clone())),
-            tokio::spawn(core_loop(core, inbound_rx, udp, shared)),
+            tokio::spawn(accept_loop(tcp, None, shared.clone())),
         ];
+        if let Some((listener, addr, acceptor)) = tls {
+            core.set_local_addr(Transport::Tls, addr);
+            tasks.push(tokio::spawn(accept_loop(
+                listener,
+                Some(acceptor),
+                shared.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(core_loop(core, inbound_rx, udp, shared)));
         Ok(Server {
             udp_addr,
             tcp_addr,
+            tls_addr,
             stats,
             users: inbound_tx,
             shutdown: shutdown_tx,
@@ -341,53 +411,167 @@ async fn udp_loop(udp: Arc<UdpSocket>, shared: Arc<Shared>) {
     }
 }
 
-async fn tcp_accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+/// Accepts stream connections: plain TCP when `tls` is `None`, else TLS,
+/// whose handshake runs in the connection's own task under the stall
+/// timeout, so a slow or silent client holds up nobody else.
+async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
     let mut shutdown = shared.shutdown.clone();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
-                Err(e) => { tracing::warn!(error = %e, "tcp accept failed"); tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+                Err(e) => { tracing::warn!(error = %e, ?transport, "accept failed"); tokio::time::sleep(Duration::from_millis(50)).await; continue; }
             },
             _ = shutdown.changed() => break,
         };
         if shared.stats.tcp_open.load(Ordering::Relaxed) >= shared.config.max_tcp_connections {
             let refused = shared.stats.tcp_refused.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::warn!(%peer, limit = shared.config.max_tcp_connections, refused, "tcp connection limit reached: refusing connection");
+            tracing::warn!(%peer, ?transport, limit = shared.config.max_tcp_connections, refused, "stream connection limit reached: refusing connection");
             drop(stream);
             continue;
         }
-        let (tx, rx) = mpsc::channel(256);
-        shared
-            .conns
-            .lock()
-            .expect("conns lock")
-            .insert(peer, Conn { tx });
-        tokio::spawn(connection(stream, peer, rx, shared.clone(), None));
+        let open = OpenConn::new(&shared.stats);
+        let local = stream.local_addr().unwrap_or(shared.config.sip_addr);
+        let shared = shared.clone();
+        match tls.clone() {
+            None => {
+                let rx = register_conn(&shared, Transport::Tcp, peer);
+                tokio::spawn(connection(
+                    stream,
+                    Flow {
+                        transport,
+                        local,
+                        peer,
+                    },
+                    rx,
+                    shared,
+                    None,
+                    open,
+                ));
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    let mut shutdown = shared.shutdown.clone();
+                    let handshake = tokio::time::timeout(
+                        shared.config.tcp_message_timeout,
+                        acceptor.accept(stream),
+                    );
+                    let result = tokio::select! {
+                        r = handshake => r,
+                        _ = shutdown.changed() => return,
+                    };
+                    let stream = match result {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            shared
+                                .stats
+                                .tls_handshake_failures
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(%peer, error = %e, "tls handshake failed: closing connection");
+                            return;
+                        }
+                        Err(_) => {
+                            shared
+                                .stats
+                                .tls_handshake_failures
+                                .fetch_add(1, Ordering::Relaxed);
+                            shared.stats.tcp_timeouts.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(%peer, "tls handshake stalled: closing connection");
+                            return;
+                        }
+                    };
+                    let rx = register_conn(&shared, Transport::Tls, peer);
+                    connection(
+                        stream,
+                        Flow {
+                            transport: Transport::Tls,
+                            local,
+                            peer,
+                        },
+                        rx,
+                        shared,
+                        None,
+                        open,
+                    )
+                    .await;
+                });
+            }
+        }
     }
 }
 
-/// One TCP connection, accepted or opened by us: frames incoming bytes by
-/// Content-Length and writes what the core sends to this peer.
-async fn connection(
-    stream: TcpStream,
+/// Makes a connection reachable for the core's transmits to `peer`.
+fn register_conn(
+    shared: &Shared,
+    transport: Transport,
     peer: SocketAddr,
+) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel(256);
+    shared
+        .conns
+        .lock()
+        .expect("conns lock")
+        .insert((transport, peer), Conn { tx });
+    rx
+}
+
+/// The two ends of one stream connection and how it is secured.
+#[derive(Debug, Clone, Copy)]
+struct Flow {
+    transport: Transport,
+    local: SocketAddr,
+    peer: SocketAddr,
+}
+
+impl Flow {
+    fn tap_in(&self, shared: &Shared, bytes: &[u8]) {
+        shared
+            .tap
+            .capture(Direction::In, self.transport, self.peer, self.local, bytes);
+    }
+
+    fn tap_out(&self, shared: &Shared, bytes: &[u8]) {
+        shared
+            .tap
+            .capture(Direction::Out, self.transport, self.local, self.peer, bytes);
+    }
+}
+
+/// Writes one whole message. The flush matters for TLS, whose stream may
+/// hold encrypted records back until flushed; on TCP it does nothing.
+async fn write_message<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    wr.write_all(bytes).await?;
+    wr.flush().await
+}
+
+/// One stream connection (TCP, or TLS after its handshake), accepted or
+/// opened by us: frames incoming bytes by Content-Length and writes what
+/// the core sends to this peer. Everything read and written is tapped with
+/// the flow's transport, so TLS traffic is archived decrypted and marked TLS.
+async fn connection<S>(
+    stream: S,
+    flow: Flow,
     mut out: mpsc::Receiver<Vec<u8>>,
     shared: Arc<Shared>,
     first: Option<Vec<u8>>,
-) {
-    shared.stats.tcp_open.fetch_add(1, Ordering::Relaxed);
-    let local = stream.local_addr().unwrap_or(shared.tcp_local);
-    let (mut rd, mut wr) = stream.into_split();
+    _open: OpenConn,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let peer = flow.peer;
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut shutdown = shared.shutdown.clone();
     let mut framer = StreamFramer::new(shared.config.max_message_bytes);
     let mut buf = vec![0u8; 16 * 1024];
     if let Some(bytes) = first
-        && wr.write_all(&bytes).await.is_ok()
+        && write_message(&mut wr, &bytes).await.is_ok()
     {
-        shared
-            .tap
-            .capture(Direction::Out, Transport::Tcp, local, peer, &bytes);
+        flow.tap_out(&shared, &bytes);
     }
     'conn: loop {
         let wait = if framer.buffered() > 0 {
@@ -400,7 +584,7 @@ async fn connection(
                 let n = match r {
                     Err(_) => {
                         shared.stats.tcp_timeouts.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%peer, buffered = framer.buffered(), "tcp peer stalled: closing connection");
+                        tracing::warn!(%peer, transport = ?flow.transport, buffered = framer.buffered(), "stream peer stalled: closing connection");
                         break;
                     }
                     Ok(Ok(0)) | Ok(Err(_)) => break,
@@ -411,8 +595,8 @@ async fn connection(
                     match framer.next_message() {
                         Ok(Some(msg)) => {
                             shared.stats.stream_messages_in.fetch_add(1, Ordering::Relaxed);
-                            shared.tap.capture(Direction::In, Transport::Tcp, peer, local, &msg);
-                            if shared.inbound.send(Inbound::Message { transport: Transport::Tcp, peer, bytes: msg }).await.is_err() {
+                            flow.tap_in(&shared, &msg);
+                            if shared.inbound.send(Inbound::Message { transport: flow.transport, peer, bytes: msg }).await.is_err() {
                                 break 'conn;
                             }
                         }
@@ -424,12 +608,12 @@ async fn connection(
                             if let Some(resp) = framer.failed_head().and_then(|head| {
                                 error_response_for_unparsed(head, 400, "Bad Request")
                             })
-                                && wr.write_all(&resp).await.is_ok() {
-                                    shared.tap.capture(Direction::Out, Transport::Tcp, local, peer, &resp);
+                                && write_message(&mut wr, &resp).await.is_ok() {
+                                    flow.tap_out(&shared, &resp);
                                 }
-                            flush_pending(&mut out, &mut wr, &shared, local, peer).await;
+                            flush_pending(&mut out, &mut wr, &shared, flow).await;
                             shared.stats.framing_errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(%peer, error = %e, "unrecoverable stream framing error: closing connection");
+                            tracing::warn!(%peer, transport = ?flow.transport, error = %e, "unrecoverable stream framing error: closing connection");
                             break 'conn;
                         }
                     }
@@ -437,36 +621,39 @@ async fn connection(
             }
             bytes = out.recv() => {
                 let Some(bytes) = bytes else { break };
-                if let Err(e) = wr.write_all(&bytes).await {
+                if let Err(e) = write_message(&mut wr, &bytes).await {
                     shared.stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%peer, error = %e, "tcp write failed");
+                    tracing::warn!(%peer, transport = ?flow.transport, error = %e, "stream write failed");
                     break;
                 }
-                shared.tap.capture(Direction::Out, Transport::Tcp, local, peer, &bytes);
+                flow.tap_out(&shared, &bytes);
             }
             _ = shutdown.changed() => break,
         }
     }
-    shared.conns.lock().expect("conns lock").remove(&peer);
-    shared.stats.tcp_open.fetch_sub(1, Ordering::Relaxed);
+    shared
+        .conns
+        .lock()
+        .expect("conns lock")
+        .remove(&(flow.transport, peer));
+    // TLS: a close_notify, so the peer sees an orderly end rather than a
+    // truncation; bounded, a peer that reads nothing cannot hold us here.
+    let _ = tokio::time::timeout(Duration::from_millis(200), wr.shutdown()).await;
 }
 
 /// Writes what the core still sends to a connection that is about to close,
 /// until it has been quiet for a moment.
-async fn flush_pending(
+async fn flush_pending<W: AsyncWrite + Unpin>(
     out: &mut mpsc::Receiver<Vec<u8>>,
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    wr: &mut W,
     shared: &Shared,
-    local: SocketAddr,
-    peer: SocketAddr,
+    flow: Flow,
 ) {
     while let Ok(Some(bytes)) = tokio::time::timeout(Duration::from_millis(200), out.recv()).await {
-        if wr.write_all(&bytes).await.is_err() {
+        if write_message(wr, &bytes).await.is_err() {
             break;
         }
-        shared
-            .tap
-            .capture(Direction::Out, Transport::Tcp, local, peer, &bytes);
+        flow.tap_out(shared, &bytes);
     }
 }
 
@@ -486,6 +673,7 @@ async fn core_loop(
             input = inbound.recv() => match input {
                 Some(Inbound::Message { transport, peer, bytes }) => core.handle_message(Instant::now(), transport, peer, &bytes),
                 Some(Inbound::Users(users)) => core.set_users(users),
+                Some(Inbound::FlowFailed { transport, dst }) => core.handle_flow_failed(Instant::now(), transport, dst),
                 None => break,
             },
             _ = tokio::time::sleep_until(deadline.into()) => core.handle_timeout(Instant::now()),
@@ -525,16 +713,21 @@ async fn send(udp: &UdpSocket, udp_local: SocketAddr, shared: &Arc<Shared>, t: T
                 .conns
                 .lock()
                 .expect("conns lock")
-                .get(&t.dst)
+                .get(&(t.transport, t.dst))
                 .cloned();
             match existing {
-                Some(conn) => {
-                    if conn.tx.try_send(t.bytes).is_err() {
+                Some(conn) => match conn.tx.try_send(t.bytes) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
                         shared.stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(dst = %t.dst, "tcp connection backlog full: message dropped");
+                        tracing::warn!(dst = %t.dst, transport = ?t.transport, "connection backlog full: message dropped");
                     }
-                }
-                None => {
+                    // The connection ended between lookup and send.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        flow_failed(shared, t.transport, t.dst, "connection closed")
+                    }
+                },
+                None if t.transport == Transport::Tcp => {
                     // No flow to reuse: open a connection to the destination.
                     let shared = shared.clone();
                     tokio::spawn(async move {
@@ -545,22 +738,37 @@ async fn send(udp: &UdpSocket, udp_local: SocketAddr, shared: &Arc<Shared>, t: T
                         .await
                         {
                             Ok(Ok(stream)) => {
-                                let (tx, rx) = mpsc::channel(256);
-                                shared
-                                    .conns
-                                    .lock()
-                                    .expect("conns lock")
-                                    .insert(t.dst, Conn { tx });
-                                connection(stream, t.dst, rx, shared, Some(t.bytes)).await;
+                                let open = OpenConn::new(&shared.stats);
+                                let local = stream.local_addr().unwrap_or(shared.config.sip_addr);
+                                let rx = register_conn(&shared, Transport::Tcp, t.dst);
+                                let flow = Flow {
+                                    transport: Transport::Tcp,
+                                    local,
+                                    peer: t.dst,
+                                };
+                                connection(stream, flow, rx, shared, Some(t.bytes), open).await;
                             }
-                            _ => {
-                                shared.stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                                tracing::warn!(dst = %t.dst, "tcp connect failed");
-                            }
+                            _ => flow_failed(&shared, Transport::Tcp, t.dst, "tcp connect failed"),
                         }
                     });
                 }
+                // TLS flows are only those clients opened: a client's
+                // source port is no TLS server to connect back to, and a
+                // secure target must not fall back to another transport.
+                None => flow_failed(shared, t.transport, t.dst, "no connection to reuse"),
             }
         }
     }
+}
+
+/// Counts and logs an undeliverable message and tells the core, which
+/// answers the request it belonged to instead of waiting for Timer F.
+fn flow_failed(shared: &Shared, transport: Transport, dst: SocketAddr, why: &str) {
+    shared.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(%dst, ?transport, why, "message not delivered");
+    // try_send: this runs on the core's own task, which must not wait on
+    // its own input queue; a full queue means the 408 comes later instead.
+    let _ = shared
+        .inbound
+        .try_send(Inbound::FlowFailed { transport, dst });
 }

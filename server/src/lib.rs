@@ -9,10 +9,12 @@
 pub mod core;
 pub mod io;
 pub mod registrar;
+pub mod tls;
 pub mod ua;
 
 pub use core::{Core, CoreConfig, CoreStats, Event, Transmit, UserCredentials};
-pub use io::{Server, ServerConfig, ServerError, ServerStats, Tap, UserDirectory};
+pub use io::{Server, ServerConfig, ServerError, ServerStats, Tap, TlsListener, UserDirectory};
+pub use tls::{TlsError, TlsIdentity};
 
 #[cfg(test)]
 mod core_tests;

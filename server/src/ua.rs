@@ -1,5 +1,6 @@
-//! A minimal SIP user agent over real UDP or TCP sockets: registers with
-//! digest auth, sends page-mode MESSAGEs and answers the ones it receives.
+//! A minimal SIP user agent over real UDP, TCP or TLS sockets: registers
+//! with digest auth, sends page-mode MESSAGEs and answers the ones it
+//! receives.
 //! The demo uses it to generate traffic; tests use it as a peer.
 
 use std::net::SocketAddr;
@@ -9,13 +10,13 @@ use std::time::Duration;
 use sipvault_schemas::Transport;
 use sipvault_sip::digest::{Challenge, authorize};
 use sipvault_sip::{MessageBuilder, SipMessage, StreamFramer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::core::transport_token;
+use crate::tls::TlsClient;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UaError {
@@ -27,6 +28,8 @@ pub enum UaError {
     Auth(String),
     #[error("connection closed")]
     Closed,
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// An IM this agent received.
@@ -36,17 +39,25 @@ pub struct ReceivedIm {
     pub body: String,
 }
 
+type StreamWriter = Arc<Mutex<Box<dyn AsyncWrite + Send + Unpin>>>;
+
 #[derive(Clone)]
 enum Writer {
     Udp(Arc<UdpSocket>, SocketAddr),
-    Tcp(Arc<Mutex<OwnedWriteHalf>>),
+    /// TCP or TLS.
+    Stream(StreamWriter),
 }
 
 impl Writer {
     async fn send(&self, bytes: &[u8]) -> std::io::Result<()> {
         match self {
             Writer::Udp(s, dst) => s.send_to(bytes, *dst).await.map(|_| ()),
-            Writer::Tcp(w) => w.lock().await.write_all(bytes).await,
+            Writer::Stream(w) => {
+                let mut w = w.lock().await;
+                w.write_all(bytes).await?;
+                // TLS holds records back until flushed.
+                w.flush().await
+            }
         }
     }
 }
@@ -70,9 +81,38 @@ pub struct UserAgent {
 
 impl UserAgent {
     /// Opens a socket (UDP) or connection (TCP) to the server at `server`.
+    /// TLS needs [`UserAgent::connect_tls`].
     pub async fn connect(
         transport: Transport,
         server: SocketAddr,
+        user: &str,
+        domain: &str,
+        password: &str,
+    ) -> Result<UserAgent, UaError> {
+        if transport == Transport::Tls {
+            return Err(UaError::Tls(
+                "a TLS agent needs the server's certificate: use connect_tls".into(),
+            ));
+        }
+        Self::open(transport, server, None, user, domain, password).await
+    }
+
+    /// Opens a TLS connection to the server at `server`, checking its
+    /// certificate against `tls`.
+    pub async fn connect_tls(
+        server: SocketAddr,
+        tls: TlsClient,
+        user: &str,
+        domain: &str,
+        password: &str,
+    ) -> Result<UserAgent, UaError> {
+        Self::open(Transport::Tls, server, Some(tls), user, domain, password).await
+    }
+
+    async fn open(
+        transport: Transport,
+        server: SocketAddr,
+        tls: Option<TlsClient>,
         user: &str,
         domain: &str,
         password: &str,
@@ -96,27 +136,23 @@ impl UserAgent {
                 (writer, local, reader)
             }
             Transport::Tcp | Transport::Tls | Transport::Sctp => {
-                let stream = TcpStream::connect(server).await?;
-                let local = stream.local_addr()?;
-                let (mut rd, wr) = stream.into_split();
-                let writer = Writer::Tcp(Arc::new(Mutex::new(wr)));
-                let w = writer.clone();
-                let reader = tokio::spawn(async move {
-                    let mut framer = StreamFramer::new(1 << 20);
-                    let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        let n = match rd.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        framer.push(&buf[..n]);
-                        while let Ok(Some(msg)) = framer.next_message() {
-                            if !dispatch(&msg, &w, &resp_tx, &inbox_tx).await {
-                                return;
-                            }
-                        }
+                let (writer, local, reader) = match tls {
+                    Some(tls) => {
+                        let stream = tls
+                            .connect(server)
+                            .await
+                            .map_err(|e| UaError::Tls(e.to_string()))?;
+                        let local = stream.get_ref().0.local_addr()?;
+                        let (w, r) = spawn_stream(stream, resp_tx, inbox_tx);
+                        (w, local, r)
                     }
-                });
+                    None => {
+                        let stream = TcpStream::connect(server).await?;
+                        let local = stream.local_addr()?;
+                        let (w, r) = spawn_stream(stream, resp_tx, inbox_tx);
+                        (w, local, r)
+                    }
+                };
                 (writer, local, reader)
             }
         };
@@ -160,6 +196,7 @@ impl UserAgent {
     pub async fn register(&mut self, expires: u32) -> Result<u16, UaError> {
         let contact = match self.transport {
             Transport::Udp => format!("<sip:{}@{}>", self.user, self.local),
+            Transport::Tls => format!("<sips:{}@{}>", self.user, self.local),
             _ => format!("<sip:{}@{};transport=tcp>", self.user, self.local),
         };
         let uri = format!("sip:{}", self.domain);
@@ -204,6 +241,13 @@ impl UserAgent {
     /// Sends one page-mode MESSAGE to `to_user` and returns the final status.
     pub async fn message(&mut self, to_user: &str, body: &str) -> Result<u16, UaError> {
         let to = format!("sip:{}@{}", to_user, self.domain);
+        self.message_to(&to, body).await
+    }
+
+    /// Sends one page-mode MESSAGE to the URI `to` (e.g. a `sips:` one) and
+    /// returns the final status.
+    pub async fn message_to(&mut self, to: &str, body: &str) -> Result<u16, UaError> {
+        let to = to.to_string();
         self.counter += 1;
         let call_id = format!(
             "im-{:08x}-{}@{}",
@@ -271,6 +315,38 @@ impl UserAgent {
     pub async fn close(self) {
         self.reader.abort();
     }
+}
+
+/// Starts the reader of a TCP or TLS connection; returns its writer.
+fn spawn_stream<S>(
+    stream: S,
+    resp_tx: mpsc::Sender<SipMessage>,
+    inbox_tx: mpsc::Sender<ReceivedIm>,
+) -> (Writer, JoinHandle<()>)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(stream);
+    let boxed: Box<dyn AsyncWrite + Send + Unpin> = Box::new(wr);
+    let writer = Writer::Stream(Arc::new(Mutex::new(boxed)));
+    let w = writer.clone();
+    let reader = tokio::spawn(async move {
+        let mut framer = StreamFramer::new(1 << 20);
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            framer.push(&buf[..n]);
+            while let Ok(Some(msg)) = framer.next_message() {
+                if !dispatch(&msg, &w, &resp_tx, &inbox_tx).await {
+                    return;
+                }
+            }
+        }
+    });
+    (writer, reader)
 }
 
 /// Routes one incoming message: responses to the waiting transaction,
