@@ -529,6 +529,13 @@ struct Flow {
 }
 
 impl Flow {
+    /// "tcp" or "tls", for log lines.
+    fn name(&self) -> &'static str {
+        match self.transport {
+            Transport::Tls => "tls",
+            _ => "tcp",
+        }
+    }
     fn tap_in(&self, shared: &Shared, bytes: &[u8]) {
         shared
             .tap
@@ -584,7 +591,7 @@ async fn connection<S>(
                 let n = match r {
                     Err(_) => {
                         shared.stats.tcp_timeouts.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%peer, transport = ?flow.transport, buffered = framer.buffered(), "stream peer stalled: closing connection");
+                        tracing::warn!(%peer, buffered = framer.buffered(), "{} peer stalled: closing connection", flow.name());
                         break;
                     }
                     Ok(Ok(0)) | Ok(Err(_)) => break,
@@ -623,7 +630,7 @@ async fn connection<S>(
                 let Some(bytes) = bytes else { break };
                 if let Err(e) = write_message(&mut wr, &bytes).await {
                     shared.stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%peer, transport = ?flow.transport, error = %e, "stream write failed");
+                    tracing::warn!(%peer, error = %e, "{} write failed", flow.name());
                     break;
                 }
                 flow.tap_out(&shared, &bytes);
