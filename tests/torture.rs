@@ -1,20 +1,24 @@
 //! The RFC 4475 / RFC 5118 torture set against the real `sipvault serve`:
-//! every file as one UDP datagram and over a fresh TCP connection. The
-//! server must stay up, refuse what the index says is invalid with the
+//! every file as one UDP datagram, over a fresh TCP connection and over a
+//! fresh TLS connection (trusting the certificate the server generated).
+//! The server must stay up, refuse what the index says is invalid with the
 //! expected status, answer valid requests, stay silent on responses, and
-//! still register users and relay a MESSAGE afterwards.
+//! still register users and relay a MESSAGE afterwards. TLS is a stream
+//! like TCP, so it is held to the same stream verdicts by the same code.
 
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{ServeProcess, sipvault, testdata};
 use sipvault_schemas::Transport;
+use sipvault_server::ua::UserAgent;
 use sipvault_sip::{SipMessage, StreamFramer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 const DOMAIN: &str = "torture.test";
@@ -215,9 +219,18 @@ async fn run_udp(server: SocketAddr, bytes: Vec<u8>, expect: Expect) -> Outcome 
     out
 }
 
-async fn run_tcp(server: SocketAddr, bytes: Vec<u8>, expect: Expect) -> Outcome {
+/// One exchange over a fresh stream connection made by `connect` (TCP, or
+/// TLS including its handshake).
+async fn run_stream<S>(
+    connect: impl Future<Output = std::io::Result<S>>,
+    bytes: Vec<u8>,
+    expect: Expect,
+) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut out = Outcome::default();
-    let mut stream = match tokio::time::timeout(ANSWER_WAIT, TcpStream::connect(server)).await {
+    let mut stream = match tokio::time::timeout(ANSWER_WAIT, connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             out.error = Some(format!("connect: {e}"));
@@ -228,7 +241,13 @@ async fn run_tcp(server: SocketAddr, bytes: Vec<u8>, expect: Expect) -> Outcome 
             return out;
         }
     };
-    if let Err(e) = stream.write_all(&bytes).await {
+    // TLS sends its records on flush.
+    if let Err(e) = async {
+        stream.write_all(&bytes).await?;
+        stream.flush().await
+    }
+    .await
+    {
         out.error = Some(format!("write: {e}"));
         return out;
     }
@@ -377,7 +396,11 @@ async fn torture_set_against_the_running_server() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    for (user, pw) in [("alice", "alice-pw"), ("bob", "bob-pw")] {
+    for (user, pw) in [
+        ("alice", "alice-pw"),
+        ("bob", "bob-pw"),
+        ("carol", "carol-pw"),
+    ] {
         sipvault(
             &data,
             &["user", "add", user, "--password", pw, "--domain", DOMAIN],
@@ -388,10 +411,12 @@ async fn torture_set_against_the_running_server() {
     );
     let mut server = tokio::task::block_in_place(|| ServeProcess::start(&data, Some(&config)));
     let addr = server.addr;
+    let tls_addr = server.tls_addr();
+    let tls = server.tls_client();
 
     // Every file once per transport.
     let mut sends = Vec::new();
-    for transport in [Transport::Udp, Transport::Tcp] {
+    for transport in [Transport::Udp, Transport::Tcp, Transport::Tls] {
         for (file, verdict) in EXPECTED {
             let raw =
                 std::fs::read(torture_dir().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
@@ -441,7 +466,13 @@ async fn torture_set_against_the_running_server() {
             let (bytes, expect) = (s.bytes.clone(), s.expect);
             let h = match s.transport {
                 Transport::Udp => tokio::spawn(run_udp(addr, bytes, expect)),
-                _ => tokio::spawn(run_tcp(addr, bytes, expect)),
+                Transport::Tls => {
+                    let tls = tls.clone();
+                    tokio::spawn(
+                        async move { run_stream(tls.connect(tls_addr), bytes, expect).await },
+                    )
+                }
+                _ => tokio::spawn(run_stream(TcpStream::connect(addr), bytes, expect)),
             };
             tasks.push((s, h));
         }
@@ -476,8 +507,8 @@ async fn torture_set_against_the_running_server() {
     }
     assert_eq!(
         checked,
-        2 * EXPECTED.len(),
-        "not every file was sent on both transports"
+        3 * EXPECTED.len(),
+        "not every file was sent on all three transports"
     );
     assert!(
         failures.is_empty(),
@@ -521,8 +552,35 @@ async fn torture_set_against_the_running_server() {
             .any(|im| im.body == "and over TCP too"),
         "alice did not receive bob's MESSAGE"
     );
+    // And over TLS: carol registers there and talks to both.
+    let mut carol = UserAgent::connect_tls(tls_addr, tls.clone(), "carol", DOMAIN, "carol-pw")
+        .await
+        .expect("carol TLS UA");
+    assert_eq!(
+        carol.register(600).await.expect("carol REGISTER"),
+        200,
+        "carol (TLS) could not register after the torture set"
+    );
+    let code = alice
+        .message("carol", "over TLS after RFC 4475")
+        .await
+        .expect("alice MESSAGE to carol");
+    assert_eq!(code, 200, "MESSAGE alice (UDP) -> carol (TLS)");
+    assert!(
+        carol
+            .received()
+            .iter()
+            .any(|im| im.body == "over TLS after RFC 4475"),
+        "carol did not receive alice's MESSAGE over TLS"
+    );
+    let code = carol
+        .message("bob", "TLS to TCP")
+        .await
+        .expect("carol MESSAGE to bob");
+    assert_eq!(code, 200, "MESSAGE carol (TLS) -> bob (TCP)");
     alice.close().await;
     bob.close().await;
+    carol.close().await;
 
     assert!(
         server.is_running(),

@@ -60,6 +60,8 @@ pub fn sipvault(data: &Path, args: &[&str]) -> String {
 pub struct ServeProcess {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The TLS listener (`sip_tls=` of the listening line), if on.
+    pub tls: Option<SocketAddr>,
     pub data: PathBuf,
     log: Arc<Mutex<String>>,
 }
@@ -94,15 +96,20 @@ impl ServeProcess {
             let log = log.clone();
             std::thread::spawn(move || {
                 let mut tx = Some(tx);
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(pos) = line.find("sip_udp=") {
-                        let addr: String = line[pos + 8..]
+                let value = |line: &str, key: &str| -> Option<String> {
+                    let pos = line.find(key)? + key.len();
+                    Some(
+                        line[pos..]
                             .chars()
                             .take_while(|c| !c.is_whitespace())
-                            .collect();
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(addr);
-                        }
+                            .collect(),
+                    )
+                };
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(addr) = value(&line, "sip_udp=")
+                        && let Some(tx) = tx.take()
+                    {
+                        let _ = tx.send((addr, value(&line, "sip_tls=")));
                     }
                     let mut l = log.lock().unwrap();
                     l.push_str(&line);
@@ -110,7 +117,7 @@ impl ServeProcess {
                 }
             });
         }
-        let addr = rx
+        let (addr, tls) = rx
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| {
                 panic!(
@@ -121,9 +128,26 @@ impl ServeProcess {
         ServeProcess {
             child: Some(child),
             addr: addr.parse().expect("listening address"),
+            // "off" (or an older line without the key): no TLS.
+            tls: tls.and_then(|a| a.parse().ok()),
             data: data.to_path_buf(),
             log,
         }
+    }
+
+    /// The TLS listener, asserting TLS is on.
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls
+            .unwrap_or_else(|| panic!("sipvault serve listens for no TLS; log:\n{}", self.log()))
+    }
+
+    /// A TLS client trusting the certificate the server generated in its
+    /// data directory, for connections to 127.0.0.1.
+    pub fn tls_client(&self) -> sipvault_server::tls::TlsClient {
+        let chain = sipvault_server::tls::read_certificates(&self.data.join("tls/cert.pem"))
+            .expect("the server's generated certificate");
+        sipvault_server::tls::TlsClient::trusting(&chain, "127.0.0.1".parse().unwrap())
+            .expect("TLS client configuration")
     }
 
     pub fn log(&self) -> String {
