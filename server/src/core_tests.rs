@@ -1897,6 +1897,11 @@ fn assert_refused_480(tx: &[Transmit], what: &str) {
     );
 }
 
+fn sips_to_bob(sim: &mut Sim) -> Vec<u8> {
+    let ruri = format!("sips:bob@{DOMAIN}");
+    sim.message_req_to("alice", alice_addr(), &ruri, "secret", 70)
+}
+
 #[test]
 fn sips_request_goes_only_to_a_tls_flow() {
     let mut sim = Sim::new(config());
@@ -1909,13 +1914,7 @@ fn sips_request_goes_only_to_a_tls_flow() {
         Some(600),
     );
     assert_eq!(reg.status(), Some(200));
-    let req = sim.message_req_to(
-        "alice",
-        alice_addr(),
-        &format!("sips:bob@{DOMAIN}"),
-        "secret",
-        70,
-    );
+    let req = sips_to_bob(&mut sim);
     let tx = sim.deliver(Transport::Tls, alice_addr(), &req);
     assert_refused_480(&tx, "sips: MESSAGE to a UDP-only user");
     let req = sim.message_req("alice", alice_addr(), "bob", "plain", 70);
@@ -1938,13 +1937,7 @@ fn sips_request_goes_only_to_a_tls_flow() {
         Some(600),
     );
     assert_eq!(reg.status(), Some(200));
-    let req = sim.message_req_to(
-        "alice",
-        alice_addr(),
-        &format!("sips:bob@{DOMAIN}"),
-        "secret",
-        70,
-    );
+    let req = sips_to_bob(&mut sim);
     let tx = sim.deliver(Transport::Tls, alice_addr(), &req);
     assert_eq!(tx.len(), 1, "{:?}", describe(&tx));
     assert_eq!(

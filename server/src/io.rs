@@ -438,21 +438,14 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
         let open = OpenConn::new(&shared.stats);
         let local = stream.local_addr().unwrap_or(shared.config.sip_addr);
         let shared = shared.clone();
+        let flow = Flow {
+            transport,
+            local,
+            peer,
+        };
         match tls.clone() {
             None => {
-                let rx = register_conn(&shared, Transport::Tcp, peer);
-                tokio::spawn(connection(
-                    stream,
-                    Flow {
-                        transport,
-                        local,
-                        peer,
-                    },
-                    rx,
-                    shared,
-                    None,
-                    open,
-                ));
+                tokio::spawn(connection(stream, flow, shared, None, open));
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
@@ -485,27 +478,15 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
                             return;
                         }
                     };
-                    let rx = register_conn(&shared, Transport::Tls, peer);
-                    connection(
-                        stream,
-                        Flow {
-                            transport: Transport::Tls,
-                            local,
-                            peer,
-                        },
-                        rx,
-                        shared,
-                        None,
-                        open,
-                    )
-                    .await;
+                    connection(stream, flow, shared, None, open).await;
                 });
             }
         }
     }
 }
 
-/// Makes a connection reachable for the core's transmits to `peer`.
+/// Makes a connection reachable for the core's transmits to `peer`; they
+/// arrive on the returned receiver.
 fn register_conn(
     shared: &Shared,
     transport: Transport,
@@ -563,7 +544,6 @@ async fn write_message<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8]) -> std::
 async fn connection<S>(
     stream: S,
     flow: Flow,
-    mut out: mpsc::Receiver<Vec<u8>>,
     shared: Arc<Shared>,
     first: Option<Vec<u8>>,
     _open: OpenConn,
@@ -571,6 +551,7 @@ async fn connection<S>(
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let peer = flow.peer;
+    let mut out = register_conn(&shared, flow.transport, peer);
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut shutdown = shared.shutdown.clone();
     let mut framer = StreamFramer::new(shared.config.max_message_bytes);
@@ -747,13 +728,12 @@ async fn send(udp: &UdpSocket, udp_local: SocketAddr, shared: &Arc<Shared>, t: T
                             Ok(Ok(stream)) => {
                                 let open = OpenConn::new(&shared.stats);
                                 let local = stream.local_addr().unwrap_or(shared.config.sip_addr);
-                                let rx = register_conn(&shared, Transport::Tcp, t.dst);
                                 let flow = Flow {
                                     transport: Transport::Tcp,
                                     local,
                                     peer: t.dst,
                                 };
-                                connection(stream, flow, rx, shared, Some(t.bytes), open).await;
+                                connection(stream, flow, shared, Some(t.bytes), open).await;
                             }
                             _ => flow_failed(&shared, Transport::Tcp, t.dst, "tcp connect failed"),
                         }
