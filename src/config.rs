@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
-use sipvault_collector::SegmentLimits;
 use sipvault_collector::arrivals::ArrivalConfig;
+use sipvault_collector::{SegmentLimits, WalConfig};
 use sipvault_server::TlsListener;
 use sipvault_server::tls::{Origin, TlsIdentity};
 
@@ -154,6 +154,20 @@ pub struct ArchiveConfig {
     /// The same packet from two capture points within this time is
     /// archived once. Keep it under T1 so retransmissions stay distinct.
     pub dedup_window_ms: u64,
+    /// Critical mode: an IM is relayed only once the archive accepted its
+    /// record; when it cannot, the IM is refused with 503 and Retry-After.
+    pub critical: bool,
+    /// Critical mode: how long an IM waits for the archive before it is
+    /// refused (a stalled archive refuses, it does not hold signalling).
+    pub critical_timeout_ms: u64,
+    /// `Retry-After` of that 503.
+    pub retry_after_secs: u64,
+    /// The write-ahead log starts a new file past this size.
+    pub wal_file_bytes: u64,
+    /// A checkpoint (seal, snapshot, trim the log) at least this often...
+    pub checkpoint_secs: u64,
+    /// ...and after this much log: it bounds what a restart replays.
+    pub checkpoint_bytes: u64,
 }
 
 impl Default for ArchiveConfig {
@@ -162,6 +176,7 @@ impl Default for ArchiveConfig {
         // running server seals sooner by age than the library default.
         let limits = SegmentLimits::default();
         let arrivals = ArrivalConfig::default();
+        let wal = WalConfig::default();
         let ms = |ns: i64| u64::try_from(ns / 1_000_000).unwrap_or(0);
         ArchiveConfig {
             segment_max_rows: limits.max_rows,
@@ -170,6 +185,13 @@ impl Default for ArchiveConfig {
             tap_queue: 65_536,
             reorder_window_ms: ms(arrivals.reorder_window_ns),
             dedup_window_ms: ms(arrivals.dedup_window_ns),
+            critical: false,
+            critical_timeout_ms: 2_000,
+            retry_after_secs: 5,
+            wal_file_bytes: wal.file_bytes,
+            // Every segment-age period: checkpoints add no extra segments.
+            checkpoint_secs: 60,
+            checkpoint_bytes: wal.checkpoint_bytes,
         }
     }
 }
@@ -284,6 +306,14 @@ mod tests {
             (200_000, 33_554_432, 60)
         );
         assert_eq!((a.reorder_window_ms, a.dedup_window_ms), (200, 100));
+        assert_eq!(
+            (a.critical, a.critical_timeout_ms, a.retry_after_secs),
+            (false, 2_000, 5)
+        );
+        assert_eq!(
+            (a.wal_file_bytes, a.checkpoint_secs, a.checkpoint_bytes),
+            (67_108_864, 60, 1_073_741_824)
+        );
     }
 
     #[test]

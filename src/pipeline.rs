@@ -18,7 +18,9 @@ use sipvault_collector::{
 use sipvault_indexer::{ImIndex, IndexDoc};
 use sipvault_query::reindex::{SegmentRef, indexable_segments, read_segment_docs, repair_index};
 use sipvault_schemas::TABLE_IM_MESSAGES;
-use sipvault_server::{CoreConfig, Server, ServerConfig, UserCredentials, UserDirectory};
+use sipvault_server::{
+    CoreConfig, CriticalArchive, Server, ServerConfig, UserCredentials, UserDirectory,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -51,6 +53,7 @@ pub fn server_config(config: &Config, sip: SocketAddr) -> ServerConfig {
             min_expires: config.sip.min_expires,
             max_expires: config.sip.max_expires,
             seed: rand_seed(),
+            archive_retry_after: Duration::from_secs(config.archive.retry_after_secs),
             ..CoreConfig::default()
         },
         max_message_bytes: config.sip.max_message_bytes,
@@ -59,6 +62,7 @@ pub fn server_config(config: &Config, sip: SocketAddr) -> ServerConfig {
         max_tcp_connections: config.sip.max_tcp_connections,
         udp_recv_buffer: config.sip.udp_recv_buffer_bytes,
         tls: None,
+        critical_archive: None,
     }
 }
 
@@ -103,7 +107,7 @@ impl Running {
         let catalog = Catalog::open(data_dir)
             .await
             .context("opening the catalog")?;
-        let (tap_tx, raw_tx, inputs) = Inputs::channel(config.archive.tap_queue);
+        let (tap_tx, raw_tx, mut inputs) = Inputs::channel(config.archive.tap_queue);
         let hep = match config.hep.listen {
             Some(addr) => Some(
                 HepListener::start(
@@ -126,6 +130,12 @@ impl Running {
         };
         let mut settings = server_config(config, sip);
         settings.tls = config.tls_listener(data_dir, sip)?;
+        if config.archive.critical {
+            settings.critical_archive = Some(CriticalArchive {
+                tx: inputs.acked_channel(config.archive.tap_queue),
+                timeout: Duration::from_millis(config.archive.critical_timeout_ms),
+            });
+        }
         let server = Server::start(settings, tap_tx).await?;
         // Users are known before the address is announced: a client that
         // registers as soon as it sees the listening line is not told 404.
@@ -351,7 +361,11 @@ impl Archiver {
                 live,
                 // A live capture cannot be repeated: it is logged before
                 // it counts as accepted. An import is repeated whole.
-                wal: live.then(WalConfig::default),
+                wal: live.then(|| WalConfig {
+                    file_bytes: config.archive.wal_file_bytes.max(1),
+                    checkpoint_interval: Duration::from_secs(config.archive.checkpoint_secs),
+                    checkpoint_bytes: config.archive.checkpoint_bytes,
+                }),
             },
             catalog,
             inputs,

@@ -38,7 +38,7 @@ use sipvault_sip::SipMessage;
 use tokio::sync::mpsc;
 
 pub use verify::{Finding, VerifyReport, verify_archive};
-pub use wal::{Ack, Refused};
+pub use wal::Ack;
 pub use writer::{ArchiveWriter, SegmentLimits};
 
 #[derive(Debug, thiserror::Error)]
@@ -200,10 +200,7 @@ pub struct Inputs {
 }
 
 /// A captured message and the answer its sender waits for.
-pub struct AckedMessage {
-    pub msg: CapturedMessage,
-    pub ack: Ack,
-}
+pub type AckedMessage = (CapturedMessage, Ack);
 
 impl Inputs {
     /// Inputs with senders for both channels, each bounded to `capacity`.
@@ -304,7 +301,7 @@ pub async fn run(
                 }
                 let captured = acked_batch
                     .drain(..)
-                    .map(|AckedMessage { msg, ack }| {
+                    .map(|(msg, ack)| {
                         acks.push(ack);
                         msg
                     })

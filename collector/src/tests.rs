@@ -462,7 +462,7 @@ async fn send_accepted(tx: &mpsc::Sender<crate::AckedMessage>, range: std::ops::
     for i in range {
         for msg in message(i, t + i64::from(i) * 1_000_000) {
             let (ack, accepted) = tokio::sync::oneshot::channel();
-            tx.send(crate::AckedMessage { msg, ack }).await.unwrap();
+            tx.send((msg, ack)).await.unwrap();
             assert_eq!(accepted.await.unwrap(), Ok(()), "IM {i} accepted");
         }
     }

@@ -89,13 +89,10 @@ pub enum Event {
     Drain,
 }
 
-/// Why the archive could not accept a record (critical mode refuses the IM).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("archive unavailable: {0}")]
-pub struct Refused(pub String);
-
-/// Resolved once the record is durable in the log, or could not be made so.
-pub type Ack = oneshot::Sender<Result<(), Refused>>;
+/// Resolved once the record is durable in the log, or with the reason it
+/// could not be made so (critical mode refuses the IM). Plain types, so a
+/// capture source can hold the sending end without depending on this crate.
+pub type Ack = oneshot::Sender<Result<(), String>>;
 
 /// `[len][crc32][payload]`.
 pub fn frame(payload: &[u8]) -> Vec<u8> {
@@ -388,12 +385,7 @@ fn log_thread(
                 stats.unlogged.fetch_add(append.messages, Ordering::Relaxed);
             }
             for ack in append.acks {
-                let _ = ack.send(
-                    result
-                        .as_ref()
-                        .map(|_| ())
-                        .map_err(|e| Refused(e.to_string())),
-                );
+                let _ = ack.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
             }
         }
     }

@@ -40,6 +40,9 @@ pub struct CoreConfig {
     pub nonce_ttl: Duration,
     /// Seed for tags, branches and nonces (random in production, fixed in tests).
     pub seed: u64,
+    /// `Retry-After` of the 503 that refuses an IM the archive could not
+    /// accept (critical mode).
+    pub archive_retry_after: Duration,
 }
 
 impl Default for CoreConfig {
@@ -54,6 +57,7 @@ impl Default for CoreConfig {
             default_expires: 3600,
             nonce_ttl: Duration::from_secs(300),
             seed: 0x5eed,
+            archive_retry_after: Duration::from_secs(5),
         }
     }
 }
@@ -105,6 +109,8 @@ pub struct CoreStats {
     pub retransmissions: u64,
     pub timeouts: u64,
     pub stray_responses: u64,
+    /// IMs refused because the archive could not accept them (critical mode).
+    pub archive_refused: u64,
 }
 
 /// A server transaction: remembers the last response so a retransmitted
@@ -259,6 +265,60 @@ impl Core {
             self.stats.responses += 1;
             self.on_response(now, msg);
         }
+    }
+
+    /// A request whose record the archive could not accept (critical mode:
+    /// an IM is relayed only once it is archived). Answered 503 with
+    /// `Retry-After` in its own server transaction, never relayed.
+    pub fn handle_unarchived(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        peer: SocketAddr,
+        bytes: &[u8],
+    ) {
+        self.schedule_housekeeping(now);
+        let Ok(msg) = SipMessage::parse(bytes) else {
+            // Not parsable: the normal path answers it (or drops it).
+            self.handle_message(now, transport, peer, bytes);
+            return;
+        };
+        if !msg.is_request() || msg.method() == Some("ACK") {
+            self.handle_message(now, transport, peer, bytes);
+            return;
+        }
+        self.stats.requests += 1;
+        let key = Self::server_key(&msg);
+        if let Some(txn) = self.server_txns.get(&key) {
+            if let Some(resp) = txn.last_response.clone() {
+                self.stats.retransmissions += 1;
+                self.transmits.push_back(Transmit {
+                    transport: txn.transport,
+                    dst: txn.peer,
+                    bytes: resp,
+                });
+            }
+            return;
+        }
+        self.server_txns.insert(
+            key.clone(),
+            ServerTxn {
+                last_response: None,
+                transport,
+                peer,
+                expires_at: now + self.config.t1 * 64,
+            },
+        );
+        self.stats.archive_refused += 1;
+        self.reject_event(peer, 503, "archive cannot accept the record");
+        let retry_after = self.config.archive_retry_after.as_secs().max(1).to_string();
+        self.respond(
+            &key,
+            &msg,
+            503,
+            "Service Unavailable",
+            &[("Retry-After".into(), retry_after)],
+        );
     }
 
     fn reject_event(&mut self, peer: SocketAddr, code: u16, reason: &str) {

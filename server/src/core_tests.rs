@@ -2015,3 +2015,43 @@ fn lost_flow_answers_480_at_once_not_408_later() {
         later.iter().map(|(_, t)| t.dst).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn an_im_the_archive_refused_gets_503_with_retry_after_and_is_not_relayed() {
+    let mut sim = Sim::new(CoreConfig {
+        archive_retry_after: Duration::from_secs(7),
+        ..config()
+    });
+    sim.register(
+        "bob",
+        "bob-pw",
+        bob_addr(),
+        "<sip:bob@10.0.0.2:5062>",
+        Some(600),
+    );
+    let req = sim.message_req("alice", alice_addr(), "bob", "not archived", 70);
+    sim.core
+        .handle_unarchived(sim.now, Transport::Udp, alice_addr(), &req);
+    let resp = only_response(sim.drain(), alice_addr(), "refused MESSAGE");
+    assert_eq!(resp.status(), Some(503), "{}", resp.start_line());
+    assert_eq!(resp.header("Retry-After"), Some("7"));
+    assert_to_tag(&resp, "503 to a refused IM");
+    assert!(
+        sim.events()
+            .iter()
+            .any(|e| matches!(e, Event::Rejected { code: 503, .. })),
+        "the refusal is an event the server logs"
+    );
+    assert_eq!(sim.core.stats.archive_refused, 1);
+
+    // A retransmission is answered from the transaction, not relayed.
+    sim.core
+        .handle_unarchived(sim.now, Transport::Udp, alice_addr(), &req);
+    assert_eq!(status(&sim.drain()), vec![503]);
+    assert_eq!(sim.core.stats.archive_refused, 1);
+    // The next IM, accepted by the archive, goes through as usual.
+    let ok = sim.message_req("alice", alice_addr(), "bob", "archived", 70);
+    let tx = sim.udp(alice_addr(), &ok);
+    assert_eq!(tx.len(), 1, "{:?}", describe(&tx));
+    assert_eq!(tx[0].dst, bob_addr());
+}

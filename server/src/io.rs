@@ -13,7 +13,7 @@ use sipvault_schemas::{CapturedMessage, Direction, Transport};
 use sipvault_sip::{StreamFramer, error_response_for_unparsed};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -48,6 +48,24 @@ pub struct ServerConfig {
     /// UDP receive buffer to ask the kernel for (SO_RCVBUF, capped by
     /// net.core.rmem_max): bursts wait in the kernel instead of being dropped.
     pub udp_recv_buffer: usize,
+    /// Critical mode: an IM is relayed only once the archive accepted its
+    /// record; `None` relays whatever the archive does.
+    pub critical_archive: Option<CriticalArchive>,
+}
+
+/// Resolved by the archive once the record is durable, or with why not.
+pub type ArchiveAck = oneshot::Sender<Result<(), String>>;
+
+/// A captured message whose sender waits for the archive's answer.
+pub type ArchiveRequest = (CapturedMessage, ArchiveAck);
+
+/// Where critical mode sends an IM's record, and how long it waits.
+#[derive(Debug, Clone)]
+pub struct CriticalArchive {
+    pub tx: mpsc::Sender<ArchiveRequest>,
+    /// Not accepted within this, the IM is refused: a stalled archive must
+    /// not hold signalling.
+    pub timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +79,7 @@ impl Default for ServerConfig {
             udp_recv_buffer: 4 << 20,
             max_tcp_connections: 4096,
             tls: None,
+            critical_archive: None,
         }
     }
 }
@@ -88,12 +107,14 @@ pub struct ServerStats {
     pub tls_handshake_failures: AtomicU64,
     pub send_errors: AtomicU64,
     pub tap_dropped: AtomicU64,
+    /// IMs refused because the archive could not accept them (critical mode).
+    pub archive_refused: AtomicU64,
     /// Open stream connections, TCP and TLS.
     pub tcp_open: AtomicUsize,
 }
 
 impl ServerStats {
-    pub fn snapshot(&self) -> [(&'static str, u64); 11] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 12] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("datagrams_in", get(&self.datagrams_in)),
@@ -106,6 +127,7 @@ impl ServerStats {
             ("tls_handshake_failures", get(&self.tls_handshake_failures)),
             ("send_errors", get(&self.send_errors)),
             ("tap_dropped", get(&self.tap_dropped)),
+            ("archive_refused", get(&self.archive_refused)),
             ("tcp_open", self.tcp_open.load(Ordering::Relaxed) as u64),
         ]
     }
@@ -128,6 +150,24 @@ pub struct Tap {
 }
 
 impl Tap {
+    fn captured(
+        direction: Direction,
+        transport: Transport,
+        src: SocketAddr,
+        dst: SocketAddr,
+        raw: &[u8],
+    ) -> CapturedMessage {
+        CapturedMessage {
+            time_ns: chrono_now_ns(),
+            source: "tap".into(),
+            direction,
+            transport,
+            src,
+            dst,
+            raw: raw.to_vec(),
+        }
+    }
+
     fn capture(
         &self,
         direction: Direction,
@@ -136,16 +176,7 @@ impl Tap {
         dst: SocketAddr,
         raw: &[u8],
     ) {
-        let time_ns = chrono_now_ns();
-        let msg = CapturedMessage {
-            time_ns,
-            source: "tap".into(),
-            direction,
-            transport,
-            src,
-            dst,
-            raw: raw.to_vec(),
-        };
+        let msg = Self::captured(direction, transport, src, dst, raw);
         if self.tx.try_send(msg).is_err() {
             let n = self.stats.tap_dropped.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() {
@@ -158,6 +189,74 @@ impl Tap {
     }
 }
 
+/// Taps a message received from `peer` and hands it to the core; false
+/// once the core is gone. In critical mode an IM (a MESSAGE request) waits,
+/// on its own task, for the archive to accept its record: accepted, it goes
+/// to the core to be relayed; refused or not answered in time, the core
+/// answers it 503 with Retry-After.
+async fn admit(
+    shared: &Arc<Shared>,
+    transport: Transport,
+    peer: SocketAddr,
+    local: SocketAddr,
+    bytes: Vec<u8>,
+) -> bool {
+    let Some(critical) = shared
+        .config
+        .critical_archive
+        .as_ref()
+        .filter(|_| bytes.starts_with(b"MESSAGE "))
+    else {
+        shared
+            .tap
+            .capture(Direction::In, transport, peer, local, &bytes);
+        return shared
+            .inbound
+            .send(Inbound::Message {
+                transport,
+                peer,
+                bytes,
+            })
+            .await
+            .is_ok();
+    };
+    let (ack, accepted) = oneshot::channel();
+    let record = Tap::captured(Direction::In, transport, peer, local, &bytes);
+    let queued = critical.tx.try_send((record, ack));
+    let timeout = critical.timeout;
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let verdict = match queued {
+            Err(_) => Err("archive queue full or closed".to_string()),
+            Ok(()) => match tokio::time::timeout(timeout, accepted).await {
+                Ok(Ok(verdict)) => verdict,
+                Ok(Err(_)) => Err("archive stopped".to_string()),
+                Err(_) => Err(format!("not accepted within {} ms", timeout.as_millis())),
+            },
+        };
+        let inbound = match verdict {
+            Ok(()) => Inbound::Message {
+                transport,
+                peer,
+                bytes,
+            },
+            Err(reason) => {
+                let n = shared.stats.archive_refused.fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() || n < 8 {
+                    tracing::warn!(%peer, %reason, refused = n + 1, "archive cannot accept the record: IM refused with 503 (critical mode)");
+                }
+                Inbound::Unarchived {
+                    transport,
+                    peer,
+                    bytes,
+                }
+            }
+        };
+        let _ = shared.inbound.send(inbound).await;
+    });
+    true
+}
+
 fn chrono_now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -167,6 +266,12 @@ fn chrono_now_ns() -> i64 {
 
 enum Inbound {
     Message {
+        transport: Transport,
+        peer: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    /// A request the archive could not accept (critical mode): refused.
+    Unarchived {
         transport: Transport,
         peer: SocketAddr,
         bytes: Vec<u8>,
@@ -393,19 +498,7 @@ async fn udp_loop(udp: Arc<UdpSocket>, shared: Arc<Shared>) {
             continue;
         }
         let bytes = buf[..n].to_vec();
-        shared
-            .tap
-            .capture(Direction::In, Transport::Udp, peer, local, &bytes);
-        if shared
-            .inbound
-            .send(Inbound::Message {
-                transport: Transport::Udp,
-                peer,
-                bytes,
-            })
-            .await
-            .is_err()
-        {
+        if !admit(&shared, Transport::Udp, peer, local, bytes).await {
             break;
         }
     }
@@ -517,12 +610,6 @@ impl Flow {
             _ => "tcp",
         }
     }
-    fn tap_in(&self, shared: &Shared, bytes: &[u8]) {
-        shared
-            .tap
-            .capture(Direction::In, self.transport, self.peer, self.local, bytes);
-    }
-
     fn tap_out(&self, shared: &Shared, bytes: &[u8]) {
         shared
             .tap
@@ -583,8 +670,7 @@ async fn connection<S>(
                     match framer.next_message() {
                         Ok(Some(msg)) => {
                             shared.stats.stream_messages_in.fetch_add(1, Ordering::Relaxed);
-                            flow.tap_in(&shared, &msg);
-                            if shared.inbound.send(Inbound::Message { transport: flow.transport, peer, bytes: msg }).await.is_err() {
+                            if !admit(&shared, flow.transport, peer, flow.local, msg).await {
                                 break 'conn;
                             }
                         }
@@ -660,6 +746,7 @@ async fn core_loop(
         tokio::select! {
             input = inbound.recv() => match input {
                 Some(Inbound::Message { transport, peer, bytes }) => core.handle_message(Instant::now(), transport, peer, &bytes),
+                Some(Inbound::Unarchived { transport, peer, bytes }) => core.handle_unarchived(Instant::now(), transport, peer, &bytes),
                 Some(Inbound::Users(users)) => core.set_users(users),
                 Some(Inbound::FlowFailed { transport, dst }) => core.handle_flow_failed(Instant::now(), transport, dst),
                 None => break,

@@ -13,7 +13,10 @@ pub mod tls;
 pub mod ua;
 
 pub use core::{Core, CoreConfig, CoreStats, Event, Transmit, UserCredentials};
-pub use io::{Server, ServerConfig, ServerError, ServerStats, Tap, TlsListener, UserDirectory};
+pub use io::{
+    ArchiveAck, ArchiveRequest, CriticalArchive, Server, ServerConfig, ServerError, ServerStats,
+    Tap, TlsListener, UserDirectory,
+};
 pub use tls::{TlsError, TlsIdentity};
 
 #[cfg(test)]
