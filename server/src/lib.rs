@@ -8,6 +8,7 @@
 
 pub mod core;
 pub mod io;
+pub mod presence;
 pub mod registrar;
 pub mod tls;
 pub mod ua;
