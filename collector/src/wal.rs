@@ -260,7 +260,8 @@ pub fn read(dir: &Path) -> Result<Recovered, WalError> {
 
 /// Writes the snapshot of checkpoint `lsn` (tmp, fsync, rename, fsync dir),
 /// then removes older snapshots and every log file whose groups all come
-/// at or before `lsn`.
+/// at or before `lsn`: every file that starts at or before it, since the
+/// log starts a new file after each checkpoint group.
 pub fn commit_checkpoint(dir: &Path, lsn: u64, state: &[u8]) -> Result<(), WalError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let final_path = dir.join(snapshot_name(lsn));
@@ -277,11 +278,9 @@ pub fn commit_checkpoint(dir: &Path, lsn: u64, state: &[u8]) -> Result<(), WalEr
             let _ = std::fs::remove_file(path);
         }
     }
-    let logs = numbered(dir, "", LOG_SUFFIX);
-    for pair in logs.windows(2) {
-        // A file holds the groups from its own first LSN to the next file's.
-        if pair[1].0 <= lsn + 1 {
-            std::fs::remove_file(&pair[0].1).map_err(io_err(&pair[0].1))?;
+    for (first, path) in numbered(dir, "", LOG_SUFFIX) {
+        if first <= lsn {
+            std::fs::remove_file(&path).map_err(io_err(&path))?;
         }
     }
     Ok(())

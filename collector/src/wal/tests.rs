@@ -100,15 +100,18 @@ fn read_returns_groups_in_order_and_cuts_a_torn_tail() {
 #[test]
 fn checkpoint_keeps_newer_groups_and_trims_older_files() {
     let dir = tempfile::tempdir().unwrap();
+    // The log starts a new file after each checkpoint group (2 and 3 here).
     let old = write_log(dir.path(), 1, &[input(1), input(2)]);
-    let current = write_log(dir.path(), 3, &[input(3), input(4)]);
+    let third = write_log(dir.path(), 3, &[input(3)]);
+    let current = write_log(dir.path(), 4, &[input(4)]);
     commit_checkpoint(dir.path(), 2, b"state at 2").unwrap();
     assert!(
         !old.exists(),
         "every group of the first file is covered by the snapshot"
     );
-    assert!(current.exists());
+    assert!(third.exists() && current.exists());
     commit_checkpoint(dir.path(), 3, b"state at 3").unwrap();
+    assert!(!third.exists());
     assert!(current.exists(), "group 4 comes after the checkpoint");
 
     let rec = read(dir.path()).unwrap();
