@@ -1,5 +1,7 @@
-//! The sans-IO server core: registrar and page-mode MESSAGE relay with
-//! RFC 3261 non-INVITE transactions.
+//! The sans-IO server core: registrar, page-mode MESSAGE relay with
+//! RFC 3261 non-INVITE transactions, and the stateful INVITE proxy (INVITE
+//! transactions, forking, Record-Route and loose routing) in
+//! [`crate::proxy`].
 //!
 //! Input comes in through [`Core::handle_message`] and
 //! [`Core::handle_timeout`], both taking the current time; output leaves
@@ -17,12 +19,14 @@ use sipvault_sip::{
     MessageBuilder, SipMessage, SipUri, check_request, default_reason, error_response_for_unparsed,
 };
 
+use crate::proxy::{CancelClient, InviteClient, InviteServer};
 use crate::registrar::{Binding, Bindings, NonceState, Nonces};
 
 /// Option tags this server understands (for `Require`/`Proxy-Require`).
 pub const SUPPORTED: &[&str] = &["path", "outbound"];
-pub const ALLOW: &str = "REGISTER, MESSAGE, OPTIONS, ACK";
-const SERVER_HEADER: &str = "sipvault";
+pub const ALLOW: &str =
+    "REGISTER, MESSAGE, OPTIONS, INVITE, ACK, CANCEL, BYE, UPDATE, PRACK, INFO, REFER";
+pub(crate) const SERVER_HEADER: &str = "sipvault";
 
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -31,6 +35,14 @@ pub struct CoreConfig {
     /// RFC 3261 T1 (RTT estimate) and T2 (max retransmit interval).
     pub t1: Duration,
     pub t2: Duration,
+    /// RFC 3261 T4 (how long a message may stay in the network): Timer I
+    /// of an INVITE server transaction on UDP.
+    pub t4: Duration,
+    /// Timer C of the proxy (RFC 3261 16.6 step 11): an INVITE without a
+    /// final response after this long is cancelled downstream and answered
+    /// 408 upstream. Not restarted by provisional responses, so a callee
+    /// that keeps ringing is still given up on.
+    pub no_answer_timeout: Duration,
     /// Requests with a larger body get 413.
     pub max_body_bytes: usize,
     pub min_expires: u32,
@@ -51,6 +63,8 @@ impl Default for CoreConfig {
             domain: "sipvault.local".into(),
             t1: Duration::from_millis(500),
             t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+            no_answer_timeout: Duration::from_secs(180),
             max_body_bytes: 8 * 1024,
             min_expires: 60,
             max_expires: 7200,
@@ -115,35 +129,41 @@ pub struct CoreStats {
 
 /// A server transaction: remembers the last response so a retransmitted
 /// request is answered again instead of processed twice.
-struct ServerTxn {
-    last_response: Option<Vec<u8>>,
-    transport: Transport,
-    peer: SocketAddr,
-    expires_at: Instant,
+pub(crate) struct ServerTxn {
+    pub(crate) last_response: Option<Vec<u8>>,
+    pub(crate) transport: Transport,
+    pub(crate) peer: SocketAddr,
+    pub(crate) expires_at: Instant,
 }
 
 /// A client transaction for a relayed request.
-struct ClientTxn {
-    server_key: String,
-    origin_transport: Transport,
-    origin: SocketAddr,
-    request: SipMessage,
-    transmit: Transmit,
-    next_retransmit: Option<Instant>,
-    interval: Duration,
-    deadline: Instant,
+pub(crate) struct ClientTxn {
+    pub(crate) server_key: String,
+    pub(crate) origin_transport: Transport,
+    pub(crate) origin: SocketAddr,
+    pub(crate) request: SipMessage,
+    pub(crate) transmit: Transmit,
+    pub(crate) next_retransmit: Option<Instant>,
+    pub(crate) interval: Duration,
+    pub(crate) deadline: Instant,
 }
 
 pub struct Core {
-    config: CoreConfig,
-    users: HashMap<String, UserCredentials>,
-    local: HashMap<Transport, SocketAddr>,
-    bindings: Bindings,
+    pub(crate) config: CoreConfig,
+    pub(crate) users: HashMap<String, UserCredentials>,
+    pub(crate) local: HashMap<Transport, SocketAddr>,
+    pub(crate) bindings: Bindings,
     nonces: Nonces,
-    server_txns: HashMap<String, ServerTxn>,
-    client_txns: HashMap<String, ClientTxn>,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<Event>,
+    pub(crate) server_txns: HashMap<String, ServerTxn>,
+    pub(crate) client_txns: HashMap<String, ClientTxn>,
+    /// INVITE server transactions, keyed like `server_txns`.
+    pub(crate) invite_servers: HashMap<String, InviteServer>,
+    /// INVITE client transactions (one per branch of a fork), by branch.
+    pub(crate) invite_clients: HashMap<String, InviteClient>,
+    /// CANCELs the proxy sent downstream, by branch (that of the INVITE).
+    pub(crate) cancel_clients: HashMap<String, CancelClient>,
+    pub(crate) transmits: VecDeque<Transmit>,
+    pub(crate) events: VecDeque<Event>,
     rng: u64,
     next_housekeeping: Option<Instant>,
     pub stats: CoreStats,
@@ -160,6 +180,9 @@ impl Core {
             nonces: Nonces::default(),
             server_txns: HashMap::new(),
             client_txns: HashMap::new(),
+            invite_servers: HashMap::new(),
+            invite_clients: HashMap::new(),
+            cancel_clients: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             rng,
@@ -201,6 +224,10 @@ impl Core {
             .values()
             .map(|t| t.next_retransmit.map_or(t.deadline, |r| r.min(t.deadline)))
             .min();
+        let txn = match (txn, self.next_invite_timer()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         match (txn, self.next_housekeeping) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -216,7 +243,7 @@ impl Core {
         z ^ (z >> 31)
     }
 
-    fn token(&mut self) -> String {
+    pub(crate) fn token(&mut self) -> String {
         format!("{:016x}", self.next_u64())
     }
 
@@ -321,7 +348,7 @@ impl Core {
         );
     }
 
-    fn reject_event(&mut self, peer: SocketAddr, code: u16, reason: &str) {
+    pub(crate) fn reject_event(&mut self, peer: SocketAddr, code: u16, reason: &str) {
         self.stats.rejected += 1;
         self.events.push_back(Event::Rejected {
             peer,
@@ -330,8 +357,14 @@ impl Core {
         });
     }
 
-    fn server_key(msg: &SipMessage) -> String {
-        let method = msg.method().unwrap_or("");
+    pub(crate) fn server_key(msg: &SipMessage) -> String {
+        Self::server_key_for(msg, msg.method().unwrap_or(""))
+    }
+
+    /// The key of the server transaction `msg` belongs to if it were a
+    /// `method` request: a CANCEL and the ACK of a non-2xx answer carry the
+    /// INVITE's branch and find its transaction with `"INVITE"`.
+    pub(crate) fn server_key_for(msg: &SipMessage, method: &str) -> String {
         match msg.vias().first() {
             Some(v)
                 if v.branch()
@@ -347,9 +380,9 @@ impl Core {
             }
             // RFC 2543 peers: no usable branch, match on dialog identifiers.
             _ => format!(
-                "2543|{}|{:?}|{}",
+                "2543|{}|{}|{method}|{}",
                 msg.call_id().unwrap_or(""),
-                msg.cseq(),
+                msg.cseq().map_or(0, |(n, _)| n),
                 msg.from()
                     .and_then(|f| f.tag().map(str::to_string))
                     .unwrap_or_default()
@@ -369,7 +402,11 @@ impl Core {
             tracing::debug_span!("sip", call_id = msg.call_id().unwrap_or("-"), method = %method);
         let _enter = span.enter();
         if method == "ACK" {
-            // ACKs to our own non-2xx answers end there; nothing to relay yet.
+            self.on_ack(now, transport, peer, msg);
+            return;
+        }
+        if method == "INVITE" {
+            self.on_invite(now, transport, peer, msg);
             return;
         }
         let key = Self::server_key(&msg);
@@ -407,6 +444,10 @@ impl Core {
         match method.as_str() {
             "REGISTER" => self.on_register(now, transport, peer, &key, &msg),
             "MESSAGE" => self.on_message(now, transport, peer, &key, msg),
+            "CANCEL" => self.on_cancel(now, peer, &key, &msg),
+            "BYE" | "UPDATE" | "PRACK" | "INFO" | "REFER" => {
+                self.on_proxied_non_invite(now, transport, peer, &key, msg)
+            }
             "OPTIONS" => {
                 let extra = [
                     ("Allow".to_string(), ALLOW.to_string()),
@@ -432,7 +473,7 @@ impl Core {
     }
 
     /// Answers `req` in its server transaction.
-    fn respond(
+    pub(crate) fn respond(
         &mut self,
         key: &str,
         req: &SipMessage,
@@ -718,7 +759,25 @@ impl Core {
             dst: binding.flow,
             bytes: b.build(),
         };
-        let reliable = binding.transport != Transport::Udp;
+        self.start_client_txn(now, branch, key, transport, peer, req, transmit);
+    }
+
+    /// Sends `transmit` (a relayed non-INVITE request whose top Via carries
+    /// `branch`) in a new client transaction: retransmitted on UDP (Timer
+    /// E), its final response relayed to the server transaction `key`,
+    /// 408 there after Timer F.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start_client_txn(
+        &mut self,
+        now: Instant,
+        branch: String,
+        key: &str,
+        transport: Transport,
+        peer: SocketAddr,
+        req: SipMessage,
+        transmit: Transmit,
+    ) {
+        let reliable = transmit.transport != Transport::Udp;
         self.client_txns.insert(
             branch,
             ClientTxn {
@@ -746,6 +805,21 @@ impl Core {
             return;
         };
         let Some(status) = msg.status() else { return };
+        match msg.cseq().map(|(_, m)| m) {
+            Some("INVITE") => {
+                self.on_invite_response(now, &branch, status, msg);
+                return;
+            }
+            Some("CANCEL") if self.cancel_clients.contains_key(&branch) => {
+                // The callee's answer to our CANCEL ends that transaction
+                // here: the caller's CANCEL was answered by us already.
+                if status >= 200 {
+                    self.cancel_clients.remove(&branch);
+                }
+                return;
+            }
+            _ => {}
+        }
         if !self.client_txns.contains_key(&branch) {
             self.stats.stray_responses += 1;
             return;
@@ -803,9 +877,11 @@ impl Core {
                 }
             }
         }
+        self.invite_flow_failed(now, transport, dst);
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.invite_timeouts(now);
         let mut timed_out = Vec::new();
         let mut retransmit = Vec::new();
         for (branch, txn) in &mut self.client_txns {
@@ -848,7 +924,7 @@ impl Core {
 }
 
 /// Whether a contact asks to be reached over TLS only.
-fn requires_tls(contact: &str) -> bool {
+pub(crate) fn requires_tls(contact: &str) -> bool {
     SipUri::parse(contact).is_ok_and(|u| {
         u.scheme == "sips"
             || u.param("transport")

@@ -14,33 +14,33 @@ use sipvault_sip::{MessageBuilder, SipMessage};
 
 use crate::core::{Core, CoreConfig, Event, Transmit, UserCredentials};
 
-const DOMAIN: &str = "example.test";
+pub(crate) const DOMAIN: &str = "example.test";
 
-fn addr(s: &str) -> SocketAddr {
+pub(crate) fn addr(s: &str) -> SocketAddr {
     s.parse().expect("socket address literal")
 }
 
-fn server_addr() -> SocketAddr {
+pub(crate) fn server_addr() -> SocketAddr {
     addr("192.0.2.1:5060")
 }
-fn server_tls_addr() -> SocketAddr {
+pub(crate) fn server_tls_addr() -> SocketAddr {
     addr("192.0.2.1:5061")
 }
-fn alice_addr() -> SocketAddr {
+pub(crate) fn alice_addr() -> SocketAddr {
     addr("198.51.100.10:40001")
 }
-fn bob_addr() -> SocketAddr {
+pub(crate) fn bob_addr() -> SocketAddr {
     addr("198.51.100.20:40002")
 }
 
-fn creds(user: &str, password: &str) -> UserCredentials {
+pub(crate) fn creds(user: &str, password: &str) -> UserCredentials {
     UserCredentials {
         ha1_md5: ha1(Algorithm::Md5, user, DOMAIN, password),
         ha1_sha256: ha1(Algorithm::Sha256, user, DOMAIN, password),
     }
 }
 
-fn config() -> CoreConfig {
+pub(crate) fn config() -> CoreConfig {
     CoreConfig {
         domain: DOMAIN.into(),
         seed: 42,
@@ -49,15 +49,15 @@ fn config() -> CoreConfig {
 }
 
 /// The core plus a simulated clock.
-struct Sim {
-    core: Core,
+pub(crate) struct Sim {
+    pub(crate) core: Core,
     base: Instant,
-    now: Instant,
+    pub(crate) now: Instant,
     counter: u32,
 }
 
 impl Sim {
-    fn new(config: CoreConfig) -> Sim {
+    pub(crate) fn new(config: CoreConfig) -> Sim {
         let mut core = Core::new(config);
         core.set_users(HashMap::from([
             ("alice".to_string(), creds("alice", "alice-pw")),
@@ -77,30 +77,35 @@ impl Sim {
         }
     }
 
-    fn at(&self, secs: f64) -> Instant {
+    pub(crate) fn at(&self, secs: f64) -> Instant {
         self.base + Duration::from_secs_f64(secs)
     }
 
-    fn elapsed(&self, t: Instant) -> Duration {
+    pub(crate) fn elapsed(&self, t: Instant) -> Duration {
         t.duration_since(self.base)
     }
 
-    fn next_id(&mut self) -> u32 {
+    pub(crate) fn next_id(&mut self) -> u32 {
         self.counter += 1;
         self.counter
     }
 
     /// Delivers one message to the core at the current time; returns what it sends.
-    fn deliver(&mut self, transport: Transport, from: SocketAddr, bytes: &[u8]) -> Vec<Transmit> {
+    pub(crate) fn deliver(
+        &mut self,
+        transport: Transport,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) -> Vec<Transmit> {
         self.core.handle_message(self.now, transport, from, bytes);
         self.drain()
     }
 
-    fn udp(&mut self, from: SocketAddr, bytes: &[u8]) -> Vec<Transmit> {
+    pub(crate) fn udp(&mut self, from: SocketAddr, bytes: &[u8]) -> Vec<Transmit> {
         self.deliver(Transport::Udp, from, bytes)
     }
 
-    fn drain(&mut self) -> Vec<Transmit> {
+    pub(crate) fn drain(&mut self) -> Vec<Transmit> {
         let mut out = Vec::new();
         while let Some(t) = self.core.poll_transmit() {
             out.push(t);
@@ -108,7 +113,7 @@ impl Sim {
         out
     }
 
-    fn events(&mut self) -> Vec<Event> {
+    pub(crate) fn events(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
         while let Some(e) = self.core.poll_event() {
             out.push(e);
@@ -118,7 +123,7 @@ impl Sim {
 
     /// Drives `handle_timeout` at every instant `poll_timeout` asks for, up to
     /// and including `end`; returns the transmits with the time they left.
-    fn run_until(&mut self, end: Instant) -> Vec<(Instant, Transmit)> {
+    pub(crate) fn run_until(&mut self, end: Instant) -> Vec<(Instant, Transmit)> {
         let mut out = Vec::new();
         let mut steps = 0;
         while let Some(t) = self.core.poll_timeout().filter(|t| *t <= end) {
@@ -170,7 +175,7 @@ impl Sim {
     }
 
     /// Full digest registration (challenge, answer); returns the final response.
-    fn register(
+    pub(crate) fn register(
         &mut self,
         user: &str,
         password: &str,
@@ -181,7 +186,7 @@ impl Sim {
         self.register_on(Transport::Udp, user, password, flow, contact, expires)
     }
 
-    fn register_on(
+    pub(crate) fn register_on(
         &mut self,
         transport: Transport,
         user: &str,
@@ -265,7 +270,7 @@ impl Sim {
     }
 }
 
-fn parse(bytes: &[u8], what: &str) -> SipMessage {
+pub(crate) fn parse(bytes: &[u8], what: &str) -> SipMessage {
     SipMessage::parse(bytes).unwrap_or_else(|e| {
         panic!(
             "{what}: core sent bytes that do not parse ({e}):\n{}",
@@ -275,7 +280,7 @@ fn parse(bytes: &[u8], what: &str) -> SipMessage {
 }
 
 /// Exactly one transmit, to `dst`, parsed.
-fn only_response(tx: Vec<Transmit>, dst: SocketAddr, what: &str) -> SipMessage {
+pub(crate) fn only_response(tx: Vec<Transmit>, dst: SocketAddr, what: &str) -> SipMessage {
     assert_eq!(
         tx.len(),
         1,
@@ -287,7 +292,7 @@ fn only_response(tx: Vec<Transmit>, dst: SocketAddr, what: &str) -> SipMessage {
     parse(&tx[0].bytes, what)
 }
 
-fn describe(tx: &[Transmit]) -> Vec<String> {
+pub(crate) fn describe(tx: &[Transmit]) -> Vec<String> {
     tx.iter()
         .map(|t| {
             format!(
@@ -313,7 +318,7 @@ fn challenge_of(resp: &SipMessage) -> Challenge {
         .unwrap_or_else(|e| panic!("WWW-Authenticate {h:?} is not a digest challenge: {e}"))
 }
 
-fn status(tx: &[Transmit]) -> Vec<u16> {
+pub(crate) fn status(tx: &[Transmit]) -> Vec<u16> {
     tx.iter()
         .filter_map(|t| SipMessage::parse(&t.bytes).ok())
         .filter_map(|m| m.status())
@@ -1569,10 +1574,10 @@ fn garbage_gets_an_answer_or_is_dropped_never_a_panic() {
 // ------------------------------------------------------- lossy network sim
 
 /// splitmix64, deterministic per seed.
-struct Prng(u64);
+pub(crate) struct Prng(pub(crate) u64);
 
 impl Prng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -1581,31 +1586,31 @@ impl Prng {
     }
 
     /// True with probability `percent`/100.
-    fn chance(&mut self, percent: u64) -> bool {
+    pub(crate) fn chance(&mut self, percent: u64) -> bool {
         self.next() % 100 < percent
     }
 }
 
-struct Packet {
-    src: SocketAddr,
-    dst: SocketAddr,
-    bytes: Vec<u8>,
+pub(crate) struct Packet {
+    pub(crate) src: SocketAddr,
+    pub(crate) dst: SocketAddr,
+    pub(crate) bytes: Vec<u8>,
 }
 
 /// A datagram network with fixed latency that drops `loss` percent of
 /// datagrams in every direction.
-struct Network {
-    rng: Prng,
-    loss: u64,
-    latency: Duration,
-    queue: BinaryHeap<Reverse<(Instant, u64)>>,
-    packets: HashMap<u64, Packet>,
-    seq: u64,
-    sent: BTreeMap<(SocketAddr, SocketAddr), (u64, u64)>,
+pub(crate) struct Network {
+    pub(crate) rng: Prng,
+    pub(crate) loss: u64,
+    pub(crate) latency: Duration,
+    pub(crate) queue: BinaryHeap<Reverse<(Instant, u64)>>,
+    pub(crate) packets: HashMap<u64, Packet>,
+    pub(crate) seq: u64,
+    pub(crate) sent: BTreeMap<(SocketAddr, SocketAddr), (u64, u64)>,
 }
 
 impl Network {
-    fn send(&mut self, now: Instant, src: SocketAddr, dst: SocketAddr, bytes: Vec<u8>) {
+    pub(crate) fn send(&mut self, now: Instant, src: SocketAddr, dst: SocketAddr, bytes: Vec<u8>) {
         let dropped = self.rng.chance(self.loss);
         let e = self.sent.entry((src, dst)).or_default();
         e.0 += 1;
@@ -1618,11 +1623,11 @@ impl Network {
         self.packets.insert(self.seq, Packet { src, dst, bytes });
     }
 
-    fn next_at(&self) -> Option<Instant> {
+    pub(crate) fn next_at(&self) -> Option<Instant> {
         self.queue.peek().map(|Reverse((t, _))| *t)
     }
 
-    fn pop_due(&mut self, now: Instant) -> Option<Packet> {
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Packet> {
         match self.queue.peek() {
             Some(Reverse((t, _))) if *t <= now => {
                 let Reverse((_, id)) = self.queue.pop()?;

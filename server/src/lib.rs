@@ -9,6 +9,7 @@
 pub mod core;
 pub mod io;
 pub mod presence;
+mod proxy;
 pub mod registrar;
 pub mod tls;
 pub mod ua;
@@ -22,3 +23,5 @@ pub use tls::{TlsError, TlsIdentity};
 
 #[cfg(test)]
 mod core_tests;
+#[cfg(test)]
+mod proxy_tests;

@@ -71,6 +71,15 @@ impl Bindings {
         gone
     }
 
+    /// Every live binding of every user (to recognise a contact URI used
+    /// as the target of an in-dialog request).
+    pub fn all_live(&self, now: Instant) -> impl Iterator<Item = &Binding> {
+        self.by_user
+            .values()
+            .flatten()
+            .filter(move |b| b.expires_at > now)
+    }
+
     pub fn registered_users(&self) -> usize {
         self.by_user.len()
     }
