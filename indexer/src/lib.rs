@@ -22,19 +22,24 @@
 //! nothing, as the archive holds no group chat. `time:[A TO B]` bounds the time
 //! (`[`/`]` inclusive, `{`/`}` exclusive, `*` open; RFC 3339 or `YYYY-MM-DD`, UTC
 //! midnight), e.g. `time:[2026-11-04 TO 2026-11-05}` for one day.
+//!
+//! Results come oldest first, or by relevance then oldest first. Documents are
+//! kept in time order within each tantivy segment, so a page in time order reads
+//! only the first matches of each segment. A page's total ([`Total`]) is exact up
+//! to [`TOTAL_COUNT_LIMIT`] matches, or beyond where the index knows the number
+//! without visiting the matches (a query of one word or address); otherwise it is
+//! "more than 10000". [`search_count`] counts every match.
 
-use std::cmp::Ordering;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use sipvault_schemas::{CallRow, ImMessageRow, PresenceRow};
-use tantivy::collector::{Collector, Count, DocSetCollector, SegmentCollector};
-use tantivy::columnar::Column;
+use tantivy::collector::DocSetCollector;
 use tantivy::query::{
-    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, EmptyQuery, FuzzyTermQuery, Occur, Query,
-    QueryParser, QueryParserError, RangeQuery, TermQuery, TermSetQuery,
+    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, EmptyQuery, EnableScoring, FuzzyTermQuery,
+    Occur, Query, QueryParser, QueryParserError, RangeQuery, TermQuery,
 };
 use tantivy::query_grammar::{self, Delimiter, UserInputAst, UserInputBound, UserInputLeaf};
 use tantivy::schema::{
@@ -45,9 +50,13 @@ use tantivy::tokenizer::{
     AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer,
 };
 use tantivy::{
-    DocAddress, DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, SegmentOrdinal,
-    SegmentReader, Term,
+    DocAddress, Index, IndexReader, IndexSettings, IndexSortByField, IndexWriter, Order,
+    ReloadPolicy, Term,
 };
+
+mod collect;
+
+pub use collect::{TOTAL_COUNT_LIMIT, Total};
 
 /// Name under which the text analyzer of the index is registered.
 const TOKENIZER: &str = "sipvault_text";
@@ -253,10 +262,12 @@ pub struct SearchRequest {
 }
 
 /// One page of hits and how many there are in all.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct SearchPage {
-    /// Every match of the query, whatever the limit and offset.
-    pub total: usize,
+    /// Every match of the query, whatever the limit and offset: exact up to
+    /// [`TOTAL_COUNT_LIMIT`] (and beyond where the index knows it without a
+    /// scan), otherwise [`Total::MoreThan`]. [`search_count`] counts exactly.
+    pub total: Total,
     pub hits: Vec<SearchHit>,
 }
 
@@ -403,6 +414,33 @@ fn address_keys(addr: &str) -> Vec<String> {
     keys
 }
 
+/// Documents are kept in time order within each tantivy segment (tantivy sorts
+/// a segment when it is written and keeps the order when merging), so that a
+/// search in time order reads only the first matches of each segment
+/// (see `collect`).
+fn index_settings() -> IndexSettings {
+    IndexSettings {
+        sort_by_field: Some(IndexSortByField {
+            field: "time".to_string(),
+            order: Order::Asc,
+        }),
+        ..IndexSettings::default()
+    }
+}
+
+fn create_index(dir: &Path) -> Result<Index, IndexError> {
+    Ok(Index::builder()
+        .schema(build_schema())
+        .settings(index_settings())
+        .create_in_dir(dir)?)
+}
+
+/// The index has this version's fields and is sorted by time.
+fn is_current_layout(index: &Index) -> bool {
+    index.schema() == build_schema()
+        && index.settings().sort_by_field == index_settings().sort_by_field
+}
+
 fn open_dir_index(dir: &Path) -> Result<Index, IndexError> {
     let index = Index::open_in_dir(dir)?;
     register_tokenizers(&index);
@@ -430,20 +468,24 @@ impl ImIndex {
     /// Index under `dir` (created if missing). Holds tantivy's writer lock: one per process.
     pub fn open_or_create(dir: &Path) -> Result<ImIndex, IndexError> {
         std::fs::create_dir_all(dir)?;
-        let index = match Index::open_or_create(
-            tantivy::directory::MmapDirectory::open(dir)?,
-            build_schema(),
-        ) {
-            Ok(index) => index,
-            // An index written by an older sipvault: it is derived data, so start
-            // afresh; the caller re-adds the archive's segments.
-            Err(tantivy::TantivyError::SchemaError(e)) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "search index has an old layout; recreating it");
+        let exists = Index::exists(&tantivy::directory::MmapDirectory::open(dir)?)
+            .map_err(|e| IndexError::Tantivy(e.into()))?;
+        let index = if exists {
+            let index = Index::open_in_dir(dir)?;
+            if is_current_layout(&index) {
+                index
+            } else {
+                // An index written by an older sipvault (other fields, or not in
+                // time order): it is derived data, so start afresh; the caller
+                // re-adds the archive's segments.
+                drop(index);
+                tracing::warn!(dir = %dir.display(), "search index has an old layout; recreating it");
                 std::fs::remove_dir_all(dir)?;
                 std::fs::create_dir_all(dir)?;
-                Index::create_in_dir(dir, build_schema())?
+                create_index(dir)?
             }
-            Err(e) => return Err(e.into()),
+        } else {
+            create_index(dir)?
         };
         register_tokenizers(&index);
         let fields = fields(&index.schema())?;
@@ -591,12 +633,34 @@ pub fn search_page(dir: &Path, req: &SearchRequest) -> Result<SearchPage, IndexE
     let parsed = parse_user_query(&req.query)?;
     if !dir.join("meta.json").is_file() {
         return Ok(SearchPage {
-            total: 0,
+            total: Total::Exact(0),
             hits: Vec::new(),
         });
     }
+    let (index, reader, fields) = open_for_search(dir)?;
+    run_search_parsed(&index, &reader, fields, parsed, req)
+}
+
+/// How many records match `req` (its limit, offset and order aside), counted
+/// exactly however many there are: a scan of every match, unlike the total of
+/// [`search_page`]. Read-only, like [`search`].
+pub fn search_count(dir: &Path, req: &SearchRequest) -> Result<usize, IndexError> {
+    let parsed = parse_user_query(&req.query)?;
+    if !dir.join("meta.json").is_file() {
+        return Ok(0);
+    }
+    let (index, reader, f) = open_for_search(dir)?;
+    let query = build_query(&index, f, parsed, req)?;
+    let searcher = reader.searcher();
+    let weight = query.weight(EnableScoring::disabled_from_searcher(&searcher))?;
+    Ok(collect::count_all(&searcher, weight.as_ref())?)
+}
+
+/// The index at `dir`, read-only, with a reader; an index of an older layout
+/// is [`IndexError::OutdatedIndex`].
+fn open_for_search(dir: &Path) -> Result<(Index, IndexReader, Fields), IndexError> {
     let index = open_dir_index(dir)?;
-    if index.schema() != build_schema() {
+    if !is_current_layout(&index) {
         return Err(IndexError::OutdatedIndex(dir.to_path_buf()));
     }
     let fields = fields(&index.schema())?;
@@ -604,7 +668,7 @@ pub fn search_page(dir: &Path, req: &SearchRequest) -> Result<SearchPage, IndexE
         .reader_builder()
         .reload_policy(ReloadPolicy::Manual)
         .try_into()?;
-    run_search_parsed(&index, &reader, fields, parsed, req)
+    Ok((index, reader, fields))
 }
 
 /// The query string, parsed but not yet bound to an index.
@@ -892,35 +956,52 @@ fn check_literal(lit: &query_grammar::UserInputLiteral, q: &str) -> Result<(), I
     Ok(())
 }
 
-fn run_search_parsed(
+/// The tantivy query of a request: the parsed query string and the request's filters.
+fn build_query(
     index: &Index,
-    reader: &IndexReader,
     f: Fields,
     parsed: UserQuery,
     req: &SearchRequest,
-) -> Result<SearchPage, IndexError> {
+) -> Result<Box<dyn Query>, IndexError> {
     let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-    let by_relevance = req.sort == SortOrder::Relevance;
-    if let UserQuery::Ast(ast) = parsed {
-        let mut parser = QueryParser::for_index(index, vec![f.body]);
-        parser.set_conjunction_by_default();
-        let builder = AstBuilder {
-            parser: &parser,
-            f,
-            q: &req.query,
-        };
-        clauses.push((Occur::Must, builder.build(&ast)?));
-    }
-    let types: &[DocType] = if req.types.is_empty() {
-        &DocType::ALL
-    } else {
-        &req.types
+    // Segment markers have no time, body or addresses: only a match-all part
+    // of a query can match them, and a filter on kind, address or time rules
+    // them out.
+    let mut may_match_markers = match parsed {
+        UserQuery::All => true,
+        UserQuery::Ast(ast) => {
+            let mut parser = QueryParser::for_index(index, vec![f.body]);
+            parser.set_conjunction_by_default();
+            let builder = AstBuilder {
+                parser: &parser,
+                f,
+                q: &req.query,
+            };
+            clauses.push((Occur::Must, builder.build(&ast)?));
+            has_match_all(&ast)
+        }
     };
-    clauses.push(filter(Box::new(TermSetQuery::new(
-        types
-            .iter()
-            .map(|t| Term::from_field_text(f.kind, t.as_str())),
-    ))));
+    let mut types: Vec<DocType> = req.types.clone();
+    types.sort_by_key(|t| t.as_str());
+    types.dedup();
+    // Every kind (or none given) needs no filter: a filter that matches all
+    // records would make every search visit every record.
+    if !types.is_empty() && types.len() < DocType::ALL.len() {
+        let kind = |t: &DocType| -> Box<dyn Query> {
+            Box::new(TermQuery::new(
+                Term::from_field_text(f.kind, t.as_str()),
+                IndexRecordOption::Basic,
+            ))
+        };
+        let kinds: Box<dyn Query> = match types.as_slice() {
+            [one] => kind(one),
+            many => Box::new(BooleanQuery::new(
+                many.iter().map(|t| (Occur::Should, kind(t))).collect(),
+            )),
+        };
+        clauses.push(filter(kinds));
+        may_match_markers = false;
+    }
     for (value, field) in [(&req.from, f.from_addr), (&req.to, f.to_addr)] {
         if let Some(v) = value.as_deref() {
             // An empty or unparseable address matches nothing rather than everything.
@@ -929,6 +1010,7 @@ fn run_search_parsed(
                 Term::from_field_text(field, &key),
                 IndexRecordOption::Basic,
             ))));
+            may_match_markers = false;
         }
     }
     if req.since_ns.is_some() || req.until_ns.is_some() {
@@ -939,24 +1021,68 @@ fn run_search_parsed(
             Bound::Excluded(Term::from_field_i64(f.time, t))
         });
         clauses.push(filter(Box::new(RangeQuery::new(lower, upper))));
+        may_match_markers = false;
     }
-    let query = BooleanQuery::new(clauses);
+    if may_match_markers {
+        if clauses.is_empty() {
+            clauses.push((Occur::Must, Box::new(AllQuery)));
+        }
+        clauses.push((
+            Occur::MustNot,
+            Box::new(TermQuery::new(
+                Term::from_field_text(f.kind, KIND_SEGMENT),
+                IndexRecordOption::Basic,
+            )),
+        ));
+    }
+    // A lone clause is searched as itself, so that a single word keeps the
+    // fast paths of a term query (pruning by relevance, a count without a scan).
+    if let [(Occur::Must, _)] = clauses.as_slice()
+        && let Some((_, only)) = clauses.pop()
+    {
+        return Ok(only);
+    }
+    Ok(Box::new(BooleanQuery::new(clauses)))
+}
+
+/// Whether some part of the query matches every document (`*`, or a clause made
+/// only of exclusions, which [`complete_negations`] gives a match-all part).
+fn has_match_all(ast: &UserInputAst) -> bool {
+    match ast {
+        UserInputAst::Clause(children) => {
+            children
+                .iter()
+                .all(|(occur, _)| *occur == Some(query_grammar::Occur::MustNot))
+                || children.iter().any(|(_, child)| has_match_all(child))
+        }
+        UserInputAst::Boost(child, _) => has_match_all(child),
+        UserInputAst::Leaf(leaf) => matches!(leaf.as_ref(), UserInputLeaf::All),
+    }
+}
+
+fn run_search_parsed(
+    index: &Index,
+    reader: &IndexReader,
+    f: Fields,
+    parsed: UserQuery,
+    req: &SearchRequest,
+) -> Result<SearchPage, IndexError> {
+    let by_relevance = req.sort == SortOrder::Relevance;
+    let query = build_query(index, f, parsed, req)?;
     let limit = if req.limit == 0 {
         DEFAULT_LIMIT
     } else {
         req.limit
     };
+    let wanted = limit.saturating_add(req.offset);
     let searcher = reader.searcher();
-    let (total, ranked) = searcher.search(
-        &query,
-        &(
-            Count,
-            RankCollector {
-                limit: limit.saturating_add(req.offset),
-                by_relevance,
-            },
-        ),
-    )?;
+    let (ranked, total) = if by_relevance {
+        let weight = query.weight(EnableScoring::enabled_from_searcher(&searcher))?;
+        collect::by_relevance(&searcher, query.as_ref(), weight.as_ref(), wanted)?
+    } else {
+        let weight = query.weight(EnableScoring::disabled_from_searcher(&searcher))?;
+        collect::in_time_order(&searcher, query.as_ref(), weight.as_ref(), wanted)?
+    };
     let mut hits = Vec::with_capacity(ranked.len().saturating_sub(req.offset));
     for c in ranked.into_iter().skip(req.offset) {
         let doc: TantivyDocument = searcher.doc(DocAddress::new(c.segment, c.doc))?;
@@ -1037,6 +1163,13 @@ impl AstBuilder<'_> {
                 if !clauses.is_empty() && clauses.iter().all(|(o, _)| *o == Occur::MustNot) {
                     // A purely negative clause means "everything except".
                     clauses.insert(0, (Occur::Must, Box::new(AllQuery)));
+                }
+                // One required clause is that clause (tantivy scores it the same),
+                // so that a lone word stays a term query (see `build_query`).
+                if let [(Occur::Must | Occur::Should, _)] = clauses.as_slice()
+                    && let Some((_, only)) = clauses.pop()
+                {
+                    return Ok(only);
                 }
                 Ok(Box::new(BooleanQuery::new(clauses)))
             }
@@ -1159,137 +1292,6 @@ fn query_error(q: &str, e: QueryParserError) -> IndexError {
     IndexError::Query {
         position,
         message: e.to_string(),
-    }
-}
-
-/// A match with what is needed to rank it.
-#[derive(Debug, Clone, Copy)]
-struct Candidate {
-    score: Score,
-    time: i64,
-    segment: SegmentOrdinal,
-    doc: DocId,
-}
-
-/// Ranks candidates: `Less` is better. By relevance: score descending, then time
-/// ascending; otherwise time ascending. Ties are broken by document address so that
-/// results are deterministic.
-#[derive(Debug, Clone, Copy)]
-struct Ranked {
-    c: Candidate,
-    by_relevance: bool,
-}
-
-impl Ranked {
-    fn rank_cmp(&self, other: &Self) -> Ordering {
-        let score = if self.by_relevance {
-            other.c.score.total_cmp(&self.c.score)
-        } else {
-            Ordering::Equal
-        };
-        score
-            .then(self.c.time.cmp(&other.c.time))
-            .then(self.c.segment.cmp(&other.c.segment))
-            .then(self.c.doc.cmp(&other.c.doc))
-    }
-}
-
-impl PartialEq for Ranked {
-    fn eq(&self, other: &Self) -> bool {
-        self.rank_cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Ranked {}
-impl PartialOrd for Ranked {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Ranked {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.rank_cmp(other)
-    }
-}
-
-/// Keeps the best `limit` matches (max-heap whose top is the worst kept match).
-struct RankCollector {
-    limit: usize,
-    by_relevance: bool,
-}
-
-struct RankSegmentCollector {
-    limit: usize,
-    by_relevance: bool,
-    segment: SegmentOrdinal,
-    time: Column<i64>,
-    heap: BinaryHeap<Ranked>,
-}
-
-impl Collector for RankCollector {
-    type Fruit = Vec<Candidate>;
-    type Child = RankSegmentCollector;
-
-    fn for_segment(
-        &self,
-        segment_local_id: SegmentOrdinal,
-        segment: &SegmentReader,
-    ) -> tantivy::Result<RankSegmentCollector> {
-        Ok(RankSegmentCollector {
-            limit: self.limit,
-            by_relevance: self.by_relevance,
-            segment: segment_local_id,
-            time: segment.fast_fields().i64("time")?,
-            heap: BinaryHeap::with_capacity(self.limit.min(1024) + 1),
-        })
-    }
-
-    fn requires_scoring(&self) -> bool {
-        self.by_relevance
-    }
-
-    fn merge_fruits(&self, fruits: Vec<Vec<Candidate>>) -> tantivy::Result<Vec<Candidate>> {
-        let mut all: Vec<Ranked> = fruits
-            .into_iter()
-            .flatten()
-            .map(|c| Ranked {
-                c,
-                by_relevance: self.by_relevance,
-            })
-            .collect();
-        all.sort();
-        all.truncate(self.limit);
-        Ok(all.into_iter().map(|r| r.c).collect())
-    }
-}
-
-impl SegmentCollector for RankSegmentCollector {
-    type Fruit = Vec<Candidate>;
-
-    fn collect(&mut self, doc: DocId, score: Score) {
-        if self.limit == 0 {
-            return;
-        }
-        let ranked = Ranked {
-            c: Candidate {
-                score,
-                time: self.time.first(doc).unwrap_or(i64::MIN),
-                segment: self.segment,
-                doc,
-            },
-            by_relevance: self.by_relevance,
-        };
-        if self.heap.len() < self.limit {
-            self.heap.push(ranked);
-        } else if let Some(worst) = self.heap.peek()
-            && ranked < *worst
-        {
-            self.heap.pop();
-            self.heap.push(ranked);
-        }
-    }
-
-    fn harvest(self) -> Vec<Candidate> {
-        self.heap.into_iter().map(|r| r.c).collect()
     }
 }
 

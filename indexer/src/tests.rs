@@ -728,18 +728,18 @@ fn pages_of_results_with_the_total() {
         .unwrap()
     };
     let all = page(0, 100);
-    assert_eq!(all.total, 10);
+    assert_eq!(all.total, Total::Exact(10));
     assert_eq!(
         ids(&all.hits),
         ["c1", "c2", "c3", "c4", "c5", "c6", "k1", "k2", "p1", "p2"]
     );
     let p = page(3, 4);
-    assert_eq!(p.total, 10);
+    assert_eq!(p.total, Total::Exact(10));
     assert_eq!(ids(&p.hits), ["c4", "c5", "c6", "k1"]);
     let last = page(8, 4);
     assert_eq!(ids(&last.hits), ["p1", "p2"]);
     let past = page(20, 4);
-    assert_eq!(past.total, 10);
+    assert_eq!(past.total, Total::Exact(10));
     assert!(past.hits.is_empty());
     // Paging by relevance pages through the same order as one long list.
     let rel = |offset: usize, limit: usize| {
@@ -778,6 +778,127 @@ fn removed_segments_leave_the_index() {
     assert_set(dir.path(), "type:call", &[]);
     index.commit().unwrap();
     assert_set(dir.path(), "type:call", &["k9"]);
+}
+
+#[test]
+fn an_index_not_in_time_order_is_outdated_and_recreated() {
+    let dir = tempfile::tempdir().unwrap();
+    // This version's fields, but without the time order that searches rely on.
+    let old = Index::create_in_dir(dir.path(), build_schema()).unwrap();
+    drop(old);
+    let err = search(dir.path(), &req("lunch")).unwrap_err();
+    assert!(
+        matches!(err, IndexError::OutdatedIndex(_)),
+        "unexpected error: {err}"
+    );
+    let mut index = ImIndex::open_or_create(dir.path()).unwrap();
+    index.add_segment("seg-1", &fixture()).unwrap();
+    assert_set(dir.path(), "lunch", &["c1", "c2"]);
+}
+
+/// Rows `0..n` at times `t(i)` with call ids `m00000`...; every third body also
+/// has "third".
+fn many_rows(n: i64) -> Vec<ImMessageRow> {
+    (0..n)
+        .map(|i| {
+            let body = if i % 3 == 0 {
+                "status update third"
+            } else {
+                "status update"
+            };
+            row(i, &format!("m{i:05}"), ALICE, &[BOB], body)
+        })
+        .collect()
+}
+
+#[test]
+fn time_order_holds_across_segments_added_out_of_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut index = ImIndex::open_or_create(dir.path()).unwrap();
+    let rows = many_rows(300);
+    // Newest first within each segment, and the segments interleave in time.
+    let mut evens: Vec<_> = rows.iter().step_by(2).cloned().collect();
+    let mut odds: Vec<_> = rows.iter().skip(1).step_by(2).cloned().collect();
+    evens.reverse();
+    odds.reverse();
+    index.add_segment("odd", &odds).unwrap();
+    index.add_segment("even", &evens).unwrap();
+    let page = |query: &str, offset: usize, limit: usize, sort: SortOrder| {
+        search_page(
+            dir.path(),
+            &SearchRequest {
+                offset,
+                limit,
+                sort,
+                ..req(query)
+            },
+        )
+        .unwrap()
+    };
+    let first = page("update", 0, 5, SortOrder::Time);
+    assert_eq!(
+        ids(&first.hits),
+        ["m00000", "m00001", "m00002", "m00003", "m00004"]
+    );
+    assert_eq!(first.total, Total::Exact(300));
+    let later = page("third", 20, 3, SortOrder::Time);
+    assert_eq!(ids(&later.hits), ["m00060", "m00063", "m00066"]);
+    assert_eq!(later.total, Total::Exact(100));
+    // Equal scores by relevance (the shorter bodies score higher): oldest
+    // first, across both segments.
+    let rel = page("update", 0, 4, SortOrder::Relevance);
+    assert_eq!(ids(&rel.hits), ["m00001", "m00002", "m00004", "m00005"]);
+    // Replaced documents are neither hits nor counted.
+    index.add_segment("even", &evens[..10]).unwrap();
+    let after = page("update", 0, 3, SortOrder::Time);
+    assert_eq!(ids(&after.hits), ["m00001", "m00003", "m00005"]);
+    assert_eq!(after.total, Total::Exact(160));
+    let rel = page("update", 0, 2, SortOrder::Relevance);
+    assert_eq!(ids(&rel.hits), ["m00001", "m00005"]);
+    assert_eq!(rel.total, Total::Exact(160));
+}
+
+#[test]
+fn totals_past_the_count_limit_are_a_lower_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut index = ImIndex::open_or_create(dir.path()).unwrap();
+    let n = TOTAL_COUNT_LIMIT as i64 + 500;
+    index.add_segment("big", &many_rows(n)).unwrap();
+    // Rows 0, 3, 6, ... have "third".
+    let thirds = (n as usize).div_ceil(3);
+    let d = dir.path();
+    let page = |query: &str, sort: SortOrder| {
+        search_page(
+            d,
+            &SearchRequest {
+                limit: 2,
+                sort,
+                ..req(query)
+            },
+        )
+        .unwrap()
+    };
+    for sort in [SortOrder::Time, SortOrder::Relevance] {
+        // One word: the index knows its count without a scan, so it is exact.
+        assert_eq!(page("update", sort).total, Total::Exact(n as usize));
+        // Two words must be counted match by match: past the limit, a lower bound.
+        let both = page("status update", sort);
+        assert_eq!(both.total, Total::MoreThan(TOTAL_COUNT_LIMIT));
+        assert_eq!(both.total.to_string(), "more than 10000");
+        assert_eq!(both.hits.len(), 2);
+        // Under the limit, counted exactly.
+        let third = page("status AND third", sort);
+        assert_eq!(third.total, Total::Exact(thirds));
+        assert_eq!(third.total.to_string(), thirds.to_string());
+    }
+    assert_eq!(
+        ids(&page("status update", SortOrder::Time).hits),
+        ["m00000", "m00001"]
+    );
+    // Every match when asked for the count alone.
+    assert_eq!(search_count(d, &req("status update")).unwrap(), n as usize);
+    assert_eq!(search_count(d, &req("*")).unwrap(), n as usize);
+    assert_eq!(search_count(d, &req("third")).unwrap(), thirds);
 }
 
 #[test]

@@ -226,7 +226,7 @@ fn run(data: &Path, runs: usize) -> Result<(), Box<dyn std::error::Error>> {
         "queries              {runs} runs each after one warm-up, limit 100, time order (the CLI defaults) unless noted"
     );
     println!(
-        "{:<28} {:<46} {:>9} {:>9} {:>9} {:>9}",
+        "{:<28} {:<46} {:>15} {:>9} {:>9} {:>9}",
         "case", "query", "matches", "p50 ms", "p99 ms", "max ms"
     );
 
@@ -267,7 +267,7 @@ fn run(data: &Path, runs: usize) -> Result<(), Box<dyn std::error::Error>> {
             shown.push_str(" --sort relevance");
         }
         println!(
-            "{label:<28} {shown:<46} {:>9} {:>9.2} {:>9.2} {:>9.2}",
+            "{label:<28} {shown:<46} {:>15} {:>9.2} {:>9.2} {:>9.2}",
             first.total,
             ms(percentile(&times, 50.0)),
             ms(percentile(&times, 99.0)),
@@ -276,7 +276,7 @@ fn run(data: &Path, runs: usize) -> Result<(), Box<dyn std::error::Error>> {
     }
     all.sort();
     println!(
-        "{:<28} {:<46} {:>9} {:>9.2} {:>9.2} {:>9.2}",
+        "{:<28} {:<46} {:>15} {:>9.2} {:>9.2} {:>9.2}",
         "all queries",
         format!("{} runs", all.len()),
         "",

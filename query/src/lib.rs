@@ -28,7 +28,8 @@ use datafusion::sql::sqlparser::ast::{SetExpr, Statement as SqlStatement};
 use futures::StreamExt;
 
 pub use sipvault_indexer::{
-    DocType, IndexError, SearchHit, SearchPage, SearchRequest, SortOrder, search, search_page,
+    DocType, IndexError, SearchHit, SearchPage, SearchRequest, SortOrder, TOTAL_COUNT_LIMIT, Total,
+    search, search_count, search_page,
 };
 
 pub mod conversation;

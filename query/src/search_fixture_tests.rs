@@ -11,7 +11,10 @@ use datafusion::arrow::datatypes::{Int64Type, TimestampNanosecondType, UInt32Typ
 
 use crate::fixture::{FixtureSpec, generate_fixture, register_fixture_segments};
 use crate::reindex::{indexable_segments, rebuild_index};
-use crate::{DocType, SearchRequest, SortOrder, run_sql, search, search_page};
+use crate::{
+    DocType, SearchRequest, SortOrder, TOTAL_COUNT_LIMIT, Total, run_sql, search, search_count,
+    search_page,
+};
 
 /// The standard fixture: 100,000 IMs and 10,000 calls.
 fn spec() -> FixtureSpec {
@@ -84,11 +87,9 @@ fn req(query: &str) -> SearchRequest {
     }
 }
 
-/// How many records match `query`.
+/// How many records match `query`, counted exactly.
 fn total(query: &str) -> usize {
-    search_page(&index_dir(), &req(query))
-        .unwrap_or_else(|e| panic!("search {query:?}: {e}"))
-        .total
+    search_count(&index_dir(), &req(query)).unwrap_or_else(|e| panic!("search {query:?}: {e}"))
 }
 
 /// `SELECT count(*) ... WHERE <condition>` over `table` of the fixture.
@@ -175,7 +176,7 @@ fn escalation_ims_are_every_thousandth_with_their_ids() {
         },
     )
     .unwrap();
-    assert_eq!(page.total, expected);
+    assert_eq!(page.total, Total::Exact(expected));
     assert_eq!(page.hits.len(), expected);
     // The same rows, in the same (time) order, as SQL gives them.
     let batches = runtime()
@@ -247,7 +248,7 @@ fn time_ranges_select_one_day() {
     let since = crate::parse_time("2026-11-04", 0).unwrap();
     let until = crate::parse_time("2026-11-05", 0).unwrap();
     let page = |query: &str| {
-        search_page(
+        search_count(
             &index_dir(),
             &SearchRequest {
                 since_ns: Some(since),
@@ -256,7 +257,6 @@ fn time_ranges_select_one_day() {
             },
         )
         .unwrap()
-        .total
     };
     assert_eq!(page("*"), day(2, spec().ims) + day(2, spec().calls));
     assert_eq!(page("type:call"), day(2, spec().calls));
@@ -337,4 +337,54 @@ fn pages_and_orders_over_the_fixture() {
         v.iter().map(|h| (h.call_id.clone(), h.cseq)).collect()
     };
     assert_eq!(keys(&paged), keys(&long));
+}
+
+#[test]
+fn page_totals_are_exact_up_to_the_count_limit() {
+    // (query, relevance order): the page's total against the exact count.
+    let cases = [
+        ("budget", false),
+        ("budget", true),
+        ("from:alice", false),
+        ("budget AND NOT meeting", false),
+        ("budget AND NOT meeting", true),
+        ("lunch OR travel", false),
+        ("\"quarterly budget\"", false),
+        ("escalation", false),
+        ("type:call AND busy", false),
+        ("*", false),
+    ];
+    let mut bounded = 0;
+    for (query, relevance) in cases {
+        let exact = total(query);
+        let page = search_page(
+            &index_dir(),
+            &SearchRequest {
+                sort: if relevance {
+                    SortOrder::Relevance
+                } else {
+                    SortOrder::Time
+                },
+                ..req(query)
+            },
+        )
+        .unwrap();
+        // One word or address: the index knows the count without a scan.
+        let known = !query.contains(' ') && query != "*";
+        let expected = if exact > TOTAL_COUNT_LIMIT && !known {
+            bounded += 1;
+            Total::MoreThan(TOTAL_COUNT_LIMIT)
+        } else {
+            Total::Exact(exact)
+        };
+        assert_eq!(page.total, expected, "total of {query:?} ({exact} matches)");
+    }
+    assert!(
+        bounded >= 3,
+        "the fixture has broad searches past the limit"
+    );
+    assert!(
+        total("budget") > TOTAL_COUNT_LIMIT,
+        "and broad single words"
+    );
 }

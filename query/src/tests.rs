@@ -823,3 +823,21 @@ async fn timeout_and_memory_limit_are_errors_of_their_own() {
         "{result:?}"
     );
 }
+
+#[test]
+fn search_totals_serialize_with_their_relation() {
+    use crate::{TOTAL_COUNT_LIMIT, Total};
+    assert_eq!(
+        serde_json::to_string(&Total::MoreThan(TOTAL_COUNT_LIMIT)).unwrap(),
+        r#"{"relation":"more_than","value":10000}"#
+    );
+    assert_eq!(
+        serde_json::to_string(&Total::Exact(7)).unwrap(),
+        r#"{"relation":"exact","value":7}"#
+    );
+    assert_eq!(
+        Total::MoreThan(TOTAL_COUNT_LIMIT).to_string(),
+        "more than 10000"
+    );
+    assert_eq!(Total::Exact(7).to_string(), "7");
+}
