@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{ServeProcess, sipvault};
+use common::{ServeProcess, add_users};
 use sipvault_schemas::Transport;
 use sipvault_server::ua::UserAgent;
 use sipvault_sip::{MessageBuilder, SipMessage};
@@ -127,16 +127,15 @@ fn first_line(bytes: &[u8]) -> String {
 async fn bad_input_is_refused_and_service_continues() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    for (user, pw) in [
-        ("alice", "alice-pw"),
-        ("bob", "bob-pw"),
-        ("carol", "carol-pw"),
-    ] {
-        sipvault(
-            &data,
-            &["user", "add", user, "--password", pw, "--domain", DOMAIN],
-        );
-    }
+    add_users(
+        &data,
+        DOMAIN,
+        &[
+            ("alice", "alice-pw"),
+            ("bob", "bob-pw"),
+            ("carol", "carol-pw"),
+        ],
+    );
     let config = format!(
         "[sip]\ndomain = \"{DOMAIN}\"\nmax_body_bytes = {MAX_BODY}\nmax_message_bytes = {MAX_MESSAGE}\ntcp_message_timeout_secs = {TCP_STALL_SECS}\n"
     );

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{ServeProcess, registered_alice_and_bob, run_sipvault, sipvault, sql_rows};
+use common::{ServeProcess, add_users, registered_alice_and_bob, run_sipvault, sql_rows};
 
 const ROUNDS: u64 = 20;
 const DOMAIN: &str = "crash.test";
@@ -28,20 +28,7 @@ fn kill_after(round: u64) -> Duration {
 fn every_answered_im_survives_kill_9_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    for (user, password) in [("alice", "alice-pw"), ("bob", "bob-pw")] {
-        sipvault(
-            &data,
-            &[
-                "user",
-                "add",
-                user,
-                "--password",
-                password,
-                "--domain",
-                DOMAIN,
-            ],
-        );
-    }
+    add_users(&data, DOMAIN, &[("alice", "alice-pw"), ("bob", "bob-pw")]);
     // Small segments, so kills land between seals as well as within them;
     // critical mode, so an IM is answered only once its record is durable.
     let config = format!(

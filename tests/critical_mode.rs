@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{ServeProcess, registered_alice_and_bob, run_sipvault, sipvault, sql_rows};
+use common::{ServeProcess, add_users, registered_alice_and_bob, run_sipvault, sql_rows};
 
 const DOMAIN: &str = "critical.test";
 
@@ -17,20 +17,7 @@ const DOMAIN: &str = "critical.test";
 fn ims_are_refused_while_the_archive_cannot_accept_and_resume_after() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    for (user, password) in [("alice", "alice-pw"), ("bob", "bob-pw")] {
-        sipvault(
-            &data,
-            &[
-                "user",
-                "add",
-                user,
-                "--password",
-                password,
-                "--domain",
-                DOMAIN,
-            ],
-        );
-    }
+    add_users(&data, DOMAIN, &[("alice", "alice-pw"), ("bob", "bob-pw")]);
     // Log files of about one group each: the log opens a new file almost
     // every append, so an unusable directory shows at once.
     let config =

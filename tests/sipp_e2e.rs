@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use arrow_array::{Array, ListArray, RecordBatch, StringArray, UInt16Array};
 use common::{
-    ServeProcess, SippSide, free_udp_port, run_sipp, run_sipp_pair, sipp_available, sipvault,
-    testdata,
+    ServeProcess, SippSide, add_users, free_udp_port, run_sipp, run_sipp_pair, sipp_available,
+    sipvault, testdata,
 };
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sha2::{Digest, Sha256};
@@ -54,20 +54,11 @@ fn sipp_register_and_message_are_relayed_archived_and_searchable() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    for user in ["alice", "bob"] {
-        sipvault(
-            &data,
-            &[
-                "user",
-                "add",
-                user,
-                "--password",
-                "secret",
-                "--domain",
-                "sipp.test",
-            ],
-        );
-    }
+    add_users(
+        &data,
+        "sipp.test",
+        &[("alice", "secret"), ("bob", "secret")],
+    );
     let server = ServeProcess::start(
         &data,
         Some("[sip]\ndomain = \"sipp.test\"\n[archive]\nsegment_max_age_secs = 3600\n"),

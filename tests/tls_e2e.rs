@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{ServeProcess, sipvault, sql_rows};
+use common::{ServeProcess, add_users, sql_rows};
 use sipvault_schemas::Transport;
 use sipvault_server::tls::{fingerprint, read_certificates};
 use sipvault_server::ua::UserAgent;
@@ -103,13 +103,7 @@ fn certificate_is_generated_once_reused_given_or_off() {
 async fn tls_agent_talks_to_udp_agent_and_the_archive_marks_tls() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    for user in ["alice", "bob"] {
-        let pw = format!("{user}-pw");
-        sipvault(
-            &data,
-            &["user", "add", user, "--password", &pw, "--domain", DOMAIN],
-        );
-    }
+    add_users(&data, DOMAIN, &[("alice", "alice-pw"), ("bob", "bob-pw")]);
     let config = format!("[sip]\ndomain = \"{DOMAIN}\"\n");
     let server = tokio::task::block_in_place(|| ServeProcess::start(&data, Some(&config)));
     let mut alice = UserAgent::connect_tls(

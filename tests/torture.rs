@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{ServeProcess, sipvault, testdata};
+use common::{ServeProcess, add_users, testdata};
 use sipvault_schemas::Transport;
 use sipvault_server::ua::UserAgent;
 use sipvault_sip::{SipMessage, StreamFramer};
@@ -396,16 +396,15 @@ async fn torture_set_against_the_running_server() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    for (user, pw) in [
-        ("alice", "alice-pw"),
-        ("bob", "bob-pw"),
-        ("carol", "carol-pw"),
-    ] {
-        sipvault(
-            &data,
-            &["user", "add", user, "--password", pw, "--domain", DOMAIN],
-        );
-    }
+    add_users(
+        &data,
+        DOMAIN,
+        &[
+            ("alice", "alice-pw"),
+            ("bob", "bob-pw"),
+            ("carol", "carol-pw"),
+        ],
+    );
     let config = format!(
         "[sip]\ndomain = \"{DOMAIN}\"\nt1_ms = {T1_MS}\ntcp_message_timeout_secs = {TCP_STALL_SECS}\n"
     );

@@ -56,6 +56,24 @@ pub fn sipvault(data: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Adds `users` (name, password) in `domain` to the catalog of `data`.
+pub fn add_users(data: &Path, domain: &str, users: &[(&str, &str)]) {
+    for (user, password) in users {
+        sipvault(
+            data,
+            &[
+                "user",
+                "add",
+                user,
+                "--password",
+                password,
+                "--domain",
+                domain,
+            ],
+        );
+    }
+}
+
 /// A `sipvault serve` child process on a free loopback port.
 pub struct ServeProcess {
     child: Option<Child>,
