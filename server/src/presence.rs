@@ -95,6 +95,18 @@ struct Publication {
     seq: u64,
 }
 
+/// A NOTIFY in flight: retransmitted on UDP (T1 doubling to T2) until its
+/// final response, given up at 64·T1.
+struct NotifyTxn {
+    call_id: String,
+    transport: Transport,
+    dst: SocketAddr,
+    request: Vec<u8>,
+    next_retransmit: Option<Instant>,
+    interval: Duration,
+    deadline: Instant,
+}
+
 struct Subscription {
     presentity: String,
     /// The subscriber's From URI and tag.
@@ -117,6 +129,8 @@ pub struct PresenceAgent {
     /// By Call-ID of the SUBSCRIBE dialog.
     subscriptions: BTreeMap<String, Subscription>,
     notifies: Vec<Notify>,
+    /// NOTIFYs sent and not yet answered, by Via branch.
+    in_flight: HashMap<String, NotifyTxn>,
     counter: u64,
     seed: u64,
     /// The URI NOTIFYs carry as Contact.
@@ -141,6 +155,7 @@ impl PresenceAgent {
             publications: HashMap::new(),
             subscriptions: BTreeMap::new(),
             notifies: Vec::new(),
+            in_flight: HashMap::new(),
             counter: 0,
             seed,
             contact,
@@ -177,11 +192,83 @@ impl PresenceAgent {
         }
     }
 
-    /// The earliest expiry of a publication or subscription.
+    /// The earliest expiry of a publication or subscription, or NOTIFY
+    /// retransmission or give-up.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let p = self.publications.values().flatten().map(|p| p.expires_at);
         let s = self.subscriptions.values().map(|s| s.expires_at);
-        p.chain(s).min()
+        let n = self
+            .in_flight
+            .values()
+            .map(|t| t.next_retransmit.unwrap_or(t.deadline).min(t.deadline));
+        p.chain(s).chain(n).min()
+    }
+
+    /// Records a NOTIFY the core sent (`request` as sent, Via included).
+    pub fn sent(
+        &mut self,
+        now: Instant,
+        branch: String,
+        notify: &Notify,
+        request: Vec<u8>,
+        t1: Duration,
+    ) {
+        let reliable = notify.transport != Transport::Udp;
+        self.in_flight.insert(
+            branch,
+            NotifyTxn {
+                call_id: notify.call_id.clone(),
+                transport: notify.transport,
+                dst: notify.dst,
+                request,
+                next_retransmit: (!reliable).then(|| now + t1),
+                interval: t1,
+                deadline: now + t1 * 64,
+            },
+        );
+    }
+
+    /// A response whose top Via branch is `branch`: true when it answers
+    /// one of our NOTIFYs (then nothing else should look at it).
+    pub fn response(&mut self, branch: &str, code: u16) -> bool {
+        if !self.in_flight.contains_key(branch) {
+            return false;
+        }
+        if code >= 200
+            && let Some(txn) = self.in_flight.remove(branch)
+        {
+            self.notify_answered(&txn.call_id, code);
+        }
+        true
+    }
+
+    /// NOTIFYs due for retransmission (transport, destination, bytes); those
+    /// past their deadline are given up and their subscription dropped.
+    pub fn retransmissions(
+        &mut self,
+        now: Instant,
+        t2: Duration,
+    ) -> Vec<(Transport, SocketAddr, Vec<u8>)> {
+        let expired: Vec<String> = self
+            .in_flight
+            .iter()
+            .filter(|(_, t)| t.deadline <= now)
+            .map(|(b, _)| b.clone())
+            .collect();
+        for branch in expired {
+            if let Some(txn) = self.in_flight.remove(&branch) {
+                self.notify_answered(&txn.call_id, 408);
+            }
+        }
+        let mut out = Vec::new();
+        for txn in self.in_flight.values_mut() {
+            if let Some(at) = txn.next_retransmit.filter(|at| *at <= now) {
+                txn.interval = (txn.interval * 2).min(t2);
+                txn.next_retransmit = Some(at + txn.interval);
+                out.push((txn.transport, txn.dst, txn.request.clone()));
+            }
+        }
+        out
     }
 
     fn expires(&self, req: &SipMessage) -> Result<u32, Reply> {

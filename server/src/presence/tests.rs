@@ -61,6 +61,24 @@ fn subscribe_req(watcher: &str, to_tag: Option<&str>, expires: u32, call_id: &st
     SipMessage::parse(&b.build()).unwrap()
 }
 
+/// A SUBSCRIBE to alice from `watcher`, over UDP from [`flow`].
+fn sub(
+    a: &mut PresenceAgent,
+    now: Instant,
+    watcher: &str,
+    to_tag: Option<&str>,
+    expires: u32,
+    call_id: &str,
+) -> Reply {
+    a.subscribe(
+        now,
+        "alice",
+        &subscribe_req(watcher, to_tag, expires, call_id),
+        Transport::Udp,
+        flow(),
+    )
+}
+
 fn header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
     reply
         .headers
@@ -168,13 +186,7 @@ fn publish_errors() {
 fn subscription_gets_initial_and_change_notifications_then_terminated() {
     let mut a = agent();
     let t0 = Instant::now();
-    let r = a.subscribe(
-        t0,
-        "alice",
-        &subscribe_req(&format!("bob@{DOMAIN}"), None, 600, "sub-1"),
-        Transport::Udp,
-        flow(),
-    );
+    let r = sub(&mut a, t0, &format!("bob@{DOMAIN}"), None, 600, "sub-1");
     assert_eq!(r.code, 200);
     let our_tag = r.to_tag.clone().expect("a new subscription is a dialog");
     let n = notifies(&mut a);
@@ -204,12 +216,13 @@ fn subscription_gets_initial_and_change_notifications_then_terminated() {
     assert_eq!(n[0].cseq(), Some((2, "NOTIFY")));
 
     let t1 = t0 + Duration::from_secs(100);
-    let r = a.subscribe(
+    let r = sub(
+        &mut a,
         t1,
-        "alice",
-        &subscribe_req(&format!("bob@{DOMAIN}"), Some(&our_tag), 600, "sub-1"),
-        Transport::Udp,
-        flow(),
+        &format!("bob@{DOMAIN}"),
+        Some(&our_tag),
+        600,
+        "sub-1",
     );
     assert_eq!(r.code, 200, "refresh");
     assert_eq!(
@@ -218,23 +231,25 @@ fn subscription_gets_initial_and_change_notifications_then_terminated() {
         "a refresh is answered with the state"
     );
 
-    let r = a.subscribe(
+    let r = sub(
+        &mut a,
         t1,
-        "alice",
-        &subscribe_req(&format!("bob@{DOMAIN}"), Some(&our_tag), 0, "sub-1"),
-        Transport::Udp,
-        flow(),
+        &format!("bob@{DOMAIN}"),
+        Some(&our_tag),
+        0,
+        "sub-1",
     );
     assert_eq!(r.code, 200);
     let n = notifies(&mut a);
     assert_eq!(n[0].header("Subscription-State"), Some("terminated"));
     assert_eq!(a.counts().1, 0, "unsubscribed");
-    let r = a.subscribe(
+    let r = sub(
+        &mut a,
         t1,
-        "alice",
-        &subscribe_req(&format!("bob@{DOMAIN}"), Some(&our_tag), 600, "sub-1"),
-        Transport::Udp,
-        flow(),
+        &format!("bob@{DOMAIN}"),
+        Some(&our_tag),
+        600,
+        "sub-1",
     );
     assert_eq!(r.code, 481);
 }
@@ -279,13 +294,7 @@ fn expiry_of_publications_and_subscriptions_runs_on_the_given_clock() {
 fn watchers_are_authorised_by_allow_list_or_domain() {
     let mut a = agent();
     let t0 = Instant::now();
-    let r = a.subscribe(
-        t0,
-        "alice",
-        &subscribe_req("mallory@elsewhere.org", None, 600, "s-3"),
-        Transport::Udp,
-        flow(),
-    );
+    let r = sub(&mut a, t0, "mallory@elsewhere.org", None, 600, "s-3");
     assert_eq!(r.code, 403, "another domain is refused by default");
     assert!(notifies(&mut a).is_empty());
     a.set_allow(HashMap::from([(
@@ -295,29 +304,11 @@ fn watchers_are_authorised_by_allow_list_or_domain() {
             "*@elsewhere.org".to_string(),
         ],
     )]));
-    let r = a.subscribe(
-        t0,
-        "alice",
-        &subscribe_req("mallory@elsewhere.org", None, 600, "s-4"),
-        Transport::Udp,
-        flow(),
-    );
+    let r = sub(&mut a, t0, "mallory@elsewhere.org", None, 600, "s-4");
     assert_eq!(r.code, 200, "a domain on alice's list");
-    let r = a.subscribe(
-        t0,
-        "alice",
-        &subscribe_req("carol@partner.net", None, 600, "s-5"),
-        Transport::Udp,
-        flow(),
-    );
+    let r = sub(&mut a, t0, "carol@partner.net", None, 600, "s-5");
     assert_eq!(r.code, 200, "a URI on alice's list");
-    let r = a.subscribe(
-        t0,
-        "alice",
-        &subscribe_req(&format!("bob@{DOMAIN}"), None, 600, "s-6"),
-        Transport::Udp,
-        flow(),
-    );
+    let r = sub(&mut a, t0, &format!("bob@{DOMAIN}"), None, 600, "s-6");
     assert_eq!(r.code, 403, "with a list, the own domain is not implied");
 }
 
@@ -325,14 +316,34 @@ fn watchers_are_authorised_by_allow_list_or_domain() {
 fn a_subscriber_that_forgot_the_dialog_is_dropped() {
     let mut a = agent();
     let t0 = Instant::now();
-    a.subscribe(
-        t0,
-        "alice",
-        &subscribe_req(&format!("bob@{DOMAIN}"), None, 600, "s-7"),
-        Transport::Udp,
-        flow(),
-    );
+    sub(&mut a, t0, &format!("bob@{DOMAIN}"), None, 600, "s-7");
     notifies(&mut a);
     a.notify_answered("s-7", 481);
     assert_eq!(a.counts().1, 0);
+}
+
+#[test]
+fn an_unanswered_notify_is_retransmitted_then_its_subscription_dropped() {
+    let mut a = agent();
+    let t0 = Instant::now();
+    sub(&mut a, t0, &format!("bob@{DOMAIN}"), None, 600, "s-8");
+    let n = a.poll_notify().expect("initial NOTIFY");
+    let t1 = Duration::from_millis(500);
+    let t2 = Duration::from_secs(4);
+    a.sent(t0, "z9hG4bK-n1".into(), &n, n.request.clone(), t1);
+    assert_eq!(a.poll_timeout(), Some(t0 + t1));
+    assert_eq!(a.retransmissions(t0 + t1, t2).len(), 1, "Timer E");
+    assert!(
+        a.retransmissions(t0 + t1, t2).is_empty(),
+        "the next one waits twice as long"
+    );
+    assert_eq!(a.retransmissions(t0 + t1 * 3, t2).len(), 1);
+    assert!(!a.response("z9hG4bK-other", 200), "not our NOTIFY");
+    assert!(
+        a.response("z9hG4bK-n1", 100),
+        "a provisional answer is ours too"
+    );
+    assert_eq!(a.counts().1, 1);
+    a.retransmissions(t0 + t1 * 64, t2);
+    assert_eq!(a.counts().1, 0, "never answered: the watcher is gone");
 }
