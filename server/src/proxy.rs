@@ -227,20 +227,23 @@ impl Core {
     /// of them for an initial INVITE: forking), a contact URI of an
     /// in-dialog request to that contact.
     ///
-    /// Initial requests only reach registered users: an IP literal or a
-    /// foreign Route would make the server an open relay.
+    /// Only requests of a dialog this proxy record-routed (they carry our
+    /// Route) go to a foreign Route or an IP literal; any other request
+    /// reaches registered users only, else the server would be an open
+    /// relay.
     fn route(&self, now: Instant, msg: &SipMessage, initial: bool) -> Result<Routing, Refusal> {
         let routes = msg.name_addrs("Route");
         let own_routes = routes
             .iter()
             .take_while(|r| r.sip_uri().is_some_and(|u| self.is_local_uri(&u)))
             .count();
+        let ours = !initial && own_routes > 0;
         if let Some(next) = routes.get(own_routes) {
-            if initial {
+            if !ours {
                 return Err(Refusal::new(
                     403,
                     "Forbidden",
-                    "initial request routed to another server",
+                    "request routed to another server outside our dialogs",
                 ));
             }
             let hop = next
@@ -267,7 +270,7 @@ impl Core {
                         && effective_port(&c) == effective_port(&ruri)
                 })
             });
-            if (bound || !initial)
+            if (bound || ours)
                 && let Some(hop) = self.resolve(now, &ruri)
             {
                 return Ok(Routing {

@@ -986,3 +986,30 @@ fn lossy_network_calls_still_complete() {
         "the proxy never retransmitted: loss not exercised"
     );
 }
+
+#[test]
+fn requests_outside_our_dialogs_are_not_relayed_to_foreign_addresses() {
+    let mut sim = registered();
+    // A BYE to some IP address, without a Route of ours: not relayed.
+    let stranger = Dialog {
+        flow: alice_addr(),
+        local: format!("<sip:alice@{DOMAIN}>;tag=a1"),
+        remote: "<sip:x@203.0.113.9>;tag=x1".into(),
+        call_id: "stray@test".into(),
+        remote_target: "sip:x@203.0.113.9:5060".into(),
+        route_set: Vec::new(),
+    };
+    let bye = stranger.request(&mut sim, "BYE", 2);
+    let tx = sim.udp(alice_addr(), &bye);
+    assert_eq!(tx.len(), 1, "{:?}", describe(&tx));
+    assert_eq!(one_to(&tx, alice_addr(), "refusal").status(), Some(404));
+    // Nor an initial INVITE with a pre-loaded Route to another server.
+    let mut b = MessageBuilder::from_message(&parse(
+        &invite(&mut sim, "alice", alice_addr(), "bob"),
+        "invite",
+    ));
+    b.header("Route", "<sip:203.0.113.9;lr>");
+    let tx = sim.udp(alice_addr(), &b.build());
+    assert_eq!(tx.len(), 1, "{:?}", describe(&tx));
+    assert_eq!(one_to(&tx, alice_addr(), "refusal").status(), Some(403));
+}
