@@ -159,6 +159,7 @@ pub(crate) fn in_time_order(
         // `min_value` is at most the segment's oldest time; an equal time may
         // still win on the segment ordinal.
         let take = match best.last() {
+            // `best` is sorted whenever it holds a full page.
             Some(worst) if best.len() >= wanted && worst.time < time.min_value() => 0,
             _ => wanted,
         };
@@ -197,9 +198,14 @@ pub(crate) fn in_time_order(
             counter.counted += counted;
             counter.cut |= scorer.doc() != TERMINATED;
         }
-        best.sort_by(|a, b| rank_cmp(a, b, false));
-        best.truncate(wanted);
+        // Only a full page needs its worst hit known (to skip segments); an
+        // export (every match) is sorted once at the end.
+        if best.len() >= wanted {
+            best.sort_by(|a, b| rank_cmp(a, b, false));
+            best.truncate(wanted);
+        }
     }
+    best.sort_by(|a, b| rank_cmp(a, b, false));
     Ok((best, counter.total()))
 }
 

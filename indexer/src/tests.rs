@@ -859,6 +859,46 @@ fn time_order_holds_across_segments_added_out_of_order() {
 }
 
 #[test]
+fn newer_segments_still_count_when_the_page_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut index = ImIndex::open_or_create(dir.path()).unwrap();
+    let rows = many_rows(40);
+    // The newer half first, so the older half fills the page and the newer
+    // segment is not searched for hits; its matches still count.
+    index.add_segment("newer", &rows[20..]).unwrap();
+    index.add_segment("older", &rows[..20]).unwrap();
+    for query in ["update", "status update", "status AND third"] {
+        let page = search_page(
+            dir.path(),
+            &SearchRequest {
+                limit: 3,
+                ..req(query)
+            },
+        )
+        .unwrap();
+        let expected = if query.contains("third") {
+            ["m00000", "m00003", "m00006"]
+        } else {
+            ["m00000", "m00001", "m00002"]
+        };
+        assert_eq!(ids(&page.hits), expected, "{query}");
+        let total = if query.contains("third") { 14 } else { 40 };
+        assert_eq!(page.total, Total::Exact(total), "{query}");
+    }
+    // A page reaching into the newer segment.
+    let deep = search_page(
+        dir.path(),
+        &SearchRequest {
+            offset: 19,
+            limit: 3,
+            ..req("status update")
+        },
+    )
+    .unwrap();
+    assert_eq!(ids(&deep.hits), ["m00019", "m00020", "m00021"]);
+}
+
+#[test]
 fn totals_past_the_count_limit_are_a_lower_bound() {
     let dir = tempfile::tempdir().unwrap();
     let mut index = ImIndex::open_or_create(dir.path()).unwrap();
