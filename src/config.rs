@@ -19,6 +19,16 @@ pub struct Config {
     pub sip: SipConfig,
     pub archive: ArchiveConfig,
     pub hep: HepConfig,
+    pub presence: PresenceSettings,
+}
+
+/// Who may subscribe to whose presence.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceSettings {
+    /// Watchers allowed per user, as URIs or `*@domain`; a user without an
+    /// entry may be watched by anyone of the served domain.
+    pub allow: std::collections::HashMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -328,6 +338,18 @@ mod tests {
         let c = Config::parse("[hep]\nlisten = \"127.0.0.1:9060\"\nauth_key = \"k\"\n").unwrap();
         assert_eq!(c.hep.listen, Some("127.0.0.1:9060".parse().unwrap()));
         assert_eq!(c.hep.auth_key.as_deref(), Some("k"));
+        let c = Config::parse(
+            "[presence]\nallow = { alice = [\"sip:carol@partner.net\", \"*@partner.net\"] }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.presence.allow.get("alice"),
+            Some(&vec![
+                "sip:carol@partner.net".to_string(),
+                "*@partner.net".to_string()
+            ])
+        );
+        assert!(Config::parse("[presence]\nwatchers = 1\n").is_err());
     }
 
     #[test]

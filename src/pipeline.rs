@@ -54,6 +54,7 @@ pub fn server_config(config: &Config, sip: SocketAddr) -> ServerConfig {
             max_expires: config.sip.max_expires,
             seed: rand_seed(),
             archive_retry_after: Duration::from_secs(config.archive.retry_after_secs),
+            presence_allow: config.presence.allow.clone(),
             ..CoreConfig::default()
         },
         max_message_bytes: config.sip.max_message_bytes,

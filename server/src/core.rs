@@ -19,13 +19,13 @@ use sipvault_sip::{
     MessageBuilder, SipMessage, SipUri, check_request, default_reason, error_response_for_unparsed,
 };
 
+use crate::presence::{PresenceAgent, PresenceConfig};
 use crate::proxy::{CancelClient, InviteClient, InviteServer};
 use crate::registrar::{Binding, Bindings, NonceState, Nonces};
 
 /// Option tags this server understands (for `Require`/`Proxy-Require`).
 pub const SUPPORTED: &[&str] = &["path", "outbound"];
-pub const ALLOW: &str =
-    "REGISTER, MESSAGE, OPTIONS, INVITE, ACK, CANCEL, BYE, UPDATE, PRACK, INFO, REFER";
+pub const ALLOW: &str = "REGISTER, MESSAGE, OPTIONS, INVITE, ACK, CANCEL, BYE, UPDATE, PRACK, INFO, REFER, PUBLISH, SUBSCRIBE";
 pub(crate) const SERVER_HEADER: &str = "sipvault";
 
 #[derive(Debug, Clone)]
@@ -55,6 +55,8 @@ pub struct CoreConfig {
     /// `Retry-After` of the 503 that refuses an IM the archive could not
     /// accept (critical mode).
     pub archive_retry_after: Duration,
+    /// Who may watch whose presence (see [`PresenceConfig::allow`]).
+    pub presence_allow: HashMap<String, Vec<String>>,
 }
 
 impl Default for CoreConfig {
@@ -72,6 +74,7 @@ impl Default for CoreConfig {
             nonce_ttl: Duration::from_secs(300),
             seed: 0x5eed,
             archive_retry_after: Duration::from_secs(5),
+            presence_allow: HashMap::new(),
         }
     }
 }
@@ -164,6 +167,8 @@ pub struct Core {
     pub(crate) cancel_clients: HashMap<String, CancelClient>,
     pub(crate) transmits: VecDeque<Transmit>,
     pub(crate) events: VecDeque<Event>,
+    /// PUBLISH, SUBSCRIBE and the NOTIFYs they cause (`core_presence.rs`).
+    pub(crate) presence: PresenceAgent,
     rng: u64,
     next_housekeeping: Option<Instant>,
     pub stats: CoreStats,
@@ -172,7 +177,18 @@ pub struct Core {
 impl Core {
     pub fn new(config: CoreConfig) -> Self {
         let rng = config.seed | 1;
+        let presence = PresenceAgent::new(
+            PresenceConfig {
+                domain: config.domain.clone(),
+                min_expires: config.min_expires,
+                max_expires: config.max_expires,
+                default_expires: config.default_expires,
+                allow: config.presence_allow.clone(),
+            },
+            config.seed.rotate_left(17),
+        );
         Core {
+            presence,
             config,
             users: HashMap::new(),
             local: HashMap::new(),
@@ -224,10 +240,10 @@ impl Core {
             .values()
             .map(|t| t.next_retransmit.map_or(t.deadline, |r| r.min(t.deadline)))
             .min();
-        let txn = match (txn, self.next_invite_timer()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let txn = [txn, self.next_invite_timer(), self.presence.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
         match (txn, self.next_housekeeping) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -445,6 +461,7 @@ impl Core {
             "REGISTER" => self.on_register(now, transport, peer, &key, &msg),
             "MESSAGE" => self.on_message(now, transport, peer, &key, msg),
             "CANCEL" => self.on_cancel(now, peer, &key, &msg),
+            "PUBLISH" | "SUBSCRIBE" => self.on_presence(now, transport, peer, &key, &msg, &method),
             "BYE" | "UPDATE" | "PRACK" | "INFO" | "REFER" => {
                 self.on_proxied_non_invite(now, transport, peer, &key, msg)
             }
@@ -481,7 +498,21 @@ impl Core {
         reason: &str,
         extra: &[(String, String)],
     ) {
-        let tag = self.token();
+        self.respond_with_tag(key, req, code, reason, extra, None);
+    }
+
+    /// [`Self::respond`] with the To-tag given (a dialog we keep, such as
+    /// a subscription), else a fresh one.
+    pub(crate) fn respond_with_tag(
+        &mut self,
+        key: &str,
+        req: &SipMessage,
+        code: u16,
+        reason: &str,
+        extra: &[(String, String)],
+        tag: Option<String>,
+    ) {
+        let tag = tag.unwrap_or_else(|| self.token());
         let mut b = MessageBuilder::response_to(req, code, reason);
         if code > 100 {
             b.add_to_tag(&tag);
@@ -805,6 +836,9 @@ impl Core {
             return;
         };
         let Some(status) = msg.status() else { return };
+        if self.presence_response(&msg) {
+            return;
+        }
         match msg.cseq().map(|(_, m)| m) {
             Some("INVITE") => {
                 self.on_invite_response(now, &branch, status, msg);
@@ -882,6 +916,7 @@ impl Core {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.invite_timeouts(now);
+        self.presence_timeouts(now);
         let mut timed_out = Vec::new();
         let mut retransmit = Vec::new();
         for (branch, txn) in &mut self.client_txns {

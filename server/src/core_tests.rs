@@ -2060,3 +2060,139 @@ fn an_im_the_archive_refused_gets_503_with_retry_after_and_is_not_relayed() {
     assert_eq!(tx.len(), 1, "{:?}", describe(&tx));
     assert_eq!(tx[0].dst, bob_addr());
 }
+
+#[test]
+fn presence_publish_and_subscription_are_served_with_notifies_in_transactions() {
+    let mut sim = Sim::new(config());
+    let watcher = bob_addr();
+    let subscribe = |call_id: &str, to_tag: Option<&str>, expires: u32| {
+        let mut b = MessageBuilder::request("SUBSCRIBE", &format!("sip:alice@{DOMAIN}"));
+        b.header(
+            "Via",
+            &format!(
+                "SIP/2.0/UDP {watcher};branch=z9hG4bK-sub-{expires}-{}",
+                to_tag.is_some()
+            ),
+        )
+        .header("Max-Forwards", "70")
+        .header("From", &format!("<sip:bob@{DOMAIN}>;tag=w"))
+        .header(
+            "To",
+            &match to_tag {
+                Some(t) => format!("<sip:alice@{DOMAIN}>;tag={t}"),
+                None => format!("<sip:alice@{DOMAIN}>"),
+            },
+        )
+        .header("Call-ID", call_id)
+        .header(
+            "CSeq",
+            if to_tag.is_some() {
+                "2 SUBSCRIBE"
+            } else {
+                "1 SUBSCRIBE"
+            },
+        )
+        .header("Contact", &format!("<sip:bob@{watcher}>"))
+        .header("Event", "presence")
+        .header("Expires", &expires.to_string());
+        b.build()
+    };
+    let tx = sim.udp(watcher, &subscribe("watch-1", None, 600));
+    let statuses = status(&tx);
+    assert_eq!(statuses, vec![200], "{:?}", describe(&tx));
+    let ok = tx
+        .iter()
+        .find(|t| parse(&t.bytes, "200").status() == Some(200))
+        .unwrap();
+    let dialog_tag = parse(&ok.bytes, "200")
+        .to()
+        .and_then(|t| t.tag().map(str::to_string))
+        .unwrap();
+    let notify = tx
+        .iter()
+        .map(|t| parse(&t.bytes, "NOTIFY"))
+        .find(|m| m.method() == Some("NOTIFY"))
+        .unwrap_or_else(|| panic!("no NOTIFY after the SUBSCRIBE: {:?}", describe(&tx)));
+    assert_eq!(
+        notify.from().and_then(|f| f.tag()),
+        Some(dialog_tag.as_str()),
+        "NOTIFY in the subscription's dialog"
+    );
+    assert!(
+        notify.vias()[0]
+            .branch()
+            .is_some_and(|b| b.starts_with("z9hG4bK"))
+    );
+
+    // Unanswered on UDP: retransmitted at T1.
+    let resent = sim.run_until(sim.at(0.6));
+    assert!(
+        resent
+            .iter()
+            .any(|(_, t)| parse(&t.bytes, "resent").method() == Some("NOTIFY")),
+        "the NOTIFY is retransmitted while unanswered"
+    );
+    sim.udp(
+        watcher,
+        &MessageBuilder::response_to(&notify, 200, "OK").build(),
+    );
+    assert!(
+        sim.run_until(sim.at(3.0)).is_empty(),
+        "an answered NOTIFY is not sent again"
+    );
+
+    // alice publishes: the watcher is told.
+    let mut b = MessageBuilder::request("PUBLISH", &format!("sip:alice@{DOMAIN}"));
+    b.header("Via", &format!("SIP/2.0/UDP {};branch=z9hG4bK-pub-1", alice_addr()))
+        .header("Max-Forwards", "70")
+        .header("From", &format!("<sip:alice@{DOMAIN}>;tag=a"))
+        .header("To", &format!("<sip:alice@{DOMAIN}>"))
+        .header("Call-ID", "pub-1")
+        .header("CSeq", "1 PUBLISH")
+        .header("Event", "presence")
+        .header("Expires", "600")
+        .body(
+            "application/pidf+xml",
+            format!("<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"sip:alice@{DOMAIN}\"><tuple id=\"t\"><status><basic>open</basic></status></tuple></presence>").as_bytes(),
+        );
+    let tx = sim.udp(alice_addr(), &b.build());
+    let to_alice = only_response(
+        tx.iter()
+            .filter(|t| t.dst == alice_addr())
+            .cloned()
+            .collect(),
+        alice_addr(),
+        "PUBLISH",
+    );
+    assert_eq!(to_alice.status(), Some(200));
+    assert!(to_alice.header("SIP-ETag").is_some());
+    let change = tx
+        .iter()
+        .filter(|t| t.dst == watcher)
+        .map(|t| parse(&t.bytes, "NOTIFY"))
+        .next()
+        .expect("a NOTIFY of the change");
+    assert!(String::from_utf8_lossy(change.body()).contains("<basic>open</basic>"));
+
+    // Unsubscribe: terminated.
+    let tx = sim.udp(watcher, &subscribe("watch-1", Some(&dialog_tag), 0));
+    let last = tx
+        .iter()
+        .map(|t| parse(&t.bytes, "after unsubscribe"))
+        .find(|m| m.method() == Some("NOTIFY"))
+        .expect("a final NOTIFY");
+    assert_eq!(last.header("Subscription-State"), Some("terminated"));
+
+    // Unknown presentity.
+    let mut b = MessageBuilder::request("SUBSCRIBE", &format!("sip:nobody@{DOMAIN}"));
+    b.header(
+        "Via",
+        &format!("SIP/2.0/UDP {watcher};branch=z9hG4bK-sub-x"),
+    )
+    .header("From", &format!("<sip:bob@{DOMAIN}>;tag=w"))
+    .header("To", &format!("<sip:nobody@{DOMAIN}>"))
+    .header("Call-ID", "watch-2")
+    .header("CSeq", "1 SUBSCRIBE")
+    .header("Event", "presence");
+    assert_eq!(status(&sim.udp(watcher, &b.build())), vec![404]);
+}

@@ -7,6 +7,7 @@
 //! handed to a [`io::Tap`], a channel the binary connects to the collector.
 
 pub mod core;
+mod core_presence;
 pub mod io;
 pub mod presence;
 mod proxy;
