@@ -27,6 +27,8 @@ use crate::registrar::{Binding, Bindings, NonceState, Nonces};
 pub const SUPPORTED: &[&str] = &["path", "outbound"];
 pub const ALLOW: &str = "REGISTER, MESSAGE, OPTIONS, INVITE, ACK, CANCEL, BYE, UPDATE, PRACK, INFO, REFER, PUBLISH, SUBSCRIBE";
 pub(crate) const SERVER_HEADER: &str = "sipvault";
+/// Start of every Via branch this server writes.
+pub(crate) const BRANCH_PREFIX: &str = "z9hG4bK-sv-";
 
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -259,6 +261,25 @@ impl Core {
         z ^ (z >> 31)
     }
 
+    /// A Via branch of ours: the magic cookie, then a prefix that tells
+    /// our own Vias apart (loop detection), then a fresh token.
+    pub(crate) fn new_branch(&mut self) -> String {
+        format!("{BRANCH_PREFIX}{}", self.token())
+    }
+
+    /// A request that already carries one of our Vias has come back: relaying
+    /// it again would loop (RFC 3261 16.3 step 4). The proxy never spirals a
+    /// request through itself on purpose, so any such request is a loop.
+    pub(crate) fn is_looped(&self, msg: &SipMessage) -> bool {
+        msg.vias().iter().any(|via| {
+            via.branch().is_some_and(|b| b.starts_with(BRANCH_PREFIX))
+                && self.local.values().any(|addr| {
+                    via.port.unwrap_or(5060) == addr.port()
+                        && via.host.trim_matches(['[', ']']) == addr.ip().to_string()
+                })
+        })
+    }
+
     pub(crate) fn token(&mut self) -> String {
         format!("{:016x}", self.next_u64())
     }
@@ -450,6 +471,11 @@ impl Core {
             let extra: Vec<(String, String)> = rej.headers.clone();
             self.reject_event(peer, rej.code, &rej.reason);
             self.respond(&key, &msg, rej.code, &rej.reason, &extra);
+            return;
+        }
+        if self.is_looped(&msg) {
+            self.reject_event(peer, 482, "request came back through this server");
+            self.respond(&key, &msg, 482, "Loop Detected", &[]);
             return;
         }
         if msg.body().len() > self.config.max_body_bytes {
@@ -770,7 +796,7 @@ impl Core {
             );
             return;
         };
-        let branch = format!("z9hG4bK-sv-{}", self.token());
+        let branch = self.new_branch();
         let local = self
             .local
             .get(&binding.transport)

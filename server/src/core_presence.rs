@@ -61,7 +61,7 @@ impl Core {
             let Ok(parsed) = SipMessage::parse(&notify.request) else {
                 continue;
             };
-            let branch = format!("z9hG4bK-sv-{}", self.token());
+            let branch = self.new_branch();
             let local = self
                 .local
                 .get(&notify.transport)

@@ -2196,3 +2196,43 @@ fn presence_publish_and_subscription_are_served_with_notifies_in_transactions() 
     .header("Event", "presence");
     assert_eq!(status(&sim.udp(watcher, &b.build())), vec![404]);
 }
+
+#[test]
+fn a_request_that_comes_back_through_the_server_is_a_loop_482() {
+    let mut sim = Sim::new(config());
+    // bob's contact points back at the server itself: whatever is relayed
+    // to him arrives here again.
+    sim.register(
+        "bob",
+        "bob-pw",
+        server_addr(),
+        &format!("<sip:bob@{}>", server_addr()),
+        Some(600),
+    );
+    let req = sim.message_req("alice", alice_addr(), "bob", "round and round", 70);
+    let relayed = sim.udp(alice_addr(), &req);
+    assert_eq!(relayed.len(), 1, "{:?}", describe(&relayed));
+    assert_eq!(relayed[0].dst, server_addr());
+    let back = sim.udp(server_addr(), &relayed[0].bytes);
+    let resp = only_response(back, server_addr(), "the MESSAGE that came back");
+    assert_eq!(resp.status(), Some(482), "{}", resp.start_line());
+
+    let mut b = MessageBuilder::from_message(&parse(&relayed[0].bytes, "relayed"));
+    b.set_request_uri(&format!("sip:bob@{DOMAIN}"));
+    let text = String::from_utf8(b.build())
+        .unwrap()
+        .replacen("MESSAGE sip:", "INVITE sip:", 1)
+        .replace("CSeq: 1 MESSAGE", "CSeq: 1 INVITE");
+    let tx = sim.udp(server_addr(), text.as_bytes());
+    assert_eq!(
+        status(&tx),
+        vec![482],
+        "an INVITE that came back: {:?}",
+        describe(&tx)
+    );
+    assert!(
+        sim.events()
+            .iter()
+            .any(|e| matches!(e, Event::Rejected { code: 482, .. }))
+    );
+}

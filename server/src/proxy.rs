@@ -343,7 +343,7 @@ impl Core {
         max_forwards: u32,
         record_route_from: Option<Transport>,
     ) -> (String, Transmit) {
-        let branch = format!("z9hG4bK-sv-{}", self.token());
+        let branch = self.new_branch();
         let hop = target.hop;
         let local = self
             .local
@@ -430,6 +430,11 @@ impl Core {
         if msg.body().len() > self.config.max_body_bytes {
             self.reject_event(peer, 413, "body too large");
             self.invite_reply(now, &key, 413, "Request Entity Too Large", &[]);
+            return;
+        }
+        if self.is_looped(&msg) {
+            self.reject_event(peer, 482, "request came back through this server");
+            self.invite_reply(now, &key, 482, "Loop Detected", &[]);
             return;
         }
         let max_forwards = msg.max_forwards().unwrap_or(70);
