@@ -10,6 +10,7 @@ mod import;
 mod pipeline;
 mod queries;
 mod reindex;
+mod rooms;
 mod status;
 
 use std::net::SocketAddr;
@@ -49,8 +50,8 @@ struct Cli {
     #[arg(long, global = true, env = "SIPVAULT_CONFIG")]
     config: Option<PathBuf>,
     /// Name recorded in the audit log for search, conversation, timeline,
-    /// report, sql and export, and in export manifests [default: the OS
-    /// user, $USER].
+    /// report, sql and export, in export manifests and in the room event
+    /// log [default: the OS user, $USER].
     #[arg(long = "as", global = true, value_name = "USER")]
     as_user: Option<String>,
     #[command(subcommand)]
@@ -86,6 +87,9 @@ enum Command {
     /// Manage users of the registrar.
     #[command(subcommand)]
     User(UserCommand),
+    /// Persistent chat rooms: create, members, list, show, events, history.
+    #[command(subcommand)]
+    Room(rooms::RoomCommand),
     /// Full-text search of archived instant messages, calls and presence.
     #[command(
         after_help = "Query syntax: words, \"phrases\", AND, OR, NOT, parentheses, prefixes (budg*), fuzzy\nterms (budgte~1, at most ~2), from:USER, to:USER, type:im|call|presence, body:WORD,\ntime:[A TO B] ([ ] inclusive, { } exclusive, * open; RFC 3339 or YYYY-MM-DD).\nCalls are indexed with their disposition, final code and reason (from: caller, to: callee);\npresence with its status, activities and note (from: the presentity). type:chat and\nroom:NAME are accepted and match nothing (no group chat is archived).\nA malformed query exits 1 with the position of the problem.\n\nExamples:\n  sipvault search 'budget AND NOT draft' --from alice --since 2026-11-01 --format json\n  sipvault search 'type:call AND busy' --sort time --limit 20 --page 2\n  sipvault search 'quart* OR budgte~1' --sort relevance"
@@ -375,6 +379,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User(UserCommand::List { format }) => list_users(&data, format).await,
+        Command::Room(cmd) => rooms::run(&data, &config, &reader, cmd).await,
         Command::Search(args) => {
             let query = args.describe();
             let outcome = search(&data, args);

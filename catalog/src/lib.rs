@@ -27,6 +27,20 @@ pub enum CatalogError {
         path: String,
         source: std::io::Error,
     },
+    #[error("room {0} already exists")]
+    RoomExists(String),
+    #[error("no room {0}")]
+    NoSuchRoom(String),
+    #[error("no user {0}")]
+    NoSuchUser(String),
+    #[error("{user} is not a member of room {room}")]
+    NotAMember { room: String, user: String },
+    #[error(
+        "room name {0:?} must be 1 to 64 lowercase letters, digits, '-', '_' or '.' (it becomes the SIP user room-NAME)"
+    )]
+    InvalidRoomName(String),
+    #[error("unknown room role {0:?} (roles: owner, member, read-only)")]
+    InvalidRole(String),
 }
 
 pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
@@ -99,6 +113,122 @@ pub struct AuditEntry {
     pub time_ns: i64,
     #[serde(flatten)]
     pub record: AuditRecord,
+}
+
+/// What a room member may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoomRole {
+    /// Posts and manages the room.
+    Owner,
+    /// Posts and reads.
+    Member,
+    /// Receives posts, may not post.
+    ReadOnly,
+}
+
+impl RoomRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomRole::Owner => "owner",
+            RoomRole::Member => "member",
+            RoomRole::ReadOnly => "read-only",
+        }
+    }
+
+    /// Whether a member with this role may post to the room.
+    pub fn may_post(self) -> bool {
+        !matches!(self, RoomRole::ReadOnly)
+    }
+}
+
+impl FromStr for RoomRole {
+    type Err = CatalogError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "owner" => Ok(RoomRole::Owner),
+            "member" => Ok(RoomRole::Member),
+            "read-only" => Ok(RoomRole::ReadOnly),
+            _ => Err(CatalogError::InvalidRole(s.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for RoomRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A persistent chat room; its SIP URI is `sip:room-NAME@DOMAIN`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Room {
+    pub name: String,
+    pub domain: String,
+    pub topic: String,
+    pub category: Option<String>,
+    /// A room clients should not advertise. Recorded and shown; posting
+    /// and receiving need membership in every room alike.
+    pub private: bool,
+    pub created_ns: i64,
+}
+
+impl Room {
+    /// The SIP user part of the room's URI.
+    pub fn sip_user(&self) -> String {
+        format!("{ROOM_USER_PREFIX}{}", self.name)
+    }
+
+    pub fn uri(&self) -> String {
+        format!("sip:{}@{}", self.sip_user(), self.domain)
+    }
+}
+
+/// Prefix of a room's SIP user part: room `budget` is `sip:room-budget@DOMAIN`.
+pub const ROOM_USER_PREFIX: &str = "room-";
+
+/// Whether `name` may name a room: it becomes part of a SIP URI and a
+/// search key, so plain lowercase characters only.
+pub fn valid_room_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoomMember {
+    pub room: String,
+    /// User name (of the room's domain).
+    pub user: String,
+    pub role: RoomRole,
+    pub added_ns: i64,
+}
+
+/// What `add_room_member` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange {
+    Added,
+    RoleChanged {
+        from: RoomRole,
+    },
+    /// Already a member with that role: nothing written.
+    Unchanged,
+}
+
+/// One row of the room event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoomEvent {
+    pub id: i64,
+    pub time_ns: i64,
+    pub room: String,
+    /// The member concerned (empty for events of the room itself).
+    pub user: String,
+    /// `created`, `member-added:ROLE`, `role-changed:ROLE`, `member-removed`.
+    pub event: String,
+    /// Who made the change (`--as` or the OS user).
+    pub by: String,
 }
 
 /// One manifest row.
@@ -178,6 +308,29 @@ const MIGRATIONS: &[&str] = &[
         path TEXT PRIMARY KEY,
         table_name TEXT NOT NULL,
         wal_position BIGINT NOT NULL)",
+    // `private` is 0 or 1: BIGINT reads back the same through the Any
+    // driver on both databases, where BOOLEAN does not on SQLite.
+    "CREATE TABLE IF NOT EXISTS rooms (
+        name TEXT PRIMARY KEY,
+        domain TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        category TEXT,
+        private BIGINT NOT NULL,
+        created_ns BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS room_members (
+        room TEXT NOT NULL,
+        member TEXT NOT NULL,
+        role TEXT NOT NULL,
+        added_ns BIGINT NOT NULL,
+        PRIMARY KEY (room, member))",
+    // Every membership change, so the table above can always be explained.
+    "CREATE TABLE IF NOT EXISTS room_events (
+        id BIGINT PRIMARY KEY,
+        time_ns BIGINT NOT NULL,
+        room TEXT NOT NULL,
+        member TEXT NOT NULL,
+        event TEXT NOT NULL,
+        by_user TEXT NOT NULL)",
 ];
 
 /// Attempts at taking the next audit id before giving up: concurrent
@@ -497,9 +650,282 @@ impl Catalog {
             .collect()
     }
 
+    /// Creates a room and records a `created` event by `by`.
+    pub async fn create_room(&self, room: &Room, by: &str) -> Result<Room> {
+        if !valid_room_name(&room.name) {
+            return Err(CatalogError::InvalidRoomName(room.name.clone()));
+        }
+        let created_ns = now_ns();
+        let room = Room {
+            created_ns,
+            ..room.clone()
+        };
+        self.with_room_event_retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let inserted = sqlx::query(
+                "INSERT INTO rooms (name, domain, topic, category, private, created_ns)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(&room.name)
+            .bind(&room.domain)
+            .bind(&room.topic)
+            .bind(&room.category)
+            .bind(i64::from(room.private))
+            .bind(created_ns)
+            .execute(&mut *tx)
+            .await?;
+            if inserted.rows_affected() == 0 {
+                return Err(CatalogError::RoomExists(room.name.clone()));
+            }
+            insert_room_event(&mut tx, created_ns, &room.name, "", "created", by).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await?;
+        Ok(room)
+    }
+
+    pub async fn room(&self, name: &str) -> Result<Option<Room>> {
+        let row = sqlx::query(
+            "SELECT name, domain, topic, category, private, created_ns FROM rooms WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(room_from_row).transpose()
+    }
+
+    pub async fn list_rooms(&self) -> Result<Vec<Room>> {
+        let rows = sqlx::query(
+            "SELECT name, domain, topic, category, private, created_ns FROM rooms ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(room_from_row).collect()
+    }
+
+    /// Members of `room` (every room when `None`), by room then user.
+    pub async fn room_members(&self, room: Option<&str>) -> Result<Vec<RoomMember>> {
+        // Two statements rather than `$1 IS NULL OR ...`, whose parameter
+        // type PostgreSQL may not infer.
+        let rows =
+            match room {
+                Some(room) => {
+                    sqlx::query(
+                        "SELECT room, member, role, added_ns FROM room_members
+                     WHERE room = $1 ORDER BY room, member",
+                    )
+                    .bind(room)
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+                None => sqlx::query(
+                    "SELECT room, member, role, added_ns FROM room_members ORDER BY room, member",
+                )
+                .fetch_all(&self.pool)
+                .await?,
+            };
+        rows.iter()
+            .map(|r| {
+                Ok(RoomMember {
+                    room: r.try_get(0)?,
+                    user: r.try_get(1)?,
+                    role: r.try_get::<String, _>(2)?.parse()?,
+                    added_ns: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Makes `user` (a user of the room's domain) a member with `role`, or
+    /// changes the role of a member; each change is a room event by `by`.
+    pub async fn add_room_member(
+        &self,
+        room: &str,
+        user: &str,
+        role: RoomRole,
+        by: &str,
+    ) -> Result<MemberChange> {
+        self.with_room_event_retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let domain: String = sqlx::query("SELECT domain FROM rooms WHERE name = $1")
+                .bind(room)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| CatalogError::NoSuchRoom(room.to_string()))?
+                .try_get(0)?;
+            let known = sqlx::query("SELECT name FROM users WHERE name = $1 AND domain = $2")
+                .bind(user)
+                .bind(&domain)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if known.is_none() {
+                return Err(CatalogError::NoSuchUser(format!("{user}@{domain}")));
+            }
+            let current = sqlx::query("SELECT role FROM room_members WHERE room = $1 AND member = $2")
+                .bind(room)
+                .bind(user)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get::<String, _>(0))
+                .transpose()?
+                .map(|r| r.parse::<RoomRole>())
+                .transpose()?;
+            let time_ns = now_ns();
+            let change = match current {
+                Some(from) if from == role => return Ok(MemberChange::Unchanged),
+                Some(from) => {
+                    sqlx::query("UPDATE room_members SET role = $1 WHERE room = $2 AND member = $3")
+                        .bind(role.as_str())
+                        .bind(room)
+                        .bind(user)
+                        .execute(&mut *tx)
+                        .await?;
+                    MemberChange::RoleChanged { from }
+                }
+                None => {
+                    sqlx::query(
+                        "INSERT INTO room_members (room, member, role, added_ns) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(room)
+                    .bind(user)
+                    .bind(role.as_str())
+                    .bind(time_ns)
+                    .execute(&mut *tx)
+                    .await?;
+                    MemberChange::Added
+                }
+            };
+            let event = match change {
+                MemberChange::RoleChanged { .. } => format!("role-changed:{role}"),
+                _ => format!("member-added:{role}"),
+            };
+            insert_room_event(&mut tx, time_ns, room, user, &event, by).await?;
+            tx.commit().await?;
+            Ok(change)
+        })
+        .await
+    }
+
+    /// Removes `user` from `room`, recording a `member-removed` event by `by`.
+    pub async fn remove_room_member(&self, room: &str, user: &str, by: &str) -> Result<()> {
+        self.with_room_event_retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            if sqlx::query("SELECT name FROM rooms WHERE name = $1")
+                .bind(room)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_none()
+            {
+                return Err(CatalogError::NoSuchRoom(room.to_string()));
+            }
+            let removed = sqlx::query("DELETE FROM room_members WHERE room = $1 AND member = $2")
+                .bind(room)
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+            if removed.rows_affected() == 0 {
+                return Err(CatalogError::NotAMember {
+                    room: room.to_string(),
+                    user: user.to_string(),
+                });
+            }
+            insert_room_event(&mut tx, now_ns(), room, user, "member-removed", by).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The room event log of `room` (every room when `None`), oldest first.
+    pub async fn room_events(&self, room: Option<&str>) -> Result<Vec<RoomEvent>> {
+        let rows =
+            match room {
+                Some(room) => {
+                    sqlx::query(
+                        "SELECT id, time_ns, room, member, event, by_user FROM room_events
+                     WHERE room = $1 ORDER BY id",
+                    )
+                    .bind(room)
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+                None => sqlx::query(
+                    "SELECT id, time_ns, room, member, event, by_user FROM room_events ORDER BY id",
+                )
+                .fetch_all(&self.pool)
+                .await?,
+            };
+        rows.iter()
+            .map(|r| {
+                Ok(RoomEvent {
+                    id: r.try_get(0)?,
+                    time_ns: r.try_get(1)?,
+                    room: r.try_get(2)?,
+                    user: r.try_get(3)?,
+                    event: r.try_get(4)?,
+                    by: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Runs a transaction that appends a room event, again when a
+    /// concurrent writer (PostgreSQL) took the same event id first.
+    async fn with_room_event_retry<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match op().await {
+                Err(CatalogError::Db(sqlx::Error::Database(e)))
+                    if e.is_unique_violation() && attempt < AUDIT_INSERT_ATTEMPTS => {}
+                other => return other,
+            }
+        }
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+fn room_from_row(r: &sqlx::any::AnyRow) -> Result<Room> {
+    Ok(Room {
+        name: r.try_get(0)?,
+        domain: r.try_get(1)?,
+        topic: r.try_get(2)?,
+        category: r.try_get(3)?,
+        private: r.try_get::<i64, _>(4)? != 0,
+        created_ns: r.try_get(5)?,
+    })
+}
+
+/// Appends to `room_events` inside the caller's transaction; the id is
+/// taken in the INSERT, as for the audit log.
+async fn insert_room_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    time_ns: i64,
+    room: &str,
+    user: &str,
+    event: &str,
+    by: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO room_events (id, time_ns, room, member, event, by_user)
+         SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4, $5 FROM room_events",
+    )
+    .bind(time_ns)
+    .bind(room)
+    .bind(user)
+    .bind(event)
+    .bind(by)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Checks that every manifest entry hashes the one before it. Returns the
@@ -717,6 +1143,180 @@ mod tests {
             return;
         };
         exercise_audit_log(&cat).await;
+        drop_postgres_catalog(cat, admin, schema).await;
+    }
+
+    async fn exercise_rooms(cat: &Catalog) {
+        for user in ["alice", "bob", "carol"] {
+            cat.add_user(user, "example.com", "h1", "h2").await.unwrap();
+        }
+        let room = Room {
+            name: "budget".into(),
+            domain: "example.com".into(),
+            topic: "Q3 budget".into(),
+            category: Some("finance".into()),
+            private: true,
+            created_ns: 0,
+        };
+        let created = cat.create_room(&room, "admin").await.unwrap();
+        assert_eq!(created.uri(), "sip:room-budget@example.com");
+        assert!(
+            matches!(
+                cat.create_room(&room, "admin").await,
+                Err(CatalogError::RoomExists(_))
+            ),
+            "a room name is taken once"
+        );
+        assert!(matches!(
+            cat.create_room(
+                &Room {
+                    name: "Budget Talk".into(),
+                    ..room.clone()
+                },
+                "admin"
+            )
+            .await,
+            Err(CatalogError::InvalidRoomName(_))
+        ));
+        cat.create_room(
+            &Room {
+                name: "lunch".into(),
+                category: None,
+                private: false,
+                ..room.clone()
+            },
+            "admin",
+        )
+        .await
+        .unwrap();
+        let rooms = cat.list_rooms().await.unwrap();
+        assert_eq!(
+            rooms.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["budget", "lunch"]
+        );
+        assert_eq!(rooms[0], created);
+        assert_eq!(rooms[1].category, None);
+        assert!(!rooms[1].private);
+        assert_eq!(cat.room("nope").await.unwrap(), None);
+
+        let add = |user: &'static str, role| cat.add_room_member("budget", user, role, "admin");
+        assert_eq!(
+            add("alice", RoomRole::Owner).await.unwrap(),
+            MemberChange::Added
+        );
+        assert_eq!(
+            add("bob", RoomRole::ReadOnly).await.unwrap(),
+            MemberChange::Added
+        );
+        assert_eq!(
+            add("carol", RoomRole::ReadOnly).await.unwrap(),
+            MemberChange::Added
+        );
+        assert_eq!(
+            add("bob", RoomRole::Member).await.unwrap(),
+            MemberChange::RoleChanged {
+                from: RoomRole::ReadOnly
+            }
+        );
+        assert_eq!(
+            add("bob", RoomRole::Member).await.unwrap(),
+            MemberChange::Unchanged,
+            "the same role again changes nothing"
+        );
+        assert!(matches!(
+            add("mallory", RoomRole::Member).await,
+            Err(CatalogError::NoSuchUser(_))
+        ));
+        assert!(matches!(
+            cat.add_room_member("nope", "alice", RoomRole::Member, "admin")
+                .await,
+            Err(CatalogError::NoSuchRoom(_))
+        ));
+        cat.remove_room_member("budget", "carol", "alice")
+            .await
+            .unwrap();
+        assert!(matches!(
+            cat.remove_room_member("budget", "carol", "alice").await,
+            Err(CatalogError::NotAMember { .. })
+        ));
+        let members = cat.room_members(Some("budget")).await.unwrap();
+        assert_eq!(
+            members
+                .iter()
+                .map(|m| (m.user.as_str(), m.role))
+                .collect::<Vec<_>>(),
+            [("alice", RoomRole::Owner), ("bob", RoomRole::Member)]
+        );
+        assert_eq!(cat.room_members(None).await.unwrap(), members);
+        assert!(cat.room_members(Some("lunch")).await.unwrap().is_empty());
+
+        let events: Vec<(String, String, String, String)> = cat
+            .room_events(Some("budget"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.room, e.user, e.event, e.by))
+            .collect();
+        let e = |u: &str, ev: &str, by: &str| {
+            (
+                "budget".to_string(),
+                u.to_string(),
+                ev.to_string(),
+                by.to_string(),
+            )
+        };
+        assert_eq!(
+            events,
+            vec![
+                e("", "created", "admin"),
+                e("alice", "member-added:owner", "admin"),
+                e("bob", "member-added:read-only", "admin"),
+                e("carol", "member-added:read-only", "admin"),
+                e("bob", "role-changed:member", "admin"),
+                e("carol", "member-removed", "alice"),
+            ],
+            "every membership change is in the event log, refusals are not"
+        );
+        assert_eq!(cat.room_events(None).await.unwrap().len(), 7);
+    }
+
+    #[test]
+    fn room_roles_and_names() {
+        for role in [RoomRole::Owner, RoomRole::Member, RoomRole::ReadOnly] {
+            assert_eq!(role.as_str().parse::<RoomRole>().unwrap(), role);
+        }
+        assert!(!RoomRole::ReadOnly.may_post());
+        assert!(RoomRole::Member.may_post() && RoomRole::Owner.may_post());
+        assert!(matches!(
+            "admin".parse::<RoomRole>(),
+            Err(CatalogError::InvalidRole(_))
+        ));
+        assert!(valid_room_name("q3-budget_2026.x"));
+        for bad in ["", "Budget", "a b", "a@b", "a;b", &"x".repeat(65)] {
+            assert!(!valid_room_name(bad), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn sqlite_rooms() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path()).await.unwrap();
+        exercise_rooms(&cat).await;
+        cat.close().await;
+        let cat = Catalog::open(dir.path()).await.unwrap();
+        assert_eq!(
+            cat.list_rooms().await.unwrap().len(),
+            2,
+            "rooms survive reopening"
+        );
+    }
+
+    #[tokio::test]
+    async fn postgres_rooms() {
+        let Some((cat, admin, schema)) = postgres_catalog("postgres_rooms").await else {
+            return;
+        };
+        exercise_rooms(&cat).await;
         drop_postgres_catalog(cat, admin, schema).await;
     }
 
