@@ -53,6 +53,9 @@ pub struct SipConfig {
     /// RFC 3261 T1 in milliseconds (transaction timeout is 64*T1).
     pub t1_ms: u64,
     pub t2_ms: u64,
+    /// A call that rings this long unanswered is cancelled and answered
+    /// 408 (the proxy's Timer C).
+    pub no_answer_secs: u64,
     pub min_expires: u32,
     pub max_expires: u32,
     pub tcp_message_timeout_secs: u64,
@@ -74,6 +77,7 @@ impl Default for SipConfig {
             max_body_bytes: 8 * 1024,
             t1_ms: 500,
             t2_ms: 4000,
+            no_answer_secs: 180,
             min_expires: 60,
             max_expires: 7200,
             tcp_message_timeout_secs: 10,

@@ -49,6 +49,7 @@ pub fn server_config(config: &Config, sip: SocketAddr) -> ServerConfig {
             domain: config.sip.domain.clone(),
             t1: config.t1(),
             t2: Duration::from_millis(config.sip.t2_ms),
+            no_answer_timeout: Duration::from_secs(config.sip.no_answer_secs),
             max_body_bytes: config.sip.max_body_bytes,
             min_expires: config.sip.min_expires,
             max_expires: config.sip.max_expires,

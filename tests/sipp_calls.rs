@@ -68,11 +68,12 @@ fn sipp_calls_through_the_proxy_are_archived_with_their_outcome() {
             ],
         );
     }
-    // T1 of 100 ms: the silent callee's call ends at Timer B, 6.4 s.
+    // T1 of 100 ms: the silent callee's call ends at Timer B, 6.4 s; a
+    // ringing callee is given up on after 2 s (Timer C).
     let server = ServeProcess::start(
         &data,
         Some(
-            "[sip]\ndomain = \"sipp.test\"\nt1_ms = 100\n[archive]\nsegment_max_age_secs = 3600\n",
+            "[sip]\ndomain = \"sipp.test\"\nt1_ms = 100\nno_answer_secs = 2\n[archive]\nsegment_max_age_secs = 3600\n",
         ),
     );
     let remote = server.addr.to_string();
@@ -144,6 +145,19 @@ fn sipp_calls_through_the_proxy_are_archived_with_their_outcome() {
         },
         "unanswered call (call-uac-no-answer.xml -> call-uas-silent.xml)",
     );
+    let mut ringing = uac("call-uac-rings-no-answer.xml");
+    ringing.extend(args(&["-s", "bob"]));
+    run_sipp_pair(
+        SippSide {
+            dir: &ours(),
+            args: uas("call-uas-ringing.xml"),
+        },
+        SippSide {
+            dir: &ours(),
+            args: ringing,
+        },
+        "ringing, never answered (call-uac-rings-no-answer.xml -> call-uas-ringing.xml)",
+    );
     let mut offline = uac("call-uac-offline.xml");
     offline.extend(args(&["-s", "carol"]));
     run_sipp(&ours(), &offline, "call to an unregistered user");
@@ -165,11 +179,12 @@ fn sipp_calls_through_the_proxy_are_archived_with_their_outcome() {
         "calls archived: {}",
         serde_json::to_string_pretty(&rows).unwrap()
     );
-    assert_eq!(rows.len(), 5, "one row per call: {}", show());
+    assert_eq!(rows.len(), 6, "one row per call: {}", show());
     let expect = [
         ("bob", "answered", Some(200u16)),
         ("bob", "cancelled", Some(487)),
         ("bob", "busy", Some(486)),
+        ("bob", "no-answer", Some(408)),
         ("bob", "no-answer", Some(408)),
         ("carol", "no-answer", Some(480)),
     ];

@@ -49,6 +49,11 @@
 //! registrars and gateways on the path, or by the callee's stack without a
 //! person deciding, so they are attributed to `server`.
 //!
+//! A CANCEL counts as the caller's only when it carries the caller's own
+//! Via branch; a CANCEL a proxy sends on its own (its no-answer timer, the
+//! losing branches of a fork) decides nothing, the final response does
+//! (a ringing call a proxy gives up on is `no-answer` with 408).
+//!
 //! A 401/407 digest challenge is not an end: the call waits (up to
 //! `ring_timeout_ns`; a person may be typing a password) for the INVITE
 //! re-sent with the same Call-ID and a higher CSeq, and the final response
@@ -236,6 +241,11 @@ struct Call {
     /// Key in `CallCorrelator::by_age`.
     age_key: (i64, u64),
     caller_tag: Option<String>,
+    /// Branch of the caller's own Via (the bottom one of the INVITE): a
+    /// CANCEL with another branch was sent by a proxy on the path (its
+    /// no-answer timer, or the other branches of a fork), not by the caller.
+    #[serde(default)]
+    caller_branch: Option<String>,
     caller_uri_key: String,
     /// CSeq of the latest initial INVITE: only its responses count.
     invite_cseq: u32,
@@ -446,6 +456,7 @@ impl CallCorrelator {
             },
             age_key,
             caller_tag: from.and_then(|p| p.tag),
+            caller_branch: via_branch(sip, ViaEnd::Bottom),
             caller_uri_key: uri_key(&caller),
             invite_cseq: cseq,
             phase: Phase::Calling,
@@ -691,7 +702,13 @@ impl Call {
                     && cseq == self.invite_cseq
                     && self.cancel.is_none() =>
             {
-                self.cancel = Some((now, ended_by::CALLER));
+                let by = match &self.caller_branch {
+                    Some(caller) if via_branch(sip, ViaEnd::Top).as_ref() != Some(caller) => {
+                        ended_by::SERVER
+                    }
+                    _ => ended_by::CALLER,
+                };
+                self.cancel = Some((now, by));
             }
             "BYE" => {
                 let by = if self.is_from_caller(sip) {
@@ -800,8 +817,10 @@ impl Call {
             // The caller hung up first: whatever the path answered to the
             // cancelled INVITE (487, or a late 408/480/5xx), the call was
             // cancelled. A decision of the callee that crossed the CANCEL
-            // (486, 603, 6xx) is kept.
-            Some((cancel_ns, who)) if by != ended_by::CALLEE => {
+            // (486, 603, 6xx) is kept. A CANCEL a proxy sent (its no-answer
+            // timer) is no decision of the caller: its answer upstream
+            // (408) says what happened.
+            Some((cancel_ns, who)) if by != ended_by::CALLEE && who == ended_by::CALLER => {
                 (disposition::CANCELLED, who, cancel_ns)
             }
             _ => (disposition, by, now),
@@ -1074,6 +1093,22 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         return Some(0);
     }
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Which Via of a message.
+#[derive(Clone, Copy)]
+enum ViaEnd {
+    Top,
+    Bottom,
+}
+
+fn via_branch(sip: &SipMessage, end: ViaEnd) -> Option<String> {
+    let vias = sip.vias();
+    let via = match end {
+        ViaEnd::Top => vias.first(),
+        ViaEnd::Bottom => vias.last(),
+    };
+    via.and_then(|v| v.branch().map(str::to_string))
 }
 
 #[cfg(test)]

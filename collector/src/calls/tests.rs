@@ -31,7 +31,8 @@ fn message(
     };
     format!(
         "{start_line}\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-{call_id}-{cseq_branch}\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\n{extra}{content_type}Content-Length: {len}\r\n\r\n{body}",
-        cseq_branch = cseq.replace(' ', ""),
+        // A CANCEL carries the branch of the INVITE it cancels (RFC 3261 9.1).
+        cseq_branch = cseq.replace(' ', "").replace("CANCEL", "INVITE"),
         len = body.len()
     )
 }
@@ -317,6 +318,28 @@ fn cancel_then_487_is_cancelled_by_the_caller() {
     assert_eq!(call.ring_ns, Some(T0 + 100 * MS));
     assert_eq!(call.setup_ms, Some(100));
     assert_eq!(call.answer_ns, None);
+}
+
+#[test]
+fn a_proxy_giving_up_on_a_ringing_callee_is_no_answer_not_a_cancel() {
+    let leg = Leg {
+        call_id: "c-timer-c",
+    };
+    let mut h = Harness::new();
+    h.feed(0, &leg.invite(1, "", OFFER));
+    h.feed(100, &leg.response(180, 1, "INVITE", Some("b1"), ""));
+    // The proxy's own CANCEL downstream: its branch, not the caller's.
+    let proxy_cancel = leg.cancel(1).replace(
+        "branch=z9hG4bK-c-timer-c-1INVITE",
+        "branch=z9hG4bK-sv-proxy1",
+    );
+    h.feed(180_000, &proxy_cancel);
+    h.feed(180_000, &leg.response(408, 1, "INVITE", None, ""));
+    h.feed(180_001, &leg.response(487, 1, "INVITE", Some("b1"), ""));
+    let call = h.single();
+    assert_eq!(call.disposition, "no-answer");
+    assert_eq!(call.ended_by.as_deref(), Some("server"));
+    assert_eq!(call.final_code, Some(408));
 }
 
 #[test]
