@@ -378,6 +378,11 @@ struct Log {
     last_checkpoint_ns: i64,
 }
 
+/// Layout of a checkpoint snapshot (the postcard encoding of [`State`] is
+/// positional). Bump it whenever a type in it changes: arrivals, the IM,
+/// call or presence correlator state.
+const SNAPSHOT_VERSION: u32 = 2;
+
 /// Rolls within one log group are numbered in the low bits of a position.
 const ROLL_BITS: u32 = 20;
 
@@ -455,18 +460,36 @@ impl Pipeline {
     }
 
     fn snapshot(&self) -> Result<Vec<u8>> {
-        Ok(postcard::to_stdvec(&StateRef {
+        let mut out = SNAPSHOT_VERSION.to_le_bytes().to_vec();
+        out.extend(postcard::to_stdvec(&StateRef {
             latest_capture_ns: self.latest_capture_ns,
             clock_ns: self.clock_ns,
             arrivals: &self.arrivals,
             ims: &self.ims,
             calls: &self.calls,
             presence: &self.presence,
-        })?)
+        })?);
+        Ok(out)
     }
 
+    /// Restores a snapshot; one of another layout (written by another
+    /// version) is skipped with a warning: the replay then starts from
+    /// empty correlators, which can archive a call or IM that spans the
+    /// checkpoint incompletely, but never refuses to start.
     fn restore(&mut self, bytes: &[u8]) -> Result<()> {
-        let state: State = postcard::from_bytes(bytes)?;
+        let version = bytes
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes);
+        if version != Some(SNAPSHOT_VERSION) {
+            tracing::warn!(
+                ?version,
+                expected = SNAPSHOT_VERSION,
+                "checkpoint snapshot of another layout: replaying from empty correlator state"
+            );
+            return Ok(());
+        }
+        let state: State = postcard::from_bytes(&bytes[4..])?;
         self.latest_capture_ns = state.latest_capture_ns;
         self.clock_ns = state.clock_ns;
         self.arrivals = state.arrivals;

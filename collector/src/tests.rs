@@ -569,3 +569,30 @@ async fn a_crash_loses_no_accepted_message_and_a_replay_doubles_none() {
     assert_eq!(third.stats.replayed_groups.load(Relaxed), 0);
     assert_eq!(third.catalog.segments().await.unwrap().len(), entries.len());
 }
+
+#[test]
+fn a_snapshot_of_another_layout_is_skipped_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = logged_config(dir.path());
+    let mut first = crate::Pipeline::new(&config);
+    first.latest_capture_ns = 42;
+    let snapshot = first.snapshot().unwrap();
+
+    let mut restored = crate::Pipeline::new(&config);
+    restored.restore(&snapshot).unwrap();
+    assert_eq!(restored.latest_capture_ns, 42);
+
+    let mut older = snapshot.clone();
+    older[..4].copy_from_slice(&1u32.to_le_bytes());
+    let mut skipped = crate::Pipeline::new(&config);
+    skipped.restore(&older).unwrap();
+    assert_eq!(
+        skipped.latest_capture_ns,
+        i64::MIN,
+        "another layout is not decoded as this one"
+    );
+    assert!(
+        skipped.restore(&[7]).is_ok(),
+        "too short to carry a version"
+    );
+}
