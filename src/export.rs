@@ -114,6 +114,10 @@ pub struct Manifest {
     pub sipvault_version: String,
     pub formats: Vec<String>,
     pub im_messages: u64,
+    #[serde(default)]
+    pub calls: u64,
+    #[serde(default)]
+    pub presence: u64,
     pub sip_messages: u64,
     /// SIP messages left out of the pcap: larger than one UDP datagram.
     pub pcap_oversized_skipped: u64,
@@ -185,29 +189,43 @@ pub async fn export(
     let formats: BTreeSet<ExportFormat> = args.format.iter().copied().collect();
     let mut files: Vec<PathBuf> = Vec::new();
     let mut oversized = 0;
+    // IMs always have their file (an empty case says so); calls and
+    // presence changes only when the case holds some.
+    let row_tables = [
+        ("im_messages", &records.ims, true),
+        ("calls", &records.calls, false),
+        ("presence", &records.presence, false),
+    ];
+    let sip = ("sip_messages", &records.sip, true);
+    let written = row_tables
+        .iter()
+        .filter(|(_, rows, always)| *always || rows.count() > 0);
     for format in &formats {
         match format {
             ExportFormat::Jsonl => {
-                let path = out.join("im_messages.jsonl");
-                ex::write_jsonl(&path, &records.ims)?;
-                files.push(path);
+                for (table, rows, _) in written.clone() {
+                    let path = out.join(format!("{table}.jsonl"));
+                    ex::write_jsonl(&path, &rows.batches)?;
+                    files.push(path);
+                }
             }
             ExportFormat::Csv => {
-                let path = out.join("im_messages.csv");
-                ex::write_csv(&path, records.im_schema.clone(), &records.ims)?;
-                files.push(path);
+                for (table, rows, _) in written.clone() {
+                    let path = out.join(format!("{table}.csv"));
+                    ex::write_csv(&path, rows.schema.clone(), &rows.batches)?;
+                    files.push(path);
+                }
             }
             ExportFormat::Parquet => {
-                let path = out.join("im_messages.parquet");
-                ex::write_parquet(&path, records.im_schema.clone(), &records.ims)?;
-                files.push(path);
-                let path = out.join("sip_messages.parquet");
-                ex::write_parquet(&path, records.sip_schema.clone(), &records.sip)?;
-                files.push(path);
+                for (table, rows, _) in written.clone().chain([&sip]) {
+                    let path = out.join(format!("{table}.parquet"));
+                    ex::write_parquet(&path, rows.schema.clone(), &rows.batches)?;
+                    files.push(path);
+                }
             }
             ExportFormat::Pcap => {
                 let path = out.join("sip_messages.pcap");
-                let (_, skipped) = ex::write_pcap(&path, &records.sip)?;
+                let (_, skipped) = ex::write_pcap(&path, &records.sip.batches)?;
                 if skipped > 0 {
                     eprintln!(
                         "warning: {skipped} SIP messages larger than one UDP datagram are not in the pcap (they are in sip_messages.parquet)"
@@ -220,7 +238,7 @@ pub async fn export(
                 let dir = out.join("eml");
                 std::fs::create_dir_all(&dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
-                let ims = ex::im_records(&records.ims)?;
+                let ims = ex::im_records(&records.ims.batches)?;
                 for (i, conversation) in eml::group_conversations(&ims).iter().enumerate() {
                     let path = dir.join(format!("{:04}.eml", i + 1));
                     ex::write_file(&path, &eml::format_eml(conversation, case))?;
@@ -242,8 +260,10 @@ pub async fn export(
         exported_at: sipvault_query::format_time_ns(now_ns),
         sipvault_version: env!("CARGO_PKG_VERSION").to_string(),
         formats: formats.iter().map(ToString::to_string).collect(),
-        im_messages: records.im_count() as u64,
-        sip_messages: records.sip_count() as u64,
+        im_messages: records.ims.count() as u64,
+        calls: records.calls.count() as u64,
+        presence: records.presence.count() as u64,
+        sip_messages: records.sip.count() as u64,
         pcap_oversized_skipped: oversized,
         files: Vec::with_capacity(files.len()),
     };
@@ -261,8 +281,10 @@ pub async fn export(
     let manifest_sha = sha256(&manifest_path)?;
 
     println!(
-        "exported case {case:?}: {} IMs, {} SIP messages, {} files to {}",
+        "exported case {case:?}: {} IMs, {} calls, {} presence changes, {} SIP messages, {} files to {}",
         manifest.im_messages,
+        manifest.calls,
+        manifest.presence,
         manifest.sip_messages,
         manifest.files.len(),
         out.display()
@@ -418,6 +440,8 @@ mod tests {
             sipvault_version: "0".into(),
             formats: vec![],
             im_messages: 0,
+            calls: 0,
+            presence: 0,
             sip_messages: 0,
             pcap_oversized_skipped: 0,
             files: vec![],

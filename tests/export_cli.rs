@@ -472,3 +472,79 @@ fn empty_case_and_refusals() {
     assert_eq!(code, 1);
     assert!(stderr.contains("MANIFEST.json"), "{stderr}");
 }
+
+#[test]
+fn calls_and_presence_changes_are_exported_with_their_signalling() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let local = common::testdata().join("pcaps/local");
+    let imported = Command::new(common::bin())
+        .args(["import", "pcap", "--data"])
+        .arg(&data)
+        .arg(local.join("call-basic.pcap"))
+        .arg(local.join("publish.pcap"))
+        .output()
+        .unwrap();
+    assert!(imported.status.success(), "{imported:?}");
+
+    let out = tmp.path().join("case");
+    let out_s = out.to_str().unwrap();
+    let Run {
+        code,
+        stdout,
+        stderr,
+        ..
+    } = run_sipvault(
+        &data,
+        &[
+            "export",
+            "--query",
+            "type:call OR type:presence",
+            "--case",
+            "calls",
+            "--out",
+            out_s,
+            "--format",
+            "jsonl,csv,parquet,pcap",
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("MANIFEST.json")).unwrap()).unwrap();
+    let calls = manifest["calls"].as_u64().unwrap();
+    let presence = manifest["presence"].as_u64().unwrap();
+    assert_eq!(calls, 10, "call-basic.pcap holds 10 calls: {manifest}");
+    assert!(presence > 0, "publish.pcap's states: {manifest}");
+    assert_eq!(manifest["im_messages"], 0);
+    let lines = |name: &str| {
+        std::fs::read_to_string(out.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .lines()
+            .count() as u64
+    };
+    assert_eq!(lines("calls.jsonl"), calls);
+    assert_eq!(lines("presence.jsonl"), presence);
+    assert_eq!(
+        lines("calls.csv"),
+        calls + 1,
+        "header and one line per call"
+    );
+    assert_eq!(parquet_rows(&out.join("calls.parquet")), calls as usize);
+    assert_eq!(
+        parquet_rows(&out.join("presence.parquet")),
+        presence as usize
+    );
+    // The signalling of every exported call and state is in the pcap.
+    let methods: HashSet<String> = tshark_sip(&out.join("sip_messages.pcap"))
+        .into_iter()
+        .map(|(method, _)| method)
+        .collect();
+    for method in ["INVITE", "ACK", "BYE", "PUBLISH"] {
+        assert!(
+            methods.contains(method),
+            "{method} in the pcap: {methods:?}"
+        );
+    }
+    let verify = run_sipvault(&data, &["export", "verify", out_s]);
+    assert_eq!(verify.code, 0, "{}\n{}", verify.stdout, verify.stderr);
+}

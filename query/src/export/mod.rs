@@ -1,12 +1,13 @@
 //! Case export: what a search matches, fetched from the archive and written
 //! in the formats a case file needs.
 //!
-//! Selection ([`select_case`]): the IMs the search matches (the same query
-//! language and time bounds as `sipvault search`, every hit, no limit), as
-//! their `im_messages` rows, plus every `sip_messages` row whose Call-ID is
-//! one of those IMs' Call-IDs (the MESSAGE, its relay copies, responses and
-//! retransmissions). Rows are exactly the archive's columns, without the
-//! `date` partition column.
+//! Selection ([`select_case`]): what the search matches (the same query
+//! language and time bounds as `sipvault search`, every hit, no limit): IMs
+//! as their `im_messages` rows, calls as their `calls` rows, presence
+//! changes as their `presence` rows, plus every `sip_messages` row whose
+//! Call-ID is one of theirs (the MESSAGE or INVITE dialog, relay copies,
+//! responses and retransmissions, the PUBLISH or NOTIFY). Rows are exactly
+//! the archive's columns, without the `date` partition column.
 //!
 //! Formats: [`write_jsonl`], [`write_csv`], [`write_parquet`] for rows,
 //! [`eml`] for conversations, [`pcap`] for raw SIP.
@@ -31,6 +32,7 @@ use parquet::file::properties::WriterProperties;
 
 use crate::{BatchWriter, IndexError, OutputFormat, QueryError, SearchRequest};
 use eml::ImRecord;
+use sipvault_indexer::DocType;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -64,25 +66,30 @@ impl From<IndexError> for ExportError {
     }
 }
 
-/// The records of one case.
+/// Rows of one archive table.
 #[derive(Debug)]
-pub struct CaseRecords {
-    /// `im_messages` rows the search matched, by time.
-    pub ims: Vec<RecordBatch>,
-    pub im_schema: SchemaRef,
-    /// `sip_messages` rows with those IMs' Call-IDs, by time.
-    pub sip: Vec<RecordBatch>,
-    pub sip_schema: SchemaRef,
+pub struct TableRows {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
 }
 
-impl CaseRecords {
-    pub fn im_count(&self) -> usize {
-        self.ims.iter().map(RecordBatch::num_rows).sum()
+impl TableRows {
+    pub fn count(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
     }
+}
 
-    pub fn sip_count(&self) -> usize {
-        self.sip.iter().map(RecordBatch::num_rows).sum()
-    }
+/// The records of one case, each table by time.
+#[derive(Debug)]
+pub struct CaseRecords {
+    /// `im_messages` rows the search matched.
+    pub ims: TableRows,
+    /// `calls` rows the search matched.
+    pub calls: TableRows,
+    /// `presence` rows the search matched.
+    pub presence: TableRows,
+    /// `sip_messages` rows with the Call-IDs of all of those.
+    pub sip: TableRows,
 }
 
 /// Runs `request` (its `limit` is ignored: every hit counts) against the
@@ -96,33 +103,75 @@ pub async fn select_case(
     let mut request = request.clone();
     request.limit = usize::MAX;
     request.offset = 0;
-    // A case holds IMs; calls and presence in the index are not exported here.
-    request.types = vec![sipvault_indexer::DocType::Im];
     let hits = crate::search(index_dir, &request)?;
-    let keys: HashSet<(i64, String, u32)> = hits
-        .iter()
+    let of_type = |t: DocType| hits.iter().filter(move |h| h.doc_type == t);
+    let ctx = crate::archive_context(data_dir).await?;
+
+    // IMs and presence changes: only the rows the search matched, not every
+    // row of a shared Call-ID (a session's IMs, a subscription's NOTIFYs).
+    let im_keys: HashSet<(i64, String, u32)> = of_type(DocType::Im)
         .map(|h| (h.time_ns, h.call_id.clone(), h.cseq))
         .collect();
-    let mut call_ids: Vec<String> = hits.iter().map(|h| h.call_id.clone()).collect();
-    call_ids.sort();
-    call_ids.dedup();
+    let ims = matched_rows(&ctx, "im_messages", &im_keys, true).await?;
+    let presence_keys: HashSet<(i64, String, u32)> = of_type(DocType::Presence)
+        .map(|h| (h.time_ns, h.call_id.clone(), 0))
+        .collect();
+    let presence = matched_rows(&ctx, "presence", &presence_keys, false).await?;
+    let call_ids = sorted_ids(of_type(DocType::Call).map(|h| h.call_id.clone()));
+    let (schema, batches) =
+        rows_with_call_ids(&ctx, "calls", &call_ids, &["time", "call_id"]).await?;
+    let calls = TableRows { schema, batches };
 
-    let ctx = crate::archive_context(data_dir).await?;
-    let (im_schema, ims) =
-        rows_with_call_ids(&ctx, "im_messages", &call_ids, &["time", "call_id", "cseq"]).await?;
-    // Only the IMs the search matched, not every IM of a shared Call-ID.
-    let mut matched = Vec::with_capacity(ims.len());
-    for batch in ims {
+    let all_ids = sorted_ids(hits.iter().map(|h| h.call_id.clone()));
+    let (schema, batches) = rows_with_call_ids(&ctx, "sip_messages", &all_ids, &["time"]).await?;
+    Ok(CaseRecords {
+        ims,
+        calls,
+        presence,
+        sip: TableRows { schema, batches },
+    })
+}
+
+fn sorted_ids(ids: impl Iterator<Item = String>) -> Vec<String> {
+    let mut ids: Vec<String> = ids.collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Rows of `table` whose (time, Call-ID[, CSeq]) is one of `keys`.
+async fn matched_rows(
+    ctx: &SessionContext,
+    table: &str,
+    keys: &HashSet<(i64, String, u32)>,
+    by_cseq: bool,
+) -> Result<TableRows, ExportError> {
+    let call_ids = sorted_ids(keys.iter().map(|(_, id, _)| id.clone()));
+    let order: &[&str] = if by_cseq {
+        &["time", "call_id", "cseq"]
+    } else {
+        &["time", "call_id"]
+    };
+    let (schema, batches) = rows_with_call_ids(ctx, table, &call_ids, order).await?;
+    let mut matched = Vec::with_capacity(batches.len());
+    for batch in batches {
         let times = batch_column(&batch, "time")?
             .as_primitive_opt::<TimestampNanosecondType>()
             .ok_or(ExportError::Column("time"))?;
         let ids = string_column(&batch, "call_id")?;
-        let cseqs = batch_column(&batch, "cseq")?
-            .as_primitive_opt::<UInt32Type>()
-            .ok_or(ExportError::Column("cseq"))?;
+        let cseqs = if by_cseq {
+            Some(
+                batch_column(&batch, "cseq")?
+                    .as_primitive_opt::<UInt32Type>()
+                    .ok_or(ExportError::Column("cseq"))?,
+            )
+        } else {
+            None
+        };
         let mask: BooleanArray = (0..batch.num_rows())
             .map(|i| {
-                Some(keys.contains(&(times.value(i), ids.value(i).to_string(), cseqs.value(i))))
+                let cseq = cseqs.map_or(0, |c| c.value(i));
+                Some(keys.contains(&(times.value(i), ids.value(i).to_string(), cseq)))
             })
             .collect();
         let kept = filter_record_batch(&batch, &mask)?;
@@ -130,12 +179,9 @@ pub async fn select_case(
             matched.push(kept);
         }
     }
-    let (sip_schema, sip) = rows_with_call_ids(&ctx, "sip_messages", &call_ids, &["time"]).await?;
-    Ok(CaseRecords {
-        ims: matched,
-        im_schema,
-        sip,
-        sip_schema,
+    Ok(TableRows {
+        schema,
+        batches: matched,
     })
 }
 
