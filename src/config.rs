@@ -20,6 +20,28 @@ pub struct Config {
     pub archive: ArchiveConfig,
     pub hep: HepConfig,
     pub presence: PresenceSettings,
+    pub rooms: RoomsConfig,
+}
+
+/// Flood control of chat room posts: a token bucket per member and room.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    /// Posts a member may make per second in one room, sustained; faster
+    /// posts get 503 with Retry-After. At least 1.
+    pub posts_per_second_per_member: std::num::NonZeroU32,
+    /// Posts a member may make at once before that rate applies. At least 1.
+    pub burst_per_member: std::num::NonZeroU32,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        let defaults = sipvault_server::RoomConfig::default();
+        RoomsConfig {
+            posts_per_second_per_member: defaults.posts_per_second,
+            burst_per_member: defaults.burst,
+        }
+    }
 }
 
 /// Who may subscribe to whose presence.
@@ -328,6 +350,33 @@ mod tests {
             (a.wal_file_bytes, a.checkpoint_secs, a.checkpoint_bytes),
             (67_108_864, 60, 1_073_741_824)
         );
+    }
+
+    #[test]
+    fn rooms_defaults_overrides_and_limits() {
+        let r = Config::default().rooms;
+        // The values the README documents.
+        assert_eq!(
+            (
+                r.posts_per_second_per_member.get(),
+                r.burst_per_member.get()
+            ),
+            (5, 10)
+        );
+        let c = Config::parse("[rooms]\nposts_per_second_per_member = 1\nburst_per_member = 3\n")
+            .unwrap();
+        assert_eq!(
+            (
+                c.rooms.posts_per_second_per_member.get(),
+                c.rooms.burst_per_member.get()
+            ),
+            (1, 3)
+        );
+        assert!(
+            Config::parse("[rooms]\nposts_per_second_per_member = 0\n").is_err(),
+            "a rate of 0 would refuse every post"
+        );
+        assert!(Config::parse("[rooms]\nposts_per_minute = 5\n").is_err());
     }
 
     #[test]

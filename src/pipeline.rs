@@ -19,7 +19,8 @@ use sipvault_indexer::{ImIndex, IndexDoc};
 use sipvault_query::reindex::{SegmentRef, indexable_segments, read_segment_docs, repair_index};
 use sipvault_schemas::TABLE_IM_MESSAGES;
 use sipvault_server::{
-    CoreConfig, CriticalArchive, Server, ServerConfig, UserCredentials, UserDirectory,
+    CoreConfig, CriticalArchive, RoomConfig, RoomDirectory, Server, ServerConfig, UserCredentials,
+    UserDirectory,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -56,6 +57,10 @@ pub fn server_config(config: &Config, sip: SocketAddr) -> ServerConfig {
             seed: rand_seed(),
             archive_retry_after: Duration::from_secs(config.archive.retry_after_secs),
             presence_allow: config.presence.allow.clone(),
+            rooms: RoomConfig {
+                posts_per_second: config.rooms.posts_per_second_per_member,
+                burst: config.rooms.burst_per_member,
+            },
             ..CoreConfig::default()
         },
         max_message_bytes: config.sip.max_message_bytes,
@@ -98,6 +103,23 @@ async fn load_users(
             )
         })
         .collect())
+}
+
+/// The rooms of `domain` and their members, as the core knows them.
+async fn load_rooms(catalog: &Catalog, domain: &str) -> anyhow::Result<RoomDirectory> {
+    let mut rooms: RoomDirectory = catalog
+        .list_rooms()
+        .await?
+        .into_iter()
+        .filter(|r| r.domain.eq_ignore_ascii_case(domain))
+        .map(|r| (r.name, Default::default()))
+        .collect();
+    for m in catalog.room_members(None).await? {
+        if let Some(members) = rooms.get_mut(&m.room) {
+            members.insert(m.user, m.role);
+        }
+    }
+    Ok(rooms)
 }
 
 impl Running {
@@ -145,6 +167,9 @@ impl Running {
         users
             .replace(load_users(&catalog, &config.sip.domain).await?)
             .await;
+        users
+            .replace_rooms(load_rooms(&catalog, &config.sip.domain).await?)
+            .await;
         tracing::info!(
             "sipvault listening sip_udp={} sip_tcp={} sip_tls={} domain={} data={}",
             server.udp_addr,
@@ -186,6 +211,7 @@ impl Running {
                 (catalog.clone(), users.clone(), config.sip.domain.clone());
             tokio::spawn(async move {
                 let mut last = HashMap::new();
+                let mut last_rooms = RoomDirectory::new();
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     match load_users(&catalog, &domain).await {
@@ -195,6 +221,14 @@ impl Running {
                         }
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "reloading users failed"),
+                    }
+                    match load_rooms(&catalog, &domain).await {
+                        Ok(now) if now != last_rooms => {
+                            users.replace_rooms(now.clone()).await;
+                            last_rooms = now;
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "reloading rooms failed"),
                     }
                 }
             })
@@ -239,10 +273,14 @@ impl Running {
         })
     }
 
-    /// Pushes the catalog's users to the registrar now, instead of at the next reload.
+    /// Pushes the catalog's users and rooms to the core now, instead of at
+    /// the next reload.
     pub async fn refresh_users(&self) -> anyhow::Result<()> {
         self.users
             .replace(load_users(&self.catalog, &self.domain).await?)
+            .await;
+        self.users
+            .replace_rooms(load_rooms(&self.catalog, &self.domain).await?)
             .await;
         Ok(())
     }

@@ -22,6 +22,7 @@ use sipvault_sip::{
 use crate::presence::{PresenceAgent, PresenceConfig};
 use crate::proxy::{CancelClient, InviteClient, InviteServer};
 use crate::registrar::{Binding, Bindings, NonceState, Nonces};
+use crate::rooms::{RoomConfig, Rooms};
 
 /// Option tags this server understands (for `Require`/`Proxy-Require`).
 pub const SUPPORTED: &[&str] = &["path", "outbound"];
@@ -59,6 +60,8 @@ pub struct CoreConfig {
     pub archive_retry_after: Duration,
     /// Who may watch whose presence (see [`PresenceConfig::allow`]).
     pub presence_allow: HashMap<String, Vec<String>>,
+    /// Post rate of room members (`rooms.rs`).
+    pub rooms: RoomConfig,
 }
 
 impl Default for CoreConfig {
@@ -77,6 +80,7 @@ impl Default for CoreConfig {
             seed: 0x5eed,
             archive_retry_after: Duration::from_secs(5),
             presence_allow: HashMap::new(),
+            rooms: RoomConfig::default(),
         }
     }
 }
@@ -171,6 +175,8 @@ pub struct Core {
     pub(crate) events: VecDeque<Event>,
     /// PUBLISH, SUBSCRIBE and the NOTIFYs they cause (`core_presence.rs`).
     pub(crate) presence: PresenceAgent,
+    /// Chat rooms: directory, post rate buckets, deliveries (`rooms.rs`).
+    pub(crate) rooms: Rooms,
     rng: u64,
     next_housekeeping: Option<Instant>,
     pub stats: CoreStats,
@@ -191,6 +197,7 @@ impl Core {
         );
         Core {
             presence,
+            rooms: Rooms::new(config.rooms.clone()),
             config,
             users: HashMap::new(),
             local: HashMap::new(),
@@ -242,10 +249,15 @@ impl Core {
             .values()
             .map(|t| t.next_retransmit.map_or(t.deadline, |r| r.min(t.deadline)))
             .min();
-        let txn = [txn, self.next_invite_timer(), self.presence.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min();
+        let txn = [
+            txn,
+            self.next_invite_timer(),
+            self.presence.poll_timeout(),
+            self.rooms.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         match (txn, self.next_housekeeping) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -485,6 +497,7 @@ impl Core {
         }
         match method.as_str() {
             "REGISTER" => self.on_register(now, transport, peer, &key, &msg),
+            "MESSAGE" if self.is_room_post(&msg) => self.on_room_post(now, peer, &key, msg),
             "MESSAGE" => self.on_message(now, transport, peer, &key, msg),
             "CANCEL" => self.on_cancel(now, peer, &key, &msg),
             "PUBLISH" | "SUBSCRIBE" => self.on_presence(now, transport, peer, &key, &msg, &method),
@@ -862,7 +875,7 @@ impl Core {
             return;
         };
         let Some(status) = msg.status() else { return };
-        if self.presence_response(&msg) {
+        if self.presence_response(&msg) || self.room_response(&msg) {
             return;
         }
         match msg.cseq().map(|(_, m)| m) {
@@ -938,11 +951,13 @@ impl Core {
             }
         }
         self.invite_flow_failed(now, transport, dst);
+        self.room_flow_failed(transport, dst);
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.invite_timeouts(now);
         self.presence_timeouts(now);
+        self.room_timeouts(now);
         let mut timed_out = Vec::new();
         let mut retransmit = Vec::new();
         for (branch, txn) in &mut self.client_txns {

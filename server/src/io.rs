@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::core::{Core, CoreConfig, Event, Transmit, UserCredentials};
+use crate::rooms::RoomDirectory;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -277,6 +278,7 @@ enum Inbound {
         bytes: Vec<u8>,
     },
     Users(HashMap<String, UserCredentials>),
+    Rooms(RoomDirectory),
     /// Nothing could be sent to `dst` over `transport`: no connection to
     /// reuse and none could be opened, or it went away.
     FlowFailed {
@@ -330,6 +332,11 @@ pub struct UserDirectory {
 impl UserDirectory {
     pub async fn replace(&self, users: HashMap<String, UserCredentials>) {
         let _ = self.tx.send(Inbound::Users(users)).await;
+    }
+
+    /// Replaces the chat rooms and their members.
+    pub async fn replace_rooms(&self, rooms: RoomDirectory) {
+        let _ = self.tx.send(Inbound::Rooms(rooms)).await;
     }
 }
 
@@ -748,6 +755,7 @@ async fn core_loop(
                 Some(Inbound::Message { transport, peer, bytes }) => core.handle_message(Instant::now(), transport, peer, &bytes),
                 Some(Inbound::Unarchived { transport, peer, bytes }) => core.handle_unarchived(Instant::now(), transport, peer, &bytes),
                 Some(Inbound::Users(users)) => core.set_users(users),
+                Some(Inbound::Rooms(rooms)) => core.set_rooms(rooms),
                 Some(Inbound::FlowFailed { transport, dst }) => core.handle_flow_failed(Instant::now(), transport, dst),
                 None => break,
             },

@@ -12,10 +12,12 @@ pub mod io;
 pub mod presence;
 mod proxy;
 pub mod registrar;
+pub mod rooms;
 pub mod tls;
 pub mod ua;
 
 pub use core::{Core, CoreConfig, CoreStats, Event, Transmit, UserCredentials};
+pub use rooms::{RoomConfig, RoomDirectory, RoomStats};
 pub use io::{
     ArchiveAck, ArchiveRequest, CriticalArchive, Server, ServerConfig, ServerError, ServerStats,
     Tap, TlsListener, UserDirectory,
