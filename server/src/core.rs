@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use sipvault_schemas::Transport;
 use sipvault_sip::digest::{self, Algorithm, Challenge, Credentials};
 use sipvault_sip::{
-    MessageBuilder, SipMessage, SipUri, check_request, default_reason, error_response_for_unparsed,
+    MessageBuilder, SipMessage, SipUri, check_forwarded_request, check_request, default_reason,
+    error_response_for_unparsed,
 };
 
 use crate::presence::{PresenceAgent, PresenceConfig};
@@ -479,7 +480,18 @@ impl Core {
                 expires_at: now + self.config.t1 * 64,
             },
         );
-        if let Err(rej) = check_request(&msg, SUPPORTED) {
+        // Requests we relay are bound by Proxy-Require only; those we
+        // answer ourselves by Require too.
+        let forwarded = matches!(
+            method.as_str(),
+            "MESSAGE" | "BYE" | "UPDATE" | "PRACK" | "INFO" | "REFER" | "CANCEL"
+        );
+        let checked = if forwarded {
+            check_forwarded_request(&msg, SUPPORTED)
+        } else {
+            check_request(&msg, SUPPORTED)
+        };
+        if let Err(rej) = checked {
             let extra: Vec<(String, String)> = rej.headers.clone();
             self.reject_event(peer, rej.code, &rej.reason);
             self.respond(&key, &msg, rej.code, &rej.reason, &extra);

@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use sipvault_schemas::Transport;
-use sipvault_sip::{MessageBuilder, SipMessage, SipUri, check_request, default_reason};
+use sipvault_sip::{MessageBuilder, SipMessage, SipUri, check_forwarded_request, default_reason};
 
 use crate::core::{Core, Event, SERVER_HEADER, SUPPORTED, Transmit, requires_tls, transport_token};
 
@@ -422,7 +422,7 @@ impl Core {
                 cancelled: false,
             },
         );
-        if let Err(rej) = check_request(&msg, SUPPORTED) {
+        if let Err(rej) = check_forwarded_request(&msg, SUPPORTED) {
             self.reject_event(peer, rej.code, &rej.reason);
             self.invite_reply(now, &key, rej.code, &rej.reason, &rej.headers);
             return;
@@ -591,7 +591,7 @@ impl Core {
             return;
         }
         let max_forwards = msg.max_forwards().unwrap_or(70);
-        if check_request(&msg, SUPPORTED).is_err() || max_forwards == 0 {
+        if check_forwarded_request(&msg, SUPPORTED).is_err() || max_forwards == 0 {
             self.events.push_back(Event::Dropped {
                 peer,
                 reason: "ACK that cannot be forwarded".into(),

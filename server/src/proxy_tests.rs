@@ -1013,3 +1013,30 @@ fn requests_outside_our_dialogs_are_not_relayed_to_foreign_addresses() {
     assert_eq!(tx.len(), 1, "{:?}", describe(&tx));
     assert_eq!(one_to(&tx, alice_addr(), "refusal").status(), Some(403));
 }
+
+#[test]
+fn require_is_for_the_callee_proxy_require_for_the_proxy() {
+    let mut sim = registered();
+    let inv = String::from_utf8(invite(&mut sim, "alice", alice_addr(), "bob"))
+        .unwrap()
+        .replacen(
+            "CSeq: 1 INVITE\r\n",
+            "CSeq: 1 INVITE\r\nRequire: 100rel\r\n",
+            1,
+        );
+    let tx = sim.udp(alice_addr(), inv.as_bytes());
+    let fwd = one_to(&tx, bob_addr(), "INVITE with Require: 100rel");
+    assert_eq!(fwd.header("Require"), Some("100rel"), "passed on untouched");
+
+    let inv = String::from_utf8(invite(&mut sim, "alice", alice_addr(), "bob"))
+        .unwrap()
+        .replacen(
+            "CSeq: 1 INVITE\r\n",
+            "CSeq: 1 INVITE\r\nProxy-Require: teleport\r\n",
+            1,
+        );
+    let tx = sim.udp(alice_addr(), inv.as_bytes());
+    let resp = one_to(&tx, alice_addr(), "INVITE with Proxy-Require");
+    assert_eq!(resp.status(), Some(420));
+    assert_eq!(resp.header("Unsupported"), Some("teleport"));
+}

@@ -39,4 +39,6 @@ pub use error::ParseError;
 pub use framing::{FramingError, StreamFramer};
 pub use message::SipMessage;
 pub use sdp::{Format, MediaDescription, SdpError, SessionDescription};
-pub use validate::{Rejection, check_request, default_reason, error_response_for_unparsed};
+pub use validate::{
+    Rejection, check_forwarded_request, check_request, default_reason, error_response_for_unparsed,
+};

@@ -60,6 +60,22 @@ const REQUIRED: &[(&str, &str)] = &[
 /// Content-Type / Accept negotiation (415 / 406), the Date header, the branch
 /// cookie, and the scheme of To/From/Contact URIs.
 pub fn check_request(msg: &SipMessage, supported: &[&str]) -> Result<(), Rejection> {
+    check_request_for(msg, supported, &["require", "proxy-require"])
+}
+
+/// [`check_request`] for a request this element forwards: only
+/// Proxy-Require binds a proxy (RFC 3261 16.3 step 5); Require names what
+/// the UAS at the end must support, so `Require: 100rel` passes through.
+pub fn check_forwarded_request(msg: &SipMessage, supported: &[&str]) -> Result<(), Rejection> {
+    check_request_for(msg, supported, &["proxy-require"])
+}
+
+/// `extension_headers`: the headers whose option tags must be supported.
+fn check_request_for(
+    msg: &SipMessage,
+    supported: &[&str],
+    extension_headers: &[&str],
+) -> Result<(), Rejection> {
     let Some(method) = msg.method() else {
         return Err(Rejection::new(400, "Not a request"));
     };
@@ -148,7 +164,7 @@ pub fn check_request(msg: &SipMessage, supported: &[&str]) -> Result<(), Rejecti
     // Extensions. CANCEL carries none and ACK cannot be answered.
     if method != "ACK" && method != "CANCEL" {
         let mut unsupported: Vec<&str> = Vec::new();
-        for name in ["require", "proxy-require"] {
+        for name in extension_headers {
             for tag in msg.header_values(name) {
                 let known = supported.iter().any(|s| s.eq_ignore_ascii_case(tag));
                 if !known && !unsupported.contains(&tag) {
@@ -383,6 +399,21 @@ To: <sip:bob@example.com>\r\nFrom: <sip:alice@example.com>;tag=1\r\nCall-ID: c1\
         assert_eq!(
             check_request(&req("Require: 100rel\r\n"), &["100rel"]),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn a_forwarded_request_is_bound_by_proxy_require_only() {
+        assert_eq!(
+            check_forwarded_request(&req("Require: 100rel, timer\r\n"), &[]),
+            Ok(()),
+            "Require is for the UAS at the end"
+        );
+        let r = check_forwarded_request(&req("Require: foo\r\nProxy-Require: bar\r\n"), &[])
+            .unwrap_err();
+        assert_eq!(
+            r.headers,
+            vec![("Unsupported".to_string(), "bar".to_string())]
         );
     }
 
