@@ -92,7 +92,7 @@ enum Command {
     Room(rooms::RoomCommand),
     /// Full-text search of archived instant messages, calls and presence.
     #[command(
-        after_help = "Query syntax: words, \"phrases\", AND, OR, NOT, parentheses, prefixes (budg*), fuzzy\nterms (budgte~1, at most ~2), from:USER, to:USER, type:im|call|presence, body:WORD,\ntime:[A TO B] ([ ] inclusive, { } exclusive, * open; RFC 3339 or YYYY-MM-DD).\nCalls are indexed with their disposition, final code and reason (from: caller, to: callee);\npresence with its status, activities and note (from: the presentity). type:chat and\nroom:NAME are accepted and match nothing (no group chat is archived).\nA malformed query exits 1 with the position of the problem.\n\nExamples:\n  sipvault search 'budget AND NOT draft' --from alice --since 2026-11-01 --format json\n  sipvault search 'type:call AND busy' --sort time --limit 20 --page 2\n  sipvault search 'quart* OR budgte~1' --sort relevance"
+        after_help = "Query syntax: words, \"phrases\", AND, OR, NOT, parentheses, prefixes (budg*), fuzzy\nterms (budgte~1, at most ~2), from:USER, to:USER, type:im|call|presence, body:WORD,\ntime:[A TO B] ([ ] inclusive, { } exclusive, * open; RFC 3339 or YYYY-MM-DD).\nCalls are indexed with their disposition, final code and reason (from: caller, to: callee);\npresence with its status, activities and note (from: the presentity). room:NAME finds\nthe posts to chat room NAME (IMs to sip:room-NAME@...), type:chat the posts to any room.\nA malformed query exits 1 with the position of the problem.\n\nExamples:\n  sipvault search 'budget AND NOT draft' --from alice --since 2026-11-01 --format json\n  sipvault search 'type:call AND busy' --sort time --limit 20 --page 2\n  sipvault search 'quart* OR budgte~1' --sort relevance\n  sipvault search 'room:budget approved'"
     )]
     Search(SearchArgs),
     /// Rebuild the search index from the archive: every im_messages, calls
@@ -379,6 +379,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User(UserCommand::List { format }) => list_users(&data, format).await,
+        Command::Room(rooms::RoomCommand::History(args)) => {
+            let outcome = rooms::history(&data, &args, now_ns()).await;
+            audited(&data, &reader, "room history", &args.describe(), outcome).await
+        }
         Command::Room(cmd) => rooms::run(&data, &config, &reader, cmd).await,
         Command::Search(args) => {
             let query = args.describe();

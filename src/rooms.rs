@@ -9,9 +9,10 @@ use anyhow::bail;
 use arrow_array::builder::StringBuilder;
 use arrow_array::{ArrayRef, RecordBatch, TimestampNanosecondArray};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use sipvault_catalog::{Catalog, MemberChange, Room, RoomRole};
 use sipvault_query::OutputFormat;
+use sipvault_query::conversation::{RoomHistoryRequest, room_history_stream};
 
 use crate::config::Config;
 
@@ -64,6 +65,12 @@ pub enum RoomCommand {
         #[arg(long, default_value = "table")]
         format: OutputFormat,
     },
+    /// A room's posts from the archive, oldest first: time, sender, body and
+    /// the IM key (for `conversation`). Recorded in the audit log.
+    #[command(
+        after_help = "Posts are the IMs to the room's URI that the server accepted; refused attempts\n(403, 503) are archived but are not posts. Segments are sealed by age (60 s) and on\nshutdown, so the newest posts of a running server may not show yet.\n\nExamples:\n  sipvault room history budget --last 20\n  sipvault room history budget --since 7d --format json"
+    )]
+    History(HistoryArgs),
     /// A room's membership changes (who, what, by whom, when), oldest first.
     #[command(after_help = "Example:\n  sipvault room events budget --format csv")]
     Events {
@@ -71,6 +78,63 @@ pub enum RoomCommand {
         #[arg(long, default_value = "table")]
         format: OutputFormat,
     },
+}
+
+#[derive(Args)]
+pub struct HistoryArgs {
+    pub room: String,
+    /// Only the newest N posts (still printed oldest first).
+    #[arg(long, value_name = "N")]
+    pub last: Option<usize>,
+    /// Only posts at or after this time: RFC 3339, YYYY-MM-DD, or relative (15m, 2h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long, default_value = "table")]
+    pub format: OutputFormat,
+    #[command(flatten)]
+    pub limits: crate::LimitArgs,
+}
+
+impl HistoryArgs {
+    /// The arguments as given, for the audit log.
+    pub fn describe(&self) -> String {
+        let mut out = self.room.clone();
+        if let Some(n) = self.last {
+            out.push_str(&format!(" --last {n}"));
+        }
+        if let Some(t) = &self.since {
+            out.push_str(&format!(" --since {t}"));
+        }
+        out
+    }
+}
+
+/// Prints a room's posts (the room's URI comes from the catalog); returns
+/// how many.
+pub async fn history(data: &Path, args: &HistoryArgs, now_ns: i64) -> anyhow::Result<u64> {
+    let since_ns = args
+        .since
+        .as_deref()
+        .map(|s| sipvault_query::parse_time(s, now_ns))
+        .transpose()?;
+    let catalog = Catalog::open(data).await?;
+    let room = catalog.room(&args.room).await;
+    catalog.close().await;
+    let Some(room) = room? else {
+        bail!("no room {}", args.room);
+    };
+    let req = RoomHistoryRequest {
+        room_uri: room.uri(),
+        since_ns,
+        last: args.last,
+    };
+    let limits = args.limits.limits();
+    let (data, format) = (data.to_path_buf(), args.format);
+    Ok(crate::queries::bounded(limits, async move {
+        let stream = room_history_stream(&data, &req, &limits).await?;
+        crate::queries::write_to_stdout(stream, format).await
+    })
+    .await?)
 }
 
 /// Runs a room command that changes or shows the catalog; `by` is who
@@ -220,6 +284,7 @@ async fn run_on(
                 }
             }
         }
+        RoomCommand::History(_) => bail!("room history reads the archive: see main"),
         RoomCommand::Events { room, format } => {
             if catalog.room(&room).await?.is_none() {
                 bail!("no room {room}");

@@ -142,3 +142,256 @@ fn reader() -> String {
         .find_map(|v| std::env::var(v).ok().filter(|u| !u.trim().is_empty()))
         .unwrap_or_else(|| "unknown".to_string())
 }
+
+const DOMAIN: &str = "example.com";
+const ROOM_URI: &str = "sip:room-budget@example.com";
+
+/// IMs `ua` receives until `n` have come (bounded: the server sends the
+/// copies after answering the poster, so they may still be on their way).
+async fn receive(
+    ua: &mut sipvault_server::ua::UserAgent,
+    n: usize,
+    who: &str,
+) -> Vec<sipvault_server::ua::ReceivedIm> {
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        got.extend(ua.received());
+        if got.len() >= n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(got.len(), n, "{who} expected {n} IMs, got {got:?}");
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_posts_fan_out_refusals_rate_limit_history_and_search() {
+    use sipvault_schemas::Transport;
+    use sipvault_server::ua::UserAgent;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    add_users(
+        data,
+        DOMAIN,
+        &[
+            ("alice", "alice-pw"),
+            ("bob", "bob-pw"),
+            ("carol", "carol-pw"),
+            ("dave", "dave-pw"),
+        ],
+    );
+    let config = format!(
+        "[sip]\ndomain = \"{DOMAIN}\"\n[rooms]\nposts_per_second_per_member = 1\nburst_per_member = 3\n"
+    );
+    std::fs::write(data.join("sipvault.toml"), &config).unwrap();
+    sipvault(data, &["room", "create", "budget", "--topic", "Q3 budget"]);
+    for (user, role) in [
+        ("alice", "owner"),
+        ("bob", "member"),
+        ("carol", "read-only"),
+    ] {
+        sipvault(
+            data,
+            &["room", "add-member", "budget", user, "--role", role],
+        );
+    }
+    let server = common::ServeProcess::start(data, None);
+
+    let connect = |transport, user: &'static str| {
+        let addr = server.addr;
+        async move {
+            let mut ua = UserAgent::connect(transport, addr, user, DOMAIN, &format!("{user}-pw"))
+                .await
+                .expect("user agent");
+            assert_eq!(
+                ua.register(600).await.expect("REGISTER"),
+                200,
+                "{user} registers"
+            );
+            ua
+        }
+    };
+    let mut alice = connect(Transport::Udp, "alice").await;
+    let mut bob = connect(Transport::Tcp, "bob").await;
+    let mut carol = connect(Transport::Udp, "carol").await;
+    let mut dave = connect(Transport::Udp, "dave").await;
+
+    let mut posts = Vec::new();
+    let body = "budget draft is in the shared folder";
+    assert_eq!(alice.message_to(ROOM_URI, body).await.unwrap(), 200);
+    posts.push(("alice", body.to_string()));
+    for (ua, who) in [(&mut bob, "bob"), (&mut carol, "carol")] {
+        let got = receive(ua, 1, who).await;
+        assert_eq!(got[0].from, ROOM_URI, "{who} gets the post from the room");
+        assert_eq!(got[0].body, body);
+    }
+
+    let body = "budget numbers look fine to me";
+    assert_eq!(bob.message_to(ROOM_URI, body).await.unwrap(), 200);
+    posts.push(("bob", body.to_string()));
+    for (ua, who) in [(&mut alice, "alice"), (&mut carol, "carol")] {
+        assert_eq!(receive(ua, 1, who).await[0].body, body);
+    }
+    assert!(bob.received().is_empty(), "the poster gets no copy");
+
+    assert_eq!(
+        carol
+            .message_to(ROOM_URI, "read-only budget remark")
+            .await
+            .unwrap(),
+        403,
+        "a read-only member may not post"
+    );
+    assert_eq!(
+        dave.message_to(ROOM_URI, "outsider budget remark")
+            .await
+            .unwrap(),
+        403,
+        "a non-member may not post"
+    );
+    assert_eq!(
+        alice
+            .message_to("sip:room-nope@example.com", "anyone?")
+            .await
+            .unwrap(),
+        404,
+        "no such room"
+    );
+
+    // A flood from bob: the burst passes, then 503 (one post a second).
+    let mut codes = Vec::new();
+    for n in 0..6 {
+        let body = format!("budget flood {n}");
+        let code = bob.message_to(ROOM_URI, &body).await.unwrap();
+        if code == 200 {
+            posts.push(("bob", body));
+        }
+        codes.push(code);
+    }
+    assert!(codes.contains(&503), "bob is rate limited: {codes:?}");
+    assert!(
+        server.wait_for_log("room post refused", std::time::Duration::from_secs(10)),
+        "the refusal is logged"
+    );
+    let body = "budget approved";
+    assert_eq!(
+        alice.message_to(ROOM_URI, body).await.unwrap(),
+        200,
+        "alice is not limited by bob's flood"
+    );
+    posts.push(("alice", body.to_string()));
+    let expected_at_carol = posts.len() - 2;
+    let got = receive(&mut carol, expected_at_carol, "carol").await;
+    assert_eq!(got.last().unwrap().body, "budget approved");
+
+    // A member added while the server runs may post once the catalog is
+    // reloaded (every second).
+    sipvault(data, &["room", "add-member", "budget", "dave"]);
+    let mut code = 0;
+    for _ in 0..100 {
+        code = dave
+            .message_to(ROOM_URI, "dave joins the budget room")
+            .await
+            .unwrap();
+        if code == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(code, 200, "dave, added while serving, can post");
+    posts.push(("dave", "dave joins the budget room".to_string()));
+    // Alice has had every post since bob's first, except her own.
+    let for_alice: Vec<String> = posts[2..]
+        .iter()
+        .filter(|(who, _)| *who != "alice")
+        .map(|(_, body)| body.clone())
+        .collect();
+    let got = receive(&mut alice, for_alice.len(), "alice").await;
+    assert_eq!(
+        got.into_iter().map(|im| im.body).collect::<Vec<_>>(),
+        for_alice,
+        "in the order they were posted"
+    );
+
+    for ua in [alice, bob, carol, dave] {
+        ua.close().await;
+    }
+    server.stop();
+
+    // History: every accepted post, in order, refused attempts left out.
+    let history = sipvault(data, &["room", "history", "budget", "--format", "json"]);
+    let history: Vec<serde_json::Value> = serde_json::from_str(&history).unwrap();
+    let got: Vec<(String, String)> = history
+        .iter()
+        .map(|row| {
+            (
+                row["sender"].as_str().unwrap().to_string(),
+                row["body"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = posts
+        .iter()
+        .map(|(who, body)| (format!("sip:{who}@{DOMAIN}"), body.clone()))
+        .collect();
+    assert_eq!(got, expected);
+    let last2 = sipvault(
+        data,
+        &[
+            "room", "history", "budget", "--last", "2", "--format", "csv",
+        ],
+    );
+    let bodies: Vec<&str> = last2
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(2).unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        ["budget approved", "dave joins the budget room"],
+        "--last keeps the newest, oldest first"
+    );
+    assert_eq!(run_sipvault(data, &["room", "history", "nope"]).code, 1);
+    let audit = sipvault(data, &["audit", "list", "--format", "csv"]);
+    assert!(audit.contains("room history,budget --last 2,2,"), "{audit}");
+
+    // Search: room:budget finds the posts with the word, not the copies
+    // the room sent to its members, nor posts elsewhere.
+    let hits = sipvault(
+        data,
+        &["search", "room:budget approved", "--format", "json"],
+    );
+    let hits: Vec<serde_json::Value> = serde_json::from_str(&hits).unwrap();
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0]["from"], "sip:alice@example.com");
+    assert_eq!(hits[0]["body"], "budget approved");
+    let hits = sipvault(
+        data,
+        &[
+            "search",
+            "room:budget budget",
+            "--format",
+            "json",
+            "--limit",
+            "1000",
+        ],
+    );
+    let hits: Vec<serde_json::Value> = serde_json::from_str(&hits).unwrap();
+    // Every post has "budget" in it; refused attempts are archived IMs to
+    // the room too (carol's, dave's first, bob's flood over the rate).
+    for (who, body) in &posts {
+        assert!(
+            hits.iter().any(|h| h["body"] == body.as_str()
+                && h["from"] == format!("sip:{who}@{DOMAIN}")
+                && h["to"][0] == ROOM_URI),
+            "no hit for {who}'s post {body:?}: {hits:?}"
+        );
+    }
+    assert!(
+        hits.iter().all(|h| h["from"] != ROOM_URI),
+        "the room's copies are not posts: {hits:?}"
+    );
+    assert!(sipvault(data, &["search", "room:lunch budget", "--format", "json"]).trim() == "[]");
+}

@@ -18,8 +18,9 @@
 //! or 2). The fields `from:` and `to:` search the sender and recipient addresses
 //! (URIs and any display names archived with them), e.g. `from:alice`,
 //! `to:"bob@example.com"`, `body:lunch`; `type:im`, `type:call`, `type:presence`
-//! select a kind of record; `type:chat` and `room:NAME` are accepted and match
-//! nothing, as the archive holds no group chat. `time:[A TO B]` bounds the time
+//! select a kind of record; `room:NAME` finds the posts to chat room NAME (the
+//! IMs addressed to `sip:room-NAME@...`, as every post is archived) and
+//! `type:chat` the posts to any room. `time:[A TO B]` bounds the time
 //! (`[`/`]` inclusive, `{`/`}` exclusive, `*` open; RFC 3339 or `YYYY-MM-DD`, UTC
 //! midnight), e.g. `time:[2026-11-04 TO 2026-11-05}` for one day.
 //!
@@ -69,6 +70,10 @@ pub const DEFAULT_LIMIT: usize = 100;
 const QUERY_FIELDS: [&str; 6] = ["body", "from", "to", "type", "room", "time"];
 /// Values of `type:` that name a record kind of the index.
 const TYPE_VALUES: &str = "im, call, presence, chat";
+/// Start of the SIP user part of a chat room's URI (`sip:room-NAME@DOMAIN`),
+/// the same as the catalog's `ROOM_USER_PREFIX` (the indexer depends on no
+/// catalog).
+const ROOM_PREFIX: &str = "room-";
 /// Fuzzy terms may be at most this many edits away.
 const MAX_FUZZY_DISTANCE: u32 = 2;
 
@@ -1204,11 +1209,26 @@ impl AstBuilder<'_> {
             return self.parse_leaf(leaf);
         };
         match lit.field_name.as_deref() {
-            Some("room") => return Ok(Box::new(EmptyQuery)),
+            Some("room") => {
+                let name = lit.phrase.trim().to_lowercase();
+                if name.is_empty() {
+                    return Ok(Box::new(EmptyQuery));
+                }
+                return Ok(self.room_posts(TermQuery::new(
+                    Term::from_field_text(self.f.to_addr, &format!("{ROOM_PREFIX}{name}")),
+                    IndexRecordOption::Basic,
+                )));
+            }
             Some("type") => {
                 let value = lit.phrase.trim().to_ascii_lowercase();
                 if value == "chat" {
-                    return Ok(Box::new(EmptyQuery));
+                    // Every recipient key that starts with the prefix is
+                    // the user part of some room's URI.
+                    return Ok(self.room_posts(FuzzyTermQuery::new_prefix(
+                        Term::from_field_text(self.f.to_addr, ROOM_PREFIX),
+                        0,
+                        true,
+                    )));
                 }
                 return match DocType::from_kind(&value) {
                     Some(t) => Ok(Box::new(TermQuery::new(
@@ -1256,6 +1276,23 @@ impl AstBuilder<'_> {
             return Ok(Box::new(FuzzyTermQuery::new(term, distance as u8, true)));
         }
         self.parse_leaf(leaf)
+    }
+
+    /// IMs whose recipient matches `to_room`: posts to a room are archived
+    /// as IMs to the room's URI (its copies to members come from the room,
+    /// so they do not match), and the room is taken from that address
+    /// rather than stored apart.
+    fn room_posts(&self, to_room: impl Query) -> Box<dyn Query> {
+        Box::new(BooleanQuery::new(vec![
+            (
+                Occur::Must,
+                Box::new(TermQuery::new(
+                    Term::from_field_text(self.f.kind, DocType::Im.as_str()),
+                    IndexRecordOption::Basic,
+                )) as Box<dyn Query>,
+            ),
+            (Occur::Must, Box::new(to_room)),
+        ]))
     }
 
     fn parse_leaf(&self, leaf: &UserInputLeaf) -> Result<Box<dyn Query>, IndexError> {

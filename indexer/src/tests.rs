@@ -685,7 +685,7 @@ fn type_field_selects_the_kind_of_record() {
     assert_set(d, "type:call AND to:carol", &["k2"]);
     assert_set(d, "lunch AND NOT type:im", &["p2"]);
     assert_set(d, "type:presence AND from:alice", &["p1"]);
-    // No group chat is archived: accepted, and matches nothing.
+    // No IM of the fixture is addressed to a room.
     assert_set(d, "type:chat", &[]);
     assert_set(d, "room:board", &[]);
     assert_set(d, "lunch OR room:board", &["c1", "c2", "p2"]);
@@ -992,4 +992,53 @@ fn time_ranges_in_the_query_string() {
     );
     assert_query_error("lunch time:[2023-13-45 TO *]", 12);
     assert_query_error("time:yesterday", 0);
+}
+
+#[test]
+fn room_and_type_chat_find_the_posts_to_chat_rooms() {
+    let (dir, mut index) = mixed_index();
+    let d = dir.path();
+    let budget = "sip:room-budget@example.com";
+    let rows = [
+        row(20, "r1", ALICE, &[budget], "Budget draft is ready"),
+        row(
+            21,
+            "r2",
+            BOB,
+            &["<sip:room-budget@example.com>"],
+            "budget looks fine",
+        ),
+        row(
+            22,
+            "r3",
+            BOB,
+            &["sip:room-lunch@example.com"],
+            "lunch budget anyone?",
+        ),
+        // The room's copy of r1 to bob: from the room, so not a post.
+        row(23, "r4", budget, &[BOB], "Budget draft is ready"),
+        // A user whose name merely contains the prefix elsewhere.
+        row(
+            24,
+            "r5",
+            ALICE,
+            &["sip:bedroom-budget@example.com"],
+            "budget",
+        ),
+    ];
+    index.add_segment("seg-rooms", &rows).unwrap();
+    assert_set(d, "room:budget", &["r1", "r2"]);
+    assert_set(d, "room:BUDGET", &["r1", "r2"]);
+    assert_set(d, "room:budget fine", &["r2"]);
+    assert_set(d, "room:lunch budget", &["r3"]);
+    assert_set(d, "room:board", &[]);
+    assert_set(d, "type:chat", &["r1", "r2", "r3"]);
+    assert_set(d, "type:chat AND from:bob", &["r2", "r3"]);
+    // p1: a presence note about the budget.
+    assert_set(d, "budget AND NOT type:chat", &["p1", "r4", "r5"]);
+    assert_set(
+        d,
+        "lunch OR room:budget",
+        &["c1", "c2", "p2", "r1", "r2", "r3"],
+    );
 }
