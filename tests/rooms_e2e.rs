@@ -260,6 +260,14 @@ async fn room_posts_fan_out_refusals_rate_limit_history_and_search() {
         "no such room"
     );
 
+    assert_eq!(
+        bob.message_to(ROOM_URI, &"budget ".repeat(1200))
+            .await
+            .unwrap(),
+        413,
+        "a post over [sip] max_body_bytes"
+    );
+
     // A flood from bob: the burst passes, then 503 (one post a second).
     let mut codes = Vec::new();
     for n in 0..6 {
@@ -315,6 +323,14 @@ async fn room_posts_fan_out_refusals_rate_limit_history_and_search() {
         "in the order they were posted"
     );
 
+    // Every copy answered before the stop: carol has dave's post, bob
+    // alice's last one and dave's.
+    assert_eq!(
+        receive(&mut carol, 1, "carol").await[0].body,
+        "dave joins the budget room"
+    );
+    let got = receive(&mut bob, 2, "bob").await;
+    assert_eq!(got[1].body, "dave joins the budget room");
     for ua in [alice, bob, carol, dave] {
         ua.close().await;
     }
@@ -354,8 +370,50 @@ async fn room_posts_fan_out_refusals_rate_limit_history_and_search() {
         "--last keeps the newest, oldest first"
     );
     assert_eq!(run_sipvault(data, &["room", "history", "nope"]).code, 1);
+
+    // The conversation of alice's first post is the room as alice saw it:
+    // her posts to the room and the room's copies of the others' posts to
+    // her, i.e. every post in order.
+    let key = history[0]["key"].as_str().unwrap();
+    let conversation = sipvault(data, &["conversation", key, "--format", "json"]);
+    let conversation: Vec<serde_json::Value> = serde_json::from_str(&conversation).unwrap();
+    let bodies: Vec<&str> = conversation
+        .iter()
+        .map(|row| row["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        posts
+            .iter()
+            .map(|(_, body)| body.as_str())
+            .collect::<Vec<_>>()
+    );
     let audit = sipvault(data, &["audit", "list", "--format", "csv"]);
     assert!(audit.contains("room history,budget --last 2,2,"), "{audit}");
+
+    // Every copy the room sent is archived with its 200: two members
+    // besides the poster were registered for each post, three once dave
+    // had joined.
+    let copies: usize = posts
+        .iter()
+        .map(|(who, _)| if *who == "dave" { 3 } else { 2 })
+        .sum();
+    let counted = sipvault(
+        data,
+        &[
+            "sql",
+            &format!(
+                "SELECT count(*) AS n FROM im_messages WHERE sender = '{ROOM_URI}' AND status = 200"
+            ),
+            "--format",
+            "csv",
+        ],
+    );
+    assert_eq!(
+        counted.lines().nth(1),
+        Some(copies.to_string().as_str()),
+        "every copy archived and answered 200 (its request stamped before the answer): {counted}"
+    );
 
     // Search: room:budget finds the posts with the word, not the copies
     // the room sent to its members, nor posts elsewhere.

@@ -177,7 +177,11 @@ impl Tap {
         dst: SocketAddr,
         raw: &[u8],
     ) {
-        let msg = Self::captured(direction, transport, src, dst, raw);
+        self.push(Self::captured(direction, transport, src, dst, raw));
+    }
+
+    /// Hands a captured message to the archive channel, never waiting.
+    fn push(&self, msg: CapturedMessage) {
         if self.tx.try_send(msg).is_err() {
             let n = self.stats.tap_dropped.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() {
@@ -782,15 +786,20 @@ async fn core_loop(
 async fn send(udp: &UdpSocket, udp_local: SocketAddr, shared: &Arc<Shared>, t: Transmit) {
     shared.stats.messages_out.fetch_add(1, Ordering::Relaxed);
     match t.transport {
-        Transport::Udp => match udp.send_to(&t.bytes, t.dst).await {
-            Ok(_) => shared
-                .tap
-                .capture(Direction::Out, Transport::Udp, udp_local, t.dst, &t.bytes),
-            Err(e) => {
-                shared.stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(dst = %t.dst, error = %e, "udp send failed");
+        Transport::Udp => {
+            // Stamped before the send: the peer's answer can arrive, and be
+            // tapped, before send_to returns, and a copy stamped after it
+            // would put the answer before its request in the archive.
+            let captured =
+                Tap::captured(Direction::Out, Transport::Udp, udp_local, t.dst, &t.bytes);
+            match udp.send_to(&t.bytes, t.dst).await {
+                Ok(_) => shared.tap.push(captured),
+                Err(e) => {
+                    shared.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(dst = %t.dst, error = %e, "udp send failed");
+                }
             }
-        },
+        }
         Transport::Tcp | Transport::Tls | Transport::Sctp => {
             let existing = shared
                 .conns
