@@ -365,27 +365,9 @@ impl Core {
             return;
         }
         self.stats.requests += 1;
-        let key = Self::server_key(&msg);
-        if let Some(txn) = self.server_txns.get(&key) {
-            if let Some(resp) = txn.last_response.clone() {
-                self.stats.retransmissions += 1;
-                self.transmits.push_back(Transmit {
-                    transport: txn.transport,
-                    dst: txn.peer,
-                    bytes: resp,
-                });
-            }
+        let Some(key) = self.open_server_txn(now, transport, peer, &msg) else {
             return;
-        }
-        self.server_txns.insert(
-            key.clone(),
-            ServerTxn {
-                last_response: None,
-                transport,
-                peer,
-                expires_at: now + self.config.t1 * 64,
-            },
-        );
+        };
         self.stats.archive_refused += 1;
         self.reject_event(peer, 503, "archive cannot accept the record");
         let retry_after = self.config.archive_retry_after.as_secs().max(1).to_string();
@@ -396,6 +378,40 @@ impl Core {
             "Service Unavailable",
             &[("Retry-After".into(), retry_after)],
         );
+    }
+
+    /// The non-INVITE server transaction of `msg`: its key when the
+    /// request is new, `None` when it is a retransmission (answered again
+    /// with the last response, if there is one yet).
+    fn open_server_txn(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        peer: SocketAddr,
+        msg: &SipMessage,
+    ) -> Option<String> {
+        let key = Self::server_key(msg);
+        if let Some(txn) = self.server_txns.get(&key) {
+            if let Some(resp) = txn.last_response.clone() {
+                self.stats.retransmissions += 1;
+                self.transmits.push_back(Transmit {
+                    transport: txn.transport,
+                    dst: txn.peer,
+                    bytes: resp,
+                });
+            }
+            return None;
+        }
+        self.server_txns.insert(
+            key.clone(),
+            ServerTxn {
+                last_response: None,
+                transport,
+                peer,
+                expires_at: now + self.config.t1 * 64,
+            },
+        );
+        Some(key)
     }
 
     pub(crate) fn reject_event(&mut self, peer: SocketAddr, code: u16, reason: &str) {
@@ -459,27 +475,9 @@ impl Core {
             self.on_invite(now, transport, peer, msg);
             return;
         }
-        let key = Self::server_key(&msg);
-        if let Some(txn) = self.server_txns.get(&key) {
-            if let Some(resp) = txn.last_response.clone() {
-                self.stats.retransmissions += 1;
-                self.transmits.push_back(Transmit {
-                    transport: txn.transport,
-                    dst: txn.peer,
-                    bytes: resp,
-                });
-            }
+        let Some(key) = self.open_server_txn(now, transport, peer, &msg) else {
             return;
-        }
-        self.server_txns.insert(
-            key.clone(),
-            ServerTxn {
-                last_response: None,
-                transport,
-                peer,
-                expires_at: now + self.config.t1 * 64,
-            },
-        );
+        };
         // Requests we relay are bound by Proxy-Require only; those we
         // answer ourselves by Require too.
         let forwarded = matches!(
