@@ -274,6 +274,25 @@ impl Core {
         z ^ (z >> 31)
     }
 
+    /// Our address on `transport`: what our Vias and Record-Routes name.
+    pub(crate) fn local_addr(&self, transport: Transport) -> SocketAddr {
+        self.local
+            .get(&transport)
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)))
+    }
+
+    /// A new Via of ours for a request leaving over `transport`: (branch, value).
+    pub(crate) fn new_via(&mut self, transport: Transport) -> (String, String) {
+        let branch = self.new_branch();
+        let via = format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            transport_token(transport),
+            self.local_addr(transport)
+        );
+        (branch, via)
+    }
+
     /// A Via branch of ours: the magic cookie, then a prefix that tells
     /// our own Vias apart (loop detection), then a fresh token.
     pub(crate) fn new_branch(&mut self) -> String {
@@ -819,17 +838,7 @@ impl Core {
             );
             return;
         };
-        let branch = self.new_branch();
-        let local = self
-            .local
-            .get(&binding.transport)
-            .copied()
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)));
-        let via = format!(
-            "SIP/2.0/{} {};branch={branch};rport",
-            transport_token(binding.transport),
-            local
-        );
+        let (branch, via) = self.new_via(binding.transport);
         let mut b = MessageBuilder::from_message(&req);
         b.set_request_uri(&binding.contact);
         b.prepend_header("Via", &via);

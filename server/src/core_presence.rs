@@ -9,7 +9,7 @@ use std::time::Instant;
 use sipvault_schemas::Transport;
 use sipvault_sip::{MessageBuilder, SipMessage, SipUri};
 
-use crate::core::{Core, Transmit, transport_token};
+use crate::core::{Core, Transmit};
 
 impl Core {
     /// A PUBLISH or SUBSCRIBE (`method`) in server transaction `key`.
@@ -61,16 +61,7 @@ impl Core {
             let Ok(parsed) = SipMessage::parse(&notify.request) else {
                 continue;
             };
-            let branch = self.new_branch();
-            let local = self
-                .local
-                .get(&notify.transport)
-                .copied()
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)));
-            let via = format!(
-                "SIP/2.0/{} {local};branch={branch};rport",
-                transport_token(notify.transport)
-            );
+            let (branch, via) = self.new_via(notify.transport);
             let mut b = MessageBuilder::from_message(&parsed);
             b.prepend_header("Via", &via);
             let bytes = b.build();

@@ -180,11 +180,7 @@ impl Core {
 
     /// The Record-Route this proxy inserts for its listener on `transport`.
     fn record_route(&self, transport: Transport) -> String {
-        let local = self
-            .local
-            .get(&transport)
-            .copied()
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)));
+        let local = self.local_addr(transport);
         format!(
             "<sip:{local};transport={};lr>",
             transport_token(transport).to_ascii_lowercase()
@@ -343,13 +339,8 @@ impl Core {
         max_forwards: u32,
         record_route_from: Option<Transport>,
     ) -> (String, Transmit) {
-        let branch = self.new_branch();
         let hop = target.hop;
-        let local = self
-            .local
-            .get(&hop.transport)
-            .copied()
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)));
+        let (branch, via) = self.new_via(hop.transport);
         let mut b = MessageBuilder::from_message(msg);
         for _ in 0..own_routes {
             b.pop_first_value("Route");
@@ -364,13 +355,7 @@ impl Core {
                 b.prepend_header("Record-Route", &self.record_route(hop.transport));
             }
         }
-        b.prepend_header(
-            "Via",
-            &format!(
-                "SIP/2.0/{} {local};branch={branch};rport",
-                transport_token(hop.transport)
-            ),
-        );
+        b.prepend_header("Via", &via);
         (
             branch,
             Transmit {
