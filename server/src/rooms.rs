@@ -19,7 +19,7 @@ use sipvault_catalog::{ROOM_USER_PREFIX, RoomRole};
 use sipvault_schemas::Transport;
 use sipvault_sip::{MessageBuilder, SipMessage, SipUri};
 
-use crate::core::{Core, Transmit, requires_tls, transport_token};
+use crate::core::{Core, Transmit, requires_tls};
 
 /// Members of each room, by room name (without the `room-` prefix).
 pub type RoomDirectory = HashMap<String, BTreeMap<String, RoomRole>>;
@@ -245,36 +245,25 @@ impl Core {
                 .cloned()
                 .collect();
             for binding in bindings {
-                let branch = self.new_branch();
-                let local = self
-                    .local
-                    .get(&binding.transport)
-                    .copied()
-                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)));
+                let (branch, via) = self.new_via(binding.transport);
                 let mut b = MessageBuilder::request("MESSAGE", &binding.contact);
-                b.header(
-                    "Via",
-                    &format!(
-                        "SIP/2.0/{} {local};branch={branch};rport",
-                        transport_token(binding.transport)
-                    ),
-                )
-                .header("Max-Forwards", "70")
-                // The room sends; the display name says who posted.
-                .header(
-                    "From",
-                    &format!(
-                        "\"{}\" <{room_uri}>;tag={}",
-                        sender.replace(['"', '\\'], ""),
-                        self.token()
-                    ),
-                )
-                .header("To", &format!("<sip:{member}@{domain}>"))
-                // A Call-ID per copy: each is an IM of its own in the archive.
-                .header("Call-ID", &format!("room-{}@{domain}", self.token()))
-                .header("CSeq", "1 MESSAGE")
-                .header("Server", crate::core::SERVER_HEADER)
-                .body(&content_type, post.body());
+                b.header("Via", &via)
+                    .header("Max-Forwards", "70")
+                    // The room sends; the display name says who posted.
+                    .header(
+                        "From",
+                        &format!(
+                            "\"{}\" <{room_uri}>;tag={}",
+                            sender.replace(['"', '\\'], ""),
+                            self.token()
+                        ),
+                    )
+                    .header("To", &format!("<sip:{member}@{domain}>"))
+                    // A Call-ID per copy: each is an IM of its own in the archive.
+                    .header("Call-ID", &format!("room-{}@{domain}", self.token()))
+                    .header("CSeq", "1 MESSAGE")
+                    .header("Server", crate::core::SERVER_HEADER)
+                    .body(&content_type, post.body());
                 let transmit = Transmit {
                     transport: binding.transport,
                     dst: binding.flow,
