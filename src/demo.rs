@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use sipvault_catalog::RoomRole;
 use sipvault_query::{OutputFormat, SearchRequest};
 use sipvault_schemas::Transport;
 use sipvault_server::ua::UserAgent;
@@ -74,6 +75,55 @@ const SCRIPT: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Rooms: (name, topic, owner, members). Every registered demo user is in both.
+const ROOMS: &[(&str, &str, &str, &[&str])] = &[
+    ("budget", "Quarterly budget", "alice", &["bob", "carol"]),
+    ("launch", "Product launch", "carol", &["alice", "bob"]),
+];
+
+/// Posts: (from, room, text).
+const POSTS: &[(&str, &str, &str)] = &[
+    (
+        "alice",
+        "budget",
+        "Room, the revised budget is in the shared folder.",
+    ),
+    ("bob", "budget", "Travel is still 12% over; I will trim it."),
+    (
+        "carol",
+        "launch",
+        "Launch checklist: slides Friday, press release signed off.",
+    ),
+    ("alice", "launch", "Ramen after the launch review?"),
+];
+
+/// Creates the demo rooms (kept if they exist from an earlier run).
+async fn create_rooms(data: &Path) -> anyhow::Result<()> {
+    let catalog = sipvault_catalog::Catalog::open(data).await?;
+    for (name, topic, owner, members) in ROOMS {
+        let room = sipvault_catalog::Room {
+            name: name.to_string(),
+            domain: DOMAIN.into(),
+            topic: topic.to_string(),
+            category: Some("demo".into()),
+            private: false,
+            created_ns: 0,
+        };
+        match catalog.create_room(&room, "demo").await {
+            Ok(_) => {}
+            Err(sipvault_catalog::CatalogError::RoomExists(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let roles = std::iter::once((owner, RoomRole::Owner))
+            .chain(members.iter().map(|m| (m, RoomRole::Member)));
+        for (user, role) in roles {
+            catalog.add_room_member(name, user, role, "demo").await?;
+        }
+    }
+    catalog.close().await;
+    Ok(())
+}
+
 pub async fn run(data: Option<PathBuf>, config_path: Option<&Path>) -> anyhow::Result<()> {
     let started = Instant::now();
     let data = match data {
@@ -95,6 +145,7 @@ pub async fn run(data: Option<PathBuf>, config_path: Option<&Path>) -> anyhow::R
             Err(e) => return Err(e),
         }
     }
+    create_rooms(&data).await?;
     let running = Running::start(&data, &config, "127.0.0.1:0".parse()?).await?;
     running.refresh_users().await?;
     let (udp, tcp) = (running.server.udp_addr, running.server.tcp_addr);
@@ -104,7 +155,10 @@ pub async fn run(data: Option<PathBuf>, config_path: Option<&Path>) -> anyhow::R
     // Shut down even when the traffic failed, so the archive is sealed.
     running.shutdown().await?;
     let (sent, delivered) = traffic?;
-    println!("{sent} IMs sent, {delivered} delivered; server stopped, archive sealed\n");
+    println!(
+        "{sent} IMs and {} room posts sent, {delivered} delivered; server stopped, archive sealed\n",
+        POSTS.len()
+    );
 
     let hits = sipvault_query::search(
         &index_dir(&data),
@@ -138,6 +192,8 @@ pub async fn run(data: Option<PathBuf>, config_path: Option<&Path>) -> anyhow::R
     println!(
         "  sipvault sql \"SELECT time, method, status, src, dst FROM sip_messages ORDER BY time\" --data {d}"
     );
+    println!("  sipvault room history budget --data {d}");
+    println!("  sipvault search 'room:launch ramen' --data {d}");
     println!("  sipvault user list --data {d}");
     println!("  sipvault status --data {d}");
     println!("  sipvault import pcap capture.pcap --data {d}   # archive a capture file too");
@@ -192,13 +248,41 @@ async fn exchange(
         println!("  {from} -> {to}: {outcome}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Every delivered IM must have arrived at its agent.
+    // Room posts reach every other member; all three agents are in both rooms.
+    let mut expected = delivered;
+    for (from, room, text) in POSTS {
+        let ua = &mut agents
+            .iter_mut()
+            .find(|(u, _)| u == from)
+            .context("a post names an unknown sender")?
+            .1;
+        let code = ua
+            .message_to(&format!("sip:room-{room}@{DOMAIN}"), text)
+            .await?;
+        if !(200..300).contains(&code) {
+            bail!("{from}'s post to room {room} was refused: SIP {code}");
+        }
+        println!("  {from} -> room {room}: posted");
+        expected += agents.len() - 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every delivered IM and room copy must have arrived at its agent.
     let mut received = 0;
     for (_, ua) in agents.iter_mut() {
         received += ua.received().len();
     }
-    if received != delivered {
-        bail!("{delivered} IMs were acknowledged but agents received {received}");
+    // Room copies are relayed after the post is answered: give them a moment.
+    for _ in 0..50 {
+        if received >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for (_, ua) in agents.iter_mut() {
+            received += ua.received().len();
+        }
+    }
+    if received != expected {
+        bail!("{expected} IMs and room copies were expected but agents received {received}");
     }
     for (_, ua) in agents {
         ua.close().await;

@@ -32,7 +32,11 @@ fn demo_runs_end_to_end_and_leaves_a_queryable_archive() {
         out.contains("bob -> erin: 404 erin does not exist"),
         "unknown recipient: {out}"
     );
-    assert!(out.contains("13 IMs sent, 11 delivered"), "{out}");
+    assert!(
+        out.contains("13 IMs and 4 room posts sent, 11 delivered"),
+        "{out}"
+    );
+    assert!(out.contains("bob -> room budget: posted"), "{out}");
     assert!(
         out.contains("quarterly budget"),
         "demo search shows a hit: {out}"
@@ -47,7 +51,13 @@ fn demo_runs_end_to_end_and_leaves_a_queryable_archive() {
             "csv",
         ],
     );
-    assert_eq!(csv.trim(), "delivery_status,n\ndelivered,11\nfailed,2");
+    // 11 IMs, 4 room posts and their 8 copies to the other two members.
+    assert_eq!(csv.trim(), "delivery_status,n\ndelivered,23\nfailed,2");
+    let history = sipvault(&data, &["room", "history", "launch", "--format", "csv"]);
+    assert!(
+        history.contains("Launch checklist") && history.contains("Ramen after"),
+        "room history: {history}"
+    );
     let hits = sipvault(
         &data,
         &[

@@ -291,11 +291,13 @@ fn demo_case_exports_in_every_format_and_verifies() {
         assert_eq!(m["defects"].as_array().unwrap().len(), 0, "{m}");
         all_bodies.push_str(m["body"].as_str().unwrap());
     }
+    // A room post matches with its copies to the members: the same text as
+    // often as the search found it.
     for b in &bodies {
         assert_eq!(
             all_bodies.matches(b.as_str()).count(),
-            1,
-            "{b} once in the .eml files"
+            bodies.iter().filter(|other| *other == b).count(),
+            "{b} in the .eml files once per matching IM"
         );
     }
 
