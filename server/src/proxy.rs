@@ -227,6 +227,30 @@ impl Core {
     /// Route) go to a foreign Route or an IP literal; any other request
     /// reaches registered users only, else the server would be an open
     /// relay.
+    /// What relaying `msg` takes: its Max-Forwards, whether it starts a
+    /// dialog, and its routing; or the refusal to answer it with (logged).
+    fn plan_relay(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        msg: &SipMessage,
+    ) -> Result<(u32, bool, Routing), Refusal> {
+        let max_forwards = msg.max_forwards().unwrap_or(70);
+        let initial = msg.to().and_then(|t| t.tag()).is_none();
+        let planned = if max_forwards == 0 {
+            Err(Refusal::new(483, "Too Many Hops", "Max-Forwards exhausted"))
+        } else {
+            self.route(now, msg, initial)
+        };
+        match planned {
+            Ok(routing) => Ok((max_forwards, initial, routing)),
+            Err(r) => {
+                self.reject_event(peer, r.code, r.why);
+                Err(r)
+            }
+        }
+    }
+
     fn route(&self, now: Instant, msg: &SipMessage, initial: bool) -> Result<Routing, Refusal> {
         let routes = msg.name_addrs("Route");
         let own_routes = routes
@@ -422,17 +446,9 @@ impl Core {
             self.invite_reply(now, &key, 482, "Loop Detected", &[]);
             return;
         }
-        let max_forwards = msg.max_forwards().unwrap_or(70);
-        if max_forwards == 0 {
-            self.reject_event(peer, 483, "Max-Forwards exhausted");
-            self.invite_reply(now, &key, 483, "Too Many Hops", &[]);
-            return;
-        }
-        let initial = msg.to().and_then(|t| t.tag()).is_none();
-        let routing = match self.route(now, &msg, initial) {
-            Ok(r) => r,
+        let (max_forwards, initial, routing) = match self.plan_relay(now, peer, &msg) {
+            Ok(plan) => plan,
             Err(r) => {
-                self.reject_event(peer, r.code, r.why);
                 self.invite_reply(now, &key, r.code, r.reason, &r.extra);
                 return;
             }
@@ -639,17 +655,9 @@ impl Core {
         key: &str,
         msg: SipMessage,
     ) {
-        let max_forwards = msg.max_forwards().unwrap_or(70);
-        if max_forwards == 0 {
-            self.reject_event(peer, 483, "Max-Forwards exhausted");
-            self.respond(key, &msg, 483, "Too Many Hops", &[]);
-            return;
-        }
-        let initial = msg.to().and_then(|t| t.tag()).is_none();
-        let routing = match self.route(now, &msg, initial) {
-            Ok(r) => r,
+        let (max_forwards, _, routing) = match self.plan_relay(now, peer, &msg) {
+            Ok(plan) => plan,
             Err(r) => {
-                self.reject_event(peer, r.code, r.why);
                 self.respond(key, &msg, r.code, r.reason, &r.extra);
                 return;
             }
