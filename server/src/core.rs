@@ -433,6 +433,23 @@ impl Core {
         Some(key)
     }
 
+    /// The Max-Forwards of a request to relay; one with none left is
+    /// answered 483 in its transaction `key` (and `None` returned).
+    pub(crate) fn hops_left(
+        &mut self,
+        peer: SocketAddr,
+        key: &str,
+        req: &SipMessage,
+    ) -> Option<u32> {
+        let max_forwards = req.max_forwards().unwrap_or(70);
+        if max_forwards == 0 {
+            self.reject_event(peer, 483, "Max-Forwards exhausted");
+            self.respond(key, req, 483, "Too Many Hops", &[]);
+            return None;
+        }
+        Some(max_forwards)
+    }
+
     pub(crate) fn reject_event(&mut self, peer: SocketAddr, code: u16, reason: &str) {
         self.stats.rejected += 1;
         self.events.push_back(Event::Rejected {
@@ -794,12 +811,9 @@ impl Core {
             self.respond(key, &req, 404, "Not Found", &[]);
             return;
         };
-        let max_forwards = req.max_forwards().unwrap_or(70);
-        if max_forwards == 0 {
-            self.reject_event(peer, 483, "Max-Forwards exhausted");
-            self.respond(key, &req, 483, "Too Many Hops", &[]);
+        let Some(max_forwards) = self.hops_left(peer, key, &req) else {
             return;
-        }
+        };
         let bindings = self.bindings.lookup(&target, now);
         if bindings.is_empty() {
             self.reject_event(peer, 480, "recipient not registered");

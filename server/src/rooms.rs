@@ -190,10 +190,7 @@ impl Core {
             self.respond(key, &req, 403, "Forbidden", &[]);
             return;
         }
-        let max_forwards = req.max_forwards().unwrap_or(70);
-        if max_forwards == 0 {
-            self.reject_event(peer, 483, "Max-Forwards exhausted");
-            self.respond(key, &req, 483, "Too Many Hops", &[]);
+        if self.hops_left(peer, key, &req).is_none() {
             return;
         }
         if let Err(wait) = self.rooms.take_token(now, &room, &sender) {
