@@ -17,11 +17,11 @@ pub mod tls;
 pub mod ua;
 
 pub use core::{Core, CoreConfig, CoreStats, Event, Transmit, UserCredentials};
-pub use rooms::{RoomConfig, RoomDirectory, RoomStats};
 pub use io::{
     ArchiveAck, ArchiveRequest, CriticalArchive, Server, ServerConfig, ServerError, ServerStats,
     Tap, TlsListener, UserDirectory,
 };
+pub use rooms::{RoomConfig, RoomDirectory, RoomStats};
 pub use tls::{TlsError, TlsIdentity};
 
 #[cfg(test)]
