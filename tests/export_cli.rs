@@ -31,9 +31,29 @@ fn python(script: &str, args: &[&Path]) -> String {
 
 /// `(method, status)` of every SIP message tshark decodes in `pcap`.
 fn tshark_sip(pcap: &Path) -> Vec<(String, String)> {
+    // The export holds only SIP, on whatever ports the archive saw: decode
+    // every one as SIP, or a port that tshark gives to another protocol
+    // would hide its packets from the `sip` filter.
+    let ports = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args(["-T", "fields", "-e", "udp.srcport", "-e", "udp.dstport"])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("tshark is needed to check the exported pcap (apt-get install tshark): {e}")
+        });
+    let ports: std::collections::BTreeSet<String> = String::from_utf8_lossy(&ports.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let decode_as: Vec<String> = ports
+        .iter()
+        .flat_map(|p| ["-d".to_string(), format!("udp.port=={p},sip")])
+        .collect();
     let out = Command::new("tshark")
         .arg("-r")
         .arg(pcap)
+        .args(&decode_as)
         .args([
             "-Y",
             "sip",
