@@ -20,7 +20,9 @@ use sipvault_server::ua::UserAgent;
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> T {
     args.get(i).and_then(|a| a.parse().ok()).unwrap_or_else(|| {
-        eprintln!("usage: room_load SERVER DOMAIN ROOM MEMBERS POSTS POSTERS  ({what} missing or invalid)");
+        eprintln!(
+            "usage: room_load SERVER DOMAIN ROOM MEMBERS POSTS POSTERS  ({what} missing or invalid)"
+        );
         std::process::exit(2)
     })
 }
