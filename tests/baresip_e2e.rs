@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{ServeProcess, add_users, free_udp_port, run_sipp, sipp, sql_rows, testdata};
+use common::{ServeProcess, add_users, free_udp_port, sipp, sipp_register, sql_rows, testdata};
 
 const DOMAIN: &str = "baresip.test";
 
@@ -76,28 +76,7 @@ fn baresip_registers_publishes_messages_and_calls_through_the_server() {
     let ours = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
     let (bob_port, carol_port, alice_port) = (free_udp_port(), free_udp_port(), free_udp_port());
     for (user, port) in [("bob", bob_port), ("carol", carol_port)] {
-        run_sipp(
-            &ours,
-            &[
-                "-sf",
-                "register-user.xml",
-                &remote,
-                "-p",
-                &port.to_string(),
-                "-m",
-                "1",
-                "-s",
-                user,
-                "-au",
-                user,
-                "-ap",
-                "secret",
-                "-auth_uri",
-                DOMAIN,
-            ]
-            .map(String::from),
-            &format!("REGISTER {user}"),
-        );
+        sipp_register(&remote, user, DOMAIN, port, &format!("REGISTER {user}"));
     }
     let bob = sipp(
         &testdata().join("sipp/message"),

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    ServeProcess, SippSide, free_udp_port, run_sipp, run_sipp_pair, sipp_available, sql_rows,
+    ServeProcess, SippSide, free_udp_port, run_sipp_pair, sipp_available, sipp_register, sql_rows,
     testdata,
 };
 use sipvault_collector::hep::{encode_hep3, encode_hep3_typed, proto_type};
@@ -150,25 +150,11 @@ fn kamailio_siptrace_is_archived_with_its_agent_id() {
     let (alice_port, bob_port) = (free_udp_port(), free_udp_port());
 
     // bob registers (digest through Kamailio) from the port his UAS will use.
-    run_sipp(
-        &ours,
-        &args(&[
-            "-sf",
-            "register-user.xml",
-            &proxy,
-            "-p",
-            &bob_port.to_string(),
-            "-m",
-            "1",
-            "-s",
-            "bob",
-            "-au",
-            "bob",
-            "-ap",
-            "secret",
-            "-auth_uri",
-            "sipp.test",
-        ]),
+    sipp_register(
+        &proxy,
+        "bob",
+        "sipp.test",
+        bob_port,
         "REGISTER bob through kamailio",
     );
     run_sipp_pair(

@@ -9,8 +9,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{
-    ServeProcess, SippSide, free_udp_port, run_sipp, run_sipp_pair, sipp_available, sipvault,
-    sql_rows, testdata,
+    ServeProcess, SippSide, add_users, free_udp_port, run_sipp, run_sipp_pair, sipp_available,
+    sipp_register, sql_rows, testdata,
 };
 
 fn ours() -> PathBuf {
@@ -21,32 +21,6 @@ fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
-/// Registers `user` (password `secret`) from `port` with the shared-domain
-/// REGISTER scenario of tests/sipp.
-fn register(remote: &str, user: &str, port: u16) {
-    run_sipp(
-        &ours(),
-        &args(&[
-            "-sf",
-            "register-user.xml",
-            remote,
-            "-p",
-            &port.to_string(),
-            "-m",
-            "1",
-            "-s",
-            user,
-            "-au",
-            user,
-            "-ap",
-            "secret",
-            "-auth_uri",
-            "sipp.test",
-        ]),
-        &format!("REGISTER {user}"),
-    );
-}
-
 #[test]
 fn sipp_calls_through_the_proxy_are_archived_with_their_outcome() {
     if !sipp_available() {
@@ -54,20 +28,11 @@ fn sipp_calls_through_the_proxy_are_archived_with_their_outcome() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    for user in ["alice", "bob", "carol"] {
-        sipvault(
-            &data,
-            &[
-                "user",
-                "add",
-                user,
-                "--password",
-                "secret",
-                "--domain",
-                "sipp.test",
-            ],
-        );
-    }
+    add_users(
+        &data,
+        "sipp.test",
+        &[("alice", "secret"), ("bob", "secret"), ("carol", "secret")],
+    );
     // T1 of 100 ms: the silent callee's call ends at Timer B, 6.4 s; a
     // ringing callee is given up on after 2 s (Timer C).
     let server = ServeProcess::start(
@@ -80,8 +45,8 @@ fn sipp_calls_through_the_proxy_are_archived_with_their_outcome() {
     let shared = testdata().join("sipp");
     let alice_port = free_udp_port();
     let bob_port = free_udp_port();
-    register(&remote, "alice", alice_port);
-    register(&remote, "bob", bob_port);
+    sipp_register(&remote, "alice", "sipp.test", alice_port, "REGISTER alice");
+    sipp_register(&remote, "bob", "sipp.test", bob_port, "REGISTER bob");
     let uac = |scenario: &str| -> Vec<String> {
         args(&[
             "-sf",

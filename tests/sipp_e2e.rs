@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use arrow_array::{Array, ListArray, RecordBatch, StringArray, UInt16Array};
 use common::{
     ServeProcess, SippSide, add_users, free_udp_port, run_sipp, run_sipp_pair, sipp_available,
-    sipvault, testdata,
+    sipp_register, sipvault, testdata,
 };
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sha2::{Digest, Sha256};
@@ -65,7 +65,6 @@ fn sipp_register_and_message_are_relayed_archived_and_searchable() {
     );
     let remote = server.addr.to_string();
     let scenarios = testdata().join("sipp");
-    let ours = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
     let alice_port = free_udp_port();
     let bob_port = free_udp_port();
 
@@ -86,25 +85,11 @@ fn sipp_register_and_message_are_relayed_archived_and_searchable() {
         "REGISTER alice (testdata/sipp/register/uac.xml)",
     );
     // bob registers from the port its UAS will listen on.
-    run_sipp(
-        &ours,
-        &[
-            "-sf".into(),
-            "register-user.xml".into(),
-            remote.clone(),
-            "-p".into(),
-            bob_port.to_string(),
-            "-m".into(),
-            "1".into(),
-            "-s".into(),
-            "bob".into(),
-            "-au".into(),
-            "bob".into(),
-            "-ap".into(),
-            "secret".into(),
-            "-auth_uri".into(),
-            "sipp.test".into(),
-        ],
+    sipp_register(
+        &remote,
+        "bob",
+        "sipp.test",
+        bob_port,
         "REGISTER bob (tests/sipp/register-user.xml)",
     );
     run_sipp_pair(

@@ -299,6 +299,33 @@ pub fn sipp(dir: &Path, args: &[String]) -> Child {
         .expect("start sipp")
 }
 
+/// Registers `user` (digest password `secret`, realm `domain`) with the
+/// SIP server at `remote` from local `port`, using tests/sipp/register-user.xml;
+/// `what` names the step in a failure.
+pub fn sipp_register(remote: &str, user: &str, domain: &str, port: u16, what: &str) {
+    let ours = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
+    let port = port.to_string();
+    let args = [
+        "-sf",
+        "register-user.xml",
+        remote,
+        "-p",
+        &port,
+        "-m",
+        "1",
+        "-s",
+        user,
+        "-au",
+        user,
+        "-ap",
+        "secret",
+        "-auth_uri",
+        domain,
+    ]
+    .map(String::from);
+    run_sipp(&ours, &args, what);
+}
+
 /// Runs `sipvault sql STATEMENT --format json` and returns the rows.
 pub fn sql_rows(data: &Path, statement: &str) -> Vec<serde_json::Value> {
     let out = sipvault(data, &["sql", statement, "--format", "json"]);
