@@ -396,10 +396,11 @@ struct Pipeline {
     calls: calls::CallCorrelator,
     presence: presence::PresenceCorrelator,
     latest_capture_ns: i64,
-    next_lsn: u64,
     /// The collector clock: the latest group's.
     clock_ns: i64,
-    /// Log position of the next roll: (group LSN << ROLL_BITS) | roll.
+    /// LSN of the latest group applied (or of the restored checkpoint); the
+    /// next group is one above. With `rolls_in_group` it makes the log
+    /// position of a roll: (LSN << ROLL_BITS) | roll.
     lsn: u64,
     rolls_in_group: i64,
     logged: bool,
@@ -441,7 +442,6 @@ impl Pipeline {
             calls: calls::CallCorrelator::new(config.calls.clone()),
             presence: presence::PresenceCorrelator::new(),
             latest_capture_ns: i64::MIN,
-            next_lsn: 1,
             clock_ns: i64::MIN,
             lsn: 0,
             rolls_in_group: 0,
@@ -511,11 +511,45 @@ impl Pipeline {
         let recovered = wal::read(wal_dir)?;
         if let Some((lsn, state)) = &recovered.snapshot {
             self.restore(state)?;
-            self.next_lsn = lsn + 1;
+            self.lsn = *lsn;
         }
-        if recovered.groups.is_empty() {
+        let after = recovered.after();
+        let (mut groups, mut damaged_files, mut first) = (0u64, 0usize, None);
+        for path in &recovered.files {
+            let (file_groups, damaged) = wal::read_file(path, after)?;
+            damaged_files += usize::from(damaged);
+            for group in file_groups {
+                // LSNs only grow from file to file; anything else is a
+                // copy of a group already applied.
+                if group.lsn <= self.lsn {
+                    continue;
+                }
+                if groups == 0 {
+                    first = Some(group.lsn);
+                    self.load_sealed_positions(catalog).await?;
+                }
+                groups += 1;
+                stats.replayed_groups.fetch_add(1, Ordering::Relaxed);
+                self.apply(group, jobs, stats).await?;
+            }
+        }
+        if groups == 0 {
             return Ok(());
         }
+        self.sealed_positions.clear();
+        tracing::warn!(
+            groups,
+            first_lsn = first,
+            damaged_files,
+            skipped_rows = stats.replay_skipped_rows.load(Ordering::Relaxed),
+            "write-ahead log replayed after an unclean stop"
+        );
+        Ok(())
+    }
+
+    /// Per (table, day), the latest log position already sealed: a replay
+    /// rolls those segments again and must skip them.
+    async fn load_sealed_positions(&mut self, catalog: &Catalog) -> Result<()> {
         for (table, path, position) in catalog.wal_positions().await? {
             let Some(date) = partition_of(&path) else {
                 continue;
@@ -526,20 +560,6 @@ impl Pipeline {
                 .or_insert(position);
             *best = (*best).max(position);
         }
-        let groups = recovered.groups.len();
-        let first = recovered.groups[0].lsn;
-        for group in recovered.groups {
-            stats.replayed_groups.fetch_add(1, Ordering::Relaxed);
-            self.apply(group, jobs, stats).await?;
-        }
-        self.sealed_positions.clear();
-        tracing::warn!(
-            groups,
-            first_lsn = first,
-            damaged_files = recovered.damaged_files,
-            skipped_rows = stats.replay_skipped_rows.load(Ordering::Relaxed),
-            "write-ahead log replayed after an unclean stop"
-        );
         Ok(())
     }
 
@@ -554,7 +574,7 @@ impl Pipeline {
         stats: &CollectorStats,
     ) -> Result<()> {
         let group = Group {
-            lsn: self.next_lsn,
+            lsn: self.lsn + 1,
             clock_ns: self.clock_ns.max(wall_clock_ns()),
             event,
         };
@@ -603,7 +623,6 @@ impl Pipeline {
         stats: &CollectorStats,
     ) -> Result<()> {
         self.lsn = group.lsn;
-        self.next_lsn = group.lsn + 1;
         self.rolls_in_group = 0;
         self.clock_ns = self.clock_ns.max(group.clock_ns);
         self.writer.set_clock(self.clock_ns);

@@ -177,19 +177,24 @@ fn sync_dir(dir: &Path) -> Result<(), WalError> {
         .map_err(io_err(dir))
 }
 
-/// What recovery reads back: the newest snapshot (if any) and the groups
-/// logged after it, in order.
+/// What recovery starts from: the newest snapshot (if any) and the log
+/// files to replay after it, oldest first. Files are read one at a time
+/// ([`read_file`]), so a replay holds one file, not the whole log, in memory.
 pub struct Recovered {
     pub snapshot: Option<(u64, Vec<u8>)>,
-    pub groups: Vec<Group>,
-    /// Frames that ended a file early (torn by a crash, or damaged).
-    pub damaged_files: usize,
+    pub files: Vec<PathBuf>,
 }
 
-/// Reads the log of `dir` for recovery. A missing directory is an empty log.
-/// A file that ends in a torn frame (the crash came mid-write) is cut back
-/// to its last whole frame, so appending to it later cannot hide frames
-/// behind the damage.
+impl Recovered {
+    /// The LSN the snapshot covers (0 without one): groups up to it are
+    /// not replayed.
+    pub fn after(&self) -> u64 {
+        self.snapshot.as_ref().map_or(0, |(lsn, _)| *lsn)
+    }
+}
+
+/// Finds what the log of `dir` holds for recovery. A missing directory is
+/// an empty log.
 pub fn read(dir: &Path) -> Result<Recovered, WalError> {
     let mut snapshot = None;
     if let Some((lsn, path)) = numbered(dir, SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX).pop() {
@@ -211,51 +216,52 @@ pub fn read(dir: &Path) -> Result<Recovered, WalError> {
             }
         }
     }
-    let after = snapshot.as_ref().map_or(0, |(lsn, _)| *lsn);
+    let files = numbered(dir, "", LOG_SUFFIX)
+        .into_iter()
+        .map(|(_, path)| path)
+        .collect();
+    Ok(Recovered { snapshot, files })
+}
+
+/// The groups of one log file with an LSN above `after`, in order, and
+/// whether the file ended in damage. A file that ends in a torn frame (the
+/// crash came mid-write) is cut back to its last whole frame, so appending
+/// to it later cannot hide frames behind the damage.
+pub fn read_file(path: &Path, after: u64) -> Result<(Vec<Group>, bool), WalError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let unframed = unframe(&bytes);
+    let mut good_len = unframed.good_len;
+    let mut damaged = unframed.damaged;
+    let mut offset = 0;
     let mut groups = Vec::new();
-    let mut damaged_files = 0;
-    for (_, path) in numbered(dir, "", LOG_SUFFIX) {
-        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
-        let unframed = unframe(&bytes);
-        let mut good_len = unframed.good_len;
-        let mut damaged = unframed.damaged;
-        let mut offset = 0;
-        for p in unframed.payloads {
-            match postcard::from_bytes::<Group>(p) {
-                Ok(g) => {
-                    if g.lsn > after {
-                        groups.push(g);
-                    }
-                    offset += FRAME_HEADER + p.len();
+    for p in unframed.payloads {
+        match postcard::from_bytes::<Group>(p) {
+            Ok(g) => {
+                if g.lsn > after {
+                    groups.push(g);
                 }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "undecodable write-ahead log frame");
-                    good_len = offset;
-                    damaged = true;
-                    break;
-                }
+                offset += FRAME_HEADER + p.len();
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "undecodable write-ahead log frame");
+                good_len = offset;
+                damaged = true;
+                break;
             }
         }
-        if damaged {
-            damaged_files += 1;
-            tracing::warn!(path = %path.display(), kept_bytes = good_len, "write-ahead log file ends in a torn or damaged frame; keeping what precedes it");
-            OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .and_then(|f| {
-                    f.set_len(good_len as u64)?;
-                    f.sync_all()
-                })
-                .map_err(io_err(&path))?;
-        }
     }
-    groups.sort_by_key(|g| g.lsn);
-    groups.dedup_by_key(|g| g.lsn);
-    Ok(Recovered {
-        snapshot,
-        groups,
-        damaged_files,
-    })
+    if damaged {
+        tracing::warn!(path = %path.display(), kept_bytes = good_len, "write-ahead log file ends in a torn or damaged frame; keeping what precedes it");
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| {
+                f.set_len(good_len as u64)?;
+                f.sync_all()
+            })
+            .map_err(io_err(path))?;
+    }
+    Ok((groups, damaged))
 }
 
 /// Writes the snapshot of checkpoint `lsn` (tmp, fsync, rename, fsync dir),
