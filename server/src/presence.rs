@@ -18,7 +18,7 @@
 //! sends each [`Notify`] in a client transaction of its own; both pass the
 //! tap, so every presence change is archived like any other message.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -128,7 +128,7 @@ pub struct PresenceAgent {
     publications: HashMap<String, Vec<Publication>>,
     /// By Call-ID of the SUBSCRIBE dialog.
     subscriptions: BTreeMap<String, Subscription>,
-    notifies: Vec<Notify>,
+    notifies: VecDeque<Notify>,
     /// NOTIFYs sent and not yet answered, by Via branch.
     in_flight: HashMap<String, NotifyTxn>,
     counter: u64,
@@ -154,7 +154,7 @@ impl PresenceAgent {
             config,
             publications: HashMap::new(),
             subscriptions: BTreeMap::new(),
-            notifies: Vec::new(),
+            notifies: VecDeque::new(),
             in_flight: HashMap::new(),
             counter: 0,
             seed,
@@ -185,11 +185,7 @@ impl PresenceAgent {
 
     /// NOTIFYs waiting to be sent.
     pub fn poll_notify(&mut self) -> Option<Notify> {
-        if self.notifies.is_empty() {
-            None
-        } else {
-            Some(self.notifies.remove(0))
-        }
+        self.notifies.pop_front()
     }
 
     /// The earliest expiry of a publication or subscription, or NOTIFY
@@ -523,7 +519,7 @@ impl PresenceAgent {
             .header("Event", "presence")
             .header("Subscription-State", &state)
             .body(PIDF, &body);
-        self.notifies.push(Notify {
+        self.notifies.push_back(Notify {
             transport: s.transport,
             dst: s.flow,
             request: b.build(),
