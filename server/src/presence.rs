@@ -538,7 +538,14 @@ impl PresenceAgent {
     /// Expires publications (watchers are told) and subscriptions (a final
     /// `terminated;reason=timeout` NOTIFY).
     pub fn handle_timeout(&mut self, now: Instant) {
-        let presentities: Vec<String> = self.publications.keys().cloned().collect();
+        // The core calls this at every timer of every transaction: only
+        // presentities with an expired publication are worth a look.
+        let presentities: Vec<String> = self
+            .publications
+            .iter()
+            .filter(|(_, pubs)| pubs.iter().any(|p| p.expires_at <= now))
+            .map(|(presentity, _)| presentity.clone())
+            .collect();
         for presentity in presentities {
             let before = self.state_of(&presentity);
             if let Some(pubs) = self.publications.get_mut(&presentity) {
