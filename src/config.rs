@@ -10,8 +10,9 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use sipvault_collector::arrivals::ArrivalConfig;
 use sipvault_collector::{SegmentLimits, WalConfig};
-use sipvault_server::TlsListener;
-use sipvault_server::tls::{Origin, TlsIdentity};
+use sipvault_schemas::Transport;
+use sipvault_server::tls::{Origin, TlsClient, TlsIdentity, read_certificates};
+use sipvault_server::{FederationPeer, TlsListener};
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -21,6 +22,46 @@ pub struct Config {
     pub hep: HepConfig,
     pub presence: PresenceSettings,
     pub rooms: RoomsConfig,
+    /// Federated domains (`[[federation]]` entries); none by default.
+    pub federation: Vec<FederationConfig>,
+}
+
+/// One federated domain: requests for it go to its server, and requests
+/// from it are accepted only from that server's address.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FederationConfig {
+    /// The peer's SIP domain, e.g. "partner.example".
+    pub domain: String,
+    /// The peer server's TLS listener (TCP listener with `transport =
+    /// "tcp"`), `IP:PORT`.
+    pub address: SocketAddr,
+    /// "tls" (the default) or "tcp".
+    #[serde(default)]
+    pub transport: FederationTransport,
+    /// PEM certificates trusted for this peer over TLS: its own
+    /// (self-signed) certificate or the CA that signed it. The peer's
+    /// certificate must name its domain. Default: the system CA bundle.
+    #[serde(default)]
+    pub certificate: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FederationTransport {
+    #[default]
+    Tls,
+    Tcp,
+}
+
+/// Where the system's CA bundle is on Debian-like systems.
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// What the server needs of the `[[federation]]` entries: the core's peer
+/// table and, for the TLS peers, how to check their certificates.
+pub struct Federation {
+    pub peers: Vec<FederationPeer>,
+    pub tls_peers: Vec<(SocketAddr, TlsClient)>,
 }
 
 /// Flood control of chat room posts: a token bucket per member and room.
@@ -324,9 +365,125 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The federated peers, checked: not our own domain, each domain once,
+    /// TLS peers only when we listen for TLS ourselves (a peer's requests
+    /// back to us, and its answers to our Record-Route, arrive there), and
+    /// their trusted certificates readable.
+    pub fn federation(&self, tls_listening: bool) -> anyhow::Result<Federation> {
+        let mut peers: Vec<FederationPeer> = Vec::new();
+        let mut tls_peers = Vec::new();
+        for f in &self.federation {
+            let domain = f.domain.trim().to_ascii_lowercase();
+            if domain.is_empty() || domain.eq_ignore_ascii_case(&self.sip.domain) {
+                bail!(
+                    "federation domain {:?} must be another domain than ours ({})",
+                    f.domain,
+                    self.sip.domain
+                );
+            }
+            if peers.iter().any(|p| p.domain == domain) {
+                bail!("federation domain {domain} is listed twice");
+            }
+            let transport = match f.transport {
+                FederationTransport::Tls => Transport::Tls,
+                FederationTransport::Tcp => Transport::Tcp,
+            };
+            if transport == Transport::Tls {
+                if !tls_listening {
+                    bail!(
+                        "federation with {domain} over TLS needs our TLS listener: set sip.tls_listen, or transport = \"tcp\""
+                    );
+                }
+                let roots_path = f
+                    .certificate
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
+                let roots = read_certificates(&roots_path).with_context(|| {
+                    format!("trusted certificates for federation with {domain}")
+                })?;
+                let client = TlsClient::for_domain(&roots, &domain)
+                    .with_context(|| format!("TLS client for federation with {domain}"))?;
+                tls_peers.push((f.address, client));
+            }
+            peers.push(FederationPeer {
+                domain,
+                addr: f.address,
+                transport,
+            });
+        }
+        Ok(Federation { peers, tls_peers })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn federation_entries_are_parsed_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = TlsIdentity::load_or_generate(dir.path(), "partner.example").unwrap();
+        let text = format!(
+            "[sip]\ndomain = \"a.example\"\n\n[[federation]]\ndomain = \"Partner.Example\"\naddress = \"127.0.0.2:5061\"\ncertificate = {:?}\n\n[[federation]]\ndomain = \"legacy.example\"\naddress = \"10.1.1.1:5060\"\ntransport = \"tcp\"\n",
+            id.cert_path
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(
+            c.federation[0].transport,
+            FederationTransport::Tls,
+            "TLS by default"
+        );
+        let f = c.federation(true).unwrap();
+        assert_eq!(
+            f.peers,
+            vec![
+                FederationPeer {
+                    domain: "partner.example".into(),
+                    addr: "127.0.0.2:5061".parse().unwrap(),
+                    transport: Transport::Tls,
+                },
+                FederationPeer {
+                    domain: "legacy.example".into(),
+                    addr: "10.1.1.1:5060".parse().unwrap(),
+                    transport: Transport::Tcp,
+                },
+            ]
+        );
+        assert_eq!(f.tls_peers.len(), 1, "a TLS client for the TLS peer only");
+        let err = c.federation(false).err().expect("TLS peer without our TLS");
+        assert!(format!("{err:#}").contains("tls_listen"), "{err:#}");
+
+        let own = Config::parse("[[federation]]\ndomain = \"sipvault.local\"\naddress = \"127.0.0.2:5061\"\ntransport = \"tcp\"\n").unwrap();
+        assert!(own.federation(true).is_err(), "our own domain");
+        let twice = Config::parse("[[federation]]\ndomain = \"b.example\"\naddress = \"127.0.0.2:5061\"\ntransport = \"tcp\"\n[[federation]]\ndomain = \"B.example\"\naddress = \"127.0.0.3:5061\"\ntransport = \"tcp\"\n").unwrap();
+        assert!(twice.federation(true).is_err(), "a domain twice");
+        let missing = Config::parse(&format!(
+            "[[federation]]\ndomain = \"b.example\"\naddress = \"127.0.0.2:5061\"\ncertificate = {:?}\n",
+            dir.path().join("absent.pem")
+        ))
+        .unwrap();
+        let err = missing
+            .federation(true)
+            .err()
+            .expect("unreadable certificate");
+        assert!(format!("{err:#}").contains("absent.pem"), "{err:#}");
+        assert!(
+            Config::parse("[[federation]]\ndomain = \"b.example\"\n").is_err(),
+            "no address"
+        );
+        assert!(
+            Config::parse("[[federation]]\ndomain = \"b.example\"\naddress = \"127.0.0.2:5061\"\ntransport = \"udp\"\n").is_err(),
+            "UDP is not offered"
+        );
+        assert!(
+            Config::parse(
+                "[[federation]]\ndomain = \"b.example\"\naddress = \"127.0.0.2:5061\"\nport = 1\n"
+            )
+            .is_err(),
+            "unknown key"
+        );
+    }
 
     #[test]
     fn empty_config_is_all_defaults() {

@@ -70,6 +70,7 @@ pub fn server_config(config: &Config, sip: SocketAddr) -> ServerConfig {
         udp_recv_buffer: config.sip.udp_recv_buffer_bytes,
         tls: None,
         critical_archive: None,
+        tls_peers: Vec::new(),
     }
 }
 
@@ -154,6 +155,12 @@ impl Running {
         };
         let mut settings = server_config(config, sip);
         settings.tls = config.tls_listener(data_dir, sip)?;
+        let federation = config.federation(settings.tls.is_some())?;
+        for peer in &federation.peers {
+            tracing::info!(domain = %peer.domain, address = %peer.addr, transport = ?peer.transport, "federated domain");
+        }
+        settings.core.federation = federation.peers;
+        settings.tls_peers = federation.tls_peers;
         if config.archive.critical {
             settings.critical_archive = Some(CriticalArchive {
                 tx: inputs.acked_channel(config.archive.tap_queue),

@@ -20,6 +20,7 @@ use sipvault_sip::{
     error_response_for_unparsed,
 };
 
+use crate::federation::FederationPeer;
 use crate::presence::{PresenceAgent, PresenceConfig};
 use crate::proxy::{CancelClient, InviteClient, InviteServer};
 use crate::registrar::{Binding, Bindings, NonceState, Nonces};
@@ -27,7 +28,7 @@ use crate::rooms::{RoomConfig, Rooms};
 
 /// Option tags this server understands (for `Require`/`Proxy-Require`).
 pub const SUPPORTED: &[&str] = &["path", "outbound"];
-pub const ALLOW: &str = "REGISTER, MESSAGE, OPTIONS, INVITE, ACK, CANCEL, BYE, UPDATE, PRACK, INFO, REFER, PUBLISH, SUBSCRIBE";
+pub const ALLOW: &str = "REGISTER, MESSAGE, OPTIONS, INVITE, ACK, CANCEL, BYE, UPDATE, PRACK, INFO, REFER, PUBLISH, SUBSCRIBE, NOTIFY";
 pub(crate) const SERVER_HEADER: &str = "sipvault";
 /// Start of every Via branch this server writes.
 pub(crate) const BRANCH_PREFIX: &str = "z9hG4bK-sv-";
@@ -63,6 +64,8 @@ pub struct CoreConfig {
     pub presence_allow: HashMap<String, Vec<String>>,
     /// Post rate of room members (`rooms.rs`).
     pub rooms: RoomConfig,
+    /// Federated domains and their servers (`federation.rs`).
+    pub federation: Vec<FederationPeer>,
 }
 
 impl Default for CoreConfig {
@@ -82,6 +85,7 @@ impl Default for CoreConfig {
             archive_retry_after: Duration::from_secs(5),
             presence_allow: HashMap::new(),
             rooms: RoomConfig::default(),
+            federation: Vec::new(),
         }
     }
 }
@@ -503,6 +507,14 @@ impl Core {
         let span =
             tracing::debug_span!("sip", call_id = msg.call_id().unwrap_or("-"), method = %method);
         let _enter = span.enter();
+        if let Some(why) = self.federation_refusal(&msg, peer) {
+            if method == "ACK" {
+                self.events.push_back(Event::Dropped { peer, reason: why });
+            } else {
+                self.refuse_statelessly(transport, peer, &msg, &why);
+            }
+            return;
+        }
         if method == "ACK" {
             self.on_ack(now, transport, peer, msg);
             return;
@@ -516,10 +528,12 @@ impl Core {
         };
         // Requests we relay are bound by Proxy-Require only; those we
         // answer ourselves by Require too.
-        let forwarded = matches!(
-            method.as_str(),
-            "MESSAGE" | "BYE" | "UPDATE" | "PRACK" | "INFO" | "REFER" | "CANCEL"
-        );
+        let for_peer = self.is_for_peer(&msg);
+        let forwarded = for_peer
+            || matches!(
+                method.as_str(),
+                "MESSAGE" | "BYE" | "UPDATE" | "PRACK" | "INFO" | "REFER" | "CANCEL" | "NOTIFY"
+            );
         let checked = if forwarded {
             check_forwarded_request(&msg, SUPPORTED)
         } else {
@@ -542,12 +556,19 @@ impl Core {
             return;
         }
         match method.as_str() {
+            // A federated domain's user: whatever the method, the peer's
+            // server answers it (REGISTER is for our own users only).
+            m if for_peer && m != "REGISTER" => {
+                self.on_proxied_non_invite(now, transport, peer, &key, msg)
+            }
             "REGISTER" => self.on_register(now, transport, peer, &key, &msg),
             "MESSAGE" if self.is_room_post(&msg) => self.on_room_post(now, peer, &key, msg),
             "MESSAGE" => self.on_message(now, transport, peer, &key, msg),
             "CANCEL" => self.on_cancel(now, peer, &key, &msg),
             "PUBLISH" | "SUBSCRIBE" => self.on_presence(now, transport, peer, &key, &msg, &method),
-            "BYE" | "UPDATE" | "PRACK" | "INFO" | "REFER" => {
+            // NOTIFY: of a subscription a subscriber of ours holds with a
+            // peer's presence agent (sent back over the peer's flow).
+            "BYE" | "UPDATE" | "PRACK" | "INFO" | "REFER" | "NOTIFY" => {
                 self.on_proxied_non_invite(now, transport, peer, &key, msg)
             }
             "OPTIONS" => {

@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::core::{Core, CoreConfig, Event, Transmit, UserCredentials};
 use crate::rooms::RoomDirectory;
+use crate::tls::TlsClient;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -52,6 +53,11 @@ pub struct ServerConfig {
     /// Critical mode: an IM is relayed only once the archive accepted its
     /// record; `None` relays whatever the archive does.
     pub critical_archive: Option<CriticalArchive>,
+    /// TLS servers we may open connections to (federated peers), by
+    /// address, each with the roots and the name its certificate is
+    /// checked against. A TLS message to any other address needs a
+    /// connection the client opened.
+    pub tls_peers: Vec<(SocketAddr, TlsClient)>,
 }
 
 /// Resolved by the archive once the record is durable, or with why not.
@@ -81,6 +87,7 @@ impl Default for ServerConfig {
             max_tcp_connections: 4096,
             tls: None,
             critical_archive: None,
+            tls_peers: Vec::new(),
         }
     }
 }
@@ -549,7 +556,8 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
         };
         match tls.clone() {
             None => {
-                tokio::spawn(connection(stream, flow, shared, None, open));
+                let out = register_conn(&shared, transport, peer);
+                tokio::spawn(connection(stream, flow, shared, out, open));
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
@@ -582,12 +590,16 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
                             return;
                         }
                     };
-                    connection(stream, flow, shared, None, open).await;
+                    let out = register_conn(&shared, transport, peer);
+                    connection(stream, flow, shared, out, open).await;
                 });
             }
         }
     }
 }
+
+/// Messages waiting to be written to one stream connection.
+const CONN_QUEUE: usize = 256;
 
 /// Makes a connection reachable for the core's transmits to `peer`; they
 /// arrive on the returned receiver.
@@ -596,7 +608,7 @@ fn register_conn(
     transport: Transport,
     peer: SocketAddr,
 ) -> mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel(256);
+    let (tx, rx) = mpsc::channel(CONN_QUEUE);
     shared
         .conns
         .lock()
@@ -637,28 +649,23 @@ async fn write_message<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8]) -> std::
 
 /// One stream connection (TCP, or TLS after its handshake), accepted or
 /// opened by us: frames incoming bytes by Content-Length and writes what
-/// the core sends to this peer. Everything read and written is tapped with
-/// the flow's transport, so TLS traffic is archived decrypted and marked TLS.
+/// the core sends to this peer (`out`, from [`register_conn`]). Everything
+/// read and written is tapped with the flow's transport, so TLS traffic is
+/// archived decrypted and marked TLS.
 async fn connection<S>(
     stream: S,
     flow: Flow,
     shared: Arc<Shared>,
-    first: Option<Vec<u8>>,
+    mut out: mpsc::Receiver<Vec<u8>>,
     _open: OpenConn,
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let peer = flow.peer;
-    let mut out = register_conn(&shared, flow.transport, peer);
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut shutdown = shared.shutdown.clone();
     let mut framer = StreamFramer::new(shared.config.max_message_bytes);
     let mut buf = vec![0u8; 16 * 1024];
-    if let Some(bytes) = first
-        && write_message(&mut wr, &bytes).await.is_ok()
-    {
-        flow.tap_out(&shared, &bytes);
-    }
     'conn: loop {
         let wait = if framer.buffered() > 0 {
             shared.config.tcp_message_timeout
@@ -849,37 +856,124 @@ async fn send(udp: &UdpSocket, udp_local: SocketAddr, shared: &Arc<Shared>, t: T
                         flow_failed(shared, t.transport, t.dst, "connection closed")
                     }
                 },
-                None if t.transport == Transport::Tcp => {
-                    // No flow to reuse: open a connection to the destination.
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        match tokio::time::timeout(
-                            Duration::from_secs(5),
-                            TcpStream::connect(t.dst),
-                        )
-                        .await
-                        {
-                            Ok(Ok(stream)) => {
-                                let open = OpenConn::new(&shared.stats);
-                                let local = stream.local_addr().unwrap_or(shared.config.sip_addr);
-                                let flow = Flow {
-                                    transport: Transport::Tcp,
-                                    local,
-                                    peer: t.dst,
-                                };
-                                connection(stream, flow, shared, Some(t.bytes), open).await;
-                            }
-                            _ => flow_failed(&shared, Transport::Tcp, t.dst, "tcp connect failed"),
+                None if t.transport == Transport::Tcp => connect_out(shared, t, None),
+                None if t.transport == Transport::Tls => {
+                    match shared
+                        .config
+                        .tls_peers
+                        .iter()
+                        .find(|(addr, _)| *addr == t.dst)
+                    {
+                        Some((_, client)) => {
+                            let client = client.clone();
+                            connect_out(shared, t, Some(client))
                         }
-                    });
+                        // Other TLS flows are only those clients opened: a
+                        // client's source port is no TLS server to connect
+                        // back to, and a secure target must not fall back to
+                        // another transport.
+                        None => flow_failed(shared, t.transport, t.dst, "no connection to reuse"),
+                    }
                 }
-                // TLS flows are only those clients opened: a client's
-                // source port is no TLS server to connect back to, and a
-                // secure target must not fall back to another transport.
                 None => flow_failed(shared, t.transport, t.dst, "no connection to reuse"),
             }
         }
     }
+}
+
+/// Opens a connection to `t.dst` (TLS when `tls` is given, checking the
+/// server's certificate) and sends `t` over it. The connection is
+/// registered before it is up, so what the core sends meanwhile queues
+/// behind `t` instead of opening a second one. It leaves from our SIP
+/// address's IP, which is what a federated peer knows us by.
+fn connect_out(shared: &Arc<Shared>, t: Transmit, tls: Option<TlsClient>) {
+    let (tx, out) = mpsc::channel(CONN_QUEUE);
+    // A new channel has room: `t` is the first message of the connection.
+    let _ = tx.try_send(t.bytes);
+    shared
+        .conns
+        .lock()
+        .expect("conns lock")
+        .insert((t.transport, t.dst), Conn { tx });
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let open = OpenConn::new(&shared.stats);
+        let (transport, dst) = (t.transport, t.dst);
+        let timeout = shared.config.tcp_message_timeout;
+        let local_ip = shared.config.sip_addr.ip();
+        let stream = match tokio::time::timeout(timeout, connect_from(local_ip, dst)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::warn!(%dst, ?transport, error = %e, "connect failed");
+                return connect_failed(&shared, transport, dst);
+            }
+            Err(_) => {
+                tracing::warn!(%dst, ?transport, "connect timed out");
+                return connect_failed(&shared, transport, dst);
+            }
+        };
+        let local = stream.local_addr().unwrap_or(shared.config.sip_addr);
+        let flow = Flow {
+            transport,
+            local,
+            peer: dst,
+        };
+        let Some(client) = tls else {
+            return connection(stream, flow, shared, out, open).await;
+        };
+        let connector = tokio_rustls::TlsConnector::from(client.config.clone());
+        match tokio::time::timeout(
+            timeout,
+            connector.connect(client.server_name.clone(), stream),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => {
+                tracing::info!(%dst, server_name = ?client.server_name, "tls connection to peer up");
+                connection(stream, flow, shared, out, open).await
+            }
+            Ok(Err(e)) => {
+                shared
+                    .stats
+                    .tls_handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%dst, server_name = ?client.server_name, error = %e, "tls handshake with peer failed");
+                connect_failed(&shared, transport, dst)
+            }
+            Err(_) => {
+                shared
+                    .stats
+                    .tls_handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%dst, "tls handshake with peer stalled");
+                connect_failed(&shared, transport, dst)
+            }
+        }
+    });
+}
+
+/// A TCP connection to `dst` from `local_ip` (any port), unless that is
+/// the unspecified address.
+async fn connect_from(local_ip: std::net::IpAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = if dst.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    if !local_ip.is_unspecified() && local_ip.is_ipv4() == dst.is_ipv4() {
+        socket.bind(SocketAddr::new(local_ip, 0))?;
+    }
+    socket.connect(dst).await
+}
+
+/// Forgets the queue of a connection that never came up and tells the core.
+fn connect_failed(shared: &Shared, transport: Transport, dst: SocketAddr) {
+    shared
+        .conns
+        .lock()
+        .expect("conns lock")
+        .remove(&(transport, dst));
+    flow_failed(shared, transport, dst, "could not connect");
 }
 
 /// Counts and logs an undeliverable message and tells the core, which

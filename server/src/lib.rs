@@ -8,6 +8,7 @@
 
 pub mod core;
 mod core_presence;
+pub mod federation;
 pub mod io;
 pub mod presence;
 mod proxy;
@@ -17,6 +18,7 @@ pub mod tls;
 pub mod ua;
 
 pub use core::{Core, CoreConfig, CoreStats, Event, Transmit, UserCredentials};
+pub use federation::FederationPeer;
 pub use io::{
     ArchiveAck, ArchiveRequest, CriticalArchive, Server, ServerConfig, ServerError, ServerStats,
     Tap, TlsListener, UserDirectory,

@@ -140,7 +140,7 @@ fn rank(code: u16) -> (u8, u8) {
     (class, u8::from(matches!(code, 408 | 480 | 487 | 503)))
 }
 
-fn effective_port(uri: &SipUri) -> u16 {
+pub(crate) fn effective_port(uri: &SipUri) -> u16 {
     uri.port.unwrap_or(
         if uri.scheme == "sips"
             || uri
@@ -192,6 +192,12 @@ impl Core {
     /// NAT), else an IP literal over the transport the URI asks for. Host
     /// names are not resolved: the core does no DNS.
     fn resolve(&self, now: Instant, uri: &SipUri) -> Option<Hop> {
+        if let Some(peer) = self.federation_peer(uri) {
+            return Some(Hop {
+                transport: peer.transport,
+                dst: peer.addr,
+            });
+        }
         let secure = requires_tls(&uri.to_string());
         let port = effective_port(uri);
         let bound = self.bindings.all_live(now).find(|b| {
@@ -283,6 +289,25 @@ impl Core {
         let Some(ruri) = msg.request_uri().and_then(|u| SipUri::parse(u).ok()) else {
             return Err(Refusal::new(400, "Bad Request", "malformed Request-URI"));
         };
+        if let Some(peer) = self.federation_peer(&ruri) {
+            if !ours && !self.is_from_our_domain(msg) {
+                return Err(Refusal::new(
+                    403,
+                    "Forbidden",
+                    "request between two foreign domains",
+                ));
+            }
+            return Ok(Routing {
+                own_routes,
+                targets: vec![Target {
+                    request_uri: None,
+                    hop: Hop {
+                        transport: peer.transport,
+                        dst: peer.addr,
+                    },
+                }],
+            });
+        }
         if !self.is_local_uri(&ruri) {
             let bound = self.bindings.all_live(now).any(|b| {
                 SipUri::parse(&b.contact).is_ok_and(|c| {

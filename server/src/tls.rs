@@ -36,6 +36,8 @@ pub enum TlsError {
     HalfPair { present: PathBuf, missing: PathBuf },
     #[error("generating a self-signed certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("{0:?} is not a DNS name a certificate can be checked against")]
+    BadName(String),
     #[error("certificate and key are not usable for TLS: {0}")]
     Config(#[from] rustls::Error),
 }
@@ -183,7 +185,30 @@ pub struct TlsClient {
     pub server_name: rustls_pki_types::ServerName<'static>,
 }
 
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TlsClient {
+    /// A client trusting the certificates in `roots` (a peer's own
+    /// self-signed certificate, or the CAs that sign it), expecting the
+    /// server's certificate to name `domain`.
+    pub fn for_domain(
+        roots: &[CertificateDer<'static>],
+        domain: &str,
+    ) -> Result<TlsClient, TlsError> {
+        let server_name = rustls_pki_types::ServerName::try_from(domain.to_string())
+            .map_err(|_| TlsError::BadName(domain.to_string()))?;
+        Ok(TlsClient {
+            config: client_config_trusting(roots)?,
+            server_name,
+        })
+    }
+
     /// A client trusting exactly the certificates in `roots`, expecting
     /// the server's certificate to name the IP address `ip`.
     pub fn trusting(roots: &[CertificateDer<'static>], ip: IpAddr) -> Result<TlsClient, TlsError> {

@@ -93,12 +93,18 @@ impl ServeProcess {
 
     /// [`ServeProcess::start`] with extra `serve` arguments (e.g. `--hep 127.0.0.1:0`).
     pub fn start_with(data: &Path, config: Option<&str>, extra: &[&str]) -> ServeProcess {
+        Self::start_at(data, config, "127.0.0.1:0", extra)
+    }
+
+    /// [`ServeProcess::start_with`] on the SIP address `sip` (another
+    /// loopback address such as 127.0.0.2 for a second server).
+    pub fn start_at(data: &Path, config: Option<&str>, sip: &str, extra: &[&str]) -> ServeProcess {
         if let Some(c) = config {
             std::fs::create_dir_all(data).unwrap();
             std::fs::write(data.join("sipvault.toml"), c).unwrap();
         }
         let mut child = Command::new(bin())
-            .args(["serve", "--sip", "127.0.0.1:0"])
+            .args(["serve", "--sip", sip])
             .args(extra)
             .arg("--data")
             .arg(data)
@@ -320,6 +326,9 @@ pub fn sipp_register(remote: &str, user: &str, domain: &str, port: u16, what: &s
         "-ap",
         "secret",
         "-auth_uri",
+        domain,
+        "-key",
+        "domain",
         domain,
     ]
     .map(String::from);
