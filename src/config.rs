@@ -13,6 +13,7 @@ use sipvault_collector::{SegmentLimits, WalConfig};
 use sipvault_schemas::Transport;
 use sipvault_server::tls::{Origin, TlsClient, TlsIdentity, read_certificates};
 use sipvault_server::{FederationPeer, TlsListener};
+use sipvault_sip::digest::Algorithm;
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -126,6 +127,25 @@ pub struct SipConfig {
     pub max_tcp_connections: usize,
     /// UDP receive buffer to ask the kernel for (capped by net.core.rmem_max).
     pub udp_recv_buffer_bytes: usize,
+    /// Digest algorithms a REGISTER is challenged with, one challenge
+    /// each in this order (RFC 8760): "MD5", "SHA-256". Answers with
+    /// either are accepted whatever is offered.
+    pub digest_algorithms: Vec<DigestAlgorithm>,
+}
+
+/// A digest algorithm named in the config ("MD5" or "SHA-256").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct DigestAlgorithm(pub Algorithm);
+
+impl TryFrom<String> for DigestAlgorithm {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Algorithm::parse(&s)
+            .map(DigestAlgorithm)
+            .ok_or_else(|| format!("{s:?}: expected \"MD5\" or \"SHA-256\""))
+    }
 }
 
 impl Default for SipConfig {
@@ -147,6 +167,9 @@ impl Default for SipConfig {
             tcp_idle_timeout_secs: 3600,
             max_tcp_connections: 4096,
             udp_recv_buffer_bytes: 4 << 20,
+            // Clients that know only MD5 (SIPp 3.6, baresip 1.0) give up
+            // on a 401 that also offers SHA-256.
+            digest_algorithms: vec![DigestAlgorithm(Algorithm::Md5)],
         }
     }
 }
@@ -325,6 +348,14 @@ impl Config {
         Ok(toml::from_str(text)?)
     }
 
+    /// The digest algorithms to challenge with; at least one.
+    pub fn digest_algorithms(&self) -> anyhow::Result<Vec<Algorithm>> {
+        if self.sip.digest_algorithms.is_empty() {
+            bail!("sip.digest_algorithms is empty: nobody could register");
+        }
+        Ok(self.sip.digest_algorithms.iter().map(|a| a.0).collect())
+    }
+
     pub fn t1(&self) -> Duration {
         Duration::from_millis(self.sip.t1_ms)
     }
@@ -419,6 +450,21 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digest_algorithms_default_to_md5_and_take_sha256() {
+        let c = Config::default();
+        assert_eq!(c.digest_algorithms().unwrap(), vec![Algorithm::Md5]);
+        let c = Config::parse("[sip]\ndigest_algorithms = [\"SHA-256\", \"md5\"]\n").unwrap();
+        assert_eq!(
+            c.digest_algorithms().unwrap(),
+            vec![Algorithm::Sha256, Algorithm::Md5]
+        );
+        let c = Config::parse("[sip]\ndigest_algorithms = []\n").unwrap();
+        assert!(c.digest_algorithms().is_err(), "none at all");
+        let err = Config::parse("[sip]\ndigest_algorithms = [\"SHA-512\"]\n").unwrap_err();
+        assert!(format!("{err:#}").contains("SHA-256"), "{err:#}");
+    }
 
     #[test]
     fn federation_entries_are_parsed_and_checked() {

@@ -155,6 +155,7 @@ impl Running {
         };
         let mut settings = server_config(config, sip);
         settings.tls = config.tls_listener(data_dir, sip)?;
+        settings.core.digest_algorithms = config.digest_algorithms()?;
         let federation = config.federation(settings.tls.is_some())?;
         for peer in &federation.peers {
             tracing::info!(domain = %peer.domain, address = %peer.addr, transport = ?peer.transport, "federated domain");

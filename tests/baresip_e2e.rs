@@ -129,10 +129,15 @@ fn baresip_registers_publishes_messages_and_calls_through_the_server() {
         &data,
         "SELECT count(*) AS n FROM sip_messages WHERE status = 200 AND cseq_method = 'REGISTER' AND direction = 'out'",
     );
-    assert!(
-        registered[0]["n"].as_i64().unwrap_or(0) >= 3,
-        "alice (baresip), bob and carol registered: {registered:?}"
-    );
+    if registered[0]["n"].as_i64().unwrap_or(0) < 3 {
+        let exchange = sql_rows(
+            &data,
+            "SELECT direction, CAST(raw AS VARCHAR) AS raw FROM sip_messages WHERE cseq_method = 'REGISTER' ORDER BY time",
+        );
+        panic!(
+            "alice (baresip), bob and carol registered: {registered:?}\nREGISTER exchange:\n{exchange:#?}\nbaresip:\n{baresip_log}"
+        );
+    }
     let ims = sql_rows(
         &data,
         "SELECT sender, body, delivery_status FROM im_messages",

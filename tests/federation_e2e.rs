@@ -327,10 +327,8 @@ async fn two_federated_servers_exchange_messages_presence_and_a_call_over_tls() 
     for (data, name, with_peer) in [(&data_a, "a.example", at_a), (&data_b, "b.example", at_b)] {
         let between = sql_rows(
             data,
-            &format!(
-                "SELECT DISTINCT COALESCE(method, cseq_method) AS m FROM sip_messages \
-                 WHERE lower(transport) = 'tls' ORDER BY m"
-            ),
+            "SELECT DISTINCT COALESCE(method, cseq_method) AS m FROM sip_messages \
+             WHERE lower(transport) = 'tls' ORDER BY m",
         );
         let methods: Vec<&str> = between.iter().filter_map(|r| r["m"].as_str()).collect();
         for m in ["ACK", "BYE", "INVITE", "MESSAGE", "NOTIFY", "SUBSCRIBE"] {

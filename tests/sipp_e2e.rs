@@ -282,3 +282,67 @@ fn sipp_register_and_message_are_relayed_archived_and_searchable() {
     );
     assert_eq!(csv.trim(), format!("n\n{MESSAGES}"), "sql count");
 }
+
+/// RFC 8760 over real sockets: configured to, the server's 401 offers MD5
+/// and SHA-256; a SHA-256 client and an MD5-only client both register,
+/// and the archived REGISTERs show which algorithm each used. (SIPp 3.6,
+/// used above, knows only MD5 and refuses a 401 that offers SHA-256 too.)
+#[tokio::test]
+async fn sha256_and_md5_digest_clients_both_register() {
+    use sipvault_schemas::Transport;
+    use sipvault_server::ua::UserAgent;
+    use sipvault_sip::digest::Algorithm;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    add_users(&data, "digest.test", &[("alice", "a-pw"), ("bob", "b-pw")]);
+    let server = ServeProcess::start(
+        &data,
+        Some("[sip]\ndomain = \"digest.test\"\ndigest_algorithms = [\"MD5\", \"SHA-256\"]\n"),
+    );
+    let mut alice = UserAgent::connect(Transport::Udp, server.addr, "alice", "digest.test", "a-pw")
+        .await
+        .expect("alice UA");
+    let mut bob = UserAgent::connect(Transport::Tcp, server.addr, "bob", "digest.test", "b-pw")
+        .await
+        .expect("bob UA");
+    bob.digest = Some(Algorithm::Md5);
+    assert_eq!(alice.register(600).await.unwrap(), 200, "SHA-256 REGISTER");
+    assert_eq!(bob.register(600).await.unwrap(), 200, "MD5 REGISTER");
+    let mut wrong = UserAgent::connect(Transport::Udp, server.addr, "bob", "digest.test", "nope")
+        .await
+        .expect("UA with a wrong password");
+    assert_eq!(
+        wrong.register(600).await.unwrap(),
+        403,
+        "SHA-256 with a wrong password"
+    );
+    alice.close().await;
+    bob.close().await;
+    wrong.close().await;
+    server.stop();
+
+    let rows = common::sql_rows(
+        &data,
+        "SELECT from_uri, status, CAST(raw AS VARCHAR) AS raw FROM sip_messages WHERE cseq_method = 'REGISTER' ORDER BY time",
+    );
+    let raw_of = |r: &serde_json::Value| r["raw"].as_str().unwrap_or_default().to_string();
+    let authorized = |user: &str, alg: &str| {
+        rows.iter().any(|r| {
+            r["from_uri"] == format!("sip:{user}@digest.test")
+                && raw_of(r).contains("Authorization: Digest")
+                && raw_of(r).contains(&format!("algorithm={alg}"))
+        })
+    };
+    assert!(
+        authorized("alice", "SHA-256"),
+        "alice answered with SHA-256: {rows:?}"
+    );
+    assert!(authorized("bob", "MD5"), "bob answered with MD5: {rows:?}");
+    assert!(
+        rows.iter().any(|r| r["status"] == 401
+            && raw_of(r).contains("algorithm=SHA-256")
+            && raw_of(r).contains("algorithm=MD5")),
+        "the 401 offers both algorithms: {rows:?}"
+    );
+}

@@ -55,6 +55,12 @@ pub struct CoreConfig {
     pub default_expires: u32,
     /// How long a nonce from a challenge stays valid.
     pub nonce_ttl: Duration,
+    /// Digest algorithms a REGISTER is challenged with, one challenge
+    /// each, in this order (RFC 8760). Answers with either algorithm are
+    /// checked whatever is offered. MD5 alone by default: clients that
+    /// know only MD5 (SIPp 3.6, baresip 1.0) give up on a 401 that also
+    /// offers SHA-256.
+    pub digest_algorithms: Vec<Algorithm>,
     /// Seed for tags, branches and nonces (random in production, fixed in tests).
     pub seed: u64,
     /// `Retry-After` of the 503 that refuses an IM the archive could not
@@ -81,6 +87,7 @@ impl Default for CoreConfig {
             max_expires: 7200,
             default_expires: 3600,
             nonce_ttl: Duration::from_secs(300),
+            digest_algorithms: vec![Algorithm::Md5],
             seed: 0x5eed,
             archive_retry_after: Duration::from_secs(5),
             presence_allow: HashMap::new(),
@@ -638,24 +645,28 @@ impl Core {
         }
     }
 
+    /// A 401 with one digest challenge per configured algorithm, in the
+    /// configured order, under one nonce (RFC 8760).
     fn challenge(&mut self, now: Instant, key: &str, req: &SipMessage, stale: bool) {
         let nonce = format!("{}{}", self.token(), self.token());
         self.nonces.issue(nonce.clone(), now);
-        let ch = Challenge {
-            realm: self.config.domain.clone(),
-            nonce,
-            algorithm: Algorithm::Md5,
-            qop: Some("auth".into()),
-            opaque: None,
-            stale,
-        };
-        self.respond(
-            key,
-            req,
-            401,
-            "Unauthorized",
-            &[("WWW-Authenticate".into(), ch.to_header_value())],
-        );
+        let challenges: Vec<(String, String)> = self
+            .config
+            .digest_algorithms
+            .iter()
+            .map(|&algorithm| {
+                let ch = Challenge {
+                    realm: self.config.domain.clone(),
+                    nonce: nonce.clone(),
+                    algorithm,
+                    qop: Some("auth".into()),
+                    opaque: None,
+                    stale,
+                };
+                ("WWW-Authenticate".to_string(), ch.to_header_value())
+            })
+            .collect();
+        self.respond(key, req, 401, "Unauthorized", &challenges);
     }
 
     fn on_register(

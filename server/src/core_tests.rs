@@ -450,14 +450,31 @@ fn register_with_digest_gets_200_and_binding() {
         Some(sim.core.config().default_expires),
         "Expires defaults to default_expires"
     );
-    // SHA-256 credentials are accepted too.
+    // By default the 401 offers MD5 only; configured, MD5 and SHA-256
+    // with the same nonce (RFC 8760), and an answer to the SHA-256
+    // challenge is accepted.
     let req = sim.register_req("bob", bob_addr(), "<sip:bob@10.0.0.2>", Some(600), None);
-    let mut ch = challenge_of(&only_response(
-        sim.udp(bob_addr(), &req),
-        bob_addr(),
-        "bob REGISTER",
-    ));
-    ch.algorithm = Algorithm::Sha256;
+    let resp = only_response(sim.udp(bob_addr(), &req), bob_addr(), "bob REGISTER");
+    assert_eq!(
+        resp.header_all("www-authenticate").len(),
+        1,
+        "MD5 only by default"
+    );
+    sim.core.config.digest_algorithms = vec![Algorithm::Md5, Algorithm::Sha256];
+    let req = sim.register_req("bob", bob_addr(), "<sip:bob@10.0.0.2>", Some(600), None);
+    let resp = only_response(sim.udp(bob_addr(), &req), bob_addr(), "bob REGISTER");
+    let offered: Vec<Challenge> = resp
+        .header_all("www-authenticate")
+        .into_iter()
+        .map(|h| Challenge::parse(h).expect("a digest challenge"))
+        .collect();
+    assert_eq!(
+        offered.iter().map(|c| c.algorithm).collect::<Vec<_>>(),
+        vec![Algorithm::Md5, Algorithm::Sha256],
+        "one challenge per algorithm"
+    );
+    assert_eq!(offered[0].nonce, offered[1].nonce, "one nonce for both");
+    let ch = offered[1].clone();
     let auth = authorize(
         &ch,
         "bob",

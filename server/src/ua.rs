@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sipvault_schemas::Transport;
-use sipvault_sip::digest::{Challenge, authorize};
+use sipvault_sip::digest::{Algorithm, Challenge, authorize};
 use sipvault_sip::{MessageBuilder, SipMessage, StreamFramer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -77,6 +77,9 @@ pub struct UserAgent {
     counter: u64,
     /// How long to wait for a final response.
     pub timeout: Duration,
+    /// The digest algorithm to answer challenges with; `None`: the
+    /// strongest the server offers.
+    pub digest: Option<Algorithm>,
 }
 
 impl UserAgent {
@@ -170,6 +173,7 @@ impl UserAgent {
             cseq: 0,
             counter: 0,
             timeout: Duration::from_secs(5),
+            digest: None,
         })
     }
 
@@ -221,10 +225,7 @@ impl UserAgent {
             if code != 401 || auth.is_some() {
                 return Ok(code);
             }
-            let header = resp
-                .header("WWW-Authenticate")
-                .ok_or_else(|| UaError::Auth("401 without WWW-Authenticate".into()))?;
-            let ch = Challenge::parse(header).map_err(|e| UaError::Auth(e.to_string()))?;
+            let ch = self.pick_challenge(&resp)?;
             let cnonce = format!("{:08x}", rand::random::<u32>());
             auth = Some(authorize(
                 &ch,
@@ -236,6 +237,22 @@ impl UserAgent {
             ));
         }
         Ok(401)
+    }
+
+    /// The challenge of a 401 to answer: the one of [`UserAgent::digest`]
+    /// if set, else the strongest offered (SHA-256 over MD5).
+    fn pick_challenge(&self, resp: &SipMessage) -> Result<Challenge, UaError> {
+        let offered: Vec<Challenge> = resp
+            .header_all("www-authenticate")
+            .into_iter()
+            .filter_map(|h| Challenge::parse(h).ok())
+            .collect();
+        let wanted = |alg: Algorithm| offered.iter().find(|c| c.algorithm == alg).cloned();
+        match self.digest {
+            Some(alg) => wanted(alg),
+            None => wanted(Algorithm::Sha256).or_else(|| wanted(Algorithm::Md5)),
+        }
+        .ok_or_else(|| UaError::Auth("401 without a usable digest challenge".into()))
     }
 
     /// Sends one page-mode MESSAGE to `to_user` and returns the final status.
