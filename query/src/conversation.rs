@@ -368,6 +368,10 @@ mod tests {
         assert!(sql.contains("'sip:room-o''brien@example.com'"), "{sql}");
         assert!(sql.contains("date >= '2023-11-14'"), "{sql}");
         assert!(sql.contains("LIMIT 20"), "{sql}");
+        assert!(
+            sql.contains("NOT starts_with(body, '/history')"),
+            "commands are no posts: {sql}"
+        );
         assert_eq!(
             req.describe(),
             "sip:room-o'brien@example.com --last 20 --since 2023-11-14T22:13:20.000Z"
