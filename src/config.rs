@@ -74,6 +74,9 @@ pub struct RoomsConfig {
     pub posts_per_second_per_member: std::num::NonZeroU32,
     /// Posts a member may make at once before that rate applies. At least 1.
     pub burst_per_member: std::num::NonZeroU32,
+    /// Newest posts per room `serve` keeps in memory for `/history` over
+    /// SIP, loaded from the archive at start. 0 keeps none.
+    pub history_posts: usize,
 }
 
 impl Default for RoomsConfig {
@@ -82,6 +85,7 @@ impl Default for RoomsConfig {
         RoomsConfig {
             posts_per_second_per_member: defaults.posts_per_second,
             burst_per_member: defaults.burst,
+            history_posts: defaults.history_posts,
         }
     }
 }
@@ -562,18 +566,26 @@ mod tests {
         assert_eq!(
             (
                 r.posts_per_second_per_member.get(),
-                r.burst_per_member.get()
+                r.burst_per_member.get(),
+                r.history_posts
             ),
-            (5, 10)
+            (5, 10, 1000)
         );
-        let c = Config::parse("[rooms]\nposts_per_second_per_member = 1\nburst_per_member = 3\n")
-            .unwrap();
+        let c = Config::parse(
+            "[rooms]\nposts_per_second_per_member = 1\nburst_per_member = 3\nhistory_posts = 50\n",
+        )
+        .unwrap();
         assert_eq!(
             (
                 c.rooms.posts_per_second_per_member.get(),
-                c.rooms.burst_per_member.get()
+                c.rooms.burst_per_member.get(),
+                c.rooms.history_posts
             ),
-            (1, 3)
+            (1, 3, 50)
+        );
+        assert!(
+            Config::parse("[rooms]\nhistory_posts = -1\n").is_err(),
+            "a negative history size"
         );
         assert!(
             Config::parse("[rooms]\nposts_per_second_per_member = 0\n").is_err(),

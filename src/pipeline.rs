@@ -19,8 +19,8 @@ use sipvault_indexer::{ImIndex, IndexDoc};
 use sipvault_query::reindex::{SegmentRef, indexable_segments, read_segment_docs, repair_index};
 use sipvault_schemas::TABLE_IM_MESSAGES;
 use sipvault_server::{
-    CoreConfig, CriticalArchive, RoomConfig, RoomDirectory, Server, ServerConfig, UserCredentials,
-    UserDirectory,
+    CoreConfig, CriticalArchive, RoomConfig, RoomDirectory, RoomInfo, Server, ServerConfig,
+    UserCredentials, UserDirectory,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -60,6 +60,7 @@ pub fn server_config(config: &Config, sip: SocketAddr) -> ServerConfig {
             rooms: RoomConfig {
                 posts_per_second: config.rooms.posts_per_second_per_member,
                 burst: config.rooms.burst_per_member,
+                history_posts: config.rooms.history_posts,
             },
             ..CoreConfig::default()
         },
@@ -113,14 +114,48 @@ async fn load_rooms(catalog: &Catalog, domain: &str) -> anyhow::Result<RoomDirec
         .await?
         .into_iter()
         .filter(|r| r.domain.eq_ignore_ascii_case(domain))
-        .map(|r| (r.name, Default::default()))
+        .map(|r| {
+            let info = RoomInfo {
+                private: r.private,
+                ..RoomInfo::default()
+            };
+            (r.name, info)
+        })
         .collect();
     for m in catalog.room_members(None).await? {
-        if let Some(members) = rooms.get_mut(&m.room) {
-            members.insert(m.user, m.role);
+        if let Some(room) = rooms.get_mut(&m.room) {
+            room.members.insert(m.user, m.role);
         }
     }
     Ok(rooms)
+}
+
+/// Gives the core the newest `[rooms] history_posts` posts of each room of
+/// `domain` from the archive, so `/history` over SIP reaches back past a
+/// restart. A room whose history cannot be read starts without one.
+async fn seed_room_histories(
+    data_dir: &Path,
+    catalog: &Catalog,
+    domain: &str,
+    last: usize,
+    users: &UserDirectory,
+) -> anyhow::Result<()> {
+    if last == 0 {
+        return Ok(());
+    }
+    for room in catalog.list_rooms().await? {
+        if !room.domain.eq_ignore_ascii_case(domain) {
+            continue;
+        }
+        match crate::rooms::archived_posts(data_dir, &room.uri(), last).await {
+            Ok(posts) if posts.is_empty() => {}
+            Ok(posts) => users.seed_room_history(room.name, posts).await,
+            Err(e) => {
+                tracing::warn!(room = %room.name, error = %e, "reading the room's history from the archive failed")
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Running {
@@ -178,6 +213,14 @@ impl Running {
         users
             .replace_rooms(load_rooms(&catalog, &config.sip.domain).await?)
             .await;
+        seed_room_histories(
+            data_dir,
+            &catalog,
+            &config.sip.domain,
+            config.rooms.history_posts,
+            &users,
+        )
+        .await?;
         tracing::info!(
             "sipvault listening sip_udp={} sip_tcp={} sip_tls={} domain={} data={}",
             server.udp_addr,

@@ -7,19 +7,23 @@ use std::sync::Arc;
 
 use anyhow::bail;
 use arrow_array::builder::StringBuilder;
-use arrow_array::{ArrayRef, RecordBatch, TimestampNanosecondArray};
+use arrow_array::cast::AsArray;
+use arrow_array::types::TimestampNanosecondType;
+use arrow_array::{Array, ArrayRef, RecordBatch, TimestampNanosecondArray};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use clap::{Args, Subcommand};
 use sipvault_catalog::{Catalog, MemberChange, Room, RoomRole};
-use sipvault_query::OutputFormat;
 use sipvault_query::conversation::{RoomHistoryRequest, room_history_stream};
+use sipvault_query::{OutputFormat, QueryLimits};
+use sipvault_server::RoomPost;
 
 use crate::config::Config;
 
 #[derive(Subcommand)]
 pub enum RoomCommand {
     /// Create a persistent chat room; members post to its SIP URI
-    /// sip:room-NAME@DOMAIN and every other registered member receives the post.
+    /// sip:room-NAME@DOMAIN and every other member receives the post
+    /// (as a NOTIFY when subscribed to the room, else as a MESSAGE).
     #[command(
         after_help = "Room names are lowercase letters, digits, '-', '_' and '.'.\n\nExamples:\n  sipvault room create budget --topic 'Q3 budget' --category finance\n  sipvault room create board --topic 'Board only' --private"
     )]
@@ -31,8 +35,9 @@ pub enum RoomCommand {
         /// A grouping for listing rooms (e.g. a department).
         #[arg(long)]
         category: Option<String>,
-        /// Mark the room private (recorded and shown; posting and receiving
-        /// need membership in every room).
+        /// Make the room private: only members may subscribe to it or read
+        /// its history over SIP (in a public room any user of the domain
+        /// may). Posting needs the owner or member role in every room.
         #[arg(long)]
         private: bool,
         /// SIP domain of the room's URI [default: sip.domain from the config].
@@ -135,6 +140,59 @@ pub async fn history(data: &Path, args: &HistoryArgs, now_ns: i64) -> anyhow::Re
         crate::queries::write_to_stdout(stream, format).await
     })
     .await?)
+}
+
+/// The newest `last` posts of the room with URI `room_uri` in the archive,
+/// oldest first, as the server keeps them for `/history` over SIP: the same
+/// query as `room history`.
+pub async fn archived_posts(
+    data: &Path,
+    room_uri: &str,
+    last: usize,
+) -> anyhow::Result<Vec<RoomPost>> {
+    let req = RoomHistoryRequest {
+        room_uri: room_uri.to_string(),
+        since_ns: None,
+        last: Some(last),
+    };
+    let stream = room_history_stream(data, &req, &QueryLimits::default()).await?;
+    let mut posts = Vec::new();
+    for batch in sipvault_query::collect_stream(stream).await? {
+        let (Some(time), Some(sender), Some(body)) = (
+            batch
+                .column_by_name("time")
+                .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>()),
+            batch.column_by_name("sender"),
+            batch.column_by_name("body"),
+        ) else {
+            bail!("room history columns are not time, sender, body");
+        };
+        for row in 0..batch.num_rows() {
+            posts.push(RoomPost {
+                time_ns: time.value(row),
+                sender: text_at(sender, row).unwrap_or_default(),
+                text: text_at(body, row).unwrap_or_default(),
+            });
+        }
+    }
+    Ok(posts)
+}
+
+/// The text in row `row` of a string column (Utf8, or the view type
+/// DataFusion may read Parquet strings as).
+fn text_at(column: &ArrayRef, row: usize) -> Option<String> {
+    if column.is_null(row) {
+        return None;
+    }
+    if let Some(a) = column.as_string_opt::<i32>() {
+        return Some(a.value(row).to_string());
+    }
+    if let Some(a) = column.as_string_view_opt() {
+        return Some(a.value(row).to_string());
+    }
+    column
+        .as_string_opt::<i64>()
+        .map(|a| a.value(row).to_string())
 }
 
 /// Runs a room command that changes or shows the catalog; `by` is who

@@ -453,3 +453,184 @@ async fn room_posts_fan_out_refusals_rate_limit_history_and_search() {
     );
     assert!(sipvault(data, &["search", "room:lunch budget", "--format", "json"]).trim() == "[]");
 }
+
+/// NOTIFYs `ua` receives until one has a body containing `needle`
+/// (bounded); returns it.
+async fn notify_with(
+    ua: &mut sipvault_server::ua::UserAgent,
+    needle: &str,
+    who: &str,
+) -> sipvault_server::ua::ReceivedNotify {
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        for n in ua.notifies() {
+            if n.body.contains(needle) {
+                return n;
+            }
+            seen.push(n);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{who} got no NOTIFY with {needle:?}; got {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_subscribers_get_posts_and_membership_changes_as_notify_history_over_sip_private_rooms_refuse_outsiders()
+ {
+    use sipvault_schemas::Transport;
+    use sipvault_server::ua::UserAgent;
+
+    const BOARD_URI: &str = "sip:room-board@example.com";
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    add_users(
+        data,
+        DOMAIN,
+        &[
+            ("alice", "alice-pw"),
+            ("bob", "bob-pw"),
+            ("carol", "carol-pw"),
+            ("dave", "dave-pw"),
+            ("erin", "erin-pw"),
+        ],
+    );
+    let config = format!("[sip]\ndomain = \"{DOMAIN}\"\n[rooms]\nhistory_posts = 50\n");
+    std::fs::write(data.join("sipvault.toml"), &config).unwrap();
+    sipvault(data, &["room", "create", "budget", "--topic", "Q3 budget"]);
+    sipvault(
+        data,
+        &["room", "create", "board", "--topic", "Board", "--private"],
+    );
+    for (room, user, role) in [
+        ("budget", "alice", "owner"),
+        ("budget", "bob", "member"),
+        ("budget", "carol", "read-only"),
+        ("board", "alice", "owner"),
+    ] {
+        sipvault(data, &["room", "add-member", room, user, "--role", role]);
+    }
+    let server = common::ServeProcess::start(data, None);
+    let connect = |transport, user: &'static str, addr| async move {
+        let mut ua = UserAgent::connect(transport, addr, user, DOMAIN, &format!("{user}-pw"))
+            .await
+            .expect("user agent");
+        assert_eq!(ua.register(600).await.expect("REGISTER"), 200, "{user}");
+        ua
+    };
+    let mut alice = connect(Transport::Udp, "alice", server.addr).await;
+    let mut bob = connect(Transport::Tcp, "bob", server.addr).await;
+    let mut carol = connect(Transport::Udp, "carol", server.addr).await;
+    let mut erin = connect(Transport::Udp, "erin", server.addr).await;
+
+    // Members subscribe and get the room's full state.
+    for (ua, who) in [
+        (&mut alice, "alice"),
+        (&mut bob, "bob"),
+        (&mut carol, "carol"),
+    ] {
+        assert_eq!(ua.subscribe(ROOM_URI, "chat-room", 600).await.unwrap(), 200);
+        let n = notify_with(ua, "state=\"full\"", who).await;
+        assert_eq!(n.event, "chat-room");
+        assert!(n.subscription_state.starts_with("active"), "{n:?}");
+        assert_eq!(n.content_type, "application/vnd.sipvault.chat-room+xml");
+        assert!(
+            n.body
+                .contains("<member uri=\"sip:carol@example.com\" role=\"read-only\"/>"),
+            "{n:?}"
+        );
+    }
+    // erin is no member: the private room is closed to her, the public
+    // one open for reading.
+    assert_eq!(
+        erin.subscribe(BOARD_URI, "chat-room", 600).await.unwrap(),
+        403
+    );
+    assert_eq!(erin.message_to(BOARD_URI, "/history").await.unwrap(), 403);
+    assert_eq!(
+        erin.subscribe(ROOM_URI, "chat-room", 600).await.unwrap(),
+        200
+    );
+    notify_with(&mut erin, "state=\"full\"", "erin").await;
+
+    // A post reaches every subscriber as a NOTIFY, and no one as MESSAGE.
+    let body = "budget is due friday";
+    assert_eq!(alice.message_to(ROOM_URI, body).await.unwrap(), 200);
+    let post = format!("<post sender=\"sip:alice@{DOMAIN}\" time=\"");
+    for (ua, who) in [
+        (&mut alice, "alice"),
+        (&mut bob, "bob"),
+        (&mut carol, "carol"),
+        (&mut erin, "erin"),
+    ] {
+        let n = notify_with(ua, &post, who).await;
+        assert!(n.body.contains(&format!("\">{body}</post>")), "{n:?}");
+        assert!(n.body.contains("state=\"partial\""), "{n:?}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for (ua, who) in [(&mut bob, "bob"), (&mut carol, "carol")] {
+        assert!(
+            ua.received().is_empty(),
+            "{who} is subscribed: no MESSAGE copy"
+        );
+    }
+
+    // A member added with the CLI while serving: every subscriber is told
+    // once the server has reloaded the catalog.
+    sipvault(data, &["room", "add-member", "budget", "dave"]);
+    let added = "<member uri=\"sip:dave@example.com\" role=\"member\" change=\"added\"/>";
+    for (ua, who) in [
+        (&mut alice, "alice"),
+        (&mut bob, "bob"),
+        (&mut carol, "carol"),
+        (&mut erin, "erin"),
+    ] {
+        notify_with(ua, added, who).await;
+    }
+
+    // History over SIP: 200, then one MESSAGE from the room with the posts.
+    assert_eq!(bob.message_to(ROOM_URI, "/history 10").await.unwrap(), 200);
+    let reply = receive(&mut bob, 1, "bob").await;
+    assert_eq!(reply[0].from, ROOM_URI);
+    assert!(
+        reply[0]
+            .body
+            .ends_with(&format!(" sip:alice@{DOMAIN}: {body}\n")),
+        "{:?}",
+        reply[0].body
+    );
+    assert_eq!(reply[0].body.lines().count(), 1, "{:?}", reply[0].body);
+    assert_eq!(
+        bob.message_to(ROOM_URI, "/history last week")
+            .await
+            .unwrap(),
+        400
+    );
+    for ua in [alice, bob, carol, erin] {
+        ua.close().await;
+    }
+    server.stop();
+
+    // The archive's room history holds the post, not the command.
+    let history = sipvault(data, &["room", "history", "budget", "--format", "csv"]);
+    let bodies: Vec<&str> = history
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(2).unwrap())
+        .collect();
+    assert_eq!(bodies, [body]);
+
+    // After a restart the server's history comes from the archive.
+    let server = common::ServeProcess::start(data, None);
+    let mut dave = connect(Transport::Udp, "dave", server.addr).await;
+    assert_eq!(dave.message_to(ROOM_URI, "/history").await.unwrap(), 200);
+    let reply = receive(&mut dave, 1, "dave").await;
+    assert!(
+        reply[0]
+            .body
+            .ends_with(&format!(" sip:alice@{DOMAIN}: {body}\n")),
+        "{:?}",
+        reply[0].body
+    );
+    dave.close().await;
+    server.stop();
+}

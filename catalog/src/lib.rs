@@ -168,8 +168,9 @@ pub struct Room {
     pub domain: String,
     pub topic: String,
     pub category: Option<String>,
-    /// A room clients should not advertise. Recorded and shown; posting
-    /// and receiving need membership in every room alike.
+    /// Read (subscribed to, its history asked for over SIP) by its members
+    /// only; a public room is read by any user of its domain. Posting
+    /// needs membership in every room alike.
     pub private: bool,
     pub created_ns: i64,
 }
@@ -187,6 +188,11 @@ impl Room {
 
 /// Prefix of a room's SIP user part: room `budget` is `sip:room-budget@DOMAIN`.
 pub const ROOM_USER_PREFIX: &str = "room-";
+
+/// A MESSAGE to a room whose body starts with this is a command asking for
+/// the room's history, not a post: the server answers it and the archive's
+/// room history leaves it out.
+pub const ROOM_HISTORY_COMMAND: &str = "/history";
 
 /// Whether `name` may name a room: it becomes part of a SIP URI and a
 /// search key, so plain lowercase characters only.

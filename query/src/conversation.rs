@@ -292,8 +292,9 @@ pub struct RoomHistoryRequest {
 }
 
 /// A post is an IM addressed to the room that the server accepted (2xx):
-/// refused attempts (403, 503) stay in the archive but are not posts. The
-/// newest `{limit}` are taken, then shown oldest first.
+/// refused attempts (403, 503) stay in the archive but are not posts, nor
+/// are `/history` commands (answered, never passed on). The newest
+/// `{limit}` are taken, then shown oldest first.
 const ROOM_HISTORY_SQL: &str = "\
 SELECT time, sender, body, key FROM (
     SELECT
@@ -305,6 +306,7 @@ SELECT time, sender, body, key FROM (
         cseq
     FROM im_messages
     WHERE {in_range} AND array_has(recipients, {room}) AND status BETWEEN 200 AND 299
+        AND NOT starts_with(body, {command})
     ORDER BY time DESC, call_id DESC, cseq DESC
     {limit}
 ) ORDER BY time, call_id, cseq";
@@ -328,9 +330,11 @@ pub fn room_history_sql(req: &RoomHistoryRequest) -> Result<String, QueryError> 
     let room = sql_string(&user_uri(&req.room_uri)?);
     let in_range = time_range_predicate(req.since_ns, None);
     let limit = req.last.map(|n| format!("LIMIT {n}")).unwrap_or_default();
+    let command = sql_string(sipvault_catalog::ROOM_HISTORY_COMMAND);
     render(ROOM_HISTORY_SQL, |name| match name {
         "in_range" => Some(in_range.as_str()),
         "room" => Some(room.as_str()),
+        "command" => Some(command.as_str()),
         "limit" => Some(limit.as_str()),
         _ => None,
     })
@@ -364,6 +368,10 @@ mod tests {
         assert!(sql.contains("'sip:room-o''brien@example.com'"), "{sql}");
         assert!(sql.contains("date >= '2023-11-14'"), "{sql}");
         assert!(sql.contains("LIMIT 20"), "{sql}");
+        assert!(
+            sql.contains("NOT starts_with(body, '/history')"),
+            "commands are no posts: {sql}"
+        );
         assert_eq!(
             req.describe(),
             "sip:room-o'brien@example.com --last 20 --since 2023-11-14T22:13:20.000Z"

@@ -24,7 +24,8 @@ use crate::federation::FederationPeer;
 use crate::presence::{PresenceAgent, PresenceConfig};
 use crate::proxy::{CancelClient, InviteClient, InviteServer};
 use crate::registrar::{Binding, Bindings, NonceState, Nonces};
-use crate::rooms::{RoomConfig, Rooms};
+use crate::rooms::{CHAT_ROOM_EVENT, RoomConfig, Rooms};
+use crate::subscription::event_is;
 
 /// Option tags this server understands (for `Require`/`Proxy-Require`).
 pub const SUPPORTED: &[&str] = &["path", "outbound"];
@@ -68,7 +69,7 @@ pub struct CoreConfig {
     pub archive_retry_after: Duration,
     /// Who may watch whose presence (see [`PresenceConfig::allow`]).
     pub presence_allow: HashMap<String, Vec<String>>,
-    /// Post rate of room members (`rooms.rs`).
+    /// Post rate of room members and history kept (`rooms.rs`).
     pub rooms: RoomConfig,
     /// Federated domains and their servers (`federation.rs`).
     pub federation: Vec<FederationPeer>,
@@ -209,7 +210,7 @@ impl Core {
         );
         Core {
             presence,
-            rooms: Rooms::new(config.rooms.clone()),
+            rooms: Rooms::new(config.rooms.clone(), &config.domain),
             config,
             users: HashMap::new(),
             local: HashMap::new(),
@@ -569,9 +570,14 @@ impl Core {
                 self.on_proxied_non_invite(now, transport, peer, &key, msg)
             }
             "REGISTER" => self.on_register(now, transport, peer, &key, &msg),
-            "MESSAGE" if self.is_room_post(&msg) => self.on_room_post(now, peer, &key, msg),
+            "MESSAGE" if self.is_room_post(&msg) => {
+                self.on_room_post(now, transport, peer, &key, msg)
+            }
             "MESSAGE" => self.on_message(now, transport, peer, &key, msg),
             "CANCEL" => self.on_cancel(now, peer, &key, &msg),
+            "SUBSCRIBE" if event_is(&msg, CHAT_ROOM_EVENT) => {
+                self.on_room_subscribe(now, transport, peer, &key, &msg)
+            }
             "PUBLISH" | "SUBSCRIBE" => self.on_presence(now, transport, peer, &key, &msg, &method),
             // NOTIFY: of a subscription a subscriber of ours holds with a
             // peer's presence agent (sent back over the peer's flow).
@@ -940,7 +946,7 @@ impl Core {
             return;
         };
         let Some(status) = msg.status() else { return };
-        if self.presence_response(&msg) || self.room_response(&msg) {
+        if self.notify_response(&msg) || self.room_response(&msg) {
             return;
         }
         match msg.cseq().map(|(_, m)| m) {

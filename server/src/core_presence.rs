@@ -2,6 +2,8 @@
 //! served user are answered by [`crate::presence::PresenceAgent`], and its
 //! NOTIFYs leave in client transactions of their own (retransmitted on UDP,
 //! given up at 64·T1). Every one of them passes the tap like any message.
+//! The chat rooms' NOTIFYs (`rooms.rs`) leave the same way: both keep their
+//! subscriptions in a [`Notifier`].
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -10,6 +12,7 @@ use sipvault_schemas::Transport;
 use sipvault_sip::{MessageBuilder, SipMessage, SipUri};
 
 use crate::core::{Core, Transmit};
+use crate::subscription::{Notifier, Reply};
 
 impl Core {
     /// A PUBLISH or SUBSCRIBE (`method`) in server transaction `key`.
@@ -41,6 +44,19 @@ impl Core {
             self.presence
                 .subscribe(now, &presentity, req, transport, peer)
         };
+        self.answer_reply(peer, key, req, reply);
+        self.send_notifies(now);
+    }
+
+    /// Answers a PUBLISH or SUBSCRIBE with what its agent decided (an
+    /// error is also an event).
+    pub(crate) fn answer_reply(
+        &mut self,
+        peer: SocketAddr,
+        key: &str,
+        req: &SipMessage,
+        reply: Reply,
+    ) {
         if reply.code >= 300 {
             self.reject_event(peer, reply.code, reply.reason);
         }
@@ -52,51 +68,74 @@ impl Core {
             &reply.headers,
             reply.to_tag,
         );
-        self.send_notifies(now);
     }
 
-    /// Sends every NOTIFY the agent has queued, each with a Via of ours.
+    /// The subscriptions of an event package.
+    fn notifier(&mut self, package: Package) -> &mut Notifier {
+        match package {
+            Package::Presence => self.presence.watchers_mut(),
+            Package::ChatRoom => self.rooms.subscribers_mut(),
+        }
+    }
+
+    /// Sends every NOTIFY queued by the presence agent or the rooms, each
+    /// with a Via of ours, in a client transaction its notifier follows.
     pub(crate) fn send_notifies(&mut self, now: Instant) {
-        while let Some(notify) = self.presence.poll_notify() {
-            let Ok(parsed) = SipMessage::parse(&notify.request) else {
-                continue;
-            };
-            let (branch, via) = self.new_via(notify.transport);
-            let mut b = MessageBuilder::from_message(&parsed);
-            b.prepend_header("Via", &via);
-            let bytes = b.build();
-            self.presence
-                .sent(now, branch, &notify, bytes.clone(), self.config.t1);
-            self.transmits.push_back(Transmit {
-                transport: notify.transport,
-                dst: notify.dst,
-                bytes,
-            });
+        for package in [Package::Presence, Package::ChatRoom] {
+            while let Some(notify) = self.notifier(package).poll_notify() {
+                let Ok(parsed) = SipMessage::parse(&notify.request) else {
+                    continue;
+                };
+                let (branch, via) = self.new_via(notify.transport);
+                let mut b = MessageBuilder::from_message(&parsed);
+                b.prepend_header("Via", &via);
+                let bytes = b.build();
+                let t1 = self.config.t1;
+                self.notifier(package)
+                    .sent(now, branch, &notify, bytes.clone(), t1);
+                self.transmits.push_back(Transmit {
+                    transport: notify.transport,
+                    dst: notify.dst,
+                    bytes,
+                });
+            }
         }
     }
 
     /// True when `msg` answers one of our NOTIFYs (and was handled here).
-    pub(crate) fn presence_response(&mut self, msg: &SipMessage) -> bool {
+    pub(crate) fn notify_response(&mut self, msg: &SipMessage) -> bool {
         let branch = msg
             .vias()
             .first()
             .and_then(|v| v.branch().map(str::to_string));
-        match (branch, msg.status()) {
-            (Some(branch), Some(code)) => self.presence.response(&branch, code),
-            _ => false,
-        }
+        let (Some(branch), Some(code)) = (branch, msg.status()) else {
+            return false;
+        };
+        [Package::Presence, Package::ChatRoom]
+            .into_iter()
+            .any(|package| self.notifier(package).response(&branch, code))
     }
 
     /// Expiries of publications and subscriptions, NOTIFY retransmissions.
     pub(crate) fn presence_timeouts(&mut self, now: Instant) {
         self.presence.handle_timeout(now);
-        for (transport, dst, bytes) in self.presence.retransmissions(now, self.config.t2) {
-            self.transmits.push_back(Transmit {
-                transport,
-                dst,
-                bytes,
-            });
+        let t2 = self.config.t2;
+        for package in [Package::Presence, Package::ChatRoom] {
+            for (transport, dst, bytes) in self.notifier(package).retransmissions(now, t2) {
+                self.transmits.push_back(Transmit {
+                    transport,
+                    dst,
+                    bytes,
+                });
+            }
         }
         self.send_notifies(now);
     }
+}
+
+/// The event packages whose NOTIFYs the core sends.
+#[derive(Debug, Clone, Copy)]
+enum Package {
+    Presence,
+    ChatRoom,
 }

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::core::{Core, CoreConfig, Event, Transmit, UserCredentials};
-use crate::rooms::RoomDirectory;
+use crate::rooms::{RoomDirectory, RoomPost};
 use crate::tls::TlsClient;
 
 #[derive(Debug, thiserror::Error)]
@@ -290,6 +290,11 @@ enum Inbound {
     },
     Users(HashMap<String, UserCredentials>),
     Rooms(RoomDirectory),
+    /// A room's posts from the archive, oldest first.
+    RoomHistory {
+        room: String,
+        posts: Vec<RoomPost>,
+    },
     /// Nothing could be sent to `dst` over `transport`: no connection to
     /// reuse and none could be opened, or it went away.
     FlowFailed {
@@ -348,6 +353,12 @@ impl UserDirectory {
     /// Replaces the chat rooms and their members.
     pub async fn replace_rooms(&self, rooms: RoomDirectory) {
         let _ = self.tx.send(Inbound::Rooms(rooms)).await;
+    }
+
+    /// Gives the core the posts of `room` the archive kept (oldest first),
+    /// so `/history` reaches back past a restart.
+    pub async fn seed_room_history(&self, room: String, posts: Vec<RoomPost>) {
+        let _ = self.tx.send(Inbound::RoomHistory { room, posts }).await;
     }
 }
 
@@ -755,6 +766,11 @@ const INBOUND_BATCH: usize = 64;
 
 fn core_input(core: &mut Core, input: Inbound) {
     let now = Instant::now();
+    // Room posts are stamped with the wall clock, which the core never reads.
+    let unix_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    core.set_wall_clock(now, unix_ns);
     match input {
         Inbound::Message {
             transport,
@@ -767,7 +783,8 @@ fn core_input(core: &mut Core, input: Inbound) {
             bytes,
         } => core.handle_unarchived(now, transport, peer, &bytes),
         Inbound::Users(users) => core.set_users(users),
-        Inbound::Rooms(rooms) => core.set_rooms(rooms),
+        Inbound::Rooms(rooms) => core.set_rooms(now, rooms),
+        Inbound::RoomHistory { room, posts } => core.seed_room_history(&room, posts),
         Inbound::FlowFailed { transport, dst } => core.handle_flow_failed(now, transport, dst),
     }
 }

@@ -14,6 +14,7 @@ pub mod presence;
 mod proxy;
 pub mod registrar;
 pub mod rooms;
+mod subscription;
 pub mod tls;
 pub mod ua;
 
@@ -23,7 +24,7 @@ pub use io::{
     ArchiveAck, ArchiveRequest, CriticalArchive, Server, ServerConfig, ServerError, ServerStats,
     Tap, TlsListener, UserDirectory,
 };
-pub use rooms::{RoomConfig, RoomDirectory, RoomStats};
+pub use rooms::{RoomConfig, RoomDirectory, RoomInfo, RoomPost, RoomStats};
 pub use tls::{TlsError, TlsIdentity};
 
 #[cfg(test)]

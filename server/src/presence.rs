@@ -16,16 +16,22 @@
 //! none is `closed`). The core parses the requests, calls in here, turns
 //! [`Reply`] into the response of the request's server transaction and
 //! sends each [`Notify`] in a client transaction of its own; both pass the
-//! tap, so every presence change is archived like any other message.
+//! tap, so every presence change is archived like any other message. The
+//! dialogs and NOTIFY transactions are kept by a [`Notifier`], as are those
+//! of the chat rooms.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sipvault_schemas::Transport;
-use sipvault_sip::{MessageBuilder, SipMessage, SipUri};
+use sipvault_sip::{SipMessage, SipUri};
+
+use crate::subscription::{Intervals, Notifier, event_is};
+pub use crate::subscription::{Notify, Reply};
 
 pub const PIDF: &str = "application/pidf+xml";
+const EVENT: &str = "presence";
 
 #[derive(Debug, Clone)]
 pub struct PresenceConfig {
@@ -50,41 +56,14 @@ impl Default for PresenceConfig {
     }
 }
 
-/// The final response the core sends for a PUBLISH or SUBSCRIBE.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    pub code: u16,
-    pub reason: &'static str,
-    pub headers: Vec<(String, String)>,
-    /// Our To-tag: the dialog a new subscription creates.
-    pub to_tag: Option<String>,
-}
-
-impl Reply {
-    fn new(code: u16, reason: &'static str) -> Reply {
-        Reply {
-            code,
-            reason,
-            headers: Vec::new(),
-            to_tag: None,
+impl PresenceConfig {
+    fn intervals(&self) -> Intervals {
+        Intervals {
+            min: self.min_expires,
+            max: self.max_expires,
+            default: self.default_expires,
         }
     }
-
-    fn with(mut self, name: &str, value: impl Into<String>) -> Reply {
-        self.headers.push((name.to_string(), value.into()));
-        self
-    }
-}
-
-/// A NOTIFY to send: to `dst` over `transport`, without a Via (the core's
-/// client transaction adds it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notify {
-    pub transport: Transport,
-    pub dst: SocketAddr,
-    pub request: Vec<u8>,
-    /// The subscription's dialog (Call-ID), to match the response.
-    pub call_id: String,
 }
 
 struct Publication {
@@ -95,52 +74,15 @@ struct Publication {
     seq: u64,
 }
 
-/// A NOTIFY in flight: retransmitted on UDP (T1 doubling to T2) until its
-/// final response, given up at 64·T1.
-struct NotifyTxn {
-    call_id: String,
-    transport: Transport,
-    dst: SocketAddr,
-    request: Vec<u8>,
-    next_retransmit: Option<Instant>,
-    interval: Duration,
-    deadline: Instant,
-}
-
-struct Subscription {
-    presentity: String,
-    /// The subscriber's From URI and tag.
-    watcher_uri: String,
-    watcher_tag: String,
-    our_tag: String,
-    /// Where NOTIFYs go: the subscriber's Contact, over the SUBSCRIBE's flow.
-    target: String,
-    transport: Transport,
-    flow: SocketAddr,
-    cseq: u32,
-    expires_at: Instant,
-}
-
 /// Presence state of the server's users and their watchers.
 pub struct PresenceAgent {
     config: PresenceConfig,
     /// By presentity user.
     publications: HashMap<String, Vec<Publication>>,
-    /// By Call-ID of the SUBSCRIBE dialog.
-    subscriptions: BTreeMap<String, Subscription>,
-    notifies: VecDeque<Notify>,
-    /// NOTIFYs sent and not yet answered, by Via branch.
-    in_flight: HashMap<String, NotifyTxn>,
+    /// The watchers' subscriptions, each watching a presentity user.
+    watchers: Notifier,
     counter: u64,
     seed: u64,
-    /// The URI NOTIFYs carry as Contact.
-    contact: String,
-}
-
-fn event_is_presence(req: &SipMessage) -> bool {
-    req.header("Event")
-        .and_then(|e| e.split(';').next())
-        .is_some_and(|e| e.trim().eq_ignore_ascii_case("presence"))
 }
 
 fn user_of(uri: &str) -> Option<String> {
@@ -153,12 +95,9 @@ impl PresenceAgent {
         PresenceAgent {
             config,
             publications: HashMap::new(),
-            subscriptions: BTreeMap::new(),
-            notifies: VecDeque::new(),
-            in_flight: HashMap::new(),
+            watchers: Notifier::new(EVENT, contact),
             counter: 0,
             seed,
-            contact,
         }
     }
 
@@ -179,25 +118,24 @@ impl PresenceAgent {
     pub fn counts(&self) -> (usize, usize) {
         (
             self.publications.values().map(Vec::len).sum(),
-            self.subscriptions.len(),
+            self.watchers.len(),
         )
+    }
+
+    pub(crate) fn watchers_mut(&mut self) -> &mut Notifier {
+        &mut self.watchers
     }
 
     /// NOTIFYs waiting to be sent.
     pub fn poll_notify(&mut self) -> Option<Notify> {
-        self.notifies.pop_front()
+        self.watchers.poll_notify()
     }
 
     /// The earliest expiry of a publication or subscription, or NOTIFY
     /// retransmission or give-up.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let p = self.publications.values().flatten().map(|p| p.expires_at);
-        let s = self.subscriptions.values().map(|s| s.expires_at);
-        let n = self
-            .in_flight
-            .values()
-            .map(|t| t.next_retransmit.unwrap_or(t.deadline).min(t.deadline));
-        p.chain(s).chain(n).min()
+        p.chain(self.watchers.poll_timeout()).min()
     }
 
     /// Records a NOTIFY the core sent (`request` as sent, Via included).
@@ -209,33 +147,13 @@ impl PresenceAgent {
         request: Vec<u8>,
         t1: Duration,
     ) {
-        let reliable = notify.transport != Transport::Udp;
-        self.in_flight.insert(
-            branch,
-            NotifyTxn {
-                call_id: notify.call_id.clone(),
-                transport: notify.transport,
-                dst: notify.dst,
-                request,
-                next_retransmit: (!reliable).then(|| now + t1),
-                interval: t1,
-                deadline: now + t1 * 64,
-            },
-        );
+        self.watchers.sent(now, branch, notify, request, t1);
     }
 
     /// A response whose top Via branch is `branch`: true when it answers
     /// one of our NOTIFYs (then nothing else should look at it).
     pub fn response(&mut self, branch: &str, code: u16) -> bool {
-        if !self.in_flight.contains_key(branch) {
-            return false;
-        }
-        if code >= 200
-            && let Some(txn) = self.in_flight.remove(branch)
-        {
-            self.notify_answered(&txn.call_id, code);
-        }
-        true
+        self.watchers.response(branch, code)
     }
 
     /// NOTIFYs due for retransmission (transport, destination, bytes); those
@@ -245,48 +163,20 @@ impl PresenceAgent {
         now: Instant,
         t2: Duration,
     ) -> Vec<(Transport, SocketAddr, Vec<u8>)> {
-        let expired: Vec<String> = self
-            .in_flight
-            .iter()
-            .filter(|(_, t)| t.deadline <= now)
-            .map(|(b, _)| b.clone())
-            .collect();
-        for branch in expired {
-            if let Some(txn) = self.in_flight.remove(&branch) {
-                self.notify_answered(&txn.call_id, 408);
-            }
-        }
-        let mut out = Vec::new();
-        for txn in self.in_flight.values_mut() {
-            if let Some(at) = txn.next_retransmit.filter(|at| *at <= now) {
-                txn.interval = (txn.interval * 2).min(t2);
-                txn.next_retransmit = Some(at + txn.interval);
-                out.push((txn.transport, txn.dst, txn.request.clone()));
-            }
-        }
-        out
-    }
-
-    fn expires(&self, req: &SipMessage) -> Result<u32, Reply> {
-        let expires = req.expires().unwrap_or(self.config.default_expires);
-        if expires != 0 && expires < self.config.min_expires {
-            return Err(Reply::new(423, "Interval Too Brief")
-                .with("Min-Expires", self.config.min_expires.to_string()));
-        }
-        Ok(expires.min(self.config.max_expires))
+        self.watchers.retransmissions(now, t2)
     }
 
     /// A PUBLISH whose Request-URI names `presentity` (a known user).
     pub fn publish(&mut self, now: Instant, presentity: &str, req: &SipMessage) -> Reply {
-        if !event_is_presence(req) {
-            return Reply::new(489, "Bad Event").with("Allow-Events", "presence");
+        if !event_is(req, EVENT) {
+            return Reply::new(489, "Bad Event").with("Allow-Events", EVENT);
         }
         // Only a presentity publishes its own state.
         let publisher = req.from().and_then(|f| user_of(&f.uri));
         if publisher.as_deref() != Some(presentity) {
             return Reply::new(403, "Forbidden");
         }
-        let expires = match self.expires(req) {
+        let expires = match self.config.intervals().granted(req) {
             Ok(e) => e,
             Err(reply) => return reply,
         };
@@ -372,13 +262,7 @@ impl PresenceAgent {
         if self.state_of(presentity) == before {
             return;
         }
-        let ids: Vec<String> = self
-            .subscriptions
-            .iter()
-            .filter(|(_, s)| s.presentity == presentity)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in ids {
+        for id in self.watchers.watching(presentity) {
             self.notify(now, &id, None);
         }
     }
@@ -413,37 +297,28 @@ impl PresenceAgent {
         transport: Transport,
         flow: SocketAddr,
     ) -> Reply {
-        if !event_is_presence(req) {
-            return Reply::new(489, "Bad Event").with("Allow-Events", "presence");
+        if !event_is(req, EVENT) {
+            return Reply::new(489, "Bad Event").with("Allow-Events", EVENT);
         }
-        let (Some(call_id), Some(from)) = (req.call_id(), req.from()) else {
+        let (Some(_), Some(from)) = (req.call_id(), req.from()) else {
             return Reply::new(400, "Bad Request");
         };
-        let Some(watcher_tag) = from.tag().map(str::to_string) else {
+        if from.tag().is_none() {
             return Reply::new(400, "Bad Request");
-        };
-        let expires = match self.expires(req) {
+        }
+        let expires = match self.config.intervals().granted(req) {
             Ok(e) => e,
             Err(reply) => return reply,
         };
-        let in_dialog = req.to().and_then(|t| t.tag()).map(str::to_string);
-        let id = call_id.to_string();
-        if let Some(our_tag) = in_dialog {
+        if req.to().and_then(|t| t.tag()).is_some() {
             // Refresh or unsubscribe of an existing subscription.
-            let known = self
-                .subscriptions
-                .get(&id)
-                .is_some_and(|s| s.our_tag == our_tag && s.watcher_tag == watcher_tag);
-            if !known {
-                return Reply::new(481, "Call/Transaction Does Not Exist");
-            }
-            let s = self.subscriptions.get_mut(&id).expect("checked above");
-            s.expires_at = now + Duration::from_secs(expires.into());
-            s.flow = flow;
-            s.transport = transport;
+            let id = match self.watchers.refresh(now, req, expires, transport, flow) {
+                Ok(id) => id,
+                Err(reply) => return reply,
+            };
             if expires == 0 {
                 self.notify(now, &id, Some("terminated"));
-                self.subscriptions.remove(&id);
+                self.watchers.remove(&id);
             } else {
                 self.notify(now, &id, None);
             }
@@ -452,87 +327,40 @@ impl PresenceAgent {
         if !self.may_watch(presentity, &from.uri) {
             return Reply::new(403, "Forbidden");
         }
-        let target = req
-            .contacts()
-            .into_iter()
-            .find_map(|c| c.addr.map(|a| a.uri))
-            .unwrap_or_else(|| from.uri.clone());
         let our_tag = self.token();
-        self.subscriptions.insert(
-            id.clone(),
-            Subscription {
-                presentity: presentity.to_string(),
-                watcher_uri: from.uri.clone(),
-                watcher_tag,
-                our_tag: our_tag.clone(),
-                target,
-                transport,
-                flow,
-                cseq: 0,
-                expires_at: now + Duration::from_secs(expires.into()),
-            },
-        );
+        let uri = format!("sip:{presentity}@{}", self.config.domain);
+        let id = match self
+            .watchers
+            .insert(now, presentity, uri, req, expires, transport, flow, our_tag)
+        {
+            Ok(id) => id,
+            Err(reply) => return reply,
+        };
+        let reply = self.watchers.accepted(&id, expires);
         // A fetch (Expires: 0) gets the state once and no subscription.
         if expires == 0 {
             self.notify(now, &id, Some("terminated"));
-            self.subscriptions.remove(&id);
+            self.watchers.remove(&id);
         } else {
             self.notify(now, &id, None);
         }
-        let mut reply = Reply::new(200, "OK")
-            .with("Expires", expires.to_string())
-            .with("Contact", self.contact.clone());
-        reply.to_tag = Some(our_tag);
         reply
     }
 
-    /// Queues a NOTIFY of subscription `id`: its current state, or the
-    /// final one when `terminated` gives the state text.
+    /// Queues a NOTIFY of subscription `id` with its presentity's state:
+    /// current, or final when `terminated` gives the state text.
     fn notify(&mut self, now: Instant, id: &str, terminated: Option<&str>) {
-        let domain = self.config.domain.clone();
-        let contact = self.contact.clone();
-        let Some(presentity) = self.subscriptions.get(id).map(|s| s.presentity.clone()) else {
+        let Some(presentity) = self.watchers.get(id).map(|s| s.resource.clone()) else {
             return;
         };
         let body = self.state_of(&presentity);
-        let Some(s) = self.subscriptions.get_mut(id) else {
-            return;
-        };
-        s.cseq += 1;
-        let state = match terminated {
-            Some(reason) => reason.to_string(),
-            None => format!(
-                "active;expires={}",
-                s.expires_at.saturating_duration_since(now).as_secs()
-            ),
-        };
-        let mut b = MessageBuilder::request("NOTIFY", &s.target);
-        b.header("Max-Forwards", "70")
-            .header(
-                "From",
-                &format!("<sip:{presentity}@{domain}>;tag={}", s.our_tag),
-            )
-            .header("To", &format!("<{}>;tag={}", s.watcher_uri, s.watcher_tag))
-            .header("Call-ID", id)
-            .header("CSeq", &format!("{} NOTIFY", s.cseq))
-            .header("Contact", &contact)
-            .header("Event", "presence")
-            .header("Subscription-State", &state)
-            .body(PIDF, &body);
-        self.notifies.push_back(Notify {
-            transport: s.transport,
-            dst: s.flow,
-            request: b.build(),
-            call_id: id.to_string(),
-        });
+        self.watchers.notify(now, id, PIDF, &body, terminated);
     }
 
     /// The final response to a NOTIFY we sent: a subscriber that no longer
     /// knows the dialog (481) or cannot be reached (408) is dropped.
     pub fn notify_answered(&mut self, call_id: &str, code: u16) {
-        if code == 481 || code == 408 || code >= 500 {
-            self.subscriptions.remove(call_id);
-        }
+        self.watchers.notify_answered(call_id, code);
     }
 
     /// Expires publications (watchers are told) and subscriptions (a final
@@ -556,15 +384,9 @@ impl PresenceAgent {
             }
             self.changed(now, &presentity, &before);
         }
-        let expired: Vec<String> = self
-            .subscriptions
-            .iter()
-            .filter(|(_, s)| s.expires_at <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in expired {
+        for id in self.watchers.expired(now) {
             self.notify(now, &id, Some("terminated;reason=timeout"));
-            self.subscriptions.remove(&id);
+            self.watchers.remove(&id);
         }
     }
 }

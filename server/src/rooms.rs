@@ -1,35 +1,112 @@
-//! Persistent chat rooms inside the core. A MESSAGE to
-//! `sip:room-NAME@DOMAIN` from a member who may post is answered 200 and
-//! sent on, from the room's URI, to every binding of every other member
-//! registered at that moment, each copy in a client transaction of its own
-//! (retransmitted on UDP, given up at 64·T1). Copies pass the tap like any
-//! message, so the post (member → room) and each delivery (room → member)
-//! are archived.
+//! Persistent chat rooms inside the core.
 //!
-//! Refusals: not a member or read-only 403, a member over the post rate of
-//! [`RoomConfig`] 503 with `Retry-After`. A `room-` URI that names no
-//! room is not handled here and gets the relay's 404.
+//! **Posts.** A MESSAGE to `sip:room-NAME@DOMAIN` from a member who may
+//! post (owner, member) is answered 200, kept in the room's history and
+//! passed on: as a NOTIFY to every subscription to the room (the poster's
+//! own included, so a subscribed client sees the room's order), and as a
+//! MESSAGE from the room's URI to every binding of every other member who
+//! is registered and has *no* subscription to the room. So a member gets
+//! each post once: as NOTIFY when subscribed, else as MESSAGE. Each copy
+//! is in a client transaction of its own (retransmitted on UDP, given up
+//! at 64·T1) and passes the tap like any message, so the post (member →
+//! room) and each delivery (room → member) are archived.
+//!
+//! **The `chat-room` event package.** A SUBSCRIBE to the room's URI with
+//! `Event: chat-room` makes a subscription (RFC 6665 dialog, kept by a
+//! [`Notifier`] as the presence agent's are): 200 with `Expires` and at
+//! once a NOTIFY with the full state; refreshes get the full state again,
+//! `Expires: 0` a final NOTIFY `Subscription-State: terminated` (a
+//! SUBSCRIBE with `Expires: 0` is a fetch: the state once, no
+//! subscription), expiry `terminated;reason=timeout`. NOTIFY bodies are
+//! [`CHAT_ROOM_CONTENT_TYPE`] documents in [`CHAT_ROOM_NAMESPACE`]:
+//!
+//! ```xml
+//! <chat-room xmlns="urn:sipvault:params:xml:ns:chat-room"
+//!            entity="sip:room-budget@example.com" state="full" private="false">
+//!   <member uri="sip:alice@example.com" role="owner"/>
+//!   <member uri="sip:bob@example.com" role="member"/>
+//! </chat-room>
+//! ```
+//!
+//! then one `state="partial"` document per event: a post
+//! (`<post sender="sip:alice@example.com" time="2026-12-01T10:00:00.000Z">text</post>`)
+//! or a membership change the binary pushed with [`Core::set_rooms`]
+//! (`<member uri=".." role="member" change="added"/>`, `change="role-changed"`
+//! with the new role, `change="removed"` without one). A subscriber who may
+//! no longer read the room after a change gets `terminated;reason=rejected`;
+//! a room that is gone, `terminated;reason=noresource`.
+//!
+//! **History.** The core keeps the newest [`RoomConfig::history_posts`]
+//! posts of each room (the binary seeds them from the archive at start). A
+//! MESSAGE to the room whose body starts with `/history` is a command, not
+//! a post: `/history` (the newest 20), `/history N` or `/history since
+//! RFC3339-TIME`, answered 200 and followed by one MESSAGE from the room to
+//! the requester (over the flow the command came on) whose `text/plain`
+//! body has a line `TIME SENDER: TEXT` per post, oldest first (lines of a
+//! post's own text after the first are indented by two spaces; `(no posts)`
+//! when there are none). A reply longer than `max_body_bytes` keeps the
+//! newest posts and says how many were left out. A malformed command gets
+//! 400 with a `Warning` saying the syntax.
+//!
+//! **Who may do what.** Posting needs the owner or member role in every
+//! room. Reading (SUBSCRIBE, `/history`) is open to every user of the
+//! served domain in a public room and to members only in a private one;
+//! others get 403, which says nothing of the room. Over the post rate of
+//! [`RoomConfig`] 503 with `Retry-After`. A `room-` URI that names no room
+//! is not handled here: the relay answers 404 (a SUBSCRIBE, 404 here).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use sipvault_catalog::{ROOM_USER_PREFIX, RoomRole};
+use sipvault_catalog::{ROOM_HISTORY_COMMAND, ROOM_USER_PREFIX, RoomRole};
 use sipvault_schemas::Transport;
 use sipvault_sip::{MessageBuilder, SipMessage, SipUri};
 
 use crate::core::{Core, Transmit, requires_tls};
+use crate::subscription::{Intervals, Notifier, Reply};
 
-/// Members of each room, by room name (without the `room-` prefix).
-pub type RoomDirectory = HashMap<String, BTreeMap<String, RoomRole>>;
+/// The event package of room subscriptions.
+pub const CHAT_ROOM_EVENT: &str = "chat-room";
+/// Content type of `chat-room` NOTIFY bodies.
+pub const CHAT_ROOM_CONTENT_TYPE: &str = "application/vnd.sipvault.chat-room+xml";
+/// XML namespace of `chat-room` NOTIFY bodies.
+pub const CHAT_ROOM_NAMESPACE: &str = "urn:sipvault:params:xml:ns:chat-room";
+/// Posts a bare `/history` returns.
+pub const DEFAULT_HISTORY_POSTS: usize = 20;
 
-/// Flood control of room posts, per member and room: a token bucket that
-/// refills at `posts_per_second` up to `burst`.
+/// A room as the core knows it: who is in it and whether outsiders may read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomInfo {
+    /// Private rooms are read by their members only; public ones by any
+    /// user of the domain.
+    pub private: bool,
+    /// Members by user name, with their role.
+    pub members: BTreeMap<String, RoomRole>,
+}
+
+/// Rooms by name (without the `room-` prefix).
+pub type RoomDirectory = HashMap<String, RoomInfo>;
+
+/// One post of a room's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomPost {
+    /// When the server accepted it, ns since the Unix epoch.
+    pub time_ns: i64,
+    /// The poster's URI.
+    pub sender: String,
+    pub text: String,
+}
+
+/// Flood control of room posts, per member and room (a token bucket that
+/// refills at `posts_per_second` up to `burst`), and the history kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomConfig {
     pub posts_per_second: NonZeroU32,
     pub burst: NonZeroU32,
+    /// Posts kept per room for `/history` (the newest).
+    pub history_posts: usize,
 }
 
 impl Default for RoomConfig {
@@ -37,6 +114,7 @@ impl Default for RoomConfig {
         RoomConfig {
             posts_per_second: NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN),
             burst: NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN),
+            history_posts: 1000,
         }
     }
 }
@@ -50,6 +128,9 @@ pub struct RoomStats {
     pub rate_limited: u64,
     /// Deliveries without a final response within 64·T1, or whose flow failed.
     pub delivery_failures: u64,
+    /// NOTIFYs queued for room subscriptions.
+    pub notifies: u64,
+    pub history_requests: u64,
 }
 
 struct Bucket {
@@ -57,7 +138,8 @@ struct Bucket {
     at: Instant,
 }
 
-/// A copy of a post on its way to one binding of a member.
+/// A MESSAGE from a room (a copy of a post, a history reply) on its way to
+/// one binding of a user.
 struct Delivery {
     transmit: Transmit,
     next_retransmit: Option<Instant>,
@@ -65,31 +147,205 @@ struct Delivery {
     deadline: Instant,
 }
 
+/// Where a MESSAGE from a room goes: a user's contact, over a flow.
+struct Recipient<'a> {
+    user: &'a str,
+    contact: &'a str,
+    transport: Transport,
+    flow: SocketAddr,
+}
+
+/// What a `/history` command asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HistoryQuery {
+    Last(usize),
+    /// Posts at or after this time, ns since the Unix epoch.
+    Since(i64),
+}
+
+/// The command in a post's body: `None` when the body is a post.
+fn history_command(body: &[u8]) -> Option<Result<HistoryQuery, ()>> {
+    let text = std::str::from_utf8(body).ok()?;
+    let args = text.strip_prefix(ROOM_HISTORY_COMMAND)?;
+    let mut words = args.split_whitespace();
+    // "/historyx" is no command of ours: refused, never posted.
+    if !args.is_empty() && !args.starts_with(char::is_whitespace) {
+        return Some(Err(()));
+    }
+    Some(match (words.next(), words.next(), words.next()) {
+        (None, _, _) => Ok(HistoryQuery::Last(DEFAULT_HISTORY_POSTS)),
+        (Some("since"), Some(time), None) => chrono::DateTime::parse_from_rfc3339(time)
+            .ok()
+            .and_then(|t| t.timestamp_nanos_opt())
+            .map(HistoryQuery::Since)
+            .ok_or(()),
+        (Some(n), None, _) => n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(HistoryQuery::Last)
+            .ok_or(()),
+        _ => Err(()),
+    })
+}
+
+fn rfc3339_ns(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn xml_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // Not allowed in XML 1.0 at all: dropped rather than sent broken.
+            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A `chat-room` document: `full` (with the private flag) or `partial`.
+fn chat_room_document(entity: &str, private: Option<bool>, items: &[String]) -> Vec<u8> {
+    let state = match private {
+        Some(private) => format!("state=\"full\" private=\"{private}\""),
+        None => "state=\"partial\"".to_string(),
+    };
+    let mut doc = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<chat-room xmlns=\"{CHAT_ROOM_NAMESPACE}\" entity=\"{}\" {state}>\n",
+        xml_escape(entity)
+    );
+    for item in items {
+        doc.push_str("  ");
+        doc.push_str(item);
+        doc.push('\n');
+    }
+    doc.push_str("</chat-room>\n");
+    doc.into_bytes()
+}
+
+fn member_element(uri: &str, role: Option<RoomRole>, change: Option<&str>) -> String {
+    let mut out = format!("<member uri=\"{}\"", xml_escape(uri));
+    if let Some(role) = role {
+        out.push_str(&format!(" role=\"{role}\""));
+    }
+    if let Some(change) = change {
+        out.push_str(&format!(" change=\"{change}\""));
+    }
+    out.push_str("/>");
+    out
+}
+
+fn post_element(post: &RoomPost) -> String {
+    format!(
+        "<post sender=\"{}\" time=\"{}\">{}</post>",
+        xml_escape(&post.sender),
+        rfc3339_ns(post.time_ns),
+        xml_escape(&post.text)
+    )
+}
+
+/// One post as a line of a history reply.
+fn history_line(post: &RoomPost) -> String {
+    format!(
+        "{} {}: {}\n",
+        rfc3339_ns(post.time_ns),
+        post.sender,
+        post.text.trim_end().replace('\n', "\n  ")
+    )
+}
+
+/// The body of a history reply: as many of the newest `posts` as fit in
+/// `max_bytes`, oldest first.
+fn history_text(posts: &[&RoomPost], max_bytes: usize) -> String {
+    if posts.is_empty() {
+        return "(no posts)\n".to_string();
+    }
+    let mut lines: Vec<String> = Vec::new();
+    let mut size = 0;
+    for post in posts.iter().rev() {
+        let line = history_line(post);
+        // Room for the note on what was left out.
+        if size + line.len() + 64 > max_bytes && !lines.is_empty() {
+            break;
+        }
+        size += line.len();
+        lines.push(line);
+    }
+    let left_out = posts.len() - lines.len();
+    let mut out = String::with_capacity(size + 64);
+    if left_out > 0 {
+        out.push_str(&format!(
+            "({left_out} earlier posts left out: ask with /history since TIME)\n"
+        ));
+    }
+    for line in lines.iter().rev() {
+        out.push_str(line);
+    }
+    out
+}
+
 /// The rooms' state in the core: the directory the binary pushes, rate
-/// buckets and deliveries in flight.
-#[derive(Default)]
+/// buckets, history, subscriptions and deliveries in flight.
 pub(crate) struct Rooms {
     config: RoomConfig,
     directory: RoomDirectory,
     buckets: HashMap<(String, String), Bucket>,
+    /// The newest posts of each room, oldest first.
+    history: HashMap<String, VecDeque<RoomPost>>,
+    /// Subscriptions to rooms (`chat-room` event), each watching a room name.
+    subscribers: Notifier,
     /// Deliveries by the branch of their Via.
     deliveries: HashMap<String, Delivery>,
+    /// A monotonic instant and the wall-clock time then (ns since the
+    /// epoch), set by the IO layer: the time a post is stamped with.
+    wall_clock: Option<(Instant, i64)>,
     pub(crate) stats: RoomStats,
 }
 
 impl Rooms {
-    pub(crate) fn new(config: RoomConfig) -> Rooms {
+    pub(crate) fn new(config: RoomConfig, domain: &str) -> Rooms {
         Rooms {
             config,
-            ..Rooms::default()
+            directory: RoomDirectory::new(),
+            buckets: HashMap::new(),
+            history: HashMap::new(),
+            subscribers: Notifier::new(CHAT_ROOM_EVENT, format!("<sip:rooms@{domain}>")),
+            deliveries: HashMap::new(),
+            wall_clock: None,
+            stats: RoomStats::default(),
         }
+    }
+
+    pub(crate) fn subscribers_mut(&mut self) -> &mut Notifier {
+        &mut self.subscribers
     }
 
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.deliveries
             .values()
             .map(|d| d.next_retransmit.map_or(d.deadline, |r| r.min(d.deadline)))
+            .chain(self.subscribers.poll_timeout())
             .min()
+    }
+
+    /// Wall-clock time at `now`, ns since the epoch (0 before the IO layer
+    /// said what time it is).
+    fn unix_ns(&self, now: Instant) -> i64 {
+        let Some((at, ns)) = self.wall_clock else {
+            return 0;
+        };
+        let ahead = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        if now >= at {
+            ns.saturating_add(ahead(now - at))
+        } else {
+            ns.saturating_sub(ahead(at - now))
+        }
     }
 
     /// Takes a token of `room`'s bucket for `user`; when there is none,
@@ -114,25 +370,126 @@ impl Rooms {
             Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
         }
     }
+
+    /// Appends `post` to `room`'s history, dropping the oldest past the cap.
+    fn remember(&mut self, room: &str, post: RoomPost) {
+        let cap = self.config.history_posts;
+        if cap == 0 {
+            return;
+        }
+        let posts = self.history.entry(room.to_string()).or_default();
+        posts.push_back(post);
+        while posts.len() > cap {
+            posts.pop_front();
+        }
+    }
+
+    fn role_of(&self, room: &str, user: &str) -> Option<RoomRole> {
+        self.directory
+            .get(room)
+            .and_then(|r| r.members.get(user))
+            .copied()
+    }
 }
 
 impl Core {
+    /// Tells the rooms what the wall clock says at `now` (ns since the
+    /// epoch): posts are stamped with it. The IO layer calls this as it
+    /// feeds the core; the core itself reads no clock.
+    pub fn set_wall_clock(&mut self, now: Instant, unix_ns: i64) {
+        self.rooms.wall_clock = Some((now, unix_ns));
+    }
+
     /// Replaces the rooms and their members (the binary reloads them from
-    /// the catalog). Rate buckets of members no longer there are dropped.
-    pub fn set_rooms(&mut self, directory: RoomDirectory) {
+    /// the catalog). Each membership change is notified to the room's
+    /// subscribers; a subscriber who may no longer read is let go
+    /// (`terminated;reason=rejected`), as are those of a room that is gone
+    /// (`reason=noresource`). Rate buckets of members no longer there are
+    /// dropped.
+    pub fn set_rooms(&mut self, now: Instant, directory: RoomDirectory) {
+        let old = std::mem::replace(&mut self.rooms.directory, directory);
+        let domain = self.config.domain.clone();
+        let mut names: Vec<&String> = old.keys().collect();
+        names.sort();
+        for name in names {
+            let before = &old[name];
+            let Some(after) = self.rooms.directory.get(name).cloned() else {
+                for id in self.rooms.subscribers.watching(name) {
+                    self.room_notify(now, &id, &[], None, Some("terminated;reason=noresource"));
+                    self.rooms.subscribers.remove(&id);
+                }
+                self.rooms.history.remove(name);
+                continue;
+            };
+            let mut changes = Vec::new();
+            for (user, role) in &after.members {
+                match before.members.get(user) {
+                    None => changes.push((user, Some(*role), "added")),
+                    Some(was) if was != role => changes.push((user, Some(*role), "role-changed")),
+                    Some(_) => {}
+                }
+            }
+            for user in before.members.keys() {
+                if !after.members.contains_key(user) {
+                    changes.push((user, None, "removed"));
+                }
+            }
+            let watching = self.rooms.subscribers.watching(name);
+            for (user, role, change) in changes {
+                let item = member_element(&format!("sip:{user}@{domain}"), role, Some(change));
+                for id in &watching {
+                    self.room_notify(now, id, std::slice::from_ref(&item), None, None);
+                }
+            }
+            for id in watching {
+                let watcher = self
+                    .rooms
+                    .subscribers
+                    .get(&id)
+                    .and_then(|s| self.user_of_domain(&s.watcher_uri));
+                if !self.may_read(name, watcher.as_deref()) {
+                    self.room_notify(now, &id, &[], None, Some("terminated;reason=rejected"));
+                    self.rooms.subscribers.remove(&id);
+                }
+            }
+        }
+        let directory = &self.rooms.directory;
         self.rooms.buckets.retain(|(room, user), _| {
             directory
                 .get(room)
-                .is_some_and(|members| members.contains_key(user))
+                .is_some_and(|r| r.members.contains_key(user))
         });
-        self.rooms.directory = directory;
+        self.send_notifies(now);
+    }
+
+    /// Puts posts the archive kept (oldest first) before those the core
+    /// took since it started, so history survives a restart.
+    pub fn seed_room_history(&mut self, room: &str, posts: Vec<RoomPost>) {
+        let since_start = self.rooms.history.remove(room).unwrap_or_default();
+        for post in posts.into_iter().chain(since_start) {
+            self.rooms.remember(room, post);
+        }
+    }
+
+    /// The posts of `room` the core holds, oldest first.
+    pub fn room_history(&self, room: &str) -> Vec<RoomPost> {
+        self.rooms
+            .history
+            .get(room)
+            .map(|posts| posts.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn room_stats(&self) -> &RoomStats {
         &self.rooms.stats
     }
 
-    /// The room a MESSAGE is addressed to, if its Request-URI names one.
+    /// Subscriptions to rooms held.
+    pub fn room_subscriptions(&self) -> usize {
+        self.rooms.subscribers.len()
+    }
+
+    /// The room a request is addressed to, if its Request-URI names one.
     fn room_of(&self, req: &SipMessage) -> Option<String> {
         let user = req
             .request_uri()
@@ -150,10 +507,81 @@ impl Core {
         self.room_of(req).is_some()
     }
 
-    /// A MESSAGE to a room, in server transaction `key`.
+    /// The user of a `sip:`/`sips:` URI of the served domain.
+    fn user_of_domain(&self, uri: &str) -> Option<String> {
+        SipUri::parse(uri)
+            .ok()
+            .filter(|u| {
+                u.host.eq_ignore_ascii_case(&self.config.domain)
+                    && (u.scheme.eq_ignore_ascii_case("sip")
+                        || u.scheme.eq_ignore_ascii_case("sips"))
+            })
+            .and_then(|u| u.user)
+    }
+
+    /// The From user of `req`, if it is of the served domain.
+    fn local_sender(&self, req: &SipMessage) -> Option<String> {
+        req.from().and_then(|f| self.user_of_domain(&f.uri))
+    }
+
+    /// Whether `user` may read `room` (subscribe, ask for history): any
+    /// user of the domain in a public room, members only in a private one.
+    fn may_read(&self, room: &str, user: Option<&str>) -> bool {
+        let (Some(info), Some(user)) = (self.rooms.directory.get(room), user) else {
+            return false;
+        };
+        if info.private {
+            info.members.contains_key(user)
+        } else {
+            self.users.contains_key(user) || info.members.contains_key(user)
+        }
+    }
+
+    fn refuse(&mut self, peer: SocketAddr, key: &str, req: &SipMessage, why: &str) {
+        self.rooms.stats.refused += 1;
+        self.reject_event(peer, 403, why);
+        self.respond(key, req, 403, "Forbidden", &[]);
+    }
+
+    /// Takes a post token of `user` in `room`; without one answers 503 with
+    /// `Retry-After` and returns false.
+    fn within_rate(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        key: &str,
+        req: &SipMessage,
+        room: &str,
+        user: &str,
+    ) -> bool {
+        let Err(wait) = self.rooms.take_token(now, room, user) else {
+            return true;
+        };
+        self.rooms.stats.rate_limited += 1;
+        let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
+        tracing::warn!(
+            room = %room,
+            user = %user,
+            retry_after,
+            "room post refused: member is posting faster than [rooms] allows"
+        );
+        self.reject_event(peer, 503, &format!("room {room} post rate exceeded"));
+        self.respond(
+            key,
+            req,
+            503,
+            "Service Unavailable",
+            &[("Retry-After".into(), retry_after.to_string())],
+        );
+        false
+    }
+
+    /// A MESSAGE to a room, in server transaction `key`: a post, or a
+    /// `/history` command.
     pub(crate) fn on_room_post(
         &mut self,
         now: Instant,
+        transport: Transport,
         peer: SocketAddr,
         key: &str,
         req: SipMessage,
@@ -162,74 +590,257 @@ impl Core {
             return;
         };
         // The poster is the From address, which must be of our domain.
-        let sender = req
-            .from()
-            .and_then(|f| SipUri::parse(&f.uri).ok())
-            .filter(|u| {
-                u.host.eq_ignore_ascii_case(&self.config.domain)
-                    && (u.scheme.eq_ignore_ascii_case("sip")
-                        || u.scheme.eq_ignore_ascii_case("sips"))
-            })
-            .and_then(|u| u.user);
-        let role = sender.as_ref().and_then(|s| {
-            self.rooms
-                .directory
-                .get(&room)
-                .and_then(|members| members.get(s))
-                .copied()
-        });
+        let sender = self.local_sender(&req);
+        if let Some(command) = history_command(req.body()) {
+            self.on_history_command(now, transport, peer, key, &req, &room, sender, command);
+            return;
+        }
+        let role = sender.as_ref().and_then(|s| self.rooms.role_of(&room, s));
         let (Some(sender), Some(role)) = (sender, role) else {
-            self.rooms.stats.refused += 1;
-            self.reject_event(peer, 403, &format!("not a member of room {room}"));
-            self.respond(key, &req, 403, "Forbidden", &[]);
+            self.refuse(peer, key, &req, &format!("not a member of room {room}"));
             return;
         };
         if !role.may_post() {
-            self.rooms.stats.refused += 1;
-            self.reject_event(peer, 403, &format!("read-only member of room {room}"));
-            self.respond(key, &req, 403, "Forbidden", &[]);
+            self.refuse(peer, key, &req, &format!("read-only member of room {room}"));
             return;
         }
         if self.hops_left(peer, key, &req).is_none() {
             return;
         }
-        if let Err(wait) = self.rooms.take_token(now, &room, &sender) {
-            self.rooms.stats.rate_limited += 1;
-            let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
-            tracing::warn!(
-                room = %room,
-                user = %sender,
-                retry_after,
-                "room post refused: member is posting faster than [rooms] allows"
-            );
-            self.reject_event(peer, 503, &format!("room {room} post rate exceeded"));
-            self.respond(
-                key,
-                &req,
-                503,
-                "Service Unavailable",
-                &[("Retry-After".into(), retry_after.to_string())],
-            );
+        if !self.within_rate(now, peer, key, &req, &room, &sender) {
             return;
         }
         self.rooms.stats.posts += 1;
         self.respond(key, &req, 200, "OK", &[]);
+        let post = RoomPost {
+            time_ns: self.rooms.unix_ns(now),
+            sender: format!("sip:{sender}@{}", self.config.domain),
+            text: String::from_utf8_lossy(req.body()).into_owned(),
+        };
+        let item = post_element(&post);
+        self.rooms.remember(&room, post);
+        for id in self.rooms.subscribers.watching(&room) {
+            self.room_notify(now, &id, std::slice::from_ref(&item), None, None);
+        }
+        self.send_notifies(now);
         self.fan_out(now, &room, &sender, &req);
     }
 
-    /// Sends a copy of `post` to every binding of every other member.
+    /// `/history ...` to `room` from `sender`: 200, then the posts in a
+    /// MESSAGE from the room back over the command's flow.
+    #[allow(clippy::too_many_arguments)]
+    fn on_history_command(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        peer: SocketAddr,
+        key: &str,
+        req: &SipMessage,
+        room: &str,
+        sender: Option<String>,
+        command: Result<HistoryQuery, ()>,
+    ) {
+        let Some(sender) = sender.filter(|s| self.may_read(room, Some(s))) else {
+            self.refuse(peer, key, req, &format!("may not read room {room}"));
+            return;
+        };
+        let Ok(query) = command else {
+            self.reject_event(peer, 400, "malformed /history command");
+            let warning = format!(
+                "399 {} \"usage: /history [N] or /history since RFC3339-TIME\"",
+                self.config.domain
+            );
+            self.respond(key, req, 400, "Bad Request", &[("Warning".into(), warning)]);
+            return;
+        };
+        if !self.within_rate(now, peer, key, req, room, &sender) {
+            return;
+        }
+        self.rooms.stats.history_requests += 1;
+        self.respond(key, req, 200, "OK", &[]);
+        let posts: Vec<&RoomPost> = match (self.rooms.history.get(room), query) {
+            (None, _) => Vec::new(),
+            (Some(posts), HistoryQuery::Last(n)) => {
+                posts.iter().skip(posts.len().saturating_sub(n)).collect()
+            }
+            (Some(posts), HistoryQuery::Since(t)) => {
+                posts.iter().filter(|p| p.time_ns >= t).collect()
+            }
+        };
+        let body = history_text(&posts, self.config.max_body_bytes);
+        // The reply goes back where the command came from: to the contact
+        // the requester registered from that flow, else its address.
+        let contact = self
+            .bindings
+            .lookup(&sender, now)
+            .into_iter()
+            .find(|b| b.flow == peer && b.transport == transport)
+            .map(|b| b.contact.clone())
+            .unwrap_or_else(|| format!("sip:{sender}@{}", self.config.domain));
+        let to = Recipient {
+            user: &sender,
+            contact: &contact,
+            transport,
+            flow: peer,
+        };
+        self.send_from_room(
+            now,
+            room,
+            None,
+            &to,
+            "text/plain;charset=UTF-8",
+            body.as_bytes(),
+        );
+    }
+
+    /// A SUBSCRIBE with `Event: chat-room`, in server transaction `key`.
+    pub(crate) fn on_room_subscribe(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        peer: SocketAddr,
+        key: &str,
+        req: &SipMessage,
+    ) {
+        let reply = self.room_subscribe(now, transport, peer, req);
+        if reply.code == 403 {
+            self.rooms.stats.refused += 1;
+        }
+        self.answer_reply(peer, key, req, reply);
+        self.send_notifies(now);
+    }
+
+    fn room_subscribe(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        peer: SocketAddr,
+        req: &SipMessage,
+    ) -> Reply {
+        let intervals = Intervals {
+            min: self.config.min_expires,
+            max: self.config.max_expires,
+            default: self.config.default_expires,
+        };
+        let expires = match intervals.granted(req) {
+            Ok(e) => e,
+            Err(reply) => return reply,
+        };
+        if req.to().and_then(|t| t.tag()).is_some() {
+            // Refresh or unsubscribe of an existing subscription.
+            let id = match self
+                .rooms
+                .subscribers
+                .refresh(now, req, expires, transport, peer)
+            {
+                Ok(id) => id,
+                Err(reply) => return reply,
+            };
+            if expires == 0 {
+                self.room_notify(now, &id, &[], None, Some("terminated"));
+                self.rooms.subscribers.remove(&id);
+            } else {
+                self.room_notify_full(now, &id, None);
+            }
+            return Reply::new(200, "OK").with("Expires", expires.to_string());
+        }
+        let Some(room) = self.room_of(req) else {
+            return Reply::new(404, "Not Found");
+        };
+        if !self.may_read(&room, self.local_sender(req).as_deref()) {
+            return Reply::new(403, "Forbidden");
+        }
+        let our_tag = self.token();
+        let uri = format!("sip:{ROOM_USER_PREFIX}{room}@{}", self.config.domain);
+        let id = match self
+            .rooms
+            .subscribers
+            .insert(now, &room, uri, req, expires, transport, peer, our_tag)
+        {
+            Ok(id) => id,
+            Err(reply) => return reply,
+        };
+        let reply = self.rooms.subscribers.accepted(&id, expires);
+        // A fetch (Expires: 0) gets the state once and no subscription.
+        if expires == 0 {
+            self.room_notify_full(now, &id, Some("terminated"));
+            self.rooms.subscribers.remove(&id);
+        } else {
+            self.room_notify_full(now, &id, None);
+        }
+        reply
+    }
+
+    /// Queues a NOTIFY of room subscription `id` with the room's full state.
+    fn room_notify_full(&mut self, now: Instant, id: &str, terminated: Option<&str>) {
+        let Some(room) = self.rooms.subscribers.get(id).map(|s| s.resource.clone()) else {
+            return;
+        };
+        let Some(info) = self.rooms.directory.get(&room) else {
+            return;
+        };
+        let domain = &self.config.domain;
+        let items: Vec<String> = info
+            .members
+            .iter()
+            .map(|(user, role)| member_element(&format!("sip:{user}@{domain}"), Some(*role), None))
+            .collect();
+        let private = info.private;
+        self.room_notify(now, id, &items, Some(private), terminated);
+    }
+
+    /// Queues a NOTIFY of room subscription `id`: a partial document of
+    /// `items` (a full one when `private` is given), or no body at all for
+    /// a final NOTIFY without items.
+    fn room_notify(
+        &mut self,
+        now: Instant,
+        id: &str,
+        items: &[String],
+        private: Option<bool>,
+        terminated: Option<&str>,
+    ) {
+        let Some(room) = self.rooms.subscribers.get(id).map(|s| s.resource.clone()) else {
+            return;
+        };
+        self.rooms.stats.notifies += 1;
+        if items.is_empty() && private.is_none() {
+            self.rooms.subscribers.notify(now, id, "", &[], terminated);
+            return;
+        }
+        let entity = format!("sip:{ROOM_USER_PREFIX}{room}@{}", self.config.domain);
+        let body = chat_room_document(&entity, private, items);
+        self.rooms
+            .subscribers
+            .notify(now, id, CHAT_ROOM_CONTENT_TYPE, &body, terminated);
+    }
+
+    /// Sends a copy of `post` to every binding of every other member who is
+    /// registered and not subscribed to the room (subscribers have it as a
+    /// NOTIFY).
     fn fan_out(&mut self, now: Instant, room: &str, sender: &str, post: &SipMessage) {
-        let domain = self.config.domain.clone();
-        let room_uri = format!("sip:{ROOM_USER_PREFIX}{room}@{domain}");
         let content_type = post
             .header("Content-Type")
             .unwrap_or("text/plain")
             .to_string();
+        let subscribed: HashSet<String> = self
+            .rooms
+            .subscribers
+            .iter()
+            .filter(|(_, s)| s.resource == room)
+            .filter_map(|(_, s)| self.user_of_domain(&s.watcher_uri))
+            .collect();
         let members: Vec<String> = self
             .rooms
             .directory
             .get(room)
-            .map(|m| m.keys().filter(|u| *u != sender).cloned().collect())
+            .map(|r| {
+                r.members
+                    .keys()
+                    .filter(|u| *u != sender && !subscribed.contains(*u))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         for member in members {
             let bindings: Vec<_> = self
@@ -242,45 +853,68 @@ impl Core {
                 .cloned()
                 .collect();
             for binding in bindings {
-                let (branch, via) = self.new_via(binding.transport);
-                let mut b = MessageBuilder::request("MESSAGE", &binding.contact);
-                b.header("Via", &via)
-                    .header("Max-Forwards", "70")
-                    // The room sends; the display name says who posted.
-                    .header(
-                        "From",
-                        &format!(
-                            "\"{}\" <{room_uri}>;tag={}",
-                            sender.replace(['"', '\\'], ""),
-                            self.token()
-                        ),
-                    )
-                    .header("To", &format!("<sip:{member}@{domain}>"))
-                    // A Call-ID per copy: each is an IM of its own in the archive.
-                    .header("Call-ID", &format!("room-{}@{domain}", self.token()))
-                    .header("CSeq", "1 MESSAGE")
-                    .header("Server", crate::core::SERVER_HEADER)
-                    .body(&content_type, post.body());
-                let transmit = Transmit {
+                let to = Recipient {
+                    user: &member,
+                    contact: &binding.contact,
                     transport: binding.transport,
-                    dst: binding.flow,
-                    bytes: b.build(),
+                    flow: binding.flow,
                 };
-                let reliable = transmit.transport != Transport::Udp;
-                self.rooms.deliveries.insert(
-                    branch,
-                    Delivery {
-                        transmit: transmit.clone(),
-                        next_retransmit: (!reliable).then(|| now + self.config.t1),
-                        interval: self.config.t1,
-                        deadline: now + self.config.t1 * 64,
-                    },
-                );
-                self.rooms.stats.deliveries += 1;
-                self.stats.relayed += 1;
-                self.transmits.push_back(transmit);
+                self.send_from_room(now, room, Some(sender), &to, &content_type, post.body());
             }
         }
+    }
+
+    /// Sends a MESSAGE from `room` to `to` in a delivery of its own.
+    /// `display` names the poster of a copy.
+    fn send_from_room(
+        &mut self,
+        now: Instant,
+        room: &str,
+        display: Option<&str>,
+        to: &Recipient<'_>,
+        content_type: &str,
+        body: &[u8],
+    ) {
+        let domain = self.config.domain.clone();
+        let room_uri = format!("sip:{ROOM_USER_PREFIX}{room}@{domain}");
+        let (branch, via) = self.new_via(to.transport);
+        let from = match display {
+            // The room sends; the display name says who posted.
+            Some(name) => format!(
+                "\"{}\" <{room_uri}>;tag={}",
+                name.replace(['"', '\\'], ""),
+                self.token()
+            ),
+            None => format!("<{room_uri}>;tag={}", self.token()),
+        };
+        let mut b = MessageBuilder::request("MESSAGE", to.contact);
+        b.header("Via", &via)
+            .header("Max-Forwards", "70")
+            .header("From", &from)
+            .header("To", &format!("<sip:{}@{domain}>", to.user))
+            // A Call-ID per copy: each is an IM of its own in the archive.
+            .header("Call-ID", &format!("room-{}@{domain}", self.token()))
+            .header("CSeq", "1 MESSAGE")
+            .header("Server", crate::core::SERVER_HEADER)
+            .body(content_type, body);
+        let transmit = Transmit {
+            transport: to.transport,
+            dst: to.flow,
+            bytes: b.build(),
+        };
+        let reliable = transmit.transport != Transport::Udp;
+        self.rooms.deliveries.insert(
+            branch,
+            Delivery {
+                transmit: transmit.clone(),
+                next_retransmit: (!reliable).then(|| now + self.config.t1),
+                interval: self.config.t1,
+                deadline: now + self.config.t1 * 64,
+            },
+        );
+        self.rooms.stats.deliveries += 1;
+        self.stats.relayed += 1;
+        self.transmits.push_back(transmit);
     }
 
     /// True when `msg` answers one of our deliveries (and was handled here):
@@ -316,8 +950,8 @@ impl Core {
         }
     }
 
-    /// Retransmits deliveries on UDP (T1 doubling to T2) and gives up on
-    /// those unanswered at 64·T1: the post was accepted, a member who
+    /// Ends expired subscriptions, retransmits deliveries on UDP (T1
+    /// doubling to T2) and gives up on those unanswered at 64·T1: the post was accepted, a member who
     /// cannot be reached only misses the copy (the archive keeps the post).
     pub(crate) fn room_timeouts(&mut self, now: Instant) {
         let t2 = self.config.t2;
@@ -338,6 +972,11 @@ impl Core {
         self.rooms.stats.delivery_failures += timed_out as u64;
         self.stats.retransmissions += retransmit.len() as u64;
         self.transmits.extend(retransmit);
+        for id in self.rooms.subscribers.expired(now) {
+            self.room_notify(now, &id, &[], None, Some("terminated;reason=timeout"));
+            self.rooms.subscribers.remove(&id);
+        }
+        self.send_notifies(now);
     }
 
     /// Deliveries on a flow that failed are given up at once.
@@ -358,7 +997,7 @@ mod tests {
     use sipvault_catalog::RoomRole;
     use sipvault_sip::{MessageBuilder, SipMessage};
 
-    use super::{RoomConfig, RoomDirectory, RoomStats};
+    use super::{RoomConfig, RoomDirectory, RoomInfo, RoomStats};
     use crate::core::{CoreConfig, Event, Transmit};
     use crate::core_tests::{
         DOMAIN, Sim, addr, alice_addr, bob_addr, config, creds, describe, only_response, parse,
@@ -382,13 +1021,9 @@ mod tests {
             users.insert(user.to_string(), creds(user, &format!("{user}-pw")));
         }
         sim.core.set_users(users);
-        let mut members = BTreeMap::new();
-        members.insert("alice".to_string(), RoomRole::Owner);
-        members.insert("bob".to_string(), RoomRole::Member);
-        members.insert("carol".to_string(), RoomRole::ReadOnly);
-        members.insert("dave".to_string(), RoomRole::Member);
-        sim.core
-            .set_rooms(RoomDirectory::from([("budget".to_string(), members)]));
+        let now = sim.now;
+        sim.core.set_wall_clock(now, t0_ns());
+        sim.core.set_rooms(now, directory(false, BUDGET_MEMBERS));
         for (user, flow) in [
             ("alice", alice_addr()),
             ("bob", bob_addr()),
@@ -406,6 +1041,22 @@ mod tests {
 
     fn sim() -> Sim {
         sim_with(config())
+    }
+
+    const BUDGET_MEMBERS: &[(&str, RoomRole)] = &[
+        ("alice", RoomRole::Owner),
+        ("bob", RoomRole::Member),
+        ("carol", RoomRole::ReadOnly),
+        ("dave", RoomRole::Member),
+    ];
+
+    /// The directory of one room, `budget`, with these members.
+    fn directory(private: bool, members: &[(&str, RoomRole)]) -> RoomDirectory {
+        let members: BTreeMap<String, RoomRole> = members
+            .iter()
+            .map(|(user, role)| (user.to_string(), *role))
+            .collect();
+        RoomDirectory::from([("budget".to_string(), RoomInfo { private, members })])
     }
 
     /// A MESSAGE from `user` (at `flow`) to `ruri`.
@@ -613,10 +1264,9 @@ mod tests {
         assert_eq!(sim.core.room_stats().posts, 0);
 
         // Membership follows the directory: bob removed is refused.
-        let mut members = BTreeMap::new();
-        members.insert("alice".to_string(), RoomRole::Owner);
+        let now = sim.now;
         sim.core
-            .set_rooms(RoomDirectory::from([("budget".to_string(), members)]));
+            .set_rooms(now, directory(false, &[("alice", RoomRole::Owner)]));
         let (code, _) = post(&mut sim, "bob", bob_addr(), ROOM, "still here?");
         assert_eq!(code, 403);
         let (code, out) = post(&mut sim, "alice", alice_addr(), ROOM, "alone");
@@ -633,6 +1283,7 @@ mod tests {
             rooms: RoomConfig {
                 posts_per_second: std::num::NonZeroU32::new(2).unwrap(),
                 burst: std::num::NonZeroU32::new(3).unwrap(),
+                ..RoomConfig::default()
             },
             ..config()
         });
@@ -665,5 +1316,489 @@ mod tests {
         assert_eq!(code, 503);
         assert_eq!(sim.core.room_stats().rate_limited, 2);
         assert_eq!(sim.core.room_stats().posts, 5);
+    }
+
+    fn erin_addr() -> std::net::SocketAddr {
+        addr("198.51.100.50:40006")
+    }
+
+    /// The wall clock at the start of every simulation.
+    fn t0_ns() -> i64 {
+        ns_of("2026-12-01T10:00:00Z")
+    }
+
+    fn ns_of(time: &str) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(time)
+            .unwrap()
+            .timestamp_nanos_opt()
+            .unwrap()
+    }
+
+    /// A SUBSCRIBE for the `chat-room` event from `user` at `flow`: a new
+    /// dialog `call_id`, or inside it when `to_tag` is ours.
+    fn subscribe_req(
+        sim: &mut Sim,
+        user: &str,
+        flow: std::net::SocketAddr,
+        ruri: &str,
+        call_id: &str,
+        to_tag: Option<&str>,
+        expires: u32,
+    ) -> Vec<u8> {
+        let id = sim.next_id();
+        let mut b = MessageBuilder::request("SUBSCRIBE", ruri);
+        b.header(
+            "Via",
+            &format!("SIP/2.0/UDP {flow};branch=z9hG4bK-sub-{id};rport"),
+        )
+        .header("Max-Forwards", "70")
+        .header("From", &format!("<sip:{user}@{DOMAIN}>;tag=s-{user}"))
+        .header(
+            "To",
+            &match to_tag {
+                Some(tag) => format!("<{ruri}>;tag={tag}"),
+                None => format!("<{ruri}>"),
+            },
+        )
+        .header("Call-ID", call_id)
+        .header("CSeq", &format!("{id} SUBSCRIBE"))
+        .header("Contact", &format!("<sip:{user}@{flow}>"))
+        .header("Event", "chat-room")
+        .header("Expires", &expires.to_string());
+        b.build()
+    }
+
+    /// Subscribes `user` to the budget room: the 200 (with our To-tag) and
+    /// the initial NOTIFY, which `user` answers 200.
+    fn subscribe(
+        sim: &mut Sim,
+        user: &str,
+        flow: std::net::SocketAddr,
+        ruri: &str,
+        expires: u32,
+    ) -> (SipMessage, Vec<SipMessage>) {
+        let call_id = format!("sub-{user}-{flow}");
+        let req = subscribe_req(sim, user, flow, ruri, &call_id, None, expires);
+        let out = sim.udp(flow, &req);
+        let (responses, requests) = split(out, flow);
+        assert_eq!(responses.len(), 1, "one answer: {:?}", describe(&requests));
+        let notifies = requests
+            .iter()
+            .map(|t| {
+                assert_eq!(t.dst, flow, "the NOTIFY goes over the SUBSCRIBE's flow");
+                assert!(answer(sim, t, 200).is_empty());
+                parse(&t.bytes, "notify")
+            })
+            .collect();
+        (responses[0].clone(), notifies)
+    }
+
+    fn body(m: &SipMessage) -> String {
+        String::from_utf8_lossy(m.body()).into_owned()
+    }
+
+    /// NOTIFYs among `tx`, by destination.
+    fn notifies_by_dst(tx: &[Transmit]) -> Vec<(std::net::SocketAddr, SipMessage)> {
+        tx.iter()
+            .map(|t| (t.dst, parse(&t.bytes, "sent")))
+            .filter(|(_, m)| m.method() == Some("NOTIFY"))
+            .collect()
+    }
+
+    #[test]
+    fn a_subscriber_gets_the_full_state_then_each_post_as_notify_and_no_message_copy() {
+        let mut sim = sim();
+        let (resp, initial) = subscribe(&mut sim, "bob", bob_addr(), ROOM, 600);
+        assert_eq!(resp.status(), Some(200));
+        assert_eq!(resp.header("Expires"), Some("600"));
+        assert!(resp.to().unwrap().tag().is_some(), "the 200 makes a dialog");
+        assert_eq!(initial.len(), 1);
+        let n = &initial[0];
+        assert_eq!(n.method(), Some("NOTIFY"));
+        assert_eq!(n.header("Event"), Some("chat-room"));
+        assert_eq!(n.header("Subscription-State"), Some("active;expires=600"));
+        assert_eq!(
+            n.header("Content-Type"),
+            Some(super::CHAT_ROOM_CONTENT_TYPE)
+        );
+        assert_eq!(n.from().unwrap().uri, ROOM);
+        assert_eq!(n.to().unwrap().tag(), Some("s-bob"));
+        assert_eq!(
+            body(n),
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+                 <chat-room xmlns=\"urn:sipvault:params:xml:ns:chat-room\" entity=\"{ROOM}\" state=\"full\" private=\"false\">\n  \
+                 <member uri=\"sip:alice@{DOMAIN}\" role=\"owner\"/>\n  \
+                 <member uri=\"sip:bob@{DOMAIN}\" role=\"member\"/>\n  \
+                 <member uri=\"sip:carol@{DOMAIN}\" role=\"read-only\"/>\n  \
+                 <member uri=\"sip:dave@{DOMAIN}\" role=\"member\"/>\n\
+                 </chat-room>\n"
+            )
+        );
+        let (_, initial) = subscribe(&mut sim, "alice", alice_addr(), ROOM, 600);
+        assert_eq!(initial.len(), 1);
+
+        sim.now += Duration::from_millis(1500);
+        let (code, out) = post(
+            &mut sim,
+            "alice",
+            alice_addr(),
+            ROOM,
+            "budget <due> & friday",
+        );
+        assert_eq!(code, 200);
+        let notifies = notifies_by_dst(&out);
+        let mut dsts: Vec<_> = notifies.iter().map(|(d, _)| *d).collect();
+        dsts.sort();
+        assert_eq!(
+            dsts,
+            vec![alice_addr(), bob_addr()],
+            "every subscription, the poster's own included"
+        );
+        for (_, n) in &notifies {
+            assert_eq!(n.cseq(), Some((2, "NOTIFY")), "the dialog's second NOTIFY");
+            assert_eq!(
+                body(n),
+                format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+                     <chat-room xmlns=\"urn:sipvault:params:xml:ns:chat-room\" entity=\"{ROOM}\" state=\"partial\">\n  \
+                     <post sender=\"sip:alice@{DOMAIN}\" time=\"2026-12-01T10:00:01.500Z\">budget &lt;due&gt; &amp; friday</post>\n\
+                     </chat-room>\n"
+                )
+            );
+        }
+        let messages: Vec<_> = out
+            .iter()
+            .filter(|t| parse(&t.bytes, "sent").method() == Some("MESSAGE"))
+            .map(|t| t.dst)
+            .collect();
+        assert_eq!(
+            messages,
+            vec![carol_addr()],
+            "subscribed bob gets no MESSAGE on either device; unsubscribed carol does"
+        );
+        assert_eq!(sim.core.room_stats().notifies, 4);
+        assert_eq!(sim.core.room_subscriptions(), 2);
+    }
+
+    #[test]
+    fn membership_changes_are_notified_and_a_reader_who_loses_access_is_let_go() {
+        let mut sim = sim();
+        let now = sim.now;
+        sim.core.set_rooms(now, directory(true, BUDGET_MEMBERS));
+        subscribe(&mut sim, "bob", bob_addr(), ROOM, 600);
+        subscribe(&mut sim, "carol", carol_addr(), ROOM, 600);
+
+        let now = sim.now;
+        sim.core.set_rooms(
+            now,
+            directory(
+                true,
+                &[
+                    ("alice", RoomRole::Owner),
+                    ("carol", RoomRole::Member),
+                    ("dave", RoomRole::Member),
+                    ("erin", RoomRole::ReadOnly),
+                ],
+            ),
+        );
+        let out = sim.drain();
+        let at = |dst| -> Vec<(String, String)> {
+            notifies_by_dst(&out)
+                .into_iter()
+                .filter(|(d, _)| *d == dst)
+                .map(|(_, n)| {
+                    let item = body(&n)
+                        .lines()
+                        .find(|l| l.trim_start().starts_with('<') && l.contains("<member"))
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
+                    (n.header("Subscription-State").unwrap().to_string(), item)
+                })
+                .collect()
+        };
+        let changes = [
+            format!("<member uri=\"sip:carol@{DOMAIN}\" role=\"member\" change=\"role-changed\"/>"),
+            format!("<member uri=\"sip:erin@{DOMAIN}\" role=\"read-only\" change=\"added\"/>"),
+            format!("<member uri=\"sip:bob@{DOMAIN}\" change=\"removed\"/>"),
+        ];
+        let carol = at(carol_addr());
+        assert_eq!(
+            carol
+                .iter()
+                .map(|(_, item)| item.clone())
+                .collect::<Vec<_>>(),
+            changes,
+            "one NOTIFY per change"
+        );
+        assert!(carol.iter().all(|(state, _)| state.starts_with("active")));
+        let bob = at(bob_addr());
+        assert_eq!(
+            bob.len(),
+            4,
+            "bob hears the changes, then is let go: {bob:?}"
+        );
+        assert_eq!(
+            bob[3],
+            ("terminated;reason=rejected".to_string(), String::new()),
+            "removed from a private room, bob may no longer read it"
+        );
+        assert_eq!(sim.core.room_subscriptions(), 1);
+
+        // The room is deleted: its last subscriber is told.
+        let now = sim.now;
+        sim.core.set_rooms(now, RoomDirectory::new());
+        let carol = notifies_by_dst(&sim.drain());
+        assert_eq!(carol.len(), 1);
+        assert_eq!(
+            carol[0].1.header("Subscription-State"),
+            Some("terminated;reason=noresource")
+        );
+        assert_eq!(sim.core.room_subscriptions(), 0);
+    }
+
+    #[test]
+    fn refresh_unsubscribe_expiry_and_a_481_end_subscriptions_and_copies_resume() {
+        let mut sim = sim();
+        let (resp, _) = subscribe(&mut sim, "bob", bob_addr(), ROOM, 600);
+        let tag = resp.to().unwrap().tag().unwrap().to_string();
+        let call_id = format!("sub-bob-{}", bob_addr());
+
+        // A refresh: 200 and the full state again.
+        let req = subscribe_req(&mut sim, "bob", bob_addr(), ROOM, &call_id, Some(&tag), 300);
+        let (responses, out) = split(sim.udp(bob_addr(), &req), bob_addr());
+        assert_eq!(responses[0].status(), Some(200));
+        assert_eq!(responses[0].header("Expires"), Some("300"));
+        let n = notifies_by_dst(&out);
+        assert_eq!(n.len(), 1);
+        assert_eq!(
+            n[0].1.header("Subscription-State"),
+            Some("active;expires=300")
+        );
+        assert!(body(&n[0].1).contains("state=\"full\""));
+
+        // A dialog we do not know: 481.
+        let req = subscribe_req(&mut sim, "bob", bob_addr(), ROOM, "nope", Some(&tag), 300);
+        let resp = only_response(sim.udp(bob_addr(), &req), bob_addr(), "unknown dialog");
+        assert_eq!(resp.status(), Some(481));
+
+        // Unsubscribe: a final NOTIFY without a body.
+        let req = subscribe_req(&mut sim, "bob", bob_addr(), ROOM, &call_id, Some(&tag), 0);
+        let (responses, out) = split(sim.udp(bob_addr(), &req), bob_addr());
+        assert_eq!(responses[0].status(), Some(200));
+        let n = notifies_by_dst(&out);
+        assert_eq!(n[0].1.header("Subscription-State"), Some("terminated"));
+        assert!(n[0].1.body().is_empty());
+        assert_eq!(sim.core.room_subscriptions(), 0);
+        let (_, out) = post(
+            &mut sim,
+            "alice",
+            alice_addr(),
+            ROOM,
+            "bob is back on MESSAGE",
+        );
+        assert_eq!(out.len(), 3, "copies to bob's two devices and carol again");
+
+        // Expiry: terminated;reason=timeout at the end of the interval.
+        subscribe(&mut sim, "carol", carol_addr(), ROOM, 60);
+        let later = sim.run_until(sim.now + Duration::from_secs(61));
+        let last = later
+            .iter()
+            .map(|(_, t)| parse(&t.bytes, "sent"))
+            .rfind(|m| m.method() == Some("NOTIFY"))
+            .expect("a final NOTIFY");
+        assert_eq!(
+            last.header("Subscription-State"),
+            Some("terminated;reason=timeout")
+        );
+        assert_eq!(sim.core.room_subscriptions(), 0);
+
+        // A subscriber whose agent answers a NOTIFY with 481 is dropped,
+        // and gets posts as MESSAGE again.
+        subscribe(&mut sim, "carol", carol_addr(), ROOM, 600);
+        let (_, out) = post(&mut sim, "alice", alice_addr(), ROOM, "to carol by NOTIFY");
+        let to_carol = out.iter().find(|t| t.dst == carol_addr()).unwrap();
+        assert_eq!(parse(&to_carol.bytes, "n").method(), Some("NOTIFY"));
+        assert!(answer(&mut sim, to_carol, 481).is_empty());
+        assert_eq!(sim.core.room_subscriptions(), 0);
+        let (_, out) = post(&mut sim, "alice", alice_addr(), ROOM, "to carol by MESSAGE");
+        let to_carol = out.iter().find(|t| t.dst == carol_addr()).unwrap();
+        assert_eq!(parse(&to_carol.bytes, "m").method(), Some("MESSAGE"));
+    }
+
+    #[test]
+    fn private_rooms_are_read_by_members_only_public_rooms_by_any_user_of_the_domain() {
+        let mut sim = sim();
+        // Public: erin, in no room, may read; posting still needs a role.
+        let (resp, initial) = subscribe(&mut sim, "erin", erin_addr(), ROOM, 600);
+        assert_eq!((resp.status(), initial.len()), (Some(200), 1));
+        let (code, _) = post(&mut sim, "erin", erin_addr(), ROOM, "/history");
+        assert_eq!(code, 200, "erin may ask for a public room's history");
+        let (code, _) = post(&mut sim, "erin", erin_addr(), ROOM, "hello");
+        assert_eq!(code, 403, "but not post");
+        // Someone who is no user of the domain reads nothing.
+        let (resp, initial) = subscribe(&mut sim, "mallory", erin_addr(), ROOM, 600);
+        assert_eq!((resp.status(), initial.len()), (Some(403), 0));
+
+        // Private: erin's subscription ends, a new one is refused.
+        let now = sim.now;
+        sim.core.set_rooms(now, directory(true, BUDGET_MEMBERS));
+        let out = notifies_by_dst(&sim.drain());
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].1.header("Subscription-State"),
+            Some("terminated;reason=rejected")
+        );
+        let (resp, initial) = subscribe(&mut sim, "erin", erin_addr(), ROOM, 600);
+        assert_eq!((resp.status(), initial.len()), (Some(403), 0));
+        let (code, out) = post(&mut sim, "erin", erin_addr(), ROOM, "/history 5");
+        assert_eq!((code, out.len()), (403, 0), "nor its history");
+        let (resp, _) = subscribe(&mut sim, "carol", carol_addr(), ROOM, 600);
+        assert_eq!(resp.status(), Some(200), "a read-only member reads");
+        let (resp, _) = subscribe(
+            &mut sim,
+            "alice",
+            alice_addr(),
+            "sip:room-nope@example.test",
+            600,
+        );
+        assert_eq!(resp.status(), Some(404));
+    }
+
+    /// Sends `/history ...` as `user`: the 200 and the body of the reply
+    /// MESSAGE, which comes back over the command's flow.
+    fn history(sim: &mut Sim, user: &str, flow: std::net::SocketAddr, command: &str) -> String {
+        let (code, out) = post(sim, user, flow, ROOM, command);
+        assert_eq!(code, 200, "{command}");
+        assert_eq!(out.len(), 1, "one reply, no copies: {:?}", describe(&out));
+        assert_eq!(out[0].dst, flow);
+        let m = parse(&out[0].bytes, "reply");
+        assert_eq!(m.method(), Some("MESSAGE"));
+        assert_eq!(m.from().unwrap().uri, ROOM);
+        assert_eq!(m.to().unwrap().uri, format!("sip:{user}@{DOMAIN}"));
+        assert_eq!(
+            m.request_uri(),
+            Some(format!("sip:{user}@{flow}").as_str()),
+            "the contact registered from that flow"
+        );
+        body(&m)
+    }
+
+    #[test]
+    fn history_command_answers_with_the_newest_posts_or_those_since_a_time() {
+        let mut sim = sim_with(CoreConfig {
+            rooms: RoomConfig {
+                history_posts: 3,
+                ..RoomConfig::default()
+            },
+            ..config()
+        });
+        assert_eq!(
+            history(&mut sim, "bob", bob_addr(), "/history"),
+            "(no posts)\n"
+        );
+        sim.core.seed_room_history(
+            "budget",
+            vec![super::RoomPost {
+                time_ns: ns_of("2026-11-30T09:00:00Z"),
+                sender: format!("sip:dave@{DOMAIN}"),
+                text: "from the archive".into(),
+            }],
+        );
+        for (n, text) in ["first", "second\nline two", "third"].iter().enumerate() {
+            sim.now += Duration::from_secs(60);
+            let (code, _) = post(&mut sim, "alice", alice_addr(), ROOM, text);
+            assert_eq!(code, 200, "post {n}");
+        }
+        assert_eq!(
+            history(&mut sim, "bob", bob_addr(), "/history 2"),
+            format!(
+                "2026-12-01T10:02:00.000Z sip:alice@{DOMAIN}: second\n  line two\n\
+                 2026-12-01T10:03:00.000Z sip:alice@{DOMAIN}: third\n"
+            )
+        );
+        assert_eq!(
+            history(&mut sim, "carol", carol_addr(), "/history 50"),
+            format!(
+                "2026-12-01T10:01:00.000Z sip:alice@{DOMAIN}: first\n\
+                 2026-12-01T10:02:00.000Z sip:alice@{DOMAIN}: second\n  line two\n\
+                 2026-12-01T10:03:00.000Z sip:alice@{DOMAIN}: third\n"
+            ),
+            "only the newest three are kept: the seeded post is gone"
+        );
+        assert_eq!(
+            history(
+                &mut sim,
+                "bob",
+                bob_phone(),
+                "/history since 2026-12-01T11:02:00+01:00"
+            ),
+            format!(
+                "2026-12-01T10:02:00.000Z sip:alice@{DOMAIN}: second\n  line two\n\
+                 2026-12-01T10:03:00.000Z sip:alice@{DOMAIN}: third\n"
+            ),
+            "posts at or after the time, in any offset"
+        );
+        let texts: Vec<String> = sim
+            .core
+            .room_history("budget")
+            .into_iter()
+            .map(|p| p.text)
+            .collect();
+        assert_eq!(
+            texts,
+            ["first", "second\nline two", "third"],
+            "commands are no posts"
+        );
+
+        for bad in [
+            "/history -1",
+            "/history 0",
+            "/history since yesterday",
+            "/historyx",
+            "/history 2 3",
+        ] {
+            let req = post_req(&mut sim, "bob", bob_addr(), ROOM, bad);
+            let resp = only_response(sim.udp(bob_addr(), &req), bob_addr(), bad);
+            assert_eq!(resp.status(), Some(400), "{bad}");
+            assert!(
+                resp.header("Warning").unwrap().contains("usage: /history"),
+                "{bad}"
+            );
+        }
+        assert_eq!(sim.core.room_stats().history_requests, 4);
+        assert_eq!(sim.core.room_stats().posts, 3);
+    }
+
+    #[test]
+    fn a_history_reply_longer_than_max_body_keeps_the_newest_posts_and_says_so() {
+        let mut sim = sim_with(CoreConfig {
+            max_body_bytes: 400,
+            ..config()
+        });
+        for n in 0..10 {
+            sim.now += Duration::from_secs(1);
+            post(
+                &mut sim,
+                "alice",
+                alice_addr(),
+                ROOM,
+                &format!("post number {n} {}", "x".repeat(40)),
+            );
+        }
+        let text = history(&mut sim, "bob", bob_addr(), "/history 10");
+        assert!(text.len() <= 400, "{}", text.len());
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("(") && lines[0].contains("earlier posts left out"),
+            "{text}"
+        );
+        let kept = lines.len() - 1;
+        assert!(
+            lines[0].starts_with(&format!("({} earlier", 10 - kept)),
+            "{text}"
+        );
+        assert!(lines.last().unwrap().contains("post number 9"));
     }
 }

@@ -1,6 +1,6 @@
 //! A minimal SIP user agent over real UDP, TCP or TLS sockets: registers
 //! with digest auth, sends page-mode MESSAGEs and answers the ones it
-//! receives.
+//! receives, subscribes to events and answers (and keeps) their NOTIFYs.
 //! The demo uses it to generate traffic; tests use it as a peer.
 
 use std::net::SocketAddr;
@@ -39,6 +39,23 @@ pub struct ReceivedIm {
     pub body: String,
 }
 
+/// A NOTIFY this agent received (and answered 200).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedNotify {
+    pub event: String,
+    pub subscription_state: String,
+    pub content_type: String,
+    pub body: String,
+}
+
+/// Where the reader puts what it receives.
+#[derive(Clone)]
+struct Inboxes {
+    responses: mpsc::Sender<SipMessage>,
+    ims: mpsc::Sender<ReceivedIm>,
+    notifies: mpsc::Sender<ReceivedNotify>,
+}
+
 type StreamWriter = Arc<Mutex<Box<dyn AsyncWrite + Send + Unpin>>>;
 
 #[derive(Clone)]
@@ -71,6 +88,7 @@ pub struct UserAgent {
     writer: Writer,
     responses: mpsc::Receiver<SipMessage>,
     inbox: mpsc::Receiver<ReceivedIm>,
+    notifies: mpsc::Receiver<ReceivedNotify>,
     reader: JoinHandle<()>,
     reg_call_id: String,
     cseq: u32,
@@ -122,6 +140,12 @@ impl UserAgent {
     ) -> Result<UserAgent, UaError> {
         let (resp_tx, responses) = mpsc::channel(64);
         let (inbox_tx, inbox) = mpsc::channel(1024);
+        let (notify_tx, notifies) = mpsc::channel(1024);
+        let inboxes = Inboxes {
+            responses: resp_tx,
+            ims: inbox_tx,
+            notifies: notify_tx,
+        };
         let (writer, local, reader) = match transport {
             Transport::Udp => {
                 let sock = Arc::new(UdpSocket::bind(SocketAddr::new(server.ip(), 0)).await?);
@@ -131,7 +155,7 @@ impl UserAgent {
                 let reader = tokio::spawn(async move {
                     let mut buf = vec![0u8; 65536];
                     while let Ok((n, _)) = sock.recv_from(&mut buf).await {
-                        if !dispatch(&buf[..n], &w, &resp_tx, &inbox_tx).await {
+                        if !dispatch(&buf[..n], &w, &inboxes).await {
                             break;
                         }
                     }
@@ -146,13 +170,13 @@ impl UserAgent {
                             .await
                             .map_err(|e| UaError::Tls(e.to_string()))?;
                         let local = stream.get_ref().0.local_addr()?;
-                        let (w, r) = spawn_stream(stream, resp_tx, inbox_tx);
+                        let (w, r) = spawn_stream(stream, inboxes);
                         (w, local, r)
                     }
                     None => {
                         let stream = TcpStream::connect(server).await?;
                         let local = stream.local_addr()?;
-                        let (w, r) = spawn_stream(stream, resp_tx, inbox_tx);
+                        let (w, r) = spawn_stream(stream, inboxes);
                         (w, local, r)
                     }
                 };
@@ -168,6 +192,7 @@ impl UserAgent {
             writer,
             responses,
             inbox,
+            notifies,
             reader,
             reg_call_id: format!("reg-{}-{}@{}", user, rand::random::<u32>(), local),
             cseq: 0,
@@ -185,6 +210,15 @@ impl UserAgent {
         self.local
     }
 
+    /// This agent's address as a Contact, naming its transport.
+    fn contact(&self) -> String {
+        match self.transport {
+            Transport::Udp => format!("<sip:{}@{}>", self.user, self.local),
+            Transport::Tls => format!("<sips:{}@{}>", self.user, self.local),
+            _ => format!("<sip:{}@{};transport=tcp>", self.user, self.local),
+        }
+    }
+
     fn via(&mut self) -> String {
         self.counter += 1;
         format!(
@@ -198,11 +232,7 @@ impl UserAgent {
 
     /// REGISTERs (answering one digest challenge) and returns the final status.
     pub async fn register(&mut self, expires: u32) -> Result<u16, UaError> {
-        let contact = match self.transport {
-            Transport::Udp => format!("<sip:{}@{}>", self.user, self.local),
-            Transport::Tls => format!("<sips:{}@{}>", self.user, self.local),
-            _ => format!("<sip:{}@{};transport=tcp>", self.user, self.local),
-        };
+        let contact = self.contact();
         let uri = format!("sip:{}", self.domain);
         let mut auth: Option<String> = None;
         for _ in 0..2 {
@@ -288,6 +318,50 @@ impl UserAgent {
         Ok(resp.status().unwrap_or(0))
     }
 
+    /// SUBSCRIBEs to `uri` for `event` (a new dialog, this agent's address
+    /// as Contact) and returns the final status; NOTIFYs come to
+    /// [`UserAgent::notifies`].
+    pub async fn subscribe(
+        &mut self,
+        uri: &str,
+        event: &str,
+        expires: u32,
+    ) -> Result<u16, UaError> {
+        self.counter += 1;
+        let call_id = format!(
+            "sub-{:08x}-{}@{}",
+            rand::random::<u32>(),
+            self.counter,
+            self.local.ip()
+        );
+        let contact = self.contact();
+        let mut b = MessageBuilder::request("SUBSCRIBE", uri);
+        b.header("Via", &self.via())
+            .header("Max-Forwards", "70")
+            .header(
+                "From",
+                &format!("<{}>;tag=s{:08x}", self.aor(), rand::random::<u32>()),
+            )
+            .header("To", &format!("<{uri}>"))
+            .header("Call-ID", &call_id)
+            .header("CSeq", "1 SUBSCRIBE")
+            .header("Contact", &contact)
+            .header("Event", event)
+            .header("Expires", &expires.to_string())
+            .header("User-Agent", "sipvault-ua");
+        let resp = self.transact(b.build()).await?;
+        Ok(resp.status().unwrap_or(0))
+    }
+
+    /// NOTIFYs received so far (answered 200 by the agent).
+    pub fn notifies(&mut self) -> Vec<ReceivedNotify> {
+        let mut out = Vec::new();
+        while let Ok(n) = self.notifies.try_recv() {
+            out.push(n);
+        }
+        out
+    }
+
     /// IMs received so far (answered 200 by the agent).
     pub fn received(&mut self) -> Vec<ReceivedIm> {
         let mut out = Vec::new();
@@ -335,11 +409,7 @@ impl UserAgent {
 }
 
 /// Starts the reader of a TCP or TLS connection; returns its writer.
-fn spawn_stream<S>(
-    stream: S,
-    resp_tx: mpsc::Sender<SipMessage>,
-    inbox_tx: mpsc::Sender<ReceivedIm>,
-) -> (Writer, JoinHandle<()>)
+fn spawn_stream<S>(stream: S, inboxes: Inboxes) -> (Writer, JoinHandle<()>)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -357,7 +427,7 @@ where
             };
             framer.push(&buf[..n]);
             while let Ok(Some(msg)) = framer.next_message() {
-                if !dispatch(&msg, &w, &resp_tx, &inbox_tx).await {
+                if !dispatch(&msg, &w, &inboxes).await {
                     return;
                 }
             }
@@ -367,19 +437,14 @@ where
 }
 
 /// Routes one incoming message: responses to the waiting transaction,
-/// MESSAGE requests answered 200 and put in the inbox. Returns false when
-/// the agent is gone.
-async fn dispatch(
-    raw: &[u8],
-    w: &Writer,
-    responses: &mpsc::Sender<SipMessage>,
-    inbox: &mpsc::Sender<ReceivedIm>,
-) -> bool {
+/// MESSAGE and NOTIFY requests answered 200 and put in their inbox.
+/// Returns false when the agent is gone.
+async fn dispatch(raw: &[u8], w: &Writer, inboxes: &Inboxes) -> bool {
     let Ok(msg) = SipMessage::parse(raw) else {
         return true;
     };
     if !msg.is_request() {
-        return responses.send(msg).await.is_ok();
+        return inboxes.responses.send(msg).await.is_ok();
     }
     let (code, reason) = match msg.method() {
         Some("MESSAGE") => {
@@ -387,7 +452,17 @@ async fn dispatch(
                 from: msg.from().map(|f| f.uri.clone()).unwrap_or_default(),
                 body: String::from_utf8_lossy(msg.body()).into_owned(),
             };
-            let _ = inbox.try_send(im);
+            let _ = inboxes.ims.try_send(im);
+            (200, "OK")
+        }
+        Some("NOTIFY") => {
+            let text = |name: &str| msg.header(name).unwrap_or("").to_string();
+            let _ = inboxes.notifies.try_send(ReceivedNotify {
+                event: text("Event"),
+                subscription_state: text("Subscription-State"),
+                content_type: text("Content-Type"),
+                body: String::from_utf8_lossy(msg.body()).into_owned(),
+            });
             (200, "OK")
         }
         Some("OPTIONS") => (200, "OK"),

@@ -1,4 +1,5 @@
 use super::*;
+use sipvault_sip::MessageBuilder;
 
 const DOMAIN: &str = "example.com";
 
