@@ -64,11 +64,14 @@
 //! any 2xx (allowed on an early dialog, RFC 3261 15) is treated like a
 //! CANCEL by its sender.
 //!
-//! After its end a call *lingers* for `linger_ns` so stray ACKs, 200s to the
-//! BYE, the 487 after a CANCEL and relay copies are absorbed, then its row is
-//! emitted (by [`CallCorrelator::expire`], or by [`CallCorrelator::observe`]
-//! when a later message of that Call-ID arrives). Its Call-ID is then
-//! remembered for another `linger_ns` so late copies do not open a new call.
+//! After its end a call *lingers* for `linger_ns` so stray ACKs, the 487
+//! after a CANCEL, a final response that reopens it and relay copies are
+//! absorbed, then its row is emitted (by [`CallCorrelator::expire`], or by
+//! [`CallCorrelator::observe`] when a later message of that Call-ID
+//! arrives). An answered call ended by a BYE is final at once: its row is
+//! emitted at the BYE. Either way its Call-ID is then remembered for
+//! another `linger_ns` so late copies (the 200 to the BYE, relay copies)
+//! do not open a new call or change the row.
 //!
 //! Calls that never end:
 //!
@@ -357,8 +360,23 @@ impl CallCorrelator {
                 }
             }
             Some(method) => {
-                if let Some(call) = self.calls.get_mut(call_id) {
-                    call.on_request(method, sip, cseq, now);
+                let Some(call) = self.calls.get_mut(call_id) else {
+                    return completed;
+                };
+                call.on_request(method, sip, cseq, now);
+                // A BYE ended an answered call: nothing later changes its
+                // row, so it closes now instead of lingering whole; the
+                // closed Call-ID alone absorbs the 200 to the BYE and the
+                // relay copies (the memory of a busy archive is mostly
+                // lingering calls otherwise).
+                if call.phase
+                    == (Phase::Ended {
+                        since_ns: now,
+                        reopens: false,
+                    })
+                    && method == "BYE"
+                {
+                    completed.extend(self.close(call_id, Closing::Normal, now));
                 }
             }
             None => {

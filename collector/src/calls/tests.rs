@@ -223,14 +223,19 @@ fn answered_call_with_offer_and_answer() {
     let mut h = Harness::new();
     h.feed_all(&leg.answered(0));
     h.feed(62_000, &leg.in_dialog("BYE", true, 2, "b1", "", ""));
-    h.feed(62_010, &leg.response(200, 2, "BYE", Some("b1"), ""));
-    assert!(
-        h.observed.is_empty(),
-        "a call is emitted after its linger, not at BYE"
+    assert_eq!(
+        h.correlator.open_calls(),
+        0,
+        "an answered call is final at its BYE: emitted then, not kept lingering"
     );
-    assert!(h.expire_at(62_000 + 31_000).is_empty(), "still lingering");
-    let rows = h.expire_at(62_000 + 32_000);
+    h.feed(62_010, &leg.response(200, 2, "BYE", Some("b1"), ""));
+    h.feed(62_020, &leg.in_dialog("BYE", true, 2, "b1", "", ""));
+    assert!(
+        h.expire_at(62_000 + 32_000).is_empty(),
+        "the 200 to the BYE and a relay copy of it neither reopen nor repeat the call"
+    );
     assert_eq!(h.correlator.open_calls(), 0);
+    let rows = std::mem::take(&mut h.observed);
     assert_eq!(
         rows,
         vec![CallRow {
