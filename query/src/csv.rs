@@ -357,6 +357,6 @@ mod tests {
             out.starts_with("plain,a longer string than twelve bytes,l,-5,200,2025-11-25T10:00:00Z,2025-11-25T12:00:00+02:00,\"[1, 2]\"\n"),
             "{out}"
         );
-        assert!(out.contains(",\"say \"\"hi\"\"\","), "{out}");
+        assert!(out.contains("\n\"say \"\"hi\"\"\",\"x\"\"y\","), "{out}");
     }
 }
