@@ -21,7 +21,9 @@ cd "$(dirname "$0")/.."
 CALLS=${1:-1000000}
 IMS=${2:-100000}
 cargo build --release -q -p sipvault
-cargo build --release -q -p sipvault-query --example gen_fixture
+# With -p sipvault, the example shares the binary's dependency features, so
+# the dependencies are compiled once for both.
+cargo build --release -q -p sipvault -p sipvault-query --example gen_fixture
 BIN=$PWD/target/release/sipvault
 GEN=$PWD/target/release/examples/gen_fixture
 WORK=$(mktemp -d)

@@ -9,10 +9,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -33,6 +32,7 @@ pub use sipvault_indexer::{
 };
 
 pub mod conversation;
+mod csv;
 pub mod export;
 pub mod fixture;
 pub mod reindex;
@@ -408,6 +408,8 @@ pub struct BatchWriter<W: Write> {
     rows: u64,
     header_written: bool,
     table_batches: Vec<RecordBatch>,
+    /// CSV text of one batch, reused so its allocation is made once.
+    csv_buffer: Vec<u8>,
 }
 
 impl<W: Write> BatchWriter<W> {
@@ -419,6 +421,7 @@ impl<W: Write> BatchWriter<W> {
             rows: 0,
             header_written: false,
             table_batches: Vec::new(),
+            csv_buffer: Vec::new(),
         }
     }
 
@@ -490,60 +493,22 @@ impl<W: Write> BatchWriter<W> {
             return Ok(());
         }
         self.header_written = true;
-        let mut line = String::new();
-        push_csv_record(
+        let mut line = Vec::new();
+        csv::push_record(
             &mut line,
             self.schema.fields().iter().map(|f| f.name().as_str()),
         );
-        self.out.write_all(line.as_bytes())?;
+        self.out.write_all(&line)?;
         Ok(())
     }
 
     fn write_csv(&mut self, batch: &RecordBatch) -> Result<(), QueryError> {
         self.write_csv_header()?;
-        let options = FormatOptions::default().with_display_error(true);
-        let formatters = batch
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut line = String::new();
-        let mut cells: Vec<String> = Vec::with_capacity(formatters.len());
-        for row in 0..batch.num_rows() {
-            cells.clear();
-            cells.extend(formatters.iter().zip(batch.columns()).map(|(f, col)| {
-                if col.is_null(row) {
-                    String::new()
-                } else {
-                    f.value(row).to_string()
-                }
-            }));
-            line.clear();
-            push_csv_record(&mut line, cells.iter().map(String::as_str));
-            self.out.write_all(line.as_bytes())?;
-        }
+        self.csv_buffer.clear();
+        csv::push_batch(&mut self.csv_buffer, batch)?;
+        self.out.write_all(&self.csv_buffer)?;
         Ok(())
     }
-}
-
-fn push_csv_field(out: &mut String, value: &str) {
-    if value.contains([',', '"', '\n', '\r']) {
-        out.push('"');
-        out.push_str(&value.replace('"', "\"\""));
-        out.push('"');
-    } else {
-        out.push_str(value);
-    }
-}
-
-fn push_csv_record<'a>(out: &mut String, fields: impl Iterator<Item = &'a str>) {
-    for (i, f) in fields.enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        push_csv_field(out, f);
-    }
-    out.push('\n');
 }
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-25T10:00:00.123Z`.
@@ -625,8 +590,8 @@ pub fn format_hits(hits: &[SearchHit], format: OutputFormat) -> String {
             }
         }
         OutputFormat::Csv => {
-            let mut out = String::new();
-            push_csv_record(
+            let mut out = Vec::new();
+            csv::push_record(
                 &mut out,
                 [
                     "time", "type", "from", "to", "body", "call_id", "cseq", "score",
@@ -644,9 +609,9 @@ pub fn format_hits(hits: &[SearchHit], format: OutputFormat) -> String {
                     h.cseq.to_string(),
                     h.score.to_string(),
                 ];
-                push_csv_record(&mut out, cells.iter().map(String::as_str));
+                csv::push_record(&mut out, cells.iter().map(String::as_str));
             }
-            out
+            String::from_utf8(out).expect("CSV of UTF-8 fields is UTF-8")
         }
     }
 }

@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::Int64Type;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use parquet::arrow::ArrowWriter;
 use sipvault_schemas::{ImMessageRow, SipMessageRow, im_messages_batch, sip_messages_batch};
 
