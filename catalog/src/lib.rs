@@ -856,18 +856,7 @@ impl Catalog {
                 .fetch_all(&self.pool)
                 .await?,
             };
-        rows.iter()
-            .map(|r| {
-                Ok(RoomEvent {
-                    id: r.try_get(0)?,
-                    time_ns: r.try_get(1)?,
-                    room: r.try_get(2)?,
-                    user: r.try_get(3)?,
-                    event: r.try_get(4)?,
-                    by: r.try_get(5)?,
-                })
-            })
-            .collect()
+        rows.iter().map(room_event_from_row).collect()
     }
 
     /// Up to `limit` room events with an id above `after`, oldest first,
@@ -888,19 +877,7 @@ impl Catalog {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                Ok((
-                    RoomEvent {
-                        id: r.try_get(0)?,
-                        time_ns: r.try_get(1)?,
-                        room: r.try_get(2)?,
-                        user: r.try_get(3)?,
-                        event: r.try_get(4)?,
-                        by: r.try_get(5)?,
-                    },
-                    r.try_get(6)?,
-                ))
-            })
+            .map(|r| Ok((room_event_from_row(r)?, r.try_get(6)?)))
             .collect()
     }
 
@@ -925,6 +902,18 @@ impl Catalog {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// A `room_events` row selected as `id, time_ns, room, member, event, by_user`.
+fn room_event_from_row(r: &sqlx::any::AnyRow) -> Result<RoomEvent> {
+    Ok(RoomEvent {
+        id: r.try_get(0)?,
+        time_ns: r.try_get(1)?,
+        room: r.try_get(2)?,
+        user: r.try_get(3)?,
+        event: r.try_get(4)?,
+        by: r.try_get(5)?,
+    })
 }
 
 fn room_from_row(r: &sqlx::any::AnyRow) -> Result<Room> {
