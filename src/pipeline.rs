@@ -61,6 +61,7 @@ pub fn server_config(config: &Config, sip: SocketAddr) -> ServerConfig {
                 posts_per_second: config.rooms.posts_per_second_per_member,
                 burst: config.rooms.burst_per_member,
             },
+            conferences: config.conferences.core(),
             ..CoreConfig::default()
         },
         max_message_bytes: config.sip.max_message_bytes,
@@ -70,6 +71,7 @@ pub fn server_config(config: &Config, sip: SocketAddr) -> ServerConfig {
         udp_recv_buffer: config.sip.udp_recv_buffer_bytes,
         tls: None,
         critical_archive: None,
+        room_events: None,
     }
 }
 
@@ -160,6 +162,7 @@ impl Running {
                 timeout: Duration::from_millis(config.archive.critical_timeout_ms),
             });
         }
+        settings.room_events = Some(inputs.room_events_channel(config.archive.tap_queue));
         let server = Server::start(settings, tap_tx).await?;
         // Users are known before the address is announced: a client that
         // registers as soon as it sees the listening line is not told 404.

@@ -20,6 +20,8 @@ use sipvault_sip::{
     error_response_for_unparsed,
 };
 
+use crate::conference::{ConferenceConfig, ConferenceEvent, Conferences};
+use crate::fanout::Deliveries;
 use crate::presence::{PresenceAgent, PresenceConfig};
 use crate::proxy::{CancelClient, InviteClient, InviteServer};
 use crate::registrar::{Binding, Bindings, NonceState, Nonces};
@@ -63,6 +65,8 @@ pub struct CoreConfig {
     pub presence_allow: HashMap<String, Vec<String>>,
     /// Post rate of room members (`rooms.rs`).
     pub rooms: RoomConfig,
+    /// The conference factory and limits (`conference.rs`).
+    pub conferences: ConferenceConfig,
 }
 
 impl Default for CoreConfig {
@@ -82,6 +86,7 @@ impl Default for CoreConfig {
             archive_retry_after: Duration::from_secs(5),
             presence_allow: HashMap::new(),
             rooms: RoomConfig::default(),
+            conferences: ConferenceConfig::default(),
         }
     }
 }
@@ -121,6 +126,9 @@ pub enum Event {
         peer: SocketAddr,
         reason: String,
     },
+    /// A conference was created or ended, or someone was invited, joined
+    /// or left: a record for the archive.
+    Conference(ConferenceEvent),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -176,8 +184,12 @@ pub struct Core {
     pub(crate) events: VecDeque<Event>,
     /// PUBLISH, SUBSCRIBE and the NOTIFYs they cause (`core_presence.rs`).
     pub(crate) presence: PresenceAgent,
-    /// Chat rooms: directory, post rate buckets, deliveries (`rooms.rs`).
+    /// Chat rooms: directory and post rate buckets (`rooms.rs`).
     pub(crate) rooms: Rooms,
+    /// Ad hoc conferences and their participants (`conference.rs`).
+    pub(crate) conferences: Conferences,
+    /// Copies and NOTIFYs sent by rooms and focuses (`fanout.rs`).
+    pub(crate) deliveries: Deliveries,
     rng: u64,
     next_housekeeping: Option<Instant>,
     pub stats: CoreStats,
@@ -199,6 +211,8 @@ impl Core {
         Core {
             presence,
             rooms: Rooms::new(config.rooms.clone()),
+            conferences: Conferences::new(config.conferences.clone()),
+            deliveries: Deliveries::default(),
             config,
             users: HashMap::new(),
             local: HashMap::new(),
@@ -254,7 +268,8 @@ impl Core {
             txn,
             self.next_invite_timer(),
             self.presence.poll_timeout(),
-            self.rooms.poll_timeout(),
+            self.deliveries.poll_timeout(),
+            self.conferences.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -450,6 +465,30 @@ impl Core {
         Some(max_forwards)
     }
 
+    /// Answers 423 with `Min-Expires` when `expires` is neither 0 nor at
+    /// least the minimum; true when it did.
+    pub(crate) fn refused_too_brief(
+        &mut self,
+        peer: SocketAddr,
+        key: &str,
+        req: &SipMessage,
+        expires: u32,
+        why: &str,
+    ) -> bool {
+        if expires == 0 || expires >= self.config.min_expires {
+            return false;
+        }
+        self.reject_event(peer, 423, why);
+        self.respond(
+            key,
+            req,
+            423,
+            "Interval Too Brief",
+            &[("Min-Expires".into(), self.config.min_expires.to_string())],
+        );
+        true
+    }
+
     pub(crate) fn reject_event(&mut self, peer: SocketAddr, code: u16, reason: &str) {
         self.stats.rejected += 1;
         self.events.push_back(Event::Rejected {
@@ -542,6 +581,9 @@ impl Core {
             return;
         }
         match method.as_str() {
+            _ if self.is_conference_request(&msg) => {
+                self.on_conference_request(now, transport, peer, &key, msg)
+            }
             "REGISTER" => self.on_register(now, transport, peer, &key, &msg),
             "MESSAGE" if self.is_room_post(&msg) => self.on_room_post(now, peer, &key, msg),
             "MESSAGE" => self.on_message(now, transport, peer, &key, msg),
@@ -735,15 +777,7 @@ impl Core {
                 .expires()
                 .or(header_expires)
                 .unwrap_or(self.config.default_expires);
-            if expires > 0 && expires < self.config.min_expires {
-                self.reject_event(peer, 423, "registration interval too brief");
-                self.respond(
-                    key,
-                    req,
-                    423,
-                    "Interval Too Brief",
-                    &[("Min-Expires".into(), self.config.min_expires.to_string())],
-                );
+            if self.refused_too_brief(peer, key, req, expires, "registration interval too brief") {
                 return;
             }
         }
@@ -908,7 +942,7 @@ impl Core {
             return;
         };
         let Some(status) = msg.status() else { return };
-        if self.presence_response(&msg) || self.room_response(&msg) {
+        if self.presence_response(&msg) || self.delivery_response(&msg) {
             return;
         }
         match msg.cseq().map(|(_, m)| m) {
@@ -984,13 +1018,14 @@ impl Core {
             }
         }
         self.invite_flow_failed(now, transport, dst);
-        self.room_flow_failed(transport, dst);
+        self.delivery_flow_failed(transport, dst);
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.invite_timeouts(now);
         self.presence_timeouts(now);
-        self.room_timeouts(now);
+        self.delivery_timeouts(now);
+        self.conference_timeouts(now);
         let mut timed_out = Vec::new();
         let mut retransmit = Vec::new();
         for (branch, txn) in &mut self.client_txns {

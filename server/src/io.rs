@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sipvault_schemas::{CapturedMessage, Direction, Transport};
+use sipvault_schemas::{CapturedMessage, Direction, RoomEventRow, Transport};
 use sipvault_sip::{StreamFramer, error_response_for_unparsed};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -52,6 +52,9 @@ pub struct ServerConfig {
     /// Critical mode: an IM is relayed only once the archive accepted its
     /// record; `None` relays whatever the archive does.
     pub critical_archive: Option<CriticalArchive>,
+    /// Where conference events go as `room_events` rows (the archive);
+    /// `None` logs them only.
+    pub room_events: Option<mpsc::Sender<RoomEventRow>>,
 }
 
 /// Resolved by the archive once the record is durable, or with why not.
@@ -81,6 +84,7 @@ impl Default for ServerConfig {
             max_tcp_connections: 4096,
             tls: None,
             critical_archive: None,
+            room_events: None,
         }
     }
 }
@@ -807,6 +811,20 @@ async fn core_loop(
                 Event::Dropped { peer, reason } => tracing::info!(%peer, %reason, "input dropped"),
                 Event::Registered { .. } => {}
                 Event::Unregistered { user } => tracing::info!(%user, "no longer registered"),
+                Event::Conference(event) => {
+                    let Some(tx) = &shared.config.room_events else {
+                        continue;
+                    };
+                    // Never waits, like the tap: a full archive channel
+                    // loses the record, counted, rather than signalling.
+                    if tx.try_send(event.to_row(chrono_now_ns())).is_err() {
+                        shared.stats.tap_dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            ?event,
+                            "archive channel full or closed: conference event not archived"
+                        );
+                    }
+                }
             }
         }
     }

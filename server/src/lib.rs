@@ -6,8 +6,10 @@
 //! The server never knows about the archive: every message in or out is
 //! handed to a [`io::Tap`], a channel the binary connects to the collector.
 
+pub mod conference;
 pub mod core;
 mod core_presence;
+mod fanout;
 pub mod io;
 pub mod presence;
 mod proxy;
@@ -16,6 +18,7 @@ pub mod rooms;
 pub mod tls;
 pub mod ua;
 
+pub use conference::{ConferenceConfig, ConferenceEvent, ConferenceEventKind, ConferenceStats};
 pub use core::{Core, CoreConfig, CoreStats, Event, Transmit, UserCredentials};
 pub use io::{
     ArchiveAck, ArchiveRequest, CriticalArchive, Server, ServerConfig, ServerError, ServerStats,

@@ -1,10 +1,9 @@
 //! Persistent chat rooms inside the core. A MESSAGE to
 //! `sip:room-NAME@DOMAIN` from a member who may post is answered 200 and
 //! sent on, from the room's URI, to every binding of every other member
-//! registered at that moment, each copy in a client transaction of its own
-//! (retransmitted on UDP, given up at 64·T1). Copies pass the tap like any
-//! message, so the post (member → room) and each delivery (room → member)
-//! are archived.
+//! registered at that moment, each copy a delivery of its own
+//! ([`crate::fanout`]). Copies pass the tap like any message, so the post
+//! (member → room) and each delivery (room → member) are archived.
 //!
 //! Refusals: not a member or read-only 403, a member over the post rate of
 //! [`RoomConfig`] 503 with `Retry-After`. A `room-` URI that names no
@@ -16,10 +15,10 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use sipvault_catalog::{ROOM_USER_PREFIX, RoomRole};
-use sipvault_schemas::Transport;
-use sipvault_sip::{MessageBuilder, SipMessage, SipUri};
+use sipvault_sip::{SipMessage, SipUri};
 
-use crate::core::{Core, Transmit, requires_tls};
+use crate::core::Core;
+use crate::fanout::{Copy, CopyIds, Origin};
 
 /// Members of each room, by room name (without the `room-` prefix).
 pub type RoomDirectory = HashMap<String, BTreeMap<String, RoomRole>>;
@@ -57,23 +56,13 @@ struct Bucket {
     at: Instant,
 }
 
-/// A copy of a post on its way to one binding of a member.
-struct Delivery {
-    transmit: Transmit,
-    next_retransmit: Option<Instant>,
-    interval: Duration,
-    deadline: Instant,
-}
-
-/// The rooms' state in the core: the directory the binary pushes, rate
-/// buckets and deliveries in flight.
+/// The rooms' state in the core: the directory the binary pushes and rate
+/// buckets.
 #[derive(Default)]
 pub(crate) struct Rooms {
     config: RoomConfig,
     directory: RoomDirectory,
     buckets: HashMap<(String, String), Bucket>,
-    /// Deliveries by the branch of their Via.
-    deliveries: HashMap<String, Delivery>,
     pub(crate) stats: RoomStats,
 }
 
@@ -83,13 +72,6 @@ impl Rooms {
             config,
             ..Rooms::default()
         }
-    }
-
-    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        self.deliveries
-            .values()
-            .map(|d| d.next_retransmit.map_or(d.deadline, |r| r.min(d.deadline)))
-            .min()
     }
 
     /// Takes a token of `room`'s bucket for `user`; when there is none,
@@ -219,134 +201,25 @@ impl Core {
 
     /// Sends a copy of `post` to every binding of every other member.
     fn fan_out(&mut self, now: Instant, room: &str, sender: &str, post: &SipMessage) {
-        let domain = self.config.domain.clone();
-        let room_uri = format!("sip:{ROOM_USER_PREFIX}{room}@{domain}");
-        let content_type = post
-            .header("Content-Type")
-            .unwrap_or("text/plain")
-            .to_string();
+        let room_uri = format!("sip:{ROOM_USER_PREFIX}{room}@{}", self.config.domain);
         let members: Vec<String> = self
             .rooms
             .directory
             .get(room)
             .map(|m| m.keys().filter(|u| *u != sender).cloned().collect())
             .unwrap_or_default();
-        for member in members {
-            let bindings: Vec<_> = self
-                .bindings
-                .lookup(&member, now)
-                .into_iter()
-                // A contact that asks for TLS is reached only over TLS, as
-                // for any relayed MESSAGE.
-                .filter(|b| b.transport == Transport::Tls || !requires_tls(&b.contact))
-                .cloned()
-                .collect();
-            for binding in bindings {
-                let (branch, via) = self.new_via(binding.transport);
-                let mut b = MessageBuilder::request("MESSAGE", &binding.contact);
-                b.header("Via", &via)
-                    .header("Max-Forwards", "70")
-                    // The room sends; the display name says who posted.
-                    .header(
-                        "From",
-                        &format!(
-                            "\"{}\" <{room_uri}>;tag={}",
-                            sender.replace(['"', '\\'], ""),
-                            self.token()
-                        ),
-                    )
-                    .header("To", &format!("<sip:{member}@{domain}>"))
-                    // A Call-ID per copy: each is an IM of its own in the archive.
-                    .header("Call-ID", &format!("room-{}@{domain}", self.token()))
-                    .header("CSeq", "1 MESSAGE")
-                    .header("Server", crate::core::SERVER_HEADER)
-                    .body(&content_type, post.body());
-                let transmit = Transmit {
-                    transport: binding.transport,
-                    dst: binding.flow,
-                    bytes: b.build(),
-                };
-                let reliable = transmit.transport != Transport::Udp;
-                self.rooms.deliveries.insert(
-                    branch,
-                    Delivery {
-                        transmit: transmit.clone(),
-                        next_retransmit: (!reliable).then(|| now + self.config.t1),
-                        interval: self.config.t1,
-                        deadline: now + self.config.t1 * 64,
-                    },
-                );
-                self.rooms.stats.deliveries += 1;
-                self.stats.relayed += 1;
-                self.transmits.push_back(transmit);
-            }
-        }
-    }
-
-    /// True when `msg` answers one of our deliveries (and was handled here):
-    /// a final response ends the delivery, a provisional one slows its
-    /// retransmissions to T2 (RFC 3261 17.1.2.2).
-    pub(crate) fn room_response(&mut self, msg: &SipMessage) -> bool {
-        let Some(branch) = msg
-            .vias()
-            .first()
-            .and_then(|v| v.branch().map(str::to_string))
-        else {
-            return false;
+        let copy = Copy {
+            origin: Origin::Room,
+            from_uri: &room_uri,
+            author: sender,
+            ids: CopyIds::Fresh {
+                prefix: ROOM_USER_PREFIX,
+            },
+            content_type: post.header("Content-Type").unwrap_or("text/plain"),
+            body: post.body(),
         };
-        let Some(code) = msg.status() else {
-            return false;
-        };
-        if code >= 200 {
-            if self.rooms.deliveries.remove(&branch).is_none() {
-                return false;
-            }
-            if code >= 300 {
-                self.rooms.stats.delivery_failures += 1;
-                tracing::info!(code, "room delivery refused by the member's agent");
-            }
-            return true;
-        }
-        match self.rooms.deliveries.get_mut(&branch) {
-            Some(d) => {
-                d.interval = self.config.t2;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Retransmits deliveries on UDP (T1 doubling to T2) and gives up on
-    /// those unanswered at 64·T1: the post was accepted, a member who
-    /// cannot be reached only misses the copy (the archive keeps the post).
-    pub(crate) fn room_timeouts(&mut self, now: Instant) {
-        let t2 = self.config.t2;
-        let mut retransmit = Vec::new();
-        let before = self.rooms.deliveries.len();
-        self.rooms.deliveries.retain(|_, d| {
-            if now >= d.deadline {
-                return false;
-            }
-            if d.next_retransmit.is_some_and(|at| now >= at) {
-                retransmit.push(d.transmit.clone());
-                d.interval = (d.interval * 2).min(t2);
-                d.next_retransmit = Some(now + d.interval);
-            }
-            true
-        });
-        let timed_out = before - self.rooms.deliveries.len();
-        self.rooms.stats.delivery_failures += timed_out as u64;
-        self.stats.retransmissions += retransmit.len() as u64;
-        self.transmits.extend(retransmit);
-    }
-
-    /// Deliveries on a flow that failed are given up at once.
-    pub(crate) fn room_flow_failed(&mut self, transport: Transport, dst: SocketAddr) {
-        let before = self.rooms.deliveries.len();
-        self.rooms
-            .deliveries
-            .retain(|_, d| !(d.transmit.transport == transport && d.transmit.dst == dst));
-        self.rooms.stats.delivery_failures += (before - self.rooms.deliveries.len()) as u64;
+        let sent = self.send_copies(now, &copy, &members);
+        self.rooms.stats.deliveries += u64::from(sent);
     }
 }
 
