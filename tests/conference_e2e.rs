@@ -245,6 +245,18 @@ async fn a_conference_of_three_and_room_events_archived_once_across_a_crash() {
         data,
         &["room", "remove-member", "budget", "bob", "--as", "lead"],
     );
+    // A conference still open when the server stops.
+    let mut alice = connect(server.addr, Transport::Udp, "alice").await;
+    let open = alice
+        .request("MESSAGE", FACTORY, &[], Some(""))
+        .await
+        .unwrap();
+    let open_focus = open
+        .contacts()
+        .into_iter()
+        .find_map(|c| c.addr.map(|a| a.uri))
+        .expect("focus URI in Contact");
+    alice.close().await;
     assert_eq!(rows_eventually(data, room_rows, 4).len(), 4);
     std::thread::sleep(Duration::from_secs(2));
     server.stop();
@@ -393,6 +405,26 @@ async fn a_conference_of_three_and_room_events_archived_once_across_a_crash() {
         .map(|r| r["status"].as_str().unwrap())
         .collect();
     assert_eq!(membership, ["invited", "joined", "left"]);
+    // Stopping the server ended the open conference, on the record.
+    let ended = sql_rows(
+        data,
+        &format!(
+            "SELECT event, by_user FROM room_events WHERE room = '{open_focus}' ORDER BY time"
+        ),
+    );
+    let ended: Vec<(&str, &str)> = ended
+        .iter()
+        .map(|r| (r["event"].as_str().unwrap(), r["by_user"].as_str().unwrap()))
+        .collect();
+    let alice_uri = m("alice");
+    assert_eq!(
+        ended,
+        [
+            ("created", alice_uri.as_str()),
+            ("left", "server"),
+            ("ended", "server")
+        ]
+    );
     let verify = common::run_sipvault(data, &["verify"]);
     assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
 }

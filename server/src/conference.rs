@@ -888,6 +888,27 @@ impl Core {
         self.send_delivery(now, Origin::Conference, branch, transmit);
     }
 
+    /// Ends conference `id` on the server's own account: every joined
+    /// participant leaves, then it ends.
+    fn close_conference(&mut self, id: &str) {
+        let Some(conference) = self.conferences.by_id.get(id) else {
+            return;
+        };
+        for user in conference.joined_except("") {
+            self.conference_event(id, Some(&user), ConferenceEventKind::Left, "server", None);
+        }
+        self.end_conference(id, "server", None);
+    }
+
+    /// Ends every conference (the server is stopping, and conferences
+    /// live in its memory only), so the archive records their end.
+    pub fn end_all_conferences(&mut self) {
+        let ids: Vec<String> = self.conferences.by_id.keys().cloned().collect();
+        for id in ids {
+            self.close_conference(&id);
+        }
+    }
+
     /// Subscriptions that expired leave; idle conferences end.
     pub(crate) fn conference_timeouts(&mut self, now: Instant) {
         let idle = self.conferences.config.idle_timeout;
@@ -903,18 +924,8 @@ impl Core {
                 continue;
             };
             if conference.last_activity + idle <= now {
-                let joined = conference.joined_except("");
-                for user in joined {
-                    self.conference_event(
-                        &id,
-                        Some(&user),
-                        ConferenceEventKind::Left,
-                        "server",
-                        None,
-                    );
-                }
                 tracing::info!(conference = %id, "conference idle: ended");
-                self.end_conference(&id, "server", None);
+                self.close_conference(&id);
                 continue;
             }
             let expired: Vec<String> = conference

@@ -803,32 +803,41 @@ async fn core_loop(
         while let Some(t) = core.poll_transmit() {
             send(&udp, udp_local, &shared, t).await;
         }
-        while let Some(ev) = core.poll_event() {
-            match ev {
-                Event::Rejected { peer, code, reason } => {
-                    tracing::info!(%peer, code, %reason, "request rejected")
-                }
-                Event::Dropped { peer, reason } => tracing::info!(%peer, %reason, "input dropped"),
-                Event::Registered { .. } => {}
-                Event::Unregistered { user } => tracing::info!(%user, "no longer registered"),
-                Event::Conference(event) => {
-                    let Some(tx) = &shared.config.room_events else {
-                        continue;
-                    };
-                    // Never waits, like the tap: a full archive channel
-                    // loses the record, counted, rather than signalling.
-                    if tx.try_send(event.to_row(chrono_now_ns())).is_err() {
-                        shared.stats.tap_dropped.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            ?event,
-                            "archive channel full or closed: conference event not archived"
-                        );
-                    }
+        report_events(&mut core, &shared);
+    }
+    // Conferences live in the core's memory only: their end is recorded
+    // before it goes.
+    core.end_all_conferences();
+    report_events(&mut core, &shared);
+    tracing::info!(stats = ?core.stats, "sip core stopped");
+}
+
+/// Logs what the core reports and hands its conference records to the archive.
+fn report_events(core: &mut Core, shared: &Shared) {
+    while let Some(ev) = core.poll_event() {
+        match ev {
+            Event::Rejected { peer, code, reason } => {
+                tracing::info!(%peer, code, %reason, "request rejected")
+            }
+            Event::Dropped { peer, reason } => tracing::info!(%peer, %reason, "input dropped"),
+            Event::Registered { .. } => {}
+            Event::Unregistered { user } => tracing::info!(%user, "no longer registered"),
+            Event::Conference(event) => {
+                let Some(tx) = &shared.config.room_events else {
+                    continue;
+                };
+                // Never waits, like the tap: a full archive channel
+                // loses the record, counted, rather than signalling.
+                if tx.try_send(event.to_row(chrono_now_ns())).is_err() {
+                    shared.stats.tap_dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        ?event,
+                        "archive channel full or closed: conference event not archived"
+                    );
                 }
             }
         }
     }
-    tracing::info!(stats = ?core.stats, "sip core stopped");
 }
 
 async fn send(udp: &UdpSocket, udp_local: SocketAddr, shared: &Arc<Shared>, t: Transmit) {

@@ -535,6 +535,24 @@ fn an_idle_conference_ends_and_an_expired_subscription_leaves() {
             (ConferenceEventKind::Ended, None, "server".into()),
         ]
     );
+
+    // A server that stops ends what is left, on the record.
+    let focus = create(&mut sim);
+    sim.core.end_all_conferences();
+    assert_eq!(sim.core.live_conferences(), 0);
+    let events = conference_events(&mut sim);
+    assert!(events.iter().all(|e| e.focus == focus));
+    assert_eq!(
+        summary(&events)[1..],
+        [
+            (
+                ConferenceEventKind::Left,
+                Some("alice".into()),
+                "server".into()
+            ),
+            (ConferenceEventKind::Ended, None, "server".into()),
+        ]
+    );
 }
 
 #[test]
