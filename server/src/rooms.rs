@@ -537,7 +537,7 @@ impl Core {
         }
     }
 
-    fn refuse(&mut self, peer: SocketAddr, key: &str, req: &SipMessage, why: &str) {
+    fn room_refuse(&mut self, peer: SocketAddr, key: &str, req: &SipMessage, why: &str) {
         self.rooms.stats.refused += 1;
         self.reject_event(peer, 403, why);
         self.respond(key, req, 403, "Forbidden", &[]);
@@ -597,11 +597,11 @@ impl Core {
         }
         let role = sender.as_ref().and_then(|s| self.rooms.role_of(&room, s));
         let (Some(sender), Some(role)) = (sender, role) else {
-            self.refuse(peer, key, &req, &format!("not a member of room {room}"));
+            self.room_refuse(peer, key, &req, &format!("not a member of room {room}"));
             return;
         };
         if !role.may_post() {
-            self.refuse(peer, key, &req, &format!("read-only member of room {room}"));
+            self.room_refuse(peer, key, &req, &format!("read-only member of room {room}"));
             return;
         }
         if self.hops_left(peer, key, &req).is_none() {
@@ -641,7 +641,7 @@ impl Core {
         command: Result<HistoryQuery, ()>,
     ) {
         let Some(sender) = sender.filter(|s| self.may_read(room, Some(s))) else {
-            self.refuse(peer, key, req, &format!("may not read room {room}"));
+            self.room_refuse(peer, key, req, &format!("may not read room {room}"));
             return;
         };
         let Ok(query) = command else {

@@ -294,6 +294,21 @@ impl UserAgent {
     /// Sends one page-mode MESSAGE to the URI `to` (e.g. a `sips:` one) and
     /// returns the final status.
     pub async fn message_to(&mut self, to: &str, body: &str) -> Result<u16, UaError> {
+        let resp = self.request("MESSAGE", to, &[], Some(body)).await?;
+        Ok(resp.status().unwrap_or(0))
+    }
+
+    /// Sends one `method` request outside any dialog (MESSAGE, REFER,
+    /// SUBSCRIBE, BYE...) to the URI `to`, with `headers` and a text body,
+    /// and returns its final response. Requests other than MESSAGE carry
+    /// this agent's Contact, where NOTIFYs come back to.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        to: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Result<SipMessage, UaError> {
         let to = to.to_string();
         self.counter += 1;
         let call_id = format!(
@@ -302,7 +317,7 @@ impl UserAgent {
             self.counter,
             self.local.ip()
         );
-        let mut b = MessageBuilder::request("MESSAGE", &to);
+        let mut b = MessageBuilder::request(method, &to);
         b.header("Via", &self.via())
             .header("Max-Forwards", "70")
             .header(
@@ -311,11 +326,18 @@ impl UserAgent {
             )
             .header("To", &format!("<{to}>"))
             .header("Call-ID", &call_id)
-            .header("CSeq", "1 MESSAGE")
-            .header("User-Agent", "sipvault-ua")
-            .body("text/plain;charset=UTF-8", body.as_bytes());
-        let resp = self.transact(b.build()).await?;
-        Ok(resp.status().unwrap_or(0))
+            .header("CSeq", &format!("1 {method}"))
+            .header("User-Agent", "sipvault-ua");
+        if method != "MESSAGE" {
+            b.header("Contact", &format!("<sip:{}@{}>", self.user, self.local));
+        }
+        for (name, value) in headers {
+            b.header(name, value);
+        }
+        if let Some(body) = body {
+            b.body("text/plain;charset=UTF-8", body.as_bytes());
+        }
+        self.transact(b.build()).await
     }
 
     /// SUBSCRIBEs to `uri` for `event` (a new dialog, this agent's address
