@@ -452,7 +452,7 @@ impl Core {
         let copy = Copy {
             origin: Origin::Conference,
             from_uri: &focus,
-            author,
+            author: Some(author),
             ids: CopyIds::Shared {
                 call_id: &call_id,
                 first_cseq,
@@ -561,7 +561,7 @@ impl Core {
         let copy = Copy {
             origin: Origin::Conference,
             from_uri: &focus,
-            author: &user,
+            author: Some(&user),
             ids: CopyIds::Shared {
                 call_id: &call_id,
                 first_cseq: conference.next_cseq,

@@ -981,7 +981,7 @@ impl Core {
             return;
         };
         let Some(status) = msg.status() else { return };
-        if self.notify_response(&msg) || self.room_response(&msg) || self.delivery_response(&msg) {
+        if self.notify_response(&msg) || self.delivery_response(&msg) {
             return;
         }
         match msg.cseq().map(|(_, m)| m) {
@@ -1057,7 +1057,6 @@ impl Core {
             }
         }
         self.invite_flow_failed(now, transport, dst);
-        self.room_flow_failed(transport, dst);
         self.delivery_flow_failed(transport, dst);
     }
 

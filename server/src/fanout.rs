@@ -1,10 +1,11 @@
 //! Requests the server originates itself on behalf of a room or a
-//! conference focus: the copies of a post sent to members, and a focus's
-//! NOTIFYs. Each travels in a client transaction of its own kept here
-//! (retransmitted on UDP at T1 doubling to T2, given up at 64·T1 or when
-//! its flow fails); its response is absorbed, never relayed to whoever
-//! caused it. Copies pass the tap like any message, so every delivery is
-//! archived.
+//! conference focus: the copies of a post sent to members, a room's reply
+//! to `/history`, and a focus's NOTIFYs (a room's `chat-room` NOTIFYs are
+//! kept by its [`crate::subscription::Notifier`] instead). Each travels in
+//! a client transaction of its own kept here (retransmitted on UDP at T1
+//! doubling to T2, given up at 64·T1 or when its flow fails); its response
+//! is absorbed, never relayed to whoever caused it. Copies pass the tap
+//! like any message, so every delivery is archived.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -56,13 +57,22 @@ pub(crate) enum CopyIds<'a> {
     Shared { call_id: &'a str, first_cseq: u32 },
 }
 
+/// Where one copy goes: a user's contact, over a flow.
+pub(crate) struct Recipient<'a> {
+    pub(crate) user: &'a str,
+    pub(crate) contact: &'a str,
+    pub(crate) transport: Transport,
+    pub(crate) flow: SocketAddr,
+}
+
 /// A message copied to members, as a room or a focus sends it.
 pub(crate) struct Copy<'a> {
     pub(crate) origin: Origin,
     /// The room's or the focus's URI: replies come back to it.
     pub(crate) from_uri: &'a str,
-    /// Display name of From: who wrote the message.
-    pub(crate) author: &'a str,
+    /// Display name of From: who wrote the message; `None` when the room or
+    /// focus speaks for itself.
+    pub(crate) author: Option<&'a str>,
     pub(crate) ids: CopyIds<'a>,
     pub(crate) content_type: &'a str,
     pub(crate) body: &'a [u8],
@@ -73,7 +83,6 @@ impl Core {
     /// (a contact that asks for TLS only over TLS, as for any relayed
     /// MESSAGE), each in a delivery of its own. Returns how many left.
     pub(crate) fn send_copies(&mut self, now: Instant, copy: &Copy<'_>, members: &[String]) -> u32 {
-        let domain = self.config.domain.clone();
         let mut sent = 0u32;
         for member in members {
             let bindings: Vec<_> = self
@@ -84,41 +93,61 @@ impl Core {
                 .cloned()
                 .collect();
             for binding in bindings {
-                let (branch, via) = self.new_via(binding.transport);
-                let (call_id, cseq) = match copy.ids {
-                    CopyIds::Fresh { prefix } => (format!("{prefix}{}@{domain}", self.token()), 1),
-                    CopyIds::Shared {
-                        call_id,
-                        first_cseq,
-                    } => (call_id.to_string(), first_cseq.wrapping_add(sent)),
-                };
-                let mut b = MessageBuilder::request("MESSAGE", &binding.contact);
-                b.header("Via", &via)
-                    .header("Max-Forwards", "70")
-                    .header(
-                        "From",
-                        &format!(
-                            "\"{}\" <{}>;tag={}",
-                            copy.author.replace(['"', '\\'], ""),
-                            copy.from_uri,
-                            self.token()
-                        ),
-                    )
-                    .header("To", &format!("<sip:{member}@{domain}>"))
-                    .header("Call-ID", &call_id)
-                    .header("CSeq", &format!("{cseq} MESSAGE"))
-                    .header("Server", SERVER_HEADER)
-                    .body(copy.content_type, copy.body);
-                let transmit = Transmit {
+                let to = Recipient {
+                    user: member,
+                    contact: &binding.contact,
                     transport: binding.transport,
-                    dst: binding.flow,
-                    bytes: b.build(),
+                    flow: binding.flow,
                 };
-                self.send_delivery(now, copy.origin, branch, transmit);
+                self.send_copy(now, copy, &to, sent);
                 sent += 1;
             }
         }
         sent
+    }
+
+    /// Sends `copy` to one recipient in a delivery of its own; `nth` is
+    /// how many copies of it left before (the CSeq offset of shared ids).
+    pub(crate) fn send_copy(
+        &mut self,
+        now: Instant,
+        copy: &Copy<'_>,
+        to: &Recipient<'_>,
+        nth: u32,
+    ) {
+        let domain = self.config.domain.clone();
+        let (branch, via) = self.new_via(to.transport);
+        let (call_id, cseq) = match copy.ids {
+            CopyIds::Fresh { prefix } => (format!("{prefix}{}@{domain}", self.token()), 1),
+            CopyIds::Shared {
+                call_id,
+                first_cseq,
+            } => (call_id.to_string(), first_cseq.wrapping_add(nth)),
+        };
+        let from = match copy.author {
+            Some(author) => format!(
+                "\"{}\" <{}>;tag={}",
+                author.replace(['"', '\\'], ""),
+                copy.from_uri,
+                self.token()
+            ),
+            None => format!("<{}>;tag={}", copy.from_uri, self.token()),
+        };
+        let mut b = MessageBuilder::request("MESSAGE", to.contact);
+        b.header("Via", &via)
+            .header("Max-Forwards", "70")
+            .header("From", &from)
+            .header("To", &format!("<sip:{}@{domain}>", to.user))
+            .header("Call-ID", &call_id)
+            .header("CSeq", &format!("{cseq} MESSAGE"))
+            .header("Server", SERVER_HEADER)
+            .body(copy.content_type, copy.body);
+        let transmit = Transmit {
+            transport: to.transport,
+            dst: to.flow,
+            bytes: b.build(),
+        };
+        self.send_delivery(now, copy.origin, branch, transmit);
     }
 
     /// Sends `transmit`, a request of ours whose top Via carries `branch`,
