@@ -1552,6 +1552,49 @@ mod tests {
     }
 
     #[test]
+    fn a_history_reply_is_a_delivery_from_the_room_retransmitted_until_answered_or_given_up() {
+        let mut sim = sim();
+        let ask = |sim: &mut Sim| {
+            let req = post_req(sim, "alice", alice_addr(), ROOM, "/history");
+            let (responses, out) = split(sim.udp(alice_addr(), &req), alice_addr());
+            assert_eq!(responses.len(), 1);
+            assert_eq!(responses[0].status(), Some(200));
+            assert_eq!(out.len(), 1, "one reply: {:?}", describe(&out));
+            out.into_iter().next().unwrap()
+        };
+        let reply = ask(&mut sim);
+        let m = parse(&reply.bytes, "reply");
+        assert!(
+            m.header("From").unwrap().starts_with('<'),
+            "the room itself answers, without a display name: {:?}",
+            m.header("From")
+        );
+        assert!(m.call_id().unwrap().starts_with("room-"));
+        assert!(
+            answer(&mut sim, &reply, 200).is_empty(),
+            "its answer is absorbed"
+        );
+
+        // Unanswered: retransmitted at T1, 2·T1, ... and given up at 64·T1,
+        // counted as a failed room delivery.
+        let reply = ask(&mut sim);
+        let end = sim.now + Duration::from_secs(40);
+        let later = sim.run_until(end);
+        assert!(!later.is_empty());
+        assert!(later.iter().all(|(_, t)| t.bytes == reply.bytes));
+        let stats = sim.core.room_stats();
+        assert_eq!(
+            (
+                stats.history_requests,
+                stats.deliveries,
+                stats.delivery_failures
+            ),
+            (2, 2, 1)
+        );
+        assert!(sim.core.poll_timeout().is_none_or(|t| t > end));
+    }
+
+    #[test]
     fn history_command_answers_with_the_newest_posts_or_those_since_a_time() {
         let mut sim = sim_with(CoreConfig {
             rooms: RoomConfig {
