@@ -459,7 +459,9 @@ where
 }
 
 /// Routes one incoming message: responses to the waiting transaction,
-/// MESSAGE and NOTIFY requests answered 200 and put in their inbox.
+/// MESSAGE and NOTIFY requests answered 200 and put in their inbox. The
+/// answer leaves first: whoever sees a request in an inbox knows it was
+/// answered, even if it closes the agent at once.
 /// Returns false when the agent is gone.
 async fn dispatch(raw: &[u8], w: &Writer, inboxes: &Inboxes) -> bool {
     let Ok(msg) = SipMessage::parse(raw) else {
@@ -469,13 +471,19 @@ async fn dispatch(raw: &[u8], w: &Writer, inboxes: &Inboxes) -> bool {
         return inboxes.responses.send(msg).await.is_ok();
     }
     let (code, reason) = match msg.method() {
+        Some("MESSAGE" | "NOTIFY" | "OPTIONS") => (200, "OK"),
+        Some("ACK") => return true,
+        _ => (405, "Method Not Allowed"),
+    };
+    let mut b = MessageBuilder::response_to(&msg, code, reason);
+    b.add_to_tag(&format!("{:08x}", rand::random::<u32>()));
+    let _ = w.send(&b.build()).await;
+    match msg.method() {
         Some("MESSAGE") => {
-            let im = ReceivedIm {
+            let _ = inboxes.ims.try_send(ReceivedIm {
                 from: msg.from().map(|f| f.uri.clone()).unwrap_or_default(),
                 body: String::from_utf8_lossy(msg.body()).into_owned(),
-            };
-            let _ = inboxes.ims.try_send(im);
-            (200, "OK")
+            });
         }
         Some("NOTIFY") => {
             let text = |name: &str| msg.header(name).unwrap_or("").to_string();
@@ -485,14 +493,8 @@ async fn dispatch(raw: &[u8], w: &Writer, inboxes: &Inboxes) -> bool {
                 content_type: text("Content-Type"),
                 body: String::from_utf8_lossy(msg.body()).into_owned(),
             });
-            (200, "OK")
         }
-        Some("OPTIONS") => (200, "OK"),
-        Some("ACK") => return true,
-        _ => (405, "Method Not Allowed"),
-    };
-    let mut b = MessageBuilder::response_to(&msg, code, reason);
-    b.add_to_tag(&format!("{:08x}", rand::random::<u32>()));
-    let _ = w.send(&b.build()).await;
+        _ => {}
+    }
     true
 }
