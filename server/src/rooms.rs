@@ -40,14 +40,14 @@
 //! posts of each room (the binary seeds them from the archive at start). A
 //! MESSAGE to the room whose body starts with `/history` is a command, not
 //! a post: `/history` (the newest 20), `/history N` or `/history since
-//! RFC3339-TIME`, answered 200 and followed by one MESSAGE from the room to
-//! the requester (over the flow the command came on, a delivery like a
-//! copy) whose `text/plain`
-//! body has a line `TIME SENDER: TEXT` per post, oldest first (lines of a
-//! post's own text after the first are indented by two spaces; `(no posts)`
-//! when there are none). A reply longer than `max_body_bytes` keeps the
-//! newest posts and says how many were left out. A malformed command gets
-//! 400 with a `Warning` saying the syntax.
+//! RFC3339-TIME`, answered 200 and followed by one MESSAGE from the room
+//! itself (no display name) to the requester, over the flow the command
+//! came on and a delivery like a copy, whose `text/plain` body has a line
+//! `TIME SENDER: TEXT` per post, oldest first (lines of a post's own text
+//! after the first are indented by two spaces; `(no posts)` when there are
+//! none). A reply longer than `max_body_bytes` keeps the newest posts and
+//! says how many were left out. A malformed command gets 400 with a
+//! `Warning` saying the syntax.
 //!
 //! **Who may do what.** Posting needs the owner or member role in every
 //! room. Reading (SUBSCRIBE, `/history`) is open to every user of the
