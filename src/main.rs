@@ -121,8 +121,7 @@ enum Command {
     /// Rebuild an IM conversation in order, with who it was delivered to
     /// and when.
     #[command(
-        after_help = "A conversation is every IM with the given Call-ID (session mode) plus the page-mode IMs\nbetween exactly the same participants (sender and recipients, either direction) that follow\neach other with no silence longer than --gap. A conference's Call-ID (conf-ID@DOMAIN) gives the
-whole conference: the messages written to its focus and the focus's copies. delivered_to/delivered_at: the recipients of a\ndelivered IM and the time of its 2xx final response in sip_messages (empty if not archived).\nAn id that names no archived IM exits 1.\n\nExamples:\n  sipvault conversation 3c5a7e1f@192.0.2.10 --data ./sipvault-data\n  sipvault conversation '3c5a7e1f@192.0.2.10#2' --gap 2h --format json"
+        after_help = "A conversation is every IM with the given Call-ID (session mode) plus the page-mode IMs\nbetween exactly the same participants (sender and recipients, either direction) that follow\neach other with no silence longer than --gap. A conference's Call-ID (conf-ID@DOMAIN) gives\nthe whole conference: the messages written to its focus and the focus's copies.\ndelivered_to/delivered_at: the recipients of a delivered IM and the time of its 2xx final\nresponse in sip_messages (empty if not archived).\nAn id that names no archived IM exits 1.\n\nExamples:\n  sipvault conversation 3c5a7e1f@192.0.2.10 --data ./sipvault-data\n  sipvault conversation '3c5a7e1f@192.0.2.10#2' --gap 2h --format json"
     )]
     Conversation(conversation::ConversationArgs),
     /// One person's IMs sent and received, presence changes and calls
