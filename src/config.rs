@@ -25,6 +25,46 @@ pub struct Config {
     pub rooms: RoomsConfig,
     /// Federated domains (`[[federation]]` entries); none by default.
     pub federation: Vec<FederationConfig>,
+    pub conferences: ConferencesConfig,
+}
+
+/// Ad hoc conferences (multiparty IM): the factory URI and the limits.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConferencesConfig {
+    /// User part of the factory URI: a MESSAGE to `sip:FACTORY@DOMAIN`
+    /// creates a conference. Takes precedence over a user of that name.
+    pub factory_user: String,
+    /// A conference without a post, join or leave for this long ends.
+    pub idle_timeout_secs: u64,
+    /// Participants (joined or invited) per conference.
+    pub max_participants: usize,
+    /// Conferences at once; more are refused 503.
+    pub max_conferences: usize,
+}
+
+impl Default for ConferencesConfig {
+    fn default() -> Self {
+        let defaults = sipvault_server::ConferenceConfig::default();
+        ConferencesConfig {
+            factory_user: defaults.factory_user,
+            idle_timeout_secs: defaults.idle_timeout.as_secs(),
+            max_participants: defaults.max_participants,
+            max_conferences: defaults.max_conferences,
+        }
+    }
+}
+
+impl ConferencesConfig {
+    /// The core's settings.
+    pub fn core(&self) -> sipvault_server::ConferenceConfig {
+        sipvault_server::ConferenceConfig {
+            factory_user: self.factory_user.clone(),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            max_participants: self.max_participants,
+            max_conferences: self.max_conferences,
+        }
+    }
 }
 
 /// One federated domain: requests for it go to its server, and requests
@@ -349,7 +389,22 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> anyhow::Result<Config> {
-        Ok(toml::from_str(text)?)
+        let config: Config = toml::from_str(text)?;
+        let factory = &config.conferences.factory_user;
+        // It becomes the user part of a SIP URI.
+        if factory.is_empty()
+            || !factory
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            bail!("conferences.factory_user {factory:?}: letters, digits, '-', '_' and '.' only");
+        }
+        if config.conferences.idle_timeout_secs == 0 || config.conferences.max_participants < 2 {
+            bail!(
+                "conferences: idle_timeout_secs must be at least 1 and max_participants at least 2"
+            );
+        }
+        Ok(config)
     }
 
     /// The digest algorithms to challenge with; at least one.
@@ -557,6 +612,38 @@ mod tests {
             (a.wal_file_bytes, a.checkpoint_secs, a.checkpoint_bytes),
             (67_108_864, 60, 1_073_741_824)
         );
+    }
+
+    #[test]
+    fn conferences_defaults_overrides_and_limits() {
+        let c = Config::default().conferences;
+        // The values the README documents.
+        assert_eq!(
+            (
+                c.factory_user.as_str(),
+                c.idle_timeout_secs,
+                c.max_participants,
+                c.max_conferences
+            ),
+            ("conf-factory", 1800, 100, 1000)
+        );
+        let c = Config::parse(
+            "[conferences]\nfactory_user = \"adhoc\"\nidle_timeout_secs = 60\nmax_participants = 5\n",
+        )
+        .unwrap();
+        let core = c.conferences.core();
+        assert_eq!(core.factory_user, "adhoc");
+        assert_eq!(core.idle_timeout, Duration::from_secs(60));
+        assert_eq!((core.max_participants, core.max_conferences), (5, 1000));
+        for bad in [
+            "[conferences]\nfactory_user = \"\"\n",
+            "[conferences]\nfactory_user = \"a b\"\n",
+            "[conferences]\nidle_timeout_secs = 0\n",
+            "[conferences]\nmax_participants = 1\n",
+            "[conferences]\nfactory = \"x\"\n",
+        ] {
+            assert!(Config::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -92,7 +92,7 @@ enum Command {
     Room(rooms::RoomCommand),
     /// Full-text search of archived instant messages, calls and presence.
     #[command(
-        after_help = "Query syntax: words, \"phrases\", AND, OR, NOT, parentheses, prefixes (budg*), fuzzy\nterms (budgte~1, at most ~2), from:USER, to:USER, type:im|call|presence, body:WORD,\ntime:[A TO B] ([ ] inclusive, { } exclusive, * open; RFC 3339 or YYYY-MM-DD).\nCalls are indexed with their disposition, final code and reason (from: caller, to: callee);\npresence with its status, activities and note (from: the presentity). room:NAME finds\nthe posts to chat room NAME (IMs to sip:room-NAME@...), type:chat the posts to any room.\nA malformed query exits 1 with the position of the problem.\n\nExamples:\n  sipvault search 'budget AND NOT draft' --from alice --since 2026-11-01 --format json\n  sipvault search 'type:call AND busy' --sort time --limit 20 --page 2\n  sipvault search 'quart* OR budgte~1' --sort relevance\n  sipvault search 'room:budget approved'"
+        after_help = "Query syntax: words, \"phrases\", AND, OR, NOT, parentheses, prefixes (budg*), fuzzy\nterms (budgte~1, at most ~2), from:USER, to:USER, type:im|call|presence, body:WORD,\ntime:[A TO B] ([ ] inclusive, { } exclusive, * open; RFC 3339 or YYYY-MM-DD).\nCalls are indexed with their disposition, final code and reason (from: caller, to: callee);\npresence with its status, activities and note (from: the presentity). room:NAME finds\nthe posts to chat room NAME (IMs to sip:room-NAME@...), type:chat the posts to any room;\nconference:ID the messages written to ad hoc conference conf-ID (IMs to sip:conf-ID@...).\nA malformed query exits 1 with the position of the problem.\n\nExamples:\n  sipvault search 'budget AND NOT draft' --from alice --since 2026-11-01 --format json\n  sipvault search 'type:call AND busy' --sort time --limit 20 --page 2\n  sipvault search 'quart* OR budgte~1' --sort relevance\n  sipvault search 'room:budget approved'"
     )]
     Search(SearchArgs),
     /// Rebuild the search index from the archive: every im_messages, calls
@@ -100,7 +100,8 @@ enum Command {
     #[command(after_help = "Example:\n  sipvault reindex --data ./sipvault-data")]
     Reindex,
     /// Read-only SQL over the archive tables: calls, im_messages,
-    /// sip_messages, presence, hep_raw (each with its `date` partition column).
+    /// sip_messages, presence, hep_raw, room_events (each with its `date`
+    /// partition column).
     #[command(
         after_help = "Rows are written as they are produced (csv and json; a table is printed at the end).\n\nExamples:\n  sipvault sql \"SELECT date, count(*) FROM im_messages GROUP BY date ORDER BY date\"\n  sipvault sql \"SELECT * FROM calls WHERE disposition = 'busy'\" --format csv --timeout 30 --memory-limit 512M"
     )]
@@ -120,13 +121,13 @@ enum Command {
     /// Rebuild an IM conversation in order, with who it was delivered to
     /// and when.
     #[command(
-        after_help = "A conversation is every IM with the given Call-ID (session mode) plus the page-mode IMs\nbetween exactly the same participants (sender and recipients, either direction) that follow\neach other with no silence longer than --gap. delivered_to/delivered_at: the recipients of a\ndelivered IM and the time of its 2xx final response in sip_messages (empty if not archived).\nAn id that names no archived IM exits 1.\n\nExamples:\n  sipvault conversation 3c5a7e1f@192.0.2.10 --data ./sipvault-data\n  sipvault conversation '3c5a7e1f@192.0.2.10#2' --gap 2h --format json"
+        after_help = "A conversation is every IM with the given Call-ID (session mode) plus the page-mode IMs\nbetween exactly the same participants (sender and recipients, either direction) that follow\neach other with no silence longer than --gap. A conference's Call-ID (conf-ID@DOMAIN) gives\nthe whole conference: the messages written to its focus and the focus's copies.\ndelivered_to/delivered_at: the recipients of a delivered IM and the time of its 2xx final\nresponse in sip_messages (empty if not archived).\nAn id that names no archived IM exits 1.\n\nExamples:\n  sipvault conversation 3c5a7e1f@192.0.2.10 --data ./sipvault-data\n  sipvault conversation '3c5a7e1f@192.0.2.10#2' --gap 2h --format json"
     )]
     Conversation(conversation::ConversationArgs),
     /// One person's IMs sent and received, presence changes and calls
     /// placed and received over a time range, in time order.
     #[command(
-        after_help = "Columns: time, kind (im-sent, im-received, presence, call-placed, call-received), party,\nstatus, code, detail (IM body; activities and note; talk time or reason), id (IM key or Call-ID).\n\nExamples:\n  sipvault timeline alice@example.com --since 2026-11-02 --until 2026-11-03\n  sipvault timeline sip:bob@example.com --since 7d --format csv > bob.csv"
+        after_help = "Columns: time, kind (im-sent, im-received, presence, call-placed, call-received, room-event,\nconference-event), party, status, code, detail (IM body; activities and note; talk time or\nreason; role and who made a membership change), id (IM key, Call-ID or catalog event id).\n\nExamples:\n  sipvault timeline alice@example.com --since 2026-11-02 --until 2026-11-03\n  sipvault timeline sip:bob@example.com --since 7d --format csv > bob.csv"
     )]
     Timeline(conversation::TimelineArgs),
     /// Who searched, reported on or queried the archive, and when.

@@ -62,6 +62,7 @@ pub fn server_config(config: &Config, sip: SocketAddr) -> ServerConfig {
                 burst: config.rooms.burst_per_member,
                 history_posts: config.rooms.history_posts,
             },
+            conferences: config.conferences.core(),
             ..CoreConfig::default()
         },
         max_message_bytes: config.sip.max_message_bytes,
@@ -72,6 +73,7 @@ pub fn server_config(config: &Config, sip: SocketAddr) -> ServerConfig {
         tls: None,
         critical_archive: None,
         tls_peers: Vec::new(),
+        room_events: None,
     }
 }
 
@@ -203,6 +205,7 @@ impl Running {
                 timeout: Duration::from_millis(config.archive.critical_timeout_ms),
             });
         }
+        settings.room_events = Some(inputs.room_events_channel(config.archive.tap_queue));
         let server = Server::start(settings, tap_tx).await?;
         // Users are known before the address is announced: a client that
         // registers as soon as it sees the listening line is not told 404.

@@ -862,17 +862,28 @@ impl Catalog {
                 .fetch_all(&self.pool)
                 .await?,
             };
+        rows.iter().map(room_event_from_row).collect()
+    }
+
+    /// Up to `limit` room events with an id above `after`, oldest first,
+    /// each with the domain of its room (`None` if the room is gone): what
+    /// the archive has not carried over yet.
+    pub async fn room_events_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(RoomEvent, Option<String>)>> {
+        let rows = sqlx::query(
+            "SELECT e.id, e.time_ns, e.room, e.member, e.event, e.by_user, r.domain
+             FROM room_events e LEFT JOIN rooms r ON r.name = e.room
+             WHERE e.id > $1 ORDER BY e.id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
-            .map(|r| {
-                Ok(RoomEvent {
-                    id: r.try_get(0)?,
-                    time_ns: r.try_get(1)?,
-                    room: r.try_get(2)?,
-                    user: r.try_get(3)?,
-                    event: r.try_get(4)?,
-                    by: r.try_get(5)?,
-                })
-            })
+            .map(|r| Ok((room_event_from_row(r)?, r.try_get(6)?)))
             .collect()
     }
 
@@ -897,6 +908,18 @@ impl Catalog {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// A `room_events` row selected as `id, time_ns, room, member, event, by_user`.
+fn room_event_from_row(r: &sqlx::any::AnyRow) -> Result<RoomEvent> {
+    Ok(RoomEvent {
+        id: r.try_get(0)?,
+        time_ns: r.try_get(1)?,
+        room: r.try_get(2)?,
+        user: r.try_get(3)?,
+        event: r.try_get(4)?,
+        by: r.try_get(5)?,
+    })
 }
 
 fn room_from_row(r: &sqlx::any::AnyRow) -> Result<Room> {
@@ -1284,6 +1307,21 @@ mod tests {
             "every membership change is in the event log, refusals are not"
         );
         assert_eq!(cat.room_events(None).await.unwrap().len(), 7);
+
+        // What the archive has not carried over: after an id, in steps.
+        let all = cat.room_events(None).await.unwrap();
+        let after = cat.room_events_after(all[4].id, 2).await.unwrap();
+        assert_eq!(
+            after.iter().map(|(e, _)| e.id).collect::<Vec<_>>(),
+            [all[5].id, all[6].id]
+        );
+        assert!(after.iter().all(|(_, domain)| domain.is_some()));
+        assert!(
+            cat.room_events_after(all[6].id, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod hep_listener;
 pub mod im;
 pub mod pcap;
 pub mod presence;
+pub mod room_events;
 pub mod synthetic;
 pub mod verify;
 pub mod wal;
@@ -33,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sipvault_catalog::Catalog;
-use sipvault_schemas::{CapturedMessage, HepRawRow, ImMessageRow};
+use sipvault_schemas::{CapturedMessage, HepRawRow, ImMessageRow, RoomEventRow};
 use sipvault_sip::SipMessage;
 use tokio::sync::mpsc;
 
@@ -77,7 +78,9 @@ pub struct CollectorConfig {
     /// time is only that of their packets.
     pub live: bool,
     /// Write-ahead log and crash recovery (`serve`); `None` for file
-    /// imports, which are repeated whole instead.
+    /// imports, which are repeated whole instead. With a log the collector
+    /// also carries the catalog's room events into `room_events`, exactly
+    /// once: the last catalog id archived is part of its logged state.
     pub wal: Option<WalConfig>,
 }
 
@@ -134,6 +137,9 @@ pub struct CollectorStats {
     pub call_rows: AtomicU64,
     pub presence_rows: AtomicU64,
     pub hep_raw_rows: AtomicU64,
+    /// `room_events` rows: conference events from the server and room
+    /// membership changes from the catalog.
+    pub room_event_rows: AtomicU64,
     pub segments_sealed: AtomicU64,
     pub write_errors: AtomicU64,
     /// Rows whose segment could not be written even at shutdown.
@@ -154,7 +160,7 @@ pub struct CollectorStats {
 }
 
 impl CollectorStats {
-    pub fn snapshot(&self) -> [(&'static str, u64); 17] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 18] {
         [
             ("received", self.received.load(Ordering::Relaxed)),
             ("duplicates", self.duplicates.load(Ordering::Relaxed)),
@@ -164,6 +170,10 @@ impl CollectorStats {
             ("call_rows", self.call_rows.load(Ordering::Relaxed)),
             ("presence_rows", self.presence_rows.load(Ordering::Relaxed)),
             ("hep_raw_rows", self.hep_raw_rows.load(Ordering::Relaxed)),
+            (
+                "room_event_rows",
+                self.room_event_rows.load(Ordering::Relaxed),
+            ),
             (
                 "segments_sealed",
                 self.segments_sealed.load(Ordering::Relaxed),
@@ -197,6 +207,8 @@ pub struct Inputs {
     /// Messages whose sender waits to learn that the archive accepted them
     /// (critical mode: an IM is relayed only once its record is durable).
     pub acked: Option<mpsc::Receiver<AckedMessage>>,
+    /// Conference events the server's focus reports.
+    pub room_events: Option<mpsc::Receiver<RoomEventRow>>,
 }
 
 /// A captured message and the answer its sender waits for.
@@ -220,6 +232,7 @@ impl Inputs {
                 captured,
                 hep_raw,
                 acked: None,
+                room_events: None,
             },
         )
     }
@@ -228,6 +241,13 @@ impl Inputs {
     pub fn acked_channel(&mut self, capacity: usize) -> mpsc::Sender<AckedMessage> {
         let (tx, rx) = mpsc::channel(capacity);
         self.acked = Some(rx);
+        tx
+    }
+
+    /// Adds the input for room and conference events (`room_events` rows).
+    pub fn room_events_channel(&mut self, capacity: usize) -> mpsc::Sender<RoomEventRow> {
+        let (tx, rx) = mpsc::channel(capacity);
+        self.room_events = Some(rx);
         tx
     }
 }
@@ -253,6 +273,7 @@ pub async fn run(
         captured: mut input,
         mut hep_raw,
         mut acked,
+        mut room_events,
     } = inputs;
     let wal_dir = config.data_dir.join(wal::WAL_DIR);
     // One segment queued behind the one being sealed: when sealing falls
@@ -283,6 +304,11 @@ pub async fn run(
     let mut batch = Vec::with_capacity(RECV_BATCH);
     let mut acked_batch = Vec::new();
     let mut raw_batch = Vec::new();
+    let mut room_batch = Vec::new();
+    // New room events of the catalog are looked for every second (with a
+    // log only: the last id archived must survive a crash with the rows).
+    let mut catalog_poll = tokio::time::interval(Duration::from_secs(1));
+    catalog_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -315,6 +341,19 @@ pub async fn run(
                 }
                 Event::Input { captured: Vec::new(), hep_raw: std::mem::take(&mut raw_batch) }
             }
+            n = recv_room_events(&mut room_events, &mut room_batch) => {
+                if n == 0 {
+                    room_events = None;
+                    continue;
+                }
+                Event::RoomEvents(std::mem::take(&mut room_batch))
+            }
+            _ = catalog_poll.tick(), if log.is_some() => {
+                match pipeline.new_catalog_room_events(&catalog).await {
+                    Some(rows) => Event::RoomEvents(rows),
+                    None => continue,
+                }
+            }
             _ = tick.tick() => Event::Tick,
         };
         pipeline
@@ -344,6 +383,27 @@ pub async fn run(
             .log_and_apply(event, Vec::new(), log.as_mut(), &jobs, &stats)
             .await?;
     }
+    if let Some(rx) = &mut room_events {
+        while let Ok(row) = rx.try_recv() {
+            room_batch.push(row);
+        }
+    }
+    if log.is_some()
+        && let Some(rows) = pipeline.new_catalog_room_events(&catalog).await
+    {
+        room_batch.extend(rows);
+    }
+    if !room_batch.is_empty() {
+        pipeline
+            .log_and_apply(
+                Event::RoomEvents(room_batch),
+                Vec::new(),
+                log.as_mut(),
+                &jobs,
+                &stats,
+            )
+            .await?;
+    }
     pipeline
         .log_and_apply(Event::Drain, Vec::new(), log.as_mut(), &jobs, &stats)
         .await?;
@@ -356,6 +416,16 @@ pub async fn run(
         source: std::io::Error::other(e),
     })?;
     Ok(())
+}
+
+async fn recv_room_events(
+    room_events: &mut Option<mpsc::Receiver<RoomEventRow>>,
+    out: &mut Vec<RoomEventRow>,
+) -> usize {
+    match room_events {
+        Some(rx) => rx.recv_many(out, RECV_BATCH).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv_acked(
@@ -380,8 +450,12 @@ struct Log {
 
 /// Layout of a checkpoint snapshot (the postcard encoding of [`State`] is
 /// positional). Bump it whenever a type in it changes: arrivals, the IM,
-/// call or presence correlator state.
-const SNAPSHOT_VERSION: u32 = 2;
+/// call or presence correlator state, the catalog room event mark.
+const SNAPSHOT_VERSION: u32 = 3;
+
+/// Catalog room events taken per poll: a first start on a catalog with a
+/// long history carries it over in steps.
+const CATALOG_ROOM_EVENTS_BATCH: i64 = 1000;
 
 /// Rolls within one log group are numbered in the low bits of a position.
 const ROLL_BITS: u32 = 20;
@@ -398,6 +472,9 @@ struct Pipeline {
     latest_capture_ns: i64,
     /// The collector clock: the latest group's.
     clock_ns: i64,
+    /// Id of the newest catalog room event archived (logged and applied):
+    /// the catalog is read after it, and a row at or below it is a copy.
+    catalog_room_events_archived: i64,
     /// LSN of the latest group applied (or of the restored checkpoint); the
     /// next group is one above. With `rolls_in_group` it makes the log
     /// position of a roll: (LSN << ROLL_BITS) | roll.
@@ -419,6 +496,7 @@ struct StateRef<'a> {
     ims: &'a im::ImCorrelator,
     calls: &'a calls::CallCorrelator,
     presence: &'a presence::PresenceCorrelator,
+    catalog_room_events_archived: i64,
 }
 
 /// [`StateRef`] read back (same fields, same order).
@@ -430,6 +508,7 @@ struct State {
     ims: im::ImCorrelator,
     calls: calls::CallCorrelator,
     presence: presence::PresenceCorrelator,
+    catalog_room_events_archived: i64,
 }
 
 impl Pipeline {
@@ -443,6 +522,7 @@ impl Pipeline {
             presence: presence::PresenceCorrelator::new(),
             latest_capture_ns: i64::MIN,
             clock_ns: i64::MIN,
+            catalog_room_events_archived: 0,
             lsn: 0,
             rolls_in_group: 0,
             logged: config.wal.is_some(),
@@ -468,6 +548,7 @@ impl Pipeline {
             ims: &self.ims,
             calls: &self.calls,
             presence: &self.presence,
+            catalog_room_events_archived: self.catalog_room_events_archived,
         })?);
         Ok(out)
     }
@@ -496,6 +577,7 @@ impl Pipeline {
         self.ims = state.ims;
         self.calls = state.calls;
         self.presence = state.presence;
+        self.catalog_room_events_archived = state.catalog_room_events_archived;
         Ok(())
     }
 
@@ -561,6 +643,28 @@ impl Pipeline {
             *best = (*best).max(position);
         }
         Ok(())
+    }
+
+    /// Room events the catalog recorded after the last one archived, as
+    /// archive rows; `None` when there are none (or the catalog cannot be
+    /// read now: the next poll tries again).
+    async fn new_catalog_room_events(&self, catalog: &Catalog) -> Option<Vec<RoomEventRow>> {
+        match catalog
+            .room_events_after(self.catalog_room_events_archived, CATALOG_ROOM_EVENTS_BATCH)
+            .await
+        {
+            Ok(events) if events.is_empty() => None,
+            Ok(events) => Some(
+                events
+                    .iter()
+                    .map(|(event, domain)| room_events::from_catalog(event, domain.as_deref()))
+                    .collect(),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the catalog's room events failed");
+                None
+            }
+        }
     }
 
     /// Stamps `event` as the next group, logs it (when there is a log) and
@@ -629,7 +733,7 @@ impl Pipeline {
         let kind = match &group.event {
             Event::Checkpoint => EventKind::Checkpoint,
             Event::Drain => EventKind::Drain,
-            Event::Input { .. } | Event::Tick => EventKind::Other,
+            Event::Input { .. } | Event::Tick | Event::RoomEvents(_) => EventKind::Other,
         };
         match group.event {
             Event::Input { captured, hep_raw } => {
@@ -665,6 +769,20 @@ impl Pipeline {
                 for call in self.calls.expire(now_ns) {
                     stats.call_rows.fetch_add(1, Ordering::Relaxed);
                     self.writer.push_call(call);
+                }
+            }
+            Event::RoomEvents(rows) => {
+                for row in rows {
+                    if let Some(id) = row.catalog_id {
+                        // Polled twice before the first poll's group was
+                        // applied, or replayed: archived already.
+                        if id <= self.catalog_room_events_archived {
+                            continue;
+                        }
+                        self.catalog_room_events_archived = id;
+                    }
+                    stats.room_event_rows.fetch_add(1, Ordering::Relaxed);
+                    self.writer.push_room_event(row);
                 }
             }
             Event::Checkpoint => {}

@@ -596,3 +596,130 @@ fn a_snapshot_of_another_layout_is_skipped_not_fatal() {
         "too short to carry a version"
     );
 }
+
+/// (catalog_id, event) of every `room_events` row in the sealed segments.
+fn room_event_rows(
+    dir: &std::path::Path,
+    entries: &[sipvault_catalog::SegmentEntry],
+) -> Vec<(Option<i64>, String)> {
+    use arrow_array::{Array, Int64Array, StringArray};
+    let mut out = Vec::new();
+    for e in entries.iter().filter(|e| e.table_name == "room_events") {
+        let file = std::fs::File::open(dir.join(&e.path)).unwrap();
+        for batch in ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+        {
+            let batch = batch.unwrap();
+            let ids = batch.column_by_name("catalog_id").unwrap();
+            let ids = ids.as_any().downcast_ref::<Int64Array>().unwrap();
+            let events = batch.column_by_name("event").unwrap();
+            let events = events.as_any().downcast_ref::<StringArray>().unwrap();
+            out.extend((0..batch.num_rows()).map(|i| {
+                (
+                    ids.is_valid(i).then(|| ids.value(i)),
+                    events.value(i).to_string(),
+                )
+            }));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn room_events_from_the_catalog_and_the_server_are_archived_once_across_a_crash() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path()).await.unwrap();
+    catalog
+        .add_user("alice", "example.com", "h1", "h2")
+        .await
+        .unwrap();
+    let room = sipvault_catalog::Room {
+        name: "budget".into(),
+        domain: "example.com".into(),
+        topic: "Q3".into(),
+        category: None,
+        private: false,
+        created_ns: 0,
+    };
+    catalog.create_room(&room, "lead").await.unwrap();
+
+    let start_logged = |catalog: Catalog| {
+        let (tx, raw_tx, mut inputs) = Inputs::channel(64);
+        let events = inputs.room_events_channel(64);
+        let (sealed_tx, mut sealed_rx) = mpsc::channel(64);
+        tokio::spawn(async move { while sealed_rx.recv().await.is_some() {} });
+        let stats = Arc::new(CollectorStats::default());
+        let task = tokio::spawn(run(
+            logged_config(dir.path()),
+            catalog,
+            inputs,
+            sealed_tx,
+            stats.clone(),
+        ));
+        (tx, raw_tx, events, stats, task)
+    };
+    let wait_rows = |stats: Arc<CollectorStats>, n: u64| async move {
+        for _ in 0..100 {
+            if stats.room_event_rows.load(Relaxed) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{n} room event rows expected");
+    };
+
+    // First run: the room's creation from the catalog, a conference event
+    // from the server; then a crash with both only in the log.
+    let (tx, raw_tx, events, stats, task) = start_logged(catalog.clone());
+    let joined = sipvault_schemas::RoomEventRow {
+        time_ns: 1_764_000_000_000_000_000,
+        kind: "conference".into(),
+        room: "sip:conf-1a2b@example.com".into(),
+        member: Some("sip:alice@example.com".into()),
+        event: "joined".into(),
+        role: None,
+        by_user: "sip:alice@example.com".into(),
+        call_id: Some("c1".into()),
+        catalog_id: None,
+    };
+    events.send(joined).await.unwrap();
+    wait_rows(stats.clone(), 2).await;
+    task.abort();
+    let _ = task.await;
+    drop((tx, raw_tx, events));
+
+    // Second run: the log is replayed (the catalog's first event is not
+    // read again), a new membership change is carried over, a clean stop.
+    catalog
+        .add_room_member("budget", "alice", sipvault_catalog::RoomRole::Owner, "lead")
+        .await
+        .unwrap();
+    let (tx, raw_tx, events, stats, task) = start_logged(catalog.clone());
+    wait_rows(stats.clone(), 3).await;
+    assert!(stats.replayed_groups.load(Relaxed) > 0);
+    drop((tx, raw_tx, events));
+    task.await.unwrap().unwrap();
+
+    let entries = catalog.segments().await.unwrap();
+    assert_eq!(
+        room_event_rows(dir.path(), &entries),
+        vec![
+            (None, "joined".to_string()),
+            (Some(1), "created".to_string()),
+            (Some(2), "member_added".to_string()),
+        ],
+        "every event exactly once"
+    );
+
+    // A third run finds nothing new in the catalog.
+    let (tx, raw_tx, events, stats, task) = start_logged(catalog.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop((tx, raw_tx, events));
+    task.await.unwrap().unwrap();
+    assert_eq!(stats.room_event_rows.load(Relaxed), 0);
+    assert_eq!(catalog.segments().await.unwrap().len(), entries.len());
+}

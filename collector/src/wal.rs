@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
-use sipvault_schemas::{CapturedMessage, HepRawRow};
+use sipvault_schemas::{CapturedMessage, HepRawRow, RoomEventRow};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::CollectorStats;
@@ -87,6 +87,9 @@ pub enum Event {
     Checkpoint,
     /// The input ended: archive everything still open, seal, snapshot.
     Drain,
+    /// Conference events from the server and room events from the
+    /// catalog (last, so logs written before it still decode).
+    RoomEvents(Vec<RoomEventRow>),
 }
 
 /// Resolved once the record is durable in the log, or with the reason it

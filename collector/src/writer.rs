@@ -19,9 +19,10 @@ use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 use sipvault_catalog::{Catalog, NewSegment};
 use sipvault_schemas::{
-    CallRow, CapturedMessage, HepRawRow, ImMessageRow, PresenceRow, SipMessagesBuilder,
-    TABLE_CALLS, TABLE_HEP_RAW, TABLE_IM_MESSAGES, TABLE_PRESENCE, TABLE_SIP_MESSAGES, calls_batch,
-    hep_raw_batch, im_messages_batch, presence_batch,
+    CallRow, CapturedMessage, HepRawRow, ImMessageRow, PresenceRow, RoomEventRow,
+    SipMessagesBuilder, TABLE_CALLS, TABLE_HEP_RAW, TABLE_IM_MESSAGES, TABLE_PRESENCE,
+    TABLE_ROOM_EVENTS, TABLE_SIP_MESSAGES, calls_batch, hep_raw_batch, im_messages_batch,
+    presence_batch, room_events_batch,
 };
 use sipvault_sip::{ParseError, SipMessage};
 
@@ -108,6 +109,7 @@ pub struct ArchiveWriter {
     calls: BTreeMap<String, Buffer<Vec<CallRow>>>,
     hep_raw: BTreeMap<String, Buffer<Vec<HepRawRow>>>,
     presence: BTreeMap<String, Buffer<Vec<PresenceRow>>>,
+    room_events: BTreeMap<String, Buffer<Vec<RoomEventRow>>>,
     dates: DateCache,
     addrs: AddrText,
     /// Rows that could not be turned into a segment (see [`Self::take_lost`]).
@@ -213,6 +215,7 @@ impl ArchiveWriter {
             calls: BTreeMap::new(),
             hep_raw: BTreeMap::new(),
             presence: BTreeMap::new(),
+            room_events: BTreeMap::new(),
             dates: DateCache::default(),
             addrs: AddrText::default(),
             lost: 0,
@@ -327,6 +330,18 @@ impl ArchiveWriter {
         );
     }
 
+    pub fn push_room_event(&mut self, row: RoomEventRow) {
+        let size = row.room.len() + row.event.len() + row.by_user.len() + 128;
+        push(
+            self.now_ns,
+            &mut self.room_events,
+            &self.limits,
+            self.dates.date(row.time_ns),
+            row,
+            size,
+        );
+    }
+
     /// Sets the collector clock that ages buffers (the writer reads no
     /// clock itself, so a write-ahead-log replay rolls at the same rows).
     pub fn set_clock(&mut self, now_ns: i64) {
@@ -347,6 +362,7 @@ impl ArchiveWriter {
             || due(&self.calls, now, &self.limits)
             || due(&self.hep_raw, now, &self.limits)
             || due(&self.presence, now, &self.limits)
+            || due(&self.room_events, now, &self.limits)
     }
 
     /// Takes every buffer that is due (or every non-empty one when `all`)
@@ -383,6 +399,12 @@ impl ArchiveWriter {
             all,
             &self.limits,
         )));
+        jobs.extend(row_jobs(take_due(
+            &mut self.room_events,
+            now,
+            all,
+            &self.limits,
+        )));
         jobs
     }
 }
@@ -398,6 +420,7 @@ pub enum SegmentRows {
     Calls(Vec<CallRow>),
     HepRaw(Vec<HepRawRow>),
     Presence(Vec<PresenceRow>),
+    RoomEvents(Vec<RoomEventRow>),
 }
 
 impl SegmentRows {
@@ -408,6 +431,7 @@ impl SegmentRows {
             SegmentRows::Calls(_) => TABLE_CALLS,
             SegmentRows::HepRaw(_) => TABLE_HEP_RAW,
             SegmentRows::Presence(_) => TABLE_PRESENCE,
+            SegmentRows::RoomEvents(_) => TABLE_ROOM_EVENTS,
         }
     }
 
@@ -418,6 +442,7 @@ impl SegmentRows {
             SegmentRows::Calls(r) => r.len(),
             SegmentRows::HepRaw(r) => r.len(),
             SegmentRows::Presence(r) => r.len(),
+            SegmentRows::RoomEvents(r) => r.len(),
         }
     }
 
@@ -434,6 +459,7 @@ impl SegmentRows {
             SegmentRows::Calls(r) => of(r),
             SegmentRows::HepRaw(r) => of(r),
             SegmentRows::Presence(r) => of(r),
+            SegmentRows::RoomEvents(r) => of(r),
         }
     }
 }
@@ -509,6 +535,18 @@ impl ArchiveRow for PresenceRow {
     }
     fn batch(rows: &[Self]) -> std::result::Result<RecordBatch, arrow_schema::ArrowError> {
         presence_batch(rows)
+    }
+}
+
+impl ArchiveRow for RoomEventRow {
+    fn into_segment(rows: Vec<Self>) -> SegmentRows {
+        SegmentRows::RoomEvents(rows)
+    }
+    fn time_ns(&self) -> i64 {
+        self.time_ns
+    }
+    fn batch(rows: &[Self]) -> std::result::Result<RecordBatch, arrow_schema::ArrowError> {
+        room_events_batch(rows)
     }
 }
 

@@ -20,7 +20,9 @@
 //! `to:"bob@example.com"`, `body:lunch`; `type:im`, `type:call`, `type:presence`
 //! select a kind of record; `room:NAME` finds the posts to chat room NAME (the
 //! IMs addressed to `sip:room-NAME@...`, as every post is archived) and
-//! `type:chat` the posts to any room. `time:[A TO B]` bounds the time
+//! `type:chat` the posts to any room; `conference:ID` the messages written
+//! to ad hoc conference `conf-ID` (IMs addressed to its focus
+//! `sip:conf-ID@...`; the `conf-` may be left out). `time:[A TO B]` bounds the time
 //! (`[`/`]` inclusive, `{`/`}` exclusive, `*` open; RFC 3339 or `YYYY-MM-DD`, UTC
 //! midnight), e.g. `time:[2026-11-04 TO 2026-11-05}` for one day.
 //!
@@ -67,13 +69,16 @@ const WRITER_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_LIMIT: usize = 100;
 
 /// Field names that may be used in the query string.
-const QUERY_FIELDS: [&str; 6] = ["body", "from", "to", "type", "room", "time"];
+const QUERY_FIELDS: [&str; 7] = ["body", "from", "to", "type", "room", "conference", "time"];
 /// Values of `type:` that name a record kind of the index.
 const TYPE_VALUES: &str = "im, call, presence, chat";
 /// Start of the SIP user part of a chat room's URI (`sip:room-NAME@DOMAIN`),
 /// the same as the catalog's `ROOM_USER_PREFIX` (the indexer depends on no
 /// catalog).
 const ROOM_PREFIX: &str = "room-";
+/// Start of the user part of a conference focus URI (as the server names
+/// them; the server crate is not a dependency).
+const CONFERENCE_PREFIX: &str = "conf-";
 /// Fuzzy terms may be at most this many edits away.
 const MAX_FUZZY_DISTANCE: u32 = 2;
 
@@ -1216,6 +1221,21 @@ impl AstBuilder<'_> {
                 }
                 return Ok(self.room_posts(TermQuery::new(
                     Term::from_field_text(self.f.to_addr, &format!("{ROOM_PREFIX}{name}")),
+                    IndexRecordOption::Basic,
+                )));
+            }
+            Some("conference") => {
+                let id = lit.phrase.trim().to_lowercase();
+                if id.is_empty() {
+                    return Ok(Box::new(EmptyQuery));
+                }
+                let key = if id.starts_with(CONFERENCE_PREFIX) {
+                    id
+                } else {
+                    format!("{CONFERENCE_PREFIX}{id}")
+                };
+                return Ok(self.room_posts(TermQuery::new(
+                    Term::from_field_text(self.f.to_addr, &key),
                     IndexRecordOption::Basic,
                 )));
             }

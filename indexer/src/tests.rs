@@ -1042,3 +1042,29 @@ fn room_and_type_chat_find_the_posts_to_chat_rooms() {
         &["c1", "c2", "p2", "r1", "r2", "r3"],
     );
 }
+
+#[test]
+fn conference_finds_the_messages_written_to_a_conference_focus() {
+    let (dir, mut index) = mixed_index();
+    let d = dir.path();
+    let focus = "sip:conf-1a2b3c@example.com";
+    let rows = [
+        row(30, "k1", ALICE, &[focus], "agenda for the offsite"),
+        row(31, "k2", BOB, &[focus], "offsite agenda looks fine"),
+        // The focus's copy of k1 to bob: from the focus, not a post.
+        row(32, "k3", focus, &[BOB], "agenda for the offsite"),
+        row(
+            33,
+            "k4",
+            ALICE,
+            &["sip:conf-ffff@example.com"],
+            "other agenda",
+        ),
+    ];
+    index.add_segment("seg-conferences", &rows).unwrap();
+    assert_set(d, "conference:conf-1a2b3c", &["k1", "k2"]);
+    assert_set(d, "conference:1A2B3C agenda", &["k1", "k2"]);
+    assert_set(d, "conference:1a2b3c fine", &["k2"]);
+    assert_set(d, "conference:ffff", &["k4"]);
+    assert_set(d, "conference:nope", &[]);
+}

@@ -6,12 +6,17 @@
 -- by time, the candidates fall into sessions wherever two neighbours are
 -- more than {gap_ns} ns apart; the conversation is every candidate from
 -- the first session holding an IM of the Call-ID to the last one.
+--
+-- A conference's copies share the Call-ID `conf-ID@DOMAIN`; for it, the
+-- messages written to the focus ({focus}: `sip:conf-ID@DOMAIN`, else NULL)
+-- are seeds too, so the conference is one conversation, whatever the gaps.
 WITH candidates AS (
     SELECT
         time, call_id, cseq, sender, recipients, body, delivery_status, status,
-        call_id = {call_id} AS seed
+        (call_id = {call_id} OR coalesce(array_has(recipients, {focus}), false)) AS seed
     FROM im_messages
     WHERE call_id = {call_id}
+       OR coalesce(array_has(recipients, {focus}), false)
        OR (sender IN ({participant_list})
            AND array_to_string(array_sort(array_distinct(array_append(recipients, sender))), ' ')
                = {participant_key})

@@ -1,5 +1,6 @@
--- timeline: one user's IMs sent and received, presence changes and calls
--- placed and received in a time range, oldest first. A presence row is
+-- timeline: one user's IMs sent and received, presence changes, calls
+-- placed and received, and the changes of their room and conference
+-- memberships in a time range, oldest first. A presence row is
 -- shown when its state (basic, activities, note) differs from the user's
 -- previous one in the range, so a state published once and notified to
 -- several watchers appears once.
@@ -69,6 +70,13 @@ events AS (
         call_id
     FROM calls
     WHERE {in_range} AND callee = {user}
+    UNION ALL
+    SELECT
+        time, kind || '-event', room, event, CAST(NULL AS INT),
+        concat_ws(' ', role, 'by', by_user),
+        coalesce(call_id, CAST(catalog_id AS VARCHAR))
+    FROM room_events
+    WHERE {in_range} AND member = {user}
 )
 SELECT time, kind, party, status, code, detail, id
 FROM events

@@ -13,14 +13,20 @@
 //!   ([`DEFAULT_GAP`] unless told otherwise) from the next or previous IM
 //!   of the conversation. A longer silence starts another conversation.
 //!
+//! An ad hoc conference is one conversation: its Call-ID `conf-ID@DOMAIN`
+//! (shared by every MESSAGE its focus sent) names the messages written to
+//! the focus `sip:conf-ID@DOMAIN` and the copies the focus sent, whatever
+//! the gaps between them.
+//!
 //! Each IM is shown with its delivery: `delivered_to` (the recipients, when
 //! the IM was delivered) and `delivered_at` (the time of the earliest
 //! archived copy of its 2xx final response in `sip_messages`, when one was
 //! archived): who saw what, and when.
 //!
-//! **A timeline** is one user's IMs sent and received, presence changes and
-//! calls placed and received over a time range, merged in time order with a
-//! `kind` column.
+//! **A timeline** is one user's IMs sent and received, presence changes,
+//! calls placed and received, and room and conference membership events
+//! (`room_events` where the user is the member) over a time range, merged
+//! in time order with a `kind` column.
 //!
 //! Both are SQL in `query/conversations/`; values enter it only as literals
 //! built here.
@@ -125,10 +131,14 @@ pub async fn conversation_stream(
 ) -> Result<SendableRecordBatchStream, QueryError> {
     let ctx = archive_context_with_limits(data_dir, limits).await?;
     let call_id = sql_string(req.id.call_id());
+    let focus = conference_focus(req.id.call_id())
+        .map_or_else(|| "CAST(NULL AS VARCHAR)".to_string(), |f| sql_string(&f));
 
     // The IMs the id names, and their participants.
     let anchor_filter = match &req.id {
-        ConversationId::CallId(_) => format!("call_id = {call_id}"),
+        ConversationId::CallId(_) => {
+            format!("call_id = {call_id} OR coalesce(array_has(recipients, {focus}), false)")
+        }
         ConversationId::Key { cseq, .. } => format!("call_id = {call_id} AND cseq = {cseq}"),
     };
     let anchors = ctx
@@ -159,6 +169,7 @@ pub async fn conversation_stream(
             "participant_list" => Some(participant_list.as_str()),
             "participant_key" => Some(participant_key.as_str()),
             "gap_ns" => Some(gap_ns.as_str()),
+            "focus" => Some(focus.as_str()),
             _ => None,
         },
     )?;
@@ -183,6 +194,20 @@ pub async fn conversation_stream(
     })?;
     Ok(ctx.sql(&sql).await?.execute_stream().await?)
 }
+
+/// The focus URI of a conference whose Call-ID is `call_id`: the server
+/// names a conference's MESSAGEs `conf-ID@DOMAIN` after its focus
+/// `sip:conf-ID@DOMAIN`.
+fn conference_focus(call_id: &str) -> Option<String> {
+    let (user, host) = call_id.split_once('@')?;
+    (user.len() > CONFERENCE_PREFIX.len()
+        && user.starts_with(CONFERENCE_PREFIX)
+        && !host.is_empty())
+    .then(|| format!("sip:{call_id}"))
+}
+
+/// Start of a conference focus's user part (and of its Call-ID).
+const CONFERENCE_PREFIX: &str = "conf-";
 
 /// Sender and recipients of every row, sorted and without repeats.
 fn participants(batches: &[RecordBatch]) -> BTreeSet<String> {
@@ -265,11 +290,13 @@ pub fn timeline_sql(req: &TimelineRequest) -> Result<String, QueryError> {
 }
 
 /// A user's timeline: columns `time`, `kind` (`im-sent`, `im-received`,
-/// `presence`, `call-placed`, `call-received`), `party` (the other side:
-/// recipients, sender, callee or caller), `status` (delivery status, basic
-/// presence status or call disposition), `code` (final SIP code), `detail`
-/// (IM body; activities and note; talk time or reason) and `id` (IM key or
-/// Call-ID), oldest first.
+/// `presence`, `call-placed`, `call-received`, `room-event`,
+/// `conference-event`), `party` (the other side: recipients, sender,
+/// callee or caller; the room or focus), `status` (delivery status, basic
+/// presence status, call disposition or membership event), `code` (final
+/// SIP code), `detail` (IM body; activities and note; talk time or reason;
+/// role and who made the change) and `id` (IM key, Call-ID or catalog
+/// event id), oldest first.
 pub async fn timeline_stream(
     data_dir: &Path,
     req: &TimelineRequest,

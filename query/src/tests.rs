@@ -380,6 +380,7 @@ async fn other_read_only_statements_are_allowed() {
             "hep_raw",
             "im_messages",
             "presence",
+            "room_events",
             "sip_messages"
         ]
     );

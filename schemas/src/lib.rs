@@ -16,7 +16,7 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 
 /// Version of the archive table schemas. Bump on any change to a schema below.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Archive table names, as they appear under `<data>/archive/<table>/`.
 pub const TABLE_SIP_MESSAGES: &str = "sip_messages";
@@ -24,6 +24,7 @@ pub const TABLE_IM_MESSAGES: &str = "im_messages";
 pub const TABLE_CALLS: &str = "calls";
 pub const TABLE_HEP_RAW: &str = "hep_raw";
 pub const TABLE_PRESENCE: &str = "presence";
+pub const TABLE_ROOM_EVENTS: &str = "room_events";
 
 /// Which way a message crossed the capture point, seen from the capturing server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -216,6 +217,34 @@ pub struct PresenceRow {
     pub subscription_state: Option<String>,
 }
 
+/// Row of `room_events`: a change in the membership or life of a chat
+/// room (from the catalog, where `sipvault room` records it) or of an ad
+/// hoc conference (from the server's conference focus).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomEventRow {
+    pub time_ns: i64,
+    /// `room` or `conference`.
+    pub kind: String,
+    /// URI of the room (`sip:room-NAME@DOMAIN`) or of the conference focus
+    /// (`sip:conf-ID@DOMAIN`), as IMs to it name it.
+    pub room: String,
+    /// URI of the member concerned; `None` for an event of the room itself.
+    pub member: Option<String>,
+    /// `created`, `member_added`, `role_changed`, `member_removed` (rooms);
+    /// `created`, `invited`, `joined`, `left`, `ended` (conferences).
+    pub event: String,
+    /// The member's role after the change (rooms: `owner`, `member`, `read-only`).
+    pub role: Option<String>,
+    /// Who made the change: the operator recorded by `sipvault room`, a
+    /// participant's URI, or `server` (a timeout).
+    pub by_user: String,
+    /// Call-ID of the SIP request that caused a conference event.
+    pub call_id: Option<String>,
+    /// Id of the event in the catalog's log (room events), so the archive
+    /// row can be traced back to it.
+    pub catalog_id: Option<i64>,
+}
+
 impl ImMessageRow {
     /// Stable key of an IM across the archive and the search index.
     pub fn key(&self) -> String {
@@ -327,6 +356,20 @@ pub fn presence_schema() -> SchemaRef {
         Field::new("expires", DataType::UInt32, true),
         Field::new("etag", DataType::Utf8, true),
         Field::new("subscription_state", DataType::Utf8, true),
+    ]))
+}
+
+pub fn room_events_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("time", ts_type(), false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("room", DataType::Utf8, false),
+        Field::new("member", DataType::Utf8, true),
+        Field::new("event", DataType::Utf8, false),
+        Field::new("role", DataType::Utf8, true),
+        Field::new("by_user", DataType::Utf8, false),
+        Field::new("call_id", DataType::Utf8, true),
+        Field::new("catalog_id", DataType::Int64, true),
     ]))
 }
 
@@ -663,6 +706,21 @@ pub fn presence_batch(rows: &[PresenceRow]) -> Result<RecordBatch, ArrowError> {
     RecordBatch::try_new(presence_schema(), columns)
 }
 
+pub fn room_events_batch(rows: &[RoomEventRow]) -> Result<RecordBatch, ArrowError> {
+    let columns: Vec<ArrayRef> = vec![
+        ts_column(rows.iter().map(|r| r.time_ns)),
+        str_col(rows.iter().map(|r| r.kind.as_str())),
+        str_col(rows.iter().map(|r| r.room.as_str())),
+        opt_str_col(rows.iter().map(|r| r.member.as_deref())),
+        str_col(rows.iter().map(|r| r.event.as_str())),
+        opt_str_col(rows.iter().map(|r| r.role.as_deref())),
+        str_col(rows.iter().map(|r| r.by_user.as_str())),
+        opt_str_col(rows.iter().map(|r| r.call_id.as_deref())),
+        opt_i64_col(rows.iter().map(|r| r.catalog_id)),
+    ];
+    RecordBatch::try_new(room_events_schema(), columns)
+}
+
 /// Every archive table with its file schema (without the `date` partition column).
 pub fn archive_tables() -> Vec<(&'static str, SchemaRef)> {
     vec![
@@ -671,6 +729,7 @@ pub fn archive_tables() -> Vec<(&'static str, SchemaRef)> {
         (TABLE_CALLS, calls_schema()),
         (TABLE_HEP_RAW, hep_raw_schema()),
         (TABLE_PRESENCE, presence_schema()),
+        (TABLE_ROOM_EVENTS, room_events_schema()),
     ]
 }
 
@@ -700,9 +759,9 @@ mod tests {
     /// archives silently; this pins the pair together.
     #[test]
     fn schema_change_requires_version_bump() {
-        let expected = include_str!("../schema-v2.txt");
+        let expected = include_str!("../schema-v3.txt");
         assert_eq!(
-            SCHEMA_VERSION, 2,
+            SCHEMA_VERSION, 3,
             "bump the snapshot file name with the version"
         );
         assert_eq!(
@@ -812,5 +871,29 @@ mod tests {
         let b = presence_batch(&[published, notified]).unwrap();
         assert_eq!(b.num_rows(), 2);
         assert_eq!(b.schema(), presence_schema());
+        let joined = RoomEventRow {
+            time_ns: 1,
+            kind: "conference".into(),
+            room: "sip:conf-1a2b@example.com".into(),
+            member: Some("sip:carol@example.com".into()),
+            event: "joined".into(),
+            role: None,
+            by_user: "sip:alice@example.com".into(),
+            call_id: Some("c4".into()),
+            catalog_id: None,
+        };
+        let added = RoomEventRow {
+            kind: "room".into(),
+            room: "sip:room-budget@example.com".into(),
+            event: "member_added".into(),
+            role: Some("owner".into()),
+            by_user: "lead".into(),
+            call_id: None,
+            catalog_id: Some(7),
+            ..joined.clone()
+        };
+        let b = room_events_batch(&[joined, added]).unwrap();
+        assert_eq!(b.num_rows(), 2);
+        assert_eq!(b.schema(), room_events_schema());
     }
 }

@@ -20,6 +20,8 @@ use sipvault_sip::{
     error_response_for_unparsed,
 };
 
+use crate::conference::{ConferenceConfig, ConferenceEvent, Conferences};
+use crate::fanout::Deliveries;
 use crate::federation::FederationPeer;
 use crate::presence::{PresenceAgent, PresenceConfig};
 use crate::proxy::{CancelClient, InviteClient, InviteServer};
@@ -73,6 +75,8 @@ pub struct CoreConfig {
     pub rooms: RoomConfig,
     /// Federated domains and their servers (`federation.rs`).
     pub federation: Vec<FederationPeer>,
+    /// The conference factory and limits (`conference.rs`).
+    pub conferences: ConferenceConfig,
 }
 
 impl Default for CoreConfig {
@@ -94,6 +98,7 @@ impl Default for CoreConfig {
             presence_allow: HashMap::new(),
             rooms: RoomConfig::default(),
             federation: Vec::new(),
+            conferences: ConferenceConfig::default(),
         }
     }
 }
@@ -133,6 +138,9 @@ pub enum Event {
         peer: SocketAddr,
         reason: String,
     },
+    /// A conference was created or ended, or someone was invited, joined
+    /// or left: a record for the archive.
+    Conference(ConferenceEvent),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -188,8 +196,12 @@ pub struct Core {
     pub(crate) events: VecDeque<Event>,
     /// PUBLISH, SUBSCRIBE and the NOTIFYs they cause (`core_presence.rs`).
     pub(crate) presence: PresenceAgent,
-    /// Chat rooms: directory, post rate buckets, deliveries (`rooms.rs`).
+    /// Chat rooms: directory and post rate buckets (`rooms.rs`).
     pub(crate) rooms: Rooms,
+    /// Ad hoc conferences and their participants (`conference.rs`).
+    pub(crate) conferences: Conferences,
+    /// Copies and NOTIFYs sent by rooms and focuses (`fanout.rs`).
+    pub(crate) deliveries: Deliveries,
     rng: u64,
     next_housekeeping: Option<Instant>,
     pub stats: CoreStats,
@@ -211,6 +223,8 @@ impl Core {
         Core {
             presence,
             rooms: Rooms::new(config.rooms.clone(), &config.domain),
+            conferences: Conferences::new(config.conferences.clone()),
+            deliveries: Deliveries::default(),
             config,
             users: HashMap::new(),
             local: HashMap::new(),
@@ -267,6 +281,8 @@ impl Core {
             self.next_invite_timer(),
             self.presence.poll_timeout(),
             self.rooms.poll_timeout(),
+            self.deliveries.poll_timeout(),
+            self.conferences.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -462,6 +478,30 @@ impl Core {
         Some(max_forwards)
     }
 
+    /// Answers 423 with `Min-Expires` when `expires` is neither 0 nor at
+    /// least the minimum; true when it did.
+    pub(crate) fn refused_too_brief(
+        &mut self,
+        peer: SocketAddr,
+        key: &str,
+        req: &SipMessage,
+        expires: u32,
+        why: &str,
+    ) -> bool {
+        if expires == 0 || expires >= self.config.min_expires {
+            return false;
+        }
+        self.reject_event(peer, 423, why);
+        self.respond(
+            key,
+            req,
+            423,
+            "Interval Too Brief",
+            &[("Min-Expires".into(), self.config.min_expires.to_string())],
+        );
+        true
+    }
+
     pub(crate) fn reject_event(&mut self, peer: SocketAddr, code: u16, reason: &str) {
         self.stats.rejected += 1;
         self.events.push_back(Event::Rejected {
@@ -568,6 +608,9 @@ impl Core {
             // server answers it (REGISTER is for our own users only).
             m if for_peer && m != "REGISTER" => {
                 self.on_proxied_non_invite(now, transport, peer, &key, msg)
+            }
+            _ if self.is_conference_request(&msg) => {
+                self.on_conference_request(now, transport, peer, &key, msg)
             }
             "REGISTER" => self.on_register(now, transport, peer, &key, &msg),
             "MESSAGE" if self.is_room_post(&msg) => {
@@ -773,15 +816,7 @@ impl Core {
                 .expires()
                 .or(header_expires)
                 .unwrap_or(self.config.default_expires);
-            if expires > 0 && expires < self.config.min_expires {
-                self.reject_event(peer, 423, "registration interval too brief");
-                self.respond(
-                    key,
-                    req,
-                    423,
-                    "Interval Too Brief",
-                    &[("Min-Expires".into(), self.config.min_expires.to_string())],
-                );
+            if self.refused_too_brief(peer, key, req, expires, "registration interval too brief") {
                 return;
             }
         }
@@ -946,7 +981,7 @@ impl Core {
             return;
         };
         let Some(status) = msg.status() else { return };
-        if self.notify_response(&msg) || self.room_response(&msg) {
+        if self.notify_response(&msg) || self.delivery_response(&msg) {
             return;
         }
         match msg.cseq().map(|(_, m)| m) {
@@ -1022,13 +1057,15 @@ impl Core {
             }
         }
         self.invite_flow_failed(now, transport, dst);
-        self.room_flow_failed(transport, dst);
+        self.delivery_flow_failed(transport, dst);
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.invite_timeouts(now);
         self.presence_timeouts(now);
         self.room_timeouts(now);
+        self.delivery_timeouts(now);
+        self.conference_timeouts(now);
         let mut timed_out = Vec::new();
         let mut retransmit = Vec::new();
         for (branch, txn) in &mut self.client_txns {

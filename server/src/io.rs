@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sipvault_schemas::{CapturedMessage, Direction, Transport};
+use sipvault_schemas::{CapturedMessage, Direction, RoomEventRow, Transport};
 use sipvault_sip::{StreamFramer, error_response_for_unparsed};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -58,6 +58,9 @@ pub struct ServerConfig {
     /// checked against. A TLS message to any other address needs a
     /// connection the client opened.
     pub tls_peers: Vec<(SocketAddr, TlsClient)>,
+    /// Where conference events go as `room_events` rows (the archive);
+    /// `None` logs them only.
+    pub room_events: Option<mpsc::Sender<RoomEventRow>>,
 }
 
 /// Resolved by the archive once the record is durable, or with why not.
@@ -88,6 +91,7 @@ impl Default for ServerConfig {
             tls: None,
             critical_archive: None,
             tls_peers: Vec::new(),
+            room_events: None,
         }
     }
 }
@@ -823,18 +827,41 @@ async fn core_loop(
         while let Some(t) = core.poll_transmit() {
             send(&udp, udp_local, &shared, t).await;
         }
-        while let Some(ev) = core.poll_event() {
-            match ev {
-                Event::Rejected { peer, code, reason } => {
-                    tracing::info!(%peer, code, %reason, "request rejected")
+        report_events(&mut core, &shared);
+    }
+    // Conferences live in the core's memory only: their end is recorded
+    // before it goes.
+    core.end_all_conferences();
+    report_events(&mut core, &shared);
+    tracing::info!(stats = ?core.stats, "sip core stopped");
+}
+
+/// Logs what the core reports and hands its conference records to the archive.
+fn report_events(core: &mut Core, shared: &Shared) {
+    while let Some(ev) = core.poll_event() {
+        match ev {
+            Event::Rejected { peer, code, reason } => {
+                tracing::info!(%peer, code, %reason, "request rejected")
+            }
+            Event::Dropped { peer, reason } => tracing::info!(%peer, %reason, "input dropped"),
+            Event::Registered { .. } => {}
+            Event::Unregistered { user } => tracing::info!(%user, "no longer registered"),
+            Event::Conference(event) => {
+                let Some(tx) = &shared.config.room_events else {
+                    continue;
+                };
+                // Never waits, like the tap: a full archive channel
+                // loses the record, counted, rather than signalling.
+                if tx.try_send(event.to_row(chrono_now_ns())).is_err() {
+                    shared.stats.tap_dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        ?event,
+                        "archive channel full or closed: conference event not archived"
+                    );
                 }
-                Event::Dropped { peer, reason } => tracing::info!(%peer, %reason, "input dropped"),
-                Event::Registered { .. } => {}
-                Event::Unregistered { user } => tracing::info!(%user, "no longer registered"),
             }
         }
     }
-    tracing::info!(stats = ?core.stats, "sip core stopped");
 }
 
 async fn send(udp: &UdpSocket, udp_local: SocketAddr, shared: &Arc<Shared>, t: Transmit) {

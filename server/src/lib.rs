@@ -6,8 +6,10 @@
 //! The server never knows about the archive: every message in or out is
 //! handed to a [`io::Tap`], a channel the binary connects to the collector.
 
+pub mod conference;
 pub mod core;
 mod core_presence;
+mod fanout;
 pub mod federation;
 pub mod io;
 pub mod presence;
@@ -18,6 +20,7 @@ mod subscription;
 pub mod tls;
 pub mod ua;
 
+pub use conference::{ConferenceConfig, ConferenceEvent, ConferenceEventKind, ConferenceStats};
 pub use core::{Core, CoreConfig, CoreStats, Event, Transmit, UserCredentials};
 pub use federation::FederationPeer;
 pub use io::{

@@ -6,9 +6,9 @@
 //! own included, so a subscribed client sees the room's order), and as a
 //! MESSAGE from the room's URI to every binding of every other member who
 //! is registered and has *no* subscription to the room. So a member gets
-//! each post once: as NOTIFY when subscribed, else as MESSAGE. Each copy
-//! is in a client transaction of its own (retransmitted on UDP, given up
-//! at 64·T1) and passes the tap like any message, so the post (member →
+//! each post once: as NOTIFY when subscribed, else as MESSAGE. Each
+//! MESSAGE copy is a delivery of its own ([`crate::fanout`], shared with
+//! conferences) and passes the tap like any message, so the post (member →
 //! room) and each delivery (room → member) are archived.
 //!
 //! **The `chat-room` event package.** A SUBSCRIBE to the room's URI with
@@ -40,13 +40,14 @@
 //! posts of each room (the binary seeds them from the archive at start). A
 //! MESSAGE to the room whose body starts with `/history` is a command, not
 //! a post: `/history` (the newest 20), `/history N` or `/history since
-//! RFC3339-TIME`, answered 200 and followed by one MESSAGE from the room to
-//! the requester (over the flow the command came on) whose `text/plain`
-//! body has a line `TIME SENDER: TEXT` per post, oldest first (lines of a
-//! post's own text after the first are indented by two spaces; `(no posts)`
-//! when there are none). A reply longer than `max_body_bytes` keeps the
-//! newest posts and says how many were left out. A malformed command gets
-//! 400 with a `Warning` saying the syntax.
+//! RFC3339-TIME`, answered 200 and followed by one MESSAGE from the room
+//! itself (no display name) to the requester, over the flow the command
+//! came on and a delivery like a copy, whose `text/plain` body has a line
+//! `TIME SENDER: TEXT` per post, oldest first (lines of a post's own text
+//! after the first are indented by two spaces; `(no posts)` when there are
+//! none). A reply longer than `max_body_bytes` keeps the newest posts and
+//! says how many were left out. A malformed command gets 400 with a
+//! `Warning` saying the syntax.
 //!
 //! **Who may do what.** Posting needs the owner or member role in every
 //! room. Reading (SUBSCRIBE, `/history`) is open to every user of the
@@ -62,9 +63,10 @@ use std::time::{Duration, Instant};
 
 use sipvault_catalog::{ROOM_HISTORY_COMMAND, ROOM_USER_PREFIX, RoomRole};
 use sipvault_schemas::Transport;
-use sipvault_sip::{MessageBuilder, SipMessage, SipUri};
+use sipvault_sip::{SipMessage, SipUri};
 
-use crate::core::{Core, Transmit, requires_tls};
+use crate::core::Core;
+use crate::fanout::{Copy, CopyIds, Origin, Recipient};
 use crate::subscription::{Intervals, Notifier, Reply};
 
 /// The event package of room subscriptions.
@@ -136,23 +138,6 @@ pub struct RoomStats {
 struct Bucket {
     tokens: f64,
     at: Instant,
-}
-
-/// A MESSAGE from a room (a copy of a post, a history reply) on its way to
-/// one binding of a user.
-struct Delivery {
-    transmit: Transmit,
-    next_retransmit: Option<Instant>,
-    interval: Duration,
-    deadline: Instant,
-}
-
-/// Where a MESSAGE from a room goes: a user's contact, over a flow.
-struct Recipient<'a> {
-    user: &'a str,
-    contact: &'a str,
-    transport: Transport,
-    flow: SocketAddr,
 }
 
 /// What a `/history` command asks for.
@@ -291,7 +276,8 @@ fn history_text(posts: &[&RoomPost], max_bytes: usize) -> String {
 }
 
 /// The rooms' state in the core: the directory the binary pushes, rate
-/// buckets, history, subscriptions and deliveries in flight.
+/// buckets, history and subscriptions (the MESSAGEs a room sends are
+/// deliveries of [`crate::fanout`]).
 pub(crate) struct Rooms {
     config: RoomConfig,
     directory: RoomDirectory,
@@ -300,8 +286,6 @@ pub(crate) struct Rooms {
     history: HashMap<String, VecDeque<RoomPost>>,
     /// Subscriptions to rooms (`chat-room` event), each watching a room name.
     subscribers: Notifier,
-    /// Deliveries by the branch of their Via.
-    deliveries: HashMap<String, Delivery>,
     /// A monotonic instant and the wall-clock time then (ns since the
     /// epoch), set by the IO layer: the time a post is stamped with.
     wall_clock: Option<(Instant, i64)>,
@@ -316,7 +300,6 @@ impl Rooms {
             buckets: HashMap::new(),
             history: HashMap::new(),
             subscribers: Notifier::new(CHAT_ROOM_EVENT, format!("<sip:rooms@{domain}>")),
-            deliveries: HashMap::new(),
             wall_clock: None,
             stats: RoomStats::default(),
         }
@@ -327,11 +310,7 @@ impl Rooms {
     }
 
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        self.deliveries
-            .values()
-            .map(|d| d.next_retransmit.map_or(d.deadline, |r| r.min(d.deadline)))
-            .chain(self.subscribers.poll_timeout())
-            .min()
+        self.subscribers.poll_timeout()
     }
 
     /// Wall-clock time at `now`, ns since the epoch (0 before the IO layer
@@ -537,7 +516,7 @@ impl Core {
         }
     }
 
-    fn refuse(&mut self, peer: SocketAddr, key: &str, req: &SipMessage, why: &str) {
+    fn room_refuse(&mut self, peer: SocketAddr, key: &str, req: &SipMessage, why: &str) {
         self.rooms.stats.refused += 1;
         self.reject_event(peer, 403, why);
         self.respond(key, req, 403, "Forbidden", &[]);
@@ -597,11 +576,11 @@ impl Core {
         }
         let role = sender.as_ref().and_then(|s| self.rooms.role_of(&room, s));
         let (Some(sender), Some(role)) = (sender, role) else {
-            self.refuse(peer, key, &req, &format!("not a member of room {room}"));
+            self.room_refuse(peer, key, &req, &format!("not a member of room {room}"));
             return;
         };
         if !role.may_post() {
-            self.refuse(peer, key, &req, &format!("read-only member of room {room}"));
+            self.room_refuse(peer, key, &req, &format!("read-only member of room {room}"));
             return;
         }
         if self.hops_left(peer, key, &req).is_none() {
@@ -641,7 +620,7 @@ impl Core {
         command: Result<HistoryQuery, ()>,
     ) {
         let Some(sender) = sender.filter(|s| self.may_read(room, Some(s))) else {
-            self.refuse(peer, key, req, &format!("may not read room {room}"));
+            self.room_refuse(peer, key, req, &format!("may not read room {room}"));
             return;
         };
         let Ok(query) = command else {
@@ -677,20 +656,30 @@ impl Core {
             .find(|b| b.flow == peer && b.transport == transport)
             .map(|b| b.contact.clone())
             .unwrap_or_else(|| format!("sip:{sender}@{}", self.config.domain));
+        let room_uri = self.room_uri(room);
+        let reply = Copy {
+            origin: Origin::Room,
+            from_uri: &room_uri,
+            // The room itself answers: no display name.
+            author: None,
+            ids: CopyIds::Fresh {
+                prefix: ROOM_USER_PREFIX,
+            },
+            content_type: "text/plain;charset=UTF-8",
+            body: body.as_bytes(),
+        };
         let to = Recipient {
             user: &sender,
             contact: &contact,
             transport,
             flow: peer,
         };
-        self.send_from_room(
-            now,
-            room,
-            None,
-            &to,
-            "text/plain;charset=UTF-8",
-            body.as_bytes(),
-        );
+        self.send_copy(now, &reply, &to, 0);
+        self.rooms.stats.deliveries += 1;
+    }
+
+    fn room_uri(&self, room: &str) -> String {
+        format!("sip:{ROOM_USER_PREFIX}{room}@{}", self.config.domain)
     }
 
     /// A SUBSCRIBE with `Event: chat-room`, in server transaction `key`.
@@ -751,7 +740,7 @@ impl Core {
             return Reply::new(403, "Forbidden");
         }
         let our_tag = self.token();
-        let uri = format!("sip:{ROOM_USER_PREFIX}{room}@{}", self.config.domain);
+        let uri = self.room_uri(&room);
         let id = match self
             .rooms
             .subscribers
@@ -808,7 +797,7 @@ impl Core {
             self.rooms.subscribers.notify(now, id, "", &[], terminated);
             return;
         }
-        let entity = format!("sip:{ROOM_USER_PREFIX}{room}@{}", self.config.domain);
+        let entity = self.room_uri(&room);
         let body = chat_room_document(&entity, private, items);
         self.rooms
             .subscribers
@@ -819,10 +808,6 @@ impl Core {
     /// registered and not subscribed to the room (subscribers have it as a
     /// NOTIFY).
     fn fan_out(&mut self, now: Instant, room: &str, sender: &str, post: &SipMessage) {
-        let content_type = post
-            .header("Content-Type")
-            .unwrap_or("text/plain")
-            .to_string();
         let subscribed: HashSet<String> = self
             .rooms
             .subscribers
@@ -842,150 +827,31 @@ impl Core {
                     .collect()
             })
             .unwrap_or_default();
-        for member in members {
-            let bindings: Vec<_> = self
-                .bindings
-                .lookup(&member, now)
-                .into_iter()
-                // A contact that asks for TLS is reached only over TLS, as
-                // for any relayed MESSAGE.
-                .filter(|b| b.transport == Transport::Tls || !requires_tls(&b.contact))
-                .cloned()
-                .collect();
-            for binding in bindings {
-                let to = Recipient {
-                    user: &member,
-                    contact: &binding.contact,
-                    transport: binding.transport,
-                    flow: binding.flow,
-                };
-                self.send_from_room(now, room, Some(sender), &to, &content_type, post.body());
-            }
-        }
-    }
-
-    /// Sends a MESSAGE from `room` to `to` in a delivery of its own.
-    /// `display` names the poster of a copy.
-    fn send_from_room(
-        &mut self,
-        now: Instant,
-        room: &str,
-        display: Option<&str>,
-        to: &Recipient<'_>,
-        content_type: &str,
-        body: &[u8],
-    ) {
-        let domain = self.config.domain.clone();
-        let room_uri = format!("sip:{ROOM_USER_PREFIX}{room}@{domain}");
-        let (branch, via) = self.new_via(to.transport);
-        let from = match display {
+        let room_uri = self.room_uri(room);
+        let copy = Copy {
+            origin: Origin::Room,
             // The room sends; the display name says who posted.
-            Some(name) => format!(
-                "\"{}\" <{room_uri}>;tag={}",
-                name.replace(['"', '\\'], ""),
-                self.token()
-            ),
-            None => format!("<{room_uri}>;tag={}", self.token()),
-        };
-        let mut b = MessageBuilder::request("MESSAGE", to.contact);
-        b.header("Via", &via)
-            .header("Max-Forwards", "70")
-            .header("From", &from)
-            .header("To", &format!("<sip:{}@{domain}>", to.user))
+            from_uri: &room_uri,
+            author: Some(sender),
             // A Call-ID per copy: each is an IM of its own in the archive.
-            .header("Call-ID", &format!("room-{}@{domain}", self.token()))
-            .header("CSeq", "1 MESSAGE")
-            .header("Server", crate::core::SERVER_HEADER)
-            .body(content_type, body);
-        let transmit = Transmit {
-            transport: to.transport,
-            dst: to.flow,
-            bytes: b.build(),
-        };
-        let reliable = transmit.transport != Transport::Udp;
-        self.rooms.deliveries.insert(
-            branch,
-            Delivery {
-                transmit: transmit.clone(),
-                next_retransmit: (!reliable).then(|| now + self.config.t1),
-                interval: self.config.t1,
-                deadline: now + self.config.t1 * 64,
+            ids: CopyIds::Fresh {
+                prefix: ROOM_USER_PREFIX,
             },
-        );
-        self.rooms.stats.deliveries += 1;
-        self.stats.relayed += 1;
-        self.transmits.push_back(transmit);
+            content_type: post.header("Content-Type").unwrap_or("text/plain"),
+            body: post.body(),
+        };
+        let sent = self.send_copies(now, &copy, &members);
+        self.rooms.stats.deliveries += u64::from(sent);
     }
 
-    /// True when `msg` answers one of our deliveries (and was handled here):
-    /// a final response ends the delivery, a provisional one slows its
-    /// retransmissions to T2 (RFC 3261 17.1.2.2).
-    pub(crate) fn room_response(&mut self, msg: &SipMessage) -> bool {
-        let Some(branch) = msg
-            .vias()
-            .first()
-            .and_then(|v| v.branch().map(str::to_string))
-        else {
-            return false;
-        };
-        let Some(code) = msg.status() else {
-            return false;
-        };
-        if code >= 200 {
-            if self.rooms.deliveries.remove(&branch).is_none() {
-                return false;
-            }
-            if code >= 300 {
-                self.rooms.stats.delivery_failures += 1;
-                tracing::info!(code, "room delivery refused by the member's agent");
-            }
-            return true;
-        }
-        match self.rooms.deliveries.get_mut(&branch) {
-            Some(d) => {
-                d.interval = self.config.t2;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Ends expired subscriptions, retransmits deliveries on UDP (T1
-    /// doubling to T2) and gives up on those unanswered at 64·T1: the post was accepted, a member who
-    /// cannot be reached only misses the copy (the archive keeps the post).
+    /// Ends expired subscriptions to rooms (the rooms' MESSAGEs are
+    /// retransmitted and given up by [`crate::fanout`]).
     pub(crate) fn room_timeouts(&mut self, now: Instant) {
-        let t2 = self.config.t2;
-        let mut retransmit = Vec::new();
-        let before = self.rooms.deliveries.len();
-        self.rooms.deliveries.retain(|_, d| {
-            if now >= d.deadline {
-                return false;
-            }
-            if d.next_retransmit.is_some_and(|at| now >= at) {
-                retransmit.push(d.transmit.clone());
-                d.interval = (d.interval * 2).min(t2);
-                d.next_retransmit = Some(now + d.interval);
-            }
-            true
-        });
-        let timed_out = before - self.rooms.deliveries.len();
-        self.rooms.stats.delivery_failures += timed_out as u64;
-        self.stats.retransmissions += retransmit.len() as u64;
-        self.transmits.extend(retransmit);
         for id in self.rooms.subscribers.expired(now) {
             self.room_notify(now, &id, &[], None, Some("terminated;reason=timeout"));
             self.rooms.subscribers.remove(&id);
         }
         self.send_notifies(now);
-    }
-
-    /// Deliveries on a flow that failed are given up at once.
-    pub(crate) fn room_flow_failed(&mut self, transport: Transport, dst: SocketAddr) {
-        let before = self.rooms.deliveries.len();
-        self.rooms
-            .deliveries
-            .retain(|_, d| !(d.transmit.transport == transport && d.transmit.dst == dst));
-        self.rooms.stats.delivery_failures += (before - self.rooms.deliveries.len()) as u64;
     }
 }
 
@@ -1683,6 +1549,49 @@ mod tests {
             "the contact registered from that flow"
         );
         body(&m)
+    }
+
+    #[test]
+    fn a_history_reply_is_a_delivery_from_the_room_retransmitted_until_answered_or_given_up() {
+        let mut sim = sim();
+        let ask = |sim: &mut Sim| {
+            let req = post_req(sim, "alice", alice_addr(), ROOM, "/history");
+            let (responses, out) = split(sim.udp(alice_addr(), &req), alice_addr());
+            assert_eq!(responses.len(), 1);
+            assert_eq!(responses[0].status(), Some(200));
+            assert_eq!(out.len(), 1, "one reply: {:?}", describe(&out));
+            out.into_iter().next().unwrap()
+        };
+        let reply = ask(&mut sim);
+        let m = parse(&reply.bytes, "reply");
+        assert!(
+            m.header("From").unwrap().starts_with('<'),
+            "the room itself answers, without a display name: {:?}",
+            m.header("From")
+        );
+        assert!(m.call_id().unwrap().starts_with("room-"));
+        assert!(
+            answer(&mut sim, &reply, 200).is_empty(),
+            "its answer is absorbed"
+        );
+
+        // Unanswered: retransmitted at T1, 2·T1, ... and given up at 64·T1,
+        // counted as a failed room delivery.
+        let reply = ask(&mut sim);
+        let end = sim.now + Duration::from_secs(40);
+        let later = sim.run_until(end);
+        assert!(!later.is_empty());
+        assert!(later.iter().all(|(_, t)| t.bytes == reply.bytes));
+        let stats = sim.core.room_stats();
+        assert_eq!(
+            (
+                stats.history_requests,
+                stats.deliveries,
+                stats.delivery_failures
+            ),
+            (2, 2, 1)
+        );
+        assert!(sim.core.poll_timeout().is_none_or(|t| t > end));
     }
 
     #[test]

@@ -294,6 +294,21 @@ impl UserAgent {
     /// Sends one page-mode MESSAGE to the URI `to` (e.g. a `sips:` one) and
     /// returns the final status.
     pub async fn message_to(&mut self, to: &str, body: &str) -> Result<u16, UaError> {
+        let resp = self.request("MESSAGE", to, &[], Some(body)).await?;
+        Ok(resp.status().unwrap_or(0))
+    }
+
+    /// Sends one `method` request outside any dialog (MESSAGE, REFER,
+    /// SUBSCRIBE, BYE...) to the URI `to`, with `headers` and a text body,
+    /// and returns its final response. Requests other than MESSAGE carry
+    /// this agent's Contact, where NOTIFYs come back to.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        to: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Result<SipMessage, UaError> {
         let to = to.to_string();
         self.counter += 1;
         let call_id = format!(
@@ -302,7 +317,7 @@ impl UserAgent {
             self.counter,
             self.local.ip()
         );
-        let mut b = MessageBuilder::request("MESSAGE", &to);
+        let mut b = MessageBuilder::request(method, &to);
         b.header("Via", &self.via())
             .header("Max-Forwards", "70")
             .header(
@@ -311,11 +326,18 @@ impl UserAgent {
             )
             .header("To", &format!("<{to}>"))
             .header("Call-ID", &call_id)
-            .header("CSeq", "1 MESSAGE")
-            .header("User-Agent", "sipvault-ua")
-            .body("text/plain;charset=UTF-8", body.as_bytes());
-        let resp = self.transact(b.build()).await?;
-        Ok(resp.status().unwrap_or(0))
+            .header("CSeq", &format!("1 {method}"))
+            .header("User-Agent", "sipvault-ua");
+        if method != "MESSAGE" {
+            b.header("Contact", &format!("<sip:{}@{}>", self.user, self.local));
+        }
+        for (name, value) in headers {
+            b.header(name, value);
+        }
+        if let Some(body) = body {
+            b.body("text/plain;charset=UTF-8", body.as_bytes());
+        }
+        self.transact(b.build()).await
     }
 
     /// SUBSCRIBEs to `uri` for `event` (a new dialog, this agent's address
@@ -437,7 +459,9 @@ where
 }
 
 /// Routes one incoming message: responses to the waiting transaction,
-/// MESSAGE and NOTIFY requests answered 200 and put in their inbox.
+/// MESSAGE and NOTIFY requests answered 200 and put in their inbox. The
+/// answer leaves first: whoever sees a request in an inbox knows it was
+/// answered, even if it closes the agent at once.
 /// Returns false when the agent is gone.
 async fn dispatch(raw: &[u8], w: &Writer, inboxes: &Inboxes) -> bool {
     let Ok(msg) = SipMessage::parse(raw) else {
@@ -447,13 +471,19 @@ async fn dispatch(raw: &[u8], w: &Writer, inboxes: &Inboxes) -> bool {
         return inboxes.responses.send(msg).await.is_ok();
     }
     let (code, reason) = match msg.method() {
+        Some("MESSAGE" | "NOTIFY" | "OPTIONS") => (200, "OK"),
+        Some("ACK") => return true,
+        _ => (405, "Method Not Allowed"),
+    };
+    let mut b = MessageBuilder::response_to(&msg, code, reason);
+    b.add_to_tag(&format!("{:08x}", rand::random::<u32>()));
+    let _ = w.send(&b.build()).await;
+    match msg.method() {
         Some("MESSAGE") => {
-            let im = ReceivedIm {
+            let _ = inboxes.ims.try_send(ReceivedIm {
                 from: msg.from().map(|f| f.uri.clone()).unwrap_or_default(),
                 body: String::from_utf8_lossy(msg.body()).into_owned(),
-            };
-            let _ = inboxes.ims.try_send(im);
-            (200, "OK")
+            });
         }
         Some("NOTIFY") => {
             let text = |name: &str| msg.header(name).unwrap_or("").to_string();
@@ -463,14 +493,8 @@ async fn dispatch(raw: &[u8], w: &Writer, inboxes: &Inboxes) -> bool {
                 content_type: text("Content-Type"),
                 body: String::from_utf8_lossy(msg.body()).into_owned(),
             });
-            (200, "OK")
         }
-        Some("OPTIONS") => (200, "OK"),
-        Some("ACK") => return true,
-        _ => (405, "Method Not Allowed"),
-    };
-    let mut b = MessageBuilder::response_to(&msg, code, reason);
-    b.add_to_tag(&format!("{:08x}", rand::random::<u32>()));
-    let _ = w.send(&b.build()).await;
+        _ => {}
+    }
     true
 }
