@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use sipvault_schemas::{RoomEventRow, Transport};
 use sipvault_sip::{MessageBuilder, NameAddr, SipMessage, SipUri};
 
-use crate::core::{Core, Event, Transmit};
+use crate::core::{Core, Event, Transmit, request_uri_user};
 use crate::fanout::{Copy, CopyIds, Origin};
 
 /// Start of the user part of every focus URI.
@@ -235,10 +235,7 @@ impl Core {
     }
 
     fn conference_target(&self, req: &SipMessage) -> Option<Target> {
-        let user = req
-            .request_uri()
-            .and_then(|u| SipUri::parse(u).ok())
-            .and_then(|u| u.user)?;
+        let user = request_uri_user(req)?;
         if user == self.conferences.config.factory_user {
             return Some(Target::Factory);
         }

@@ -875,10 +875,7 @@ impl Core {
         key: &str,
         req: SipMessage,
     ) {
-        let target = req
-            .request_uri()
-            .and_then(|u| SipUri::parse(u).ok())
-            .and_then(|u| u.user);
+        let target = request_uri_user(&req);
         let Some(target) = target.filter(|u| self.users.contains_key(u)) else {
             self.reject_event(peer, 404, "unknown recipient");
             self.respond(key, &req, 404, "Not Found", &[]);
@@ -1105,6 +1102,14 @@ impl Core {
             }
         }
     }
+}
+
+/// The user part of a request's Request-URI: the served user, room or
+/// conference focus it is addressed to.
+pub(crate) fn request_uri_user(req: &SipMessage) -> Option<String> {
+    req.request_uri()
+        .and_then(|u| SipUri::parse(u).ok())
+        .and_then(|u| u.user)
 }
 
 /// Whether a contact asks to be reached over TLS only.

@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use sipvault_schemas::Transport;
-use sipvault_sip::{MessageBuilder, SipMessage, SipUri};
+use sipvault_sip::{MessageBuilder, SipMessage};
 
-use crate::core::{Core, Transmit};
+use crate::core::{Core, Transmit, request_uri_user};
 use crate::subscription::{Notifier, Reply};
 
 impl Core {
@@ -28,11 +28,7 @@ impl Core {
         // An in-dialog SUBSCRIBE (refresh, unsubscribe) is addressed to our
         // Contact; its subscription names the presentity.
         let in_dialog = method == "SUBSCRIBE" && req.to().and_then(|t| t.tag()).is_some();
-        let presentity = req
-            .request_uri()
-            .and_then(|u| SipUri::parse(u).ok())
-            .and_then(|u| u.user)
-            .filter(|u| in_dialog || self.users.contains_key(u));
+        let presentity = request_uri_user(req).filter(|u| in_dialog || self.users.contains_key(u));
         let Some(presentity) = presentity.or_else(|| in_dialog.then(String::new)) else {
             self.reject_event(peer, 404, "unknown presentity");
             self.respond(key, req, 404, "Not Found", &[]);

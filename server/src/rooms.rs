@@ -65,7 +65,7 @@ use sipvault_catalog::{ROOM_HISTORY_COMMAND, ROOM_USER_PREFIX, RoomRole};
 use sipvault_schemas::Transport;
 use sipvault_sip::{SipMessage, SipUri};
 
-use crate::core::Core;
+use crate::core::{Core, request_uri_user};
 use crate::fanout::{Copy, CopyIds, Origin, Recipient};
 use crate::subscription::{Intervals, Notifier, Reply};
 
@@ -470,10 +470,7 @@ impl Core {
 
     /// The room a request is addressed to, if its Request-URI names one.
     fn room_of(&self, req: &SipMessage) -> Option<String> {
-        let user = req
-            .request_uri()
-            .and_then(|u| SipUri::parse(u).ok())
-            .and_then(|u| u.user)?;
+        let user = request_uri_user(req)?;
         let name = user.strip_prefix(ROOM_USER_PREFIX)?;
         self.rooms
             .directory
