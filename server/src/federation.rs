@@ -48,9 +48,12 @@ impl Core {
     /// Whether `msg`'s Request-URI is served by a federated peer rather
     /// than by us.
     pub(crate) fn is_for_peer(&self, msg: &SipMessage) -> bool {
-        msg.request_uri()
-            .and_then(|u| SipUri::parse(u).ok())
-            .is_some_and(|u| self.federation_peer(&u).is_some())
+        // Every request asks: without peers, no URI needs parsing.
+        !self.config.federation.is_empty()
+            && msg
+                .request_uri()
+                .and_then(|u| SipUri::parse(u).ok())
+                .is_some_and(|u| self.federation_peer(&u).is_some())
     }
 
     /// Whether `msg` comes from a user of the domain we serve.
@@ -63,6 +66,9 @@ impl Core {
     /// Why `msg` from `peer` must be refused: its From names a federated
     /// domain but it did not come from that domain's server.
     pub(crate) fn federation_refusal(&self, msg: &SipMessage, peer: SocketAddr) -> Option<String> {
+        if self.config.federation.is_empty() {
+            return None;
+        }
         let from = msg.from().and_then(|f| f.sip_uri())?;
         let expected = self
             .config
