@@ -222,7 +222,7 @@ impl Core {
         );
         Core {
             presence,
-            rooms: Rooms::new(config.rooms.clone(), &config.domain),
+            rooms: Rooms::new(config.rooms.clone(), &config.domain, config.max_body_bytes),
             conferences: Conferences::new(config.conferences.clone()),
             deliveries: Deliveries::default(),
             config,
@@ -978,7 +978,7 @@ impl Core {
             return;
         };
         let Some(status) = msg.status() else { return };
-        if self.notify_response(&msg) || self.delivery_response(&msg) {
+        if self.notify_response(now, &msg) || self.delivery_response(&msg) {
             return;
         }
         match msg.cseq().map(|(_, m)| m) {

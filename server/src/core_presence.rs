@@ -74,11 +74,12 @@ impl Core {
         }
     }
 
-    /// Sends every NOTIFY queued by the presence agent or the rooms, each
-    /// with a Via of ours, in a client transaction its notifier follows.
+    /// Sends every NOTIFY the presence agent or the rooms may send now (at
+    /// most one in flight per subscription), each with a Via of ours, in a
+    /// client transaction its notifier follows.
     pub(crate) fn send_notifies(&mut self, now: Instant) {
         for package in [Package::Presence, Package::ChatRoom] {
-            while let Some(notify) = self.notifier(package).poll_notify() {
+            while let Some(notify) = self.notifier(package).poll_notify(now) {
                 let Ok(parsed) = SipMessage::parse(&notify.request) else {
                     continue;
                 };
@@ -89,6 +90,9 @@ impl Core {
                 let t1 = self.config.t1;
                 self.notifier(package)
                     .sent(now, branch, &notify, bytes.clone(), t1);
+                if let Package::ChatRoom = package {
+                    self.rooms.stats.notifies += 1;
+                }
                 self.transmits.push_back(Transmit {
                     transport: notify.transport,
                     dst: notify.dst,
@@ -99,7 +103,9 @@ impl Core {
     }
 
     /// True when `msg` answers one of our NOTIFYs (and was handled here).
-    pub(crate) fn notify_response(&mut self, msg: &SipMessage) -> bool {
+    /// A final answer lets its dialog's next NOTIFY go, with what was
+    /// queued meanwhile.
+    pub(crate) fn notify_response(&mut self, now: Instant, msg: &SipMessage) -> bool {
         let branch = msg
             .vias()
             .first()
@@ -107,9 +113,13 @@ impl Core {
         let (Some(branch), Some(code)) = (branch, msg.status()) else {
             return false;
         };
-        [Package::Presence, Package::ChatRoom]
+        let ours = [Package::Presence, Package::ChatRoom]
             .into_iter()
-            .any(|package| self.notifier(package).response(&branch, code))
+            .any(|package| self.notifier(package).response(&branch, code));
+        if ours && code >= 200 {
+            self.send_notifies(now);
+        }
+        ours
     }
 
     /// Expiries of publications and subscriptions, NOTIFY retransmissions.

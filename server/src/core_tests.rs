@@ -2191,8 +2191,20 @@ fn presence_publish_and_subscription_are_served_with_notifies_in_transactions() 
         .expect("a NOTIFY of the change");
     assert!(String::from_utf8_lossy(change.body()).contains("<basic>open</basic>"));
 
-    // Unsubscribe: terminated.
+    // Unsubscribe while the change is unanswered: the final NOTIFY waits
+    // for its answer (one NOTIFY in flight per dialog), then terminated.
     let tx = sim.udp(watcher, &subscribe("watch-1", Some(&dialog_tag), 0));
+    assert_eq!(status(&tx), vec![200]);
+    assert!(
+        !tx.iter()
+            .any(|t| parse(&t.bytes, "sent").method() == Some("NOTIFY")),
+        "no NOTIFY before the change is answered: {:?}",
+        describe(&tx)
+    );
+    let tx = sim.udp(
+        watcher,
+        &MessageBuilder::response_to(&change, 200, "OK").build(),
+    );
     let last = tx
         .iter()
         .map(|t| parse(&t.bytes, "after unsubscribe"))

@@ -126,9 +126,11 @@ impl PresenceAgent {
         &mut self.watchers
     }
 
-    /// NOTIFYs waiting to be sent.
-    pub fn poll_notify(&mut self) -> Option<Notify> {
-        self.watchers.poll_notify()
+    /// The next NOTIFY to send (at most one in flight per subscription:
+    /// a subscriber gets the newest state once its previous NOTIFY is
+    /// answered, states in between are superseded).
+    pub fn poll_notify(&mut self, now: Instant) -> Option<Notify> {
+        self.watchers.poll_notify(now)
     }
 
     /// The earliest expiry of a publication or subscription, or NOTIFY
@@ -221,7 +223,7 @@ impl PresenceAgent {
                 };
                 if expires == 0 {
                     pubs.remove(i);
-                    self.changed(now, presentity, &before);
+                    self.changed(presentity, &before);
                     return Reply::new(200, "OK")
                         .with("SIP-ETag", tag)
                         .with("Expires", "0");
@@ -235,7 +237,7 @@ impl PresenceAgent {
                 }
             }
         }
-        self.changed(now, presentity, &before);
+        self.changed(presentity, &before);
         Reply::new(200, "OK")
             .with("SIP-ETag", etag)
             .with("Expires", expires.to_string())
@@ -258,12 +260,12 @@ impl PresenceAgent {
     }
 
     /// Notifies the watchers of `presentity` if its state is no longer `before`.
-    fn changed(&mut self, now: Instant, presentity: &str, before: &[u8]) {
+    fn changed(&mut self, presentity: &str, before: &[u8]) {
         if self.state_of(presentity) == before {
             return;
         }
         for id in self.watchers.watching(presentity) {
-            self.notify(now, &id, None);
+            self.notify(&id, None);
         }
     }
 
@@ -317,10 +319,9 @@ impl PresenceAgent {
                 Err(reply) => return reply,
             };
             if expires == 0 {
-                self.notify(now, &id, Some("terminated"));
-                self.watchers.remove(&id);
+                self.notify(&id, Some("terminated"));
             } else {
-                self.notify(now, &id, None);
+                self.notify(&id, None);
             }
             return Reply::new(200, "OK").with("Expires", expires.to_string());
         }
@@ -339,26 +340,30 @@ impl PresenceAgent {
         let reply = self.watchers.accepted(&id, expires);
         // A fetch (Expires: 0) gets the state once and no subscription.
         if expires == 0 {
-            self.notify(now, &id, Some("terminated"));
-            self.watchers.remove(&id);
+            self.notify(&id, Some("terminated"));
         } else {
-            self.notify(now, &id, None);
+            self.notify(&id, None);
         }
         reply
     }
 
-    /// Queues a NOTIFY of subscription `id` with its presentity's state:
-    /// current, or final when `terminated` gives the state text.
-    fn notify(&mut self, now: Instant, id: &str, terminated: Option<&str>) {
+    /// Queues the state of subscription `id`'s presentity (superseding
+    /// one not yet sent); `terminated` ends the subscription with that
+    /// state text, the state going with the final NOTIFY.
+    fn notify(&mut self, id: &str, terminated: Option<&str>) {
         let Some(presentity) = self.watchers.get(id).map(|s| s.resource.clone()) else {
             return;
         };
         let body = self.state_of(&presentity);
-        self.watchers.notify(now, id, PIDF, &body, terminated);
+        self.watchers.notify_state(id, PIDF, body);
+        if let Some(state) = terminated {
+            self.watchers.terminate(id, state);
+        }
     }
 
     /// The final response to a NOTIFY we sent: a subscriber that no longer
-    /// knows the dialog (481) or cannot be reached (408) is dropped.
+    /// knows the dialog (481) or cannot be reached (408) is dropped; else
+    /// its next NOTIFY may go.
     pub fn notify_answered(&mut self, call_id: &str, code: u16) {
         self.watchers.notify_answered(call_id, code);
     }
@@ -382,11 +387,10 @@ impl PresenceAgent {
                     self.publications.remove(&presentity);
                 }
             }
-            self.changed(now, &presentity, &before);
+            self.changed(&presentity, &before);
         }
         for id in self.watchers.expired(now) {
-            self.notify(now, &id, Some("terminated;reason=timeout"));
-            self.watchers.remove(&id);
+            self.notify(&id, Some("terminated;reason=timeout"));
         }
     }
 }

@@ -67,7 +67,7 @@ use sipvault_sip::{SipMessage, SipUri};
 
 use crate::core::{Core, request_uri_user};
 use crate::fanout::{Copy, CopyIds, Origin, Recipient};
-use crate::subscription::{Intervals, Notifier, Reply};
+use crate::subscription::{Intervals, Notifier, PartialDocuments, Reply};
 
 /// The event package of room subscriptions.
 pub const CHAT_ROOM_EVENT: &str = "chat-room";
@@ -130,8 +130,11 @@ pub struct RoomStats {
     pub rate_limited: u64,
     /// Deliveries without a final response within 64·T1, or whose flow failed.
     pub delivery_failures: u64,
-    /// NOTIFYs queued for room subscriptions.
+    /// NOTIFYs sent to room subscriptions.
     pub notifies: u64,
+    /// Posts and membership changes queued for room subscriptions (several
+    /// may share a NOTIFY).
+    pub notified_items: u64,
     pub history_requests: u64,
 }
 
@@ -293,13 +296,20 @@ pub(crate) struct Rooms {
 }
 
 impl Rooms {
-    pub(crate) fn new(config: RoomConfig, domain: &str) -> Rooms {
+    /// Rooms of `domain`; NOTIFY bodies stay under `max_body` bytes.
+    pub(crate) fn new(config: RoomConfig, domain: &str, max_body: usize) -> Rooms {
+        let partial = PartialDocuments {
+            content_type: CHAT_ROOM_CONTENT_TYPE,
+            document: |entity, items| chat_room_document(entity, None, items),
+            max_body,
+        };
         Rooms {
             config,
             directory: RoomDirectory::new(),
             buckets: HashMap::new(),
             history: HashMap::new(),
-            subscribers: Notifier::new(CHAT_ROOM_EVENT, format!("<sip:rooms@{domain}>")),
+            subscribers: Notifier::new(CHAT_ROOM_EVENT, format!("<sip:rooms@{domain}>"))
+                .with_partial(partial),
             wall_clock: None,
             stats: RoomStats::default(),
         }
@@ -394,8 +404,9 @@ impl Core {
             let before = &old[name];
             let Some(after) = self.rooms.directory.get(name).cloned() else {
                 for id in self.rooms.subscribers.watching(name) {
-                    self.room_notify(now, &id, &[], None, Some("terminated;reason=noresource"));
-                    self.rooms.subscribers.remove(&id);
+                    self.rooms
+                        .subscribers
+                        .terminate(&id, "terminated;reason=noresource");
                 }
                 self.rooms.history.remove(name);
                 continue;
@@ -417,7 +428,7 @@ impl Core {
             for (user, role, change) in changes {
                 let item = member_element(&format!("sip:{user}@{domain}"), role, Some(change));
                 for id in &watching {
-                    self.room_notify(now, id, std::slice::from_ref(&item), None, None);
+                    self.room_notify_item(id, item.clone());
                 }
             }
             for id in watching {
@@ -427,8 +438,9 @@ impl Core {
                     .get(&id)
                     .and_then(|s| self.user_of_domain(&s.watcher_uri));
                 if !self.may_read(name, watcher.as_deref()) {
-                    self.room_notify(now, &id, &[], None, Some("terminated;reason=rejected"));
-                    self.rooms.subscribers.remove(&id);
+                    self.rooms
+                        .subscribers
+                        .terminate(&id, "terminated;reason=rejected");
                 }
             }
         }
@@ -596,7 +608,7 @@ impl Core {
         let item = post_element(&post);
         self.rooms.remember(&room, post);
         for id in self.rooms.subscribers.watching(&room) {
-            self.room_notify(now, &id, std::slice::from_ref(&item), None, None);
+            self.room_notify_item(&id, item.clone());
         }
         self.send_notifies(now);
         self.fan_out(now, &room, &sender, &req);
@@ -723,10 +735,9 @@ impl Core {
                 Err(reply) => return reply,
             };
             if expires == 0 {
-                self.room_notify(now, &id, &[], None, Some("terminated"));
-                self.rooms.subscribers.remove(&id);
+                self.rooms.subscribers.terminate(&id, "terminated");
             } else {
-                self.room_notify_full(now, &id, None);
+                self.room_notify_full(&id);
             }
             return Reply::new(200, "OK").with("Expires", expires.to_string());
         }
@@ -748,17 +759,15 @@ impl Core {
         };
         let reply = self.rooms.subscribers.accepted(&id, expires);
         // A fetch (Expires: 0) gets the state once and no subscription.
+        self.room_notify_full(&id);
         if expires == 0 {
-            self.room_notify_full(now, &id, Some("terminated"));
-            self.rooms.subscribers.remove(&id);
-        } else {
-            self.room_notify_full(now, &id, None);
+            self.rooms.subscribers.terminate(&id, "terminated");
         }
         reply
     }
 
-    /// Queues a NOTIFY of room subscription `id` with the room's full state.
-    fn room_notify_full(&mut self, now: Instant, id: &str, terminated: Option<&str>) {
+    /// Queues the room's full state for room subscription `id`.
+    fn room_notify_full(&mut self, id: &str) {
         let Some(room) = self.rooms.subscribers.get(id).map(|s| s.resource.clone()) else {
             return;
         };
@@ -771,34 +780,17 @@ impl Core {
             .iter()
             .map(|(user, role)| member_element(&format!("sip:{user}@{domain}"), Some(*role), None))
             .collect();
-        let private = info.private;
-        self.room_notify(now, id, &items, Some(private), terminated);
-    }
-
-    /// Queues a NOTIFY of room subscription `id`: a partial document of
-    /// `items` (a full one when `private` is given), or no body at all for
-    /// a final NOTIFY without items.
-    fn room_notify(
-        &mut self,
-        now: Instant,
-        id: &str,
-        items: &[String],
-        private: Option<bool>,
-        terminated: Option<&str>,
-    ) {
-        let Some(room) = self.rooms.subscribers.get(id).map(|s| s.resource.clone()) else {
-            return;
-        };
-        self.rooms.stats.notifies += 1;
-        if items.is_empty() && private.is_none() {
-            self.rooms.subscribers.notify(now, id, "", &[], terminated);
-            return;
-        }
-        let entity = self.room_uri(&room);
-        let body = chat_room_document(&entity, private, items);
+        let body = chat_room_document(&self.room_uri(&room), Some(info.private), &items);
         self.rooms
             .subscribers
-            .notify(now, id, CHAT_ROOM_CONTENT_TYPE, &body, terminated);
+            .notify_state(id, CHAT_ROOM_CONTENT_TYPE, body);
+    }
+
+    /// Queues one item (a post, a membership change) for room subscription
+    /// `id`: it goes in the dialog's next partial document.
+    fn room_notify_item(&mut self, id: &str, item: String) {
+        self.rooms.stats.notified_items += 1;
+        self.rooms.subscribers.notify_item(id, item);
     }
 
     /// Sends a copy of `post` to every binding of every other member who is
@@ -845,8 +837,9 @@ impl Core {
     /// retransmitted and given up by [`crate::fanout`]).
     pub(crate) fn room_timeouts(&mut self, now: Instant) {
         for id in self.rooms.subscribers.expired(now) {
-            self.room_notify(now, &id, &[], None, Some("terminated;reason=timeout"));
-            self.rooms.subscribers.remove(&id);
+            self.rooms
+                .subscribers
+                .terminate(&id, "terminated;reason=timeout");
         }
         self.send_notifies(now);
     }
@@ -1366,59 +1359,222 @@ mod tests {
             ),
         );
         let out = sim.drain();
-        let at = |dst| -> Vec<(String, String)> {
-            notifies_by_dst(&out)
-                .into_iter()
-                .filter(|(d, _)| *d == dst)
-                .map(|(_, n)| {
-                    let item = body(&n)
-                        .lines()
-                        .find(|l| l.trim_start().starts_with('<') && l.contains("<member"))
-                        .unwrap_or("")
-                        .trim()
-                        .to_string();
-                    (n.header("Subscription-State").unwrap().to_string(), item)
-                })
-                .collect()
-        };
-        let changes = [
+        let changes = vec![
             format!("<member uri=\"sip:carol@{DOMAIN}\" role=\"member\" change=\"role-changed\"/>"),
             format!("<member uri=\"sip:erin@{DOMAIN}\" role=\"read-only\" change=\"added\"/>"),
             format!("<member uri=\"sip:bob@{DOMAIN}\" change=\"removed\"/>"),
         ];
-        let carol = at(carol_addr());
-        assert_eq!(
-            carol
+        let notifies = notifies_by_dst(&out);
+        let at = |dst| -> Vec<&SipMessage> {
+            notifies
                 .iter()
-                .map(|(_, item)| item.clone())
-                .collect::<Vec<_>>(),
-            changes,
-            "one NOTIFY per change"
+                .filter(|(d, _)| *d == dst)
+                .map(|(_, n)| n)
+                .collect()
+        };
+        let carol = at(carol_addr());
+        assert_eq!(carol.len(), 1, "one NOTIFY with every change");
+        assert_eq!(items(carol[0]), changes, "in order");
+        assert!(body(carol[0]).contains("state=\"partial\""));
+        assert_eq!(
+            carol[0].header("Subscription-State"),
+            Some("active;expires=600")
         );
-        assert!(carol.iter().all(|(state, _)| state.starts_with("active")));
         let bob = at(bob_addr());
+        assert_eq!(bob.len(), 1, "bob hears the changes and is let go at once");
+        assert_eq!(items(bob[0]), changes);
         assert_eq!(
-            bob.len(),
-            4,
-            "bob hears the changes, then is let go: {bob:?}"
-        );
-        assert_eq!(
-            bob[3],
-            ("terminated;reason=rejected".to_string(), String::new()),
+            bob[0].header("Subscription-State"),
+            Some("terminated;reason=rejected"),
             "removed from a private room, bob may no longer read it"
         );
         assert_eq!(sim.core.room_subscriptions(), 1);
 
-        // The room is deleted: its last subscriber is told.
+        // The room is deleted: its last subscriber is told, once carol has
+        // answered the NOTIFY before.
         let now = sim.now;
         sim.core.set_rooms(now, RoomDirectory::new());
-        let carol = notifies_by_dst(&sim.drain());
+        assert!(
+            notifies_by_dst(&sim.drain()).is_empty(),
+            "carol's NOTIFY is unanswered"
+        );
+        assert_eq!(sim.core.room_subscriptions(), 0, "no longer a subscription");
+        let to_carol = out.iter().find(|t| t.dst == carol_addr()).unwrap();
+        let carol = notifies_by_dst(&answer(&mut sim, to_carol, 200));
         assert_eq!(carol.len(), 1);
         assert_eq!(
             carol[0].1.header("Subscription-State"),
             Some("terminated;reason=noresource")
         );
+    }
+
+    /// The items (lines of elements) of a `chat-room` document.
+    fn items(n: &SipMessage) -> Vec<String> {
+        body(n)
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("<member") || l.starts_with("<post"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The `<post>` item of `text` by alice, posted `ms` after the start.
+    fn post_item(ms: u32, text: &str) -> String {
+        format!(
+            "<post sender=\"sip:alice@{DOMAIN}\" time=\"2026-12-01T10:00:00.{ms:03}Z\">{text}</post>"
+        )
+    }
+
+    /// Alice posts `text` `step_ms` after the previous post; returns what
+    /// went to bob at `bob_addr()`.
+    fn post_for_bob(sim: &mut Sim, step_ms: u64, text: &str) -> Vec<Transmit> {
+        sim.now += Duration::from_millis(step_ms);
+        let (code, out) = post(sim, "alice", alice_addr(), ROOM, text);
+        assert_eq!(code, 200, "{text}");
+        out.into_iter().filter(|t| t.dst == bob_addr()).collect()
+    }
+
+    #[test]
+    fn one_notify_in_flight_per_subscriber_and_the_next_carries_every_post_queued_meanwhile() {
+        let mut sim = sim();
+        subscribe(&mut sim, "bob", bob_addr(), ROOM, 600);
+        let first = post_for_bob(&mut sim, 0, "first");
+        assert_eq!(first.len(), 1, "the first post goes at once");
+        for text in ["second", "third", "fourth"] {
+            assert!(
+                post_for_bob(&mut sim, 100, text).is_empty(),
+                "no NOTIFY to bob while his last one is unanswered"
+            );
+        }
+        let next = answer(&mut sim, &first[0], 200);
+        let n = notifies_by_dst(&next);
+        assert_eq!(
+            n.len(),
+            1,
+            "one NOTIFY once the 200 is in: {:?}",
+            describe(&next)
+        );
+        assert_eq!(n[0].0, bob_addr());
+        assert_eq!(n[0].1.cseq(), Some((3, "NOTIFY")));
+        assert_eq!(
+            n[0].1.header("Subscription-State"),
+            Some("active;expires=599")
+        );
+        assert_eq!(
+            items(&n[0].1),
+            [
+                post_item(100, "second"),
+                post_item(200, "third"),
+                post_item(300, "fourth")
+            ],
+            "every post queued meanwhile, in order, each with its own time"
+        );
+        assert!(body(&n[0].1).contains("state=\"partial\""));
+        assert!(
+            answer(&mut sim, &next[0], 200).is_empty(),
+            "nothing else queued"
+        );
+        let stats = sim.core.room_stats();
+        assert_eq!(
+            (stats.posts, stats.notified_items, stats.notifies),
+            (4, 4, 3),
+            "the full state, the first post, the three others together"
+        );
+    }
+
+    #[test]
+    fn queued_posts_are_split_over_notifies_under_the_body_size_limit() {
+        let mut sim = sim_with(CoreConfig {
+            max_body_bytes: 700,
+            rooms: RoomConfig {
+                burst: std::num::NonZeroU32::new(100).unwrap(),
+                ..RoomConfig::default()
+            },
+            ..config()
+        });
+        subscribe(&mut sim, "bob", bob_addr(), ROOM, 600);
+        let mut pending = post_for_bob(&mut sim, 0, "post 0");
+        let texts: Vec<String> = (1..=12)
+            .map(|n| format!("post {n} {}", "x".repeat(90)))
+            .collect();
+        for text in &texts {
+            assert!(post_for_bob(&mut sim, 1, text).is_empty());
+        }
+        let mut got = Vec::new();
+        let mut rounds = 0;
+        while let Some(in_flight) = pending.pop() {
+            rounds += 1;
+            assert!(rounds < 20, "bounded");
+            let next = answer(&mut sim, &in_flight, 200);
+            for (dst, n) in notifies_by_dst(&next) {
+                assert_eq!(dst, bob_addr());
+                assert!(n.body().len() <= 700, "{} bytes", n.body().len());
+                got.extend(items(&n));
+            }
+            assert!(next.len() <= 1, "one NOTIFY at a time");
+            pending = next;
+        }
+        let expected: Vec<String> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| post_item(i as u32 + 1, text))
+            .collect();
+        assert_eq!(got, expected, "every post once, in order");
+        assert!(rounds > 3, "split over several NOTIFYs: {rounds}");
+    }
+
+    #[test]
+    fn a_notify_that_times_out_drops_the_subscription_with_its_queue_and_copies_resume() {
+        let mut sim = sim();
+        subscribe(&mut sim, "bob", bob_addr(), ROOM, 600);
+        let first = post_for_bob(&mut sim, 0, "first");
+        assert!(post_for_bob(&mut sim, 100, "queued").is_empty());
+        let end = sim.now + Duration::from_secs(40);
+        let later = sim.run_until(end);
+        let to_bob: Vec<_> = later.iter().filter(|(_, t)| t.dst == bob_addr()).collect();
+        assert!(!to_bob.is_empty());
+        assert!(
+            to_bob.iter().all(|(_, t)| t.bytes == first[0].bytes),
+            "only the unanswered NOTIFY is retransmitted, nothing new goes meanwhile"
+        );
+        assert_eq!(
+            sim.core.room_subscriptions(),
+            0,
+            "timed out: the subscriber is dropped (RFC 6665 4.2.2)"
+        );
+        let out = post_for_bob(&mut sim, 0, "bob is back on MESSAGE");
+        assert_eq!(out.len(), 1);
+        assert_eq!(parse(&out[0].bytes, "copy").method(), Some("MESSAGE"));
+    }
+
+    #[test]
+    fn the_final_notify_waits_for_the_one_in_flight_and_carries_what_was_queued() {
+        let mut sim = sim();
+        let (resp, _) = subscribe(&mut sim, "bob", bob_addr(), ROOM, 600);
+        let tag = resp.to().unwrap().tag().unwrap().to_string();
+        let first = post_for_bob(&mut sim, 0, "first");
+        assert!(post_for_bob(&mut sim, 100, "second").is_empty());
+        let call_id = format!("sub-bob-{}", bob_addr());
+        let req = subscribe_req(&mut sim, "bob", bob_addr(), ROOM, &call_id, Some(&tag), 0);
+        let (responses, out) = split(sim.udp(bob_addr(), &req), bob_addr());
+        assert_eq!(responses[0].status(), Some(200));
+        assert!(
+            out.is_empty(),
+            "the final NOTIFY waits: {:?}",
+            describe(&out)
+        );
         assert_eq!(sim.core.room_subscriptions(), 0);
+        let copy = post_for_bob(&mut sim, 100, "after the unsubscribe");
+        assert_eq!(
+            parse(&copy[0].bytes, "copy").method(),
+            Some("MESSAGE"),
+            "bob is on MESSAGE copies again"
+        );
+        let last = notifies_by_dst(&answer(&mut sim, &first[0], 200));
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].1.header("Subscription-State"), Some("terminated"));
+        assert_eq!(items(&last[0].1), [post_item(100, "second")]);
+        assert_eq!(last[0].1.cseq(), Some((3, "NOTIFY")));
     }
 
     #[test]
@@ -1440,6 +1596,7 @@ mod tests {
             Some("active;expires=300")
         );
         assert!(body(&n[0].1).contains("state=\"full\""));
+        assert!(answer(&mut sim, &out[0], 200).is_empty());
 
         // A dialog we do not know: 481.
         let req = subscribe_req(&mut sim, "bob", bob_addr(), ROOM, "nope", Some(&tag), 300);

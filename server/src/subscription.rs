@@ -9,7 +9,20 @@
 //! (the body is the package's business), and follows each NOTIFY as a
 //! client transaction: retransmitted on UDP (T1 doubling to T2) until its
 //! final response, given up at 64·T1. A subscriber that answers 481, 408
-//! or 5xx, or never answers, is dropped.
+//! or 5xx, or never answers, is dropped (RFC 6665 4.2.2).
+//!
+//! **One NOTIFY in flight per dialog** (RFC 6665 4.2.2: no new NOTIFY
+//! before the previous one has its final response or has timed out). What
+//! a package reports meanwhile waits in the dialog's queue, and the next
+//! NOTIFY carries all of it: a state document supersedes the one queued
+//! before it (presence: the newest state wins), while items (a room's
+//! posts and membership changes) are gathered, in order, into one partial
+//! document, as many as fit in the body-size limit (the rest go in the
+//! NOTIFY after). Ending a subscription queues its final state: the
+//! `terminated` NOTIFY goes out last, with whatever was still queued.
+//! A dialog whose queue outgrows [`MAX_PENDING_ITEMS`] (a subscriber far
+//! slower than its room) is ended `terminated;reason=deactivated`, so it
+//! can subscribe afresh and catch up with the history.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -53,6 +66,8 @@ pub struct Notify {
     pub request: Vec<u8>,
     /// The subscription's dialog (Call-ID), to match the response.
     pub call_id: String,
+    /// The NOTIFY's CSeq in its dialog.
+    pub cseq: u32,
 }
 
 /// Whether `req` names `event` in its Event header (parameters ignored).
@@ -84,6 +99,32 @@ impl Intervals {
     }
 }
 
+/// Items a dialog may have queued before it is ended (see the module doc).
+pub(crate) const MAX_PENDING_ITEMS: usize = 10_000;
+
+/// How queued items become the body of one NOTIFY.
+#[derive(Clone, Copy)]
+pub(crate) struct PartialDocuments {
+    pub(crate) content_type: &'static str,
+    /// The partial document of `items` about `entity` (the dialog's
+    /// resource URI).
+    pub(crate) document: fn(entity: &str, items: &[String]) -> Vec<u8>,
+    /// Bodies are kept under this many bytes, unless one item alone is
+    /// larger (it then goes alone).
+    pub(crate) max_body: usize,
+}
+
+/// What a dialog has to tell its subscriber next, in order.
+enum Pending {
+    /// A whole document (presence state, a room's full state).
+    State {
+        content_type: &'static str,
+        body: Vec<u8>,
+    },
+    /// One element of a partial document.
+    Item(String),
+}
+
 /// One subscription dialog.
 pub(crate) struct Subscription {
     /// What is watched, as the event package names it (a presentity's
@@ -101,12 +142,33 @@ pub(crate) struct Subscription {
     flow: SocketAddr,
     cseq: u32,
     pub(crate) expires_at: Instant,
+    /// What waits for the next NOTIFY.
+    pending: VecDeque<Pending>,
+    /// The CSeq of the NOTIFY sent and not yet answered.
+    awaiting: Option<u32>,
+    /// Set when the subscription ends: the `Subscription-State` of its
+    /// final NOTIFY, still to be sent.
+    ending: Option<String>,
+    /// In the notifier's ready queue.
+    ready: bool,
+}
+
+impl Subscription {
+    fn active(&self) -> bool {
+        self.ending.is_none()
+    }
+
+    /// Whether a NOTIFY may go now and has something to say.
+    fn has_next(&self) -> bool {
+        self.awaiting.is_none() && (!self.pending.is_empty() || self.ending.is_some())
+    }
 }
 
 /// A NOTIFY in flight: retransmitted on UDP (T1 doubling to T2) until its
 /// final response, given up at 64·T1.
 struct NotifyTxn {
     call_id: String,
+    cseq: u32,
     transport: Transport,
     dst: SocketAddr,
     request: Vec<u8>,
@@ -120,9 +182,13 @@ pub(crate) struct Notifier {
     event: &'static str,
     /// The Contact of our side of every dialog: where refreshes go.
     contact: String,
-    /// By Call-ID of the SUBSCRIBE dialog.
+    /// How items are gathered; `None` for a package that only sends states.
+    partial: Option<PartialDocuments>,
+    /// By Call-ID of the SUBSCRIBE dialog (ended ones until their final
+    /// NOTIFY has left).
     subscriptions: BTreeMap<String, Subscription>,
-    notifies: VecDeque<Notify>,
+    /// Dialogs that may send a NOTIFY now, in the order they became ready.
+    ready: VecDeque<String>,
     /// NOTIFYs sent and not yet answered, by Via branch.
     in_flight: HashMap<String, NotifyTxn>,
 }
@@ -132,24 +198,35 @@ impl Notifier {
         Notifier {
             event,
             contact,
+            partial: None,
             subscriptions: BTreeMap::new(),
-            notifies: VecDeque::new(),
+            ready: VecDeque::new(),
             in_flight: HashMap::new(),
         }
     }
 
+    /// A notifier whose packages also queue items ([`Notifier::notify_item`]).
+    pub(crate) fn with_partial(mut self, partial: PartialDocuments) -> Notifier {
+        self.partial = Some(partial);
+        self
+    }
+
+    fn live(&self) -> impl Iterator<Item = (&String, &Subscription)> {
+        self.subscriptions.iter().filter(|(_, s)| s.active())
+    }
+
+    /// Subscriptions held (those ending not counted).
     pub(crate) fn len(&self) -> usize {
-        self.subscriptions.len()
+        self.live().count()
     }
 
     pub(crate) fn get(&self, id: &str) -> Option<&Subscription> {
-        self.subscriptions.get(id)
+        self.subscriptions.get(id).filter(|s| s.active())
     }
 
     /// The dialogs (Call-IDs) watching `resource`.
     pub(crate) fn watching(&self, resource: &str) -> Vec<String> {
-        self.subscriptions
-            .iter()
+        self.live()
             .filter(|(_, s)| s.resource == resource)
             .map(|(id, _)| id.clone())
             .collect()
@@ -157,30 +234,20 @@ impl Notifier {
 
     /// Every dialog with its resource and subscriber.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &Subscription)> {
-        self.subscriptions.iter()
+        self.live()
     }
 
     /// The dialogs whose subscription has run out at `now`.
     pub(crate) fn expired(&self, now: Instant) -> Vec<String> {
-        self.subscriptions
-            .iter()
+        self.live()
             .filter(|(_, s)| s.expires_at <= now)
             .map(|(id, _)| id.clone())
             .collect()
     }
 
-    pub(crate) fn remove(&mut self, id: &str) {
-        self.subscriptions.remove(id);
-    }
-
-    /// NOTIFYs waiting to be sent.
-    pub(crate) fn poll_notify(&mut self) -> Option<Notify> {
-        self.notifies.pop_front()
-    }
-
     /// The earliest subscription expiry, NOTIFY retransmission or give-up.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        let s = self.subscriptions.values().map(|s| s.expires_at);
+        let s = self.live().map(|(_, s)| s.expires_at);
         let n = self
             .in_flight
             .values()
@@ -210,7 +277,7 @@ impl Notifier {
         let Some(s) = self
             .subscriptions
             .get_mut(call_id)
-            .filter(|s| s.our_tag == our_tag && s.watcher_tag == watcher_tag)
+            .filter(|s| s.active() && s.our_tag == our_tag && s.watcher_tag == watcher_tag)
         else {
             return Err(unknown());
         };
@@ -259,6 +326,10 @@ impl Notifier {
                 flow,
                 cseq: 0,
                 expires_at: now + Duration::from_secs(expires.into()),
+                pending: VecDeque::new(),
+                awaiting: None,
+                ending: None,
+                ready: false,
             },
         );
         Ok(call_id.to_string())
@@ -273,25 +344,111 @@ impl Notifier {
         reply
     }
 
-    /// Queues a NOTIFY of subscription `id` carrying `body` (none when
-    /// `content_type` is empty): `active` with the time left, or the final
-    /// one when `terminated` gives the state text (`terminated;reason=...`).
-    pub(crate) fn notify(
-        &mut self,
-        now: Instant,
-        id: &str,
-        content_type: &str,
-        body: &[u8],
-        terminated: Option<&str>,
-    ) {
-        let event = self.event;
-        let contact = self.contact.clone();
-        let Some(s) = self.subscriptions.get_mut(id) else {
+    /// Marks `id` ready to send if it may and has something to say.
+    fn wake(&mut self, id: &str) {
+        if let Some(s) = self.subscriptions.get_mut(id)
+            && s.has_next()
+            && !s.ready
+        {
+            s.ready = true;
+            self.ready.push_back(id.to_string());
+        }
+    }
+
+    /// Queues `body` (of `content_type`), the whole state of subscription
+    /// `id`: it supersedes a state queued just before it.
+    pub(crate) fn notify_state(&mut self, id: &str, content_type: &'static str, body: Vec<u8>) {
+        let Some(s) = self.subscriptions.get_mut(id).filter(|s| s.active()) else {
             return;
         };
+        if matches!(s.pending.back(), Some(Pending::State { .. })) {
+            s.pending.pop_back();
+        }
+        s.pending.push_back(Pending::State { content_type, body });
+        self.wake(id);
+    }
+
+    /// Queues `item`, one element of a partial document, for subscription
+    /// `id`. A dialog that has too many queued is ended (`deactivated`).
+    pub(crate) fn notify_item(&mut self, id: &str, item: String) {
+        let Some(s) = self.subscriptions.get_mut(id).filter(|s| s.active()) else {
+            return;
+        };
+        if s.pending.len() >= MAX_PENDING_ITEMS {
+            tracing::warn!(
+                subscriber = %s.watcher_uri,
+                resource = %s.resource,
+                queued = s.pending.len(),
+                "subscriber does not keep up with its NOTIFYs: subscription ended"
+            );
+            s.pending.clear();
+            self.terminate(id, "terminated;reason=deactivated");
+            return;
+        }
+        s.pending.push_back(Pending::Item(item));
+        self.wake(id);
+    }
+
+    /// Ends subscription `id`: its final NOTIFY (`state`, e.g.
+    /// `terminated;reason=timeout`) goes after whatever is still queued,
+    /// carrying the last of it. From now on the dialog is no longer listed.
+    pub(crate) fn terminate(&mut self, id: &str, state: &str) {
+        let Some(s) = self.subscriptions.get_mut(id).filter(|s| s.active()) else {
+            return;
+        };
+        s.ending = Some(state.to_string());
+        self.wake(id);
+    }
+
+    /// The next NOTIFY to send, of a dialog with none in flight: what its
+    /// queue holds, gathered (see the module doc). The caller sends it and
+    /// reports it with [`Notifier::sent`].
+    pub(crate) fn poll_notify(&mut self, now: Instant) -> Option<Notify> {
+        while let Some(id) = self.ready.pop_front() {
+            if let Some(s) = self.subscriptions.get_mut(&id) {
+                s.ready = false;
+            }
+            if let Some(notify) = self.next_notify(now, &id) {
+                return Some(notify);
+            }
+        }
+        None
+    }
+
+    fn next_notify(&mut self, now: Instant, id: &str) -> Option<Notify> {
+        let partial = self.partial;
+        let event = self.event;
+        let s = self.subscriptions.get_mut(id).filter(|s| s.has_next())?;
+        let (content_type, body): (&str, Vec<u8>) = match s.pending.pop_front() {
+            None => ("", Vec::new()),
+            Some(Pending::State { content_type, body }) => (content_type, body),
+            Some(Pending::Item(first)) => {
+                // Each item is a line of its own ("  ITEM\n"); the document
+                // around them takes the entity and less than 256 bytes.
+                let limit = partial
+                    .map_or(usize::MAX, |p| p.max_body)
+                    .saturating_sub(s.resource_uri.len() * 6 + 256);
+                let mut size = first.len() + 3;
+                let mut items = vec![first];
+                while let Some(Pending::Item(next)) = s.pending.front() {
+                    if size + next.len() + 3 > limit {
+                        break;
+                    }
+                    size += next.len() + 3;
+                    if let Some(Pending::Item(next)) = s.pending.pop_front() {
+                        items.push(next);
+                    }
+                }
+                match partial {
+                    Some(p) => (p.content_type, (p.document)(&s.resource_uri, &items)),
+                    None => ("", Vec::new()),
+                }
+            }
+        };
         s.cseq += 1;
-        let state = match terminated {
-            Some(reason) => reason.to_string(),
+        let last = s.pending.is_empty();
+        let state = match s.ending.as_deref().filter(|_| last) {
+            Some(final_state) => final_state.to_string(),
             None => format!(
                 "active;expires={}",
                 s.expires_at.saturating_duration_since(now).as_secs()
@@ -303,21 +460,28 @@ impl Notifier {
             .header("To", &format!("<{}>;tag={}", s.watcher_uri, s.watcher_tag))
             .header("Call-ID", id)
             .header("CSeq", &format!("{} NOTIFY", s.cseq))
-            .header("Contact", &contact)
+            .header("Contact", &self.contact)
             .header("Event", event)
             .header("Subscription-State", &state);
         if !content_type.is_empty() {
-            b.body(content_type, body);
+            b.body(content_type, &body);
         }
-        self.notifies.push_back(Notify {
+        let notify = Notify {
             transport: s.transport,
             dst: s.flow,
             request: b.build(),
             call_id: id.to_string(),
-        });
+            cseq: s.cseq,
+        };
+        if s.ending.is_some() && last {
+            // The final NOTIFY: the dialog is over once it leaves.
+            self.subscriptions.remove(id);
+        }
+        Some(notify)
     }
 
-    /// Records a NOTIFY the core sent (`request` as sent, Via included).
+    /// Records a NOTIFY the core sent (`request` as sent, Via included):
+    /// its dialog sends no other until this one is answered or times out.
     pub(crate) fn sent(
         &mut self,
         now: Instant,
@@ -326,11 +490,15 @@ impl Notifier {
         request: Vec<u8>,
         t1: Duration,
     ) {
+        if let Some(s) = self.subscriptions.get_mut(&notify.call_id) {
+            s.awaiting = Some(notify.cseq);
+        }
         let reliable = notify.transport != Transport::Udp;
         self.in_flight.insert(
             branch,
             NotifyTxn {
                 call_id: notify.call_id.clone(),
+                cseq: notify.cseq,
                 transport: notify.transport,
                 dst: notify.dst,
                 request,
@@ -350,7 +518,7 @@ impl Notifier {
         if code >= 200
             && let Some(txn) = self.in_flight.remove(branch)
         {
-            self.notify_answered(&txn.call_id, code);
+            self.answered(&txn.call_id, Some(txn.cseq), code);
         }
         true
     }
@@ -370,7 +538,7 @@ impl Notifier {
             .collect();
         for branch in expired {
             if let Some(txn) = self.in_flight.remove(&branch) {
-                self.notify_answered(&txn.call_id, 408);
+                self.answered(&txn.call_id, Some(txn.cseq), 408);
             }
         }
         let mut out = Vec::new();
@@ -385,10 +553,28 @@ impl Notifier {
     }
 
     /// The final response to a NOTIFY we sent: a subscriber that no longer
-    /// knows the dialog (481) or cannot be reached (408, 5xx) is dropped.
+    /// knows the dialog (481) or cannot be reached (408, 5xx) is dropped,
+    /// with what was queued for it (RFC 6665 4.2.2); otherwise the dialog
+    /// may send its next NOTIFY.
     pub(crate) fn notify_answered(&mut self, call_id: &str, code: u16) {
+        self.answered(call_id, None, code);
+    }
+
+    /// [`Notifier::notify_answered`] for the NOTIFY `cseq` of the dialog
+    /// (`None`: whichever is in flight).
+    fn answered(&mut self, call_id: &str, cseq: Option<u32>, code: u16) {
+        let Some(s) = self.subscriptions.get_mut(call_id) else {
+            return;
+        };
+        if cseq.is_some_and(|c| s.awaiting != Some(c)) {
+            // An answer to a NOTIFY of an earlier dialog of that Call-ID.
+            return;
+        }
         if code == 481 || code == 408 || code >= 500 {
             self.subscriptions.remove(call_id);
+            return;
         }
+        s.awaiting = None;
+        self.wake(call_id);
     }
 }

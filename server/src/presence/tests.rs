@@ -88,10 +88,18 @@ fn header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn notifies(a: &mut PresenceAgent) -> Vec<SipMessage> {
+const T1: Duration = Duration::from_millis(500);
+const T2: Duration = Duration::from_secs(4);
+
+/// The NOTIFYs the agent sends at `now`, each answered 200 at once (so
+/// the next one of its dialog may go).
+fn notifies(a: &mut PresenceAgent, now: Instant) -> Vec<SipMessage> {
     let mut out = Vec::new();
-    while let Some(n) = a.poll_notify() {
+    while let Some(n) = a.poll_notify(now) {
         assert_eq!(n.dst, flow(), "NOTIFY goes over the SUBSCRIBE's flow");
+        let branch = format!("z9hG4bK-{}-{}", n.call_id, n.cseq);
+        a.sent(now, branch.clone(), &n, n.request.clone(), T1);
+        assert!(a.response(&branch, 200), "the 200 answers our NOTIFY");
         out.push(SipMessage::parse(&n.request).expect("NOTIFY parses"));
     }
     out
@@ -190,7 +198,7 @@ fn subscription_gets_initial_and_change_notifications_then_terminated() {
     let r = sub(&mut a, t0, &format!("bob@{DOMAIN}"), None, 600, "sub-1");
     assert_eq!(r.code, 200);
     let our_tag = r.to_tag.clone().expect("a new subscription is a dialog");
-    let n = notifies(&mut a);
+    let n = notifies(&mut a, t0);
     assert_eq!(n.len(), 1, "initial NOTIFY");
     assert_eq!(
         n[0].header("Subscription-State"),
@@ -211,7 +219,7 @@ fn subscription_gets_initial_and_change_notifications_then_terminated() {
             Some(&pidf("alice", "open", "at my desk")),
         ),
     );
-    let n = notifies(&mut a);
+    let n = notifies(&mut a, t0);
     assert_eq!(n.len(), 1, "a change notifies the watcher");
     assert_eq!(basic(&n[0]), "open");
     assert_eq!(n[0].cseq(), Some((2, "NOTIFY")));
@@ -227,7 +235,7 @@ fn subscription_gets_initial_and_change_notifications_then_terminated() {
     );
     assert_eq!(r.code, 200, "refresh");
     assert_eq!(
-        notifies(&mut a).len(),
+        notifies(&mut a, t0).len(),
         1,
         "a refresh is answered with the state"
     );
@@ -241,7 +249,7 @@ fn subscription_gets_initial_and_change_notifications_then_terminated() {
         "sub-1",
     );
     assert_eq!(r.code, 200);
-    let n = notifies(&mut a);
+    let n = notifies(&mut a, t0);
     assert_eq!(n[0].header("Subscription-State"), Some("terminated"));
     assert_eq!(a.counts().1, 0, "unsubscribed");
     let r = sub(
@@ -271,10 +279,10 @@ fn expiry_of_publications_and_subscriptions_runs_on_the_given_clock() {
         "alice",
         &publish_req("alice", None, 120, Some(&pidf("alice", "open", ""))),
     );
-    notifies(&mut a);
+    notifies(&mut a, t0);
     assert_eq!(a.poll_timeout(), Some(t0 + Duration::from_secs(120)));
     a.handle_timeout(t0 + Duration::from_secs(121));
-    let n = notifies(&mut a);
+    let n = notifies(&mut a, t0);
     assert_eq!(
         n.len(),
         1,
@@ -282,7 +290,7 @@ fn expiry_of_publications_and_subscriptions_runs_on_the_given_clock() {
     );
     assert_eq!(basic(&n[0]), "closed");
     a.handle_timeout(t0 + Duration::from_secs(301));
-    let n = notifies(&mut a);
+    let n = notifies(&mut a, t0);
     assert_eq!(
         n[0].header("Subscription-State"),
         Some("terminated;reason=timeout")
@@ -297,7 +305,7 @@ fn watchers_are_authorised_by_allow_list_or_domain() {
     let t0 = Instant::now();
     let r = sub(&mut a, t0, "mallory@elsewhere.org", None, 600, "s-3");
     assert_eq!(r.code, 403, "another domain is refused by default");
-    assert!(notifies(&mut a).is_empty());
+    assert!(notifies(&mut a, t0).is_empty());
     a.set_allow(HashMap::from([(
         "alice".to_string(),
         vec![
@@ -318,7 +326,7 @@ fn a_subscriber_that_forgot_the_dialog_is_dropped() {
     let mut a = agent();
     let t0 = Instant::now();
     sub(&mut a, t0, &format!("bob@{DOMAIN}"), None, 600, "s-7");
-    notifies(&mut a);
+    notifies(&mut a, t0);
     a.notify_answered("s-7", 481);
     assert_eq!(a.counts().1, 0);
 }
@@ -328,9 +336,8 @@ fn an_unanswered_notify_is_retransmitted_then_its_subscription_dropped() {
     let mut a = agent();
     let t0 = Instant::now();
     sub(&mut a, t0, &format!("bob@{DOMAIN}"), None, 600, "s-8");
-    let n = a.poll_notify().expect("initial NOTIFY");
-    let t1 = Duration::from_millis(500);
-    let t2 = Duration::from_secs(4);
+    let n = a.poll_notify(t0).expect("initial NOTIFY");
+    let (t1, t2) = (T1, T2);
     a.sent(t0, "z9hG4bK-n1".into(), &n, n.request.clone(), t1);
     assert_eq!(a.poll_timeout(), Some(t0 + t1));
     assert_eq!(a.retransmissions(t0 + t1, t2).len(), 1, "Timer E");
@@ -347,4 +354,70 @@ fn an_unanswered_notify_is_retransmitted_then_its_subscription_dropped() {
     assert_eq!(a.counts().1, 1);
     a.retransmissions(t0 + t1 * 64, t2);
     assert_eq!(a.counts().1, 0, "never answered: the watcher is gone");
+}
+
+#[test]
+fn one_notify_in_flight_per_subscription_and_the_newest_state_supersedes() {
+    let mut a = agent();
+    let t0 = Instant::now();
+    sub(&mut a, t0, &format!("bob@{DOMAIN}"), None, 600, "s-9");
+    let initial = a.poll_notify(t0).expect("initial NOTIFY");
+    a.sent(
+        t0,
+        "z9hG4bK-i".into(),
+        &initial,
+        initial.request.clone(),
+        T1,
+    );
+    for (basic, note) in [("open", "in"), ("closed", "lunch"), ("open", "back")] {
+        a.publish(
+            t0,
+            "alice",
+            &publish_req("alice", None, 600, Some(&pidf("alice", basic, note))),
+        );
+        assert!(
+            a.poll_notify(t0).is_none(),
+            "no NOTIFY while the previous one is unanswered"
+        );
+    }
+    assert!(a.response("z9hG4bK-i", 200));
+    let n = notifies(&mut a, t0);
+    assert_eq!(n.len(), 1, "one NOTIFY for the three changes");
+    assert_eq!(n[0].cseq(), Some((2, "NOTIFY")));
+    assert!(
+        String::from_utf8_lossy(n[0].body()).contains("<note>back</note>"),
+        "the newest state: {:?}",
+        String::from_utf8_lossy(n[0].body())
+    );
+
+    // Unsubscribing while a NOTIFY is in flight: the final one waits.
+    a.publish(
+        t0,
+        "alice",
+        &publish_req("alice", None, 600, Some(&pidf("alice", "closed", "gone"))),
+    );
+    let change = a.poll_notify(t0).expect("the change");
+    a.sent(t0, "z9hG4bK-c".into(), &change, change.request.clone(), T1);
+    let r = sub(
+        &mut a,
+        t0,
+        &format!("bob@{DOMAIN}"),
+        Some(&header_tag(&n[0])),
+        0,
+        "s-9",
+    );
+    assert_eq!(r.code, 200);
+    assert_eq!(a.counts().1, 0, "no longer a subscription");
+    assert!(a.poll_notify(t0).is_none(), "the final NOTIFY waits");
+    assert!(a.response("z9hG4bK-c", 200));
+    let last = notifies(&mut a, t0);
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].header("Subscription-State"), Some("terminated"));
+    assert_eq!(last[0].cseq(), Some((4, "NOTIFY")), "last of the dialog");
+    assert!(a.poll_notify(t0).is_none());
+}
+
+/// Our tag in a NOTIFY we sent (its From tag).
+fn header_tag(n: &SipMessage) -> String {
+    n.from().and_then(|f| f.tag().map(str::to_string)).unwrap()
 }
