@@ -149,9 +149,8 @@ async fn main() {
         Mode::Subscribe => per_member * members as u64,
         Mode::Message => accepted * (members as u64 - 1),
     };
-    let received = |counts: &[AtomicU64]| -> u64 {
-        counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    };
+    let received =
+        |counts: &[AtomicU64]| -> u64 { counts.iter().map(|c| c.load(Ordering::Relaxed)).sum() };
     // The last posts are still on their way when the last 200 arrives.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

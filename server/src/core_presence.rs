@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use sipvault_schemas::Transport;
-use sipvault_sip::{MessageBuilder, SipMessage};
+use sipvault_sip::SipMessage;
 
 use crate::core::{Core, Transmit, request_uri_user};
 use crate::subscription::{Notifier, Reply};
@@ -80,13 +80,8 @@ impl Core {
     pub(crate) fn send_notifies(&mut self, now: Instant) {
         for package in [Package::Presence, Package::ChatRoom] {
             while let Some(notify) = self.notifier(package).poll_notify(now) {
-                let Ok(parsed) = SipMessage::parse(&notify.request) else {
-                    continue;
-                };
                 let (branch, via) = self.new_via(notify.transport);
-                let mut b = MessageBuilder::from_message(&parsed);
-                b.prepend_header("Via", &via);
-                let bytes = b.build();
+                let bytes = with_via(&notify.request, &via);
                 let t1 = self.config.t1;
                 self.notifier(package)
                     .sent(now, branch, &notify, bytes.clone(), t1);
@@ -144,4 +139,21 @@ impl Core {
 enum Package {
     Presence,
     ChatRoom,
+}
+
+/// `request` (built by us, without a Via) with `via` as its first header:
+/// spliced in after the request line rather than parsed and rebuilt, as a
+/// room's NOTIFYs may carry kilobytes of posts.
+fn with_via(request: &[u8], via: &str) -> Vec<u8> {
+    let line_end = request
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map_or(request.len(), |i| i + 2);
+    let mut out = Vec::with_capacity(request.len() + via.len() + 7);
+    out.extend_from_slice(&request[..line_end]);
+    out.extend_from_slice(b"Via: ");
+    out.extend_from_slice(via.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&request[line_end..]);
+    out
 }

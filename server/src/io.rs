@@ -518,7 +518,10 @@ async fn udp_loop(udp: Arc<UdpSocket>, shared: Arc<Shared>) {
                 // ICMP port unreachable from an earlier send shows up here on Linux.
                 Err(e) => { tracing::debug!(error = %e, "udp receive error"); continue; }
             },
-            _ = shutdown.changed() => break,
+            _ = shutdown.changed() => {
+                archive_unread_datagrams(&udp, local, &shared, &mut buf);
+                break;
+            }
         };
         shared.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
         if n > shared.config.max_message_bytes {
@@ -533,6 +536,29 @@ async fn udp_loop(udp: Arc<UdpSocket>, shared: Arc<Shared>) {
         let bytes = buf[..n].to_vec();
         if !admit(&shared, Transport::Udp, peer, local, bytes).await {
             break;
+        }
+    }
+}
+
+/// Datagrams still queued on the socket when the server stops.
+const SHUTDOWN_DRAIN_LIMIT: usize = 65_536;
+
+/// At shutdown: archives the datagrams that arrived before the stop and
+/// were not read yet (say, the answers to our last requests), so the
+/// archive holds everything received. The core, stopping too, does not
+/// act on them.
+fn archive_unread_datagrams(udp: &UdpSocket, local: SocketAddr, shared: &Shared, buf: &mut [u8]) {
+    for _ in 0..SHUTDOWN_DRAIN_LIMIT {
+        match udp.try_recv_from(buf) {
+            Ok((n, peer)) if n <= shared.config.max_message_bytes => {
+                shared.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .tap
+                    .capture(Direction::In, Transport::Udp, peer, local, &buf[..n]);
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(_) => {}
         }
     }
 }
@@ -735,7 +761,10 @@ async fn connection<S>(
                 }
                 flow.tap_out(&shared, &bytes);
             }
-            _ = shutdown.changed() => break,
+            _ = shutdown.changed() => {
+                archive_unread_stream(&mut rd, &mut framer, &mut buf, &shared, flow).await;
+                break;
+            }
         }
     }
     shared
@@ -746,6 +775,29 @@ async fn connection<S>(
     // TLS: a close_notify, so the peer sees an orderly end rather than a
     // truncation; bounded, a peer that reads nothing cannot hold us here.
     let _ = tokio::time::timeout(Duration::from_millis(200), wr.shutdown()).await;
+}
+
+/// At shutdown: archives the whole messages a connection has already
+/// received and we have not read yet, as for datagrams; never waits for more.
+async fn archive_unread_stream<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    framer: &mut StreamFramer,
+    buf: &mut [u8],
+    shared: &Shared,
+    flow: Flow,
+) {
+    // A zero timeout still polls the read once: data already there is taken.
+    for _ in 0..SHUTDOWN_DRAIN_LIMIT {
+        match tokio::time::timeout(Duration::ZERO, rd.read(buf)).await {
+            Ok(Ok(n)) if n > 0 => framer.push(&buf[..n]),
+            _ => break,
+        }
+    }
+    while let Ok(Some(msg)) = framer.next_message() {
+        shared
+            .tap
+            .capture(Direction::In, flow.transport, flow.peer, flow.local, &msg);
+    }
 }
 
 /// Writes what the core still sends to a connection that is about to close,

@@ -28,13 +28,32 @@
 //! </chat-room>
 //! ```
 //!
-//! then one `state="partial"` document per event: a post
+//! then `state="partial"` documents of items, each a post
 //! (`<post sender="sip:alice@example.com" time="2026-12-01T10:00:00.000Z">text</post>`)
 //! or a membership change the binary pushed with [`Core::set_rooms`]
 //! (`<member uri=".." role="member" change="added"/>`, `change="role-changed"`
 //! with the new role, `change="removed"` without one). A subscriber who may
 //! no longer read the room after a change gets `terminated;reason=rejected`;
 //! a room that is gone, `terminated;reason=noresource`.
+//!
+//! **NOTIFY flow.** Each subscription has at most one NOTIFY in flight
+//! (RFC 6665 4.2.2). Items that come while one is unanswered wait; once it
+//! has its final response the next NOTIFY carries every item queued since,
+//! in order, in one partial document (split over several NOTIFYs to keep
+//! bodies under `max_body_bytes`). Each `<post>` carries the time the
+//! server accepted it, so batching changes nothing of who saw what when.
+//! A final NOTIFY (`terminated...`) goes after, and with, the last queued
+//! items. A subscriber that answers 481, 408 or 5xx, or lets a NOTIFY time
+//! out, is dropped with its queue (it is on MESSAGE copies again, and
+//! `/history` has what it missed); one whose queue outgrows
+//! [`crate::subscription::MAX_PENDING_ITEMS`] is ended with
+//! `terminated;reason=deactivated`.
+//!
+//! **Archive.** A post is archived once: the MESSAGE to the room, its 200
+//! and one IM row naming the room. Every NOTIFY and every MESSAGE copy
+//! passes the tap as well, so what each member was sent stays on record;
+//! with subscribed members that is a NOTIFY per round trip per member,
+//! not a message per post per member.
 //!
 //! **History.** The core keeps the newest [`RoomConfig::history_posts`]
 //! posts of each room (the binary seeds them from the archive at start). A
