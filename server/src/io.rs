@@ -535,6 +535,8 @@ async fn udp_loop(udp: Arc<UdpSocket>, shared: Arc<Shared>) {
         }
         let bytes = buf[..n].to_vec();
         if !admit(&shared, Transport::Udp, peer, local, bytes).await {
+            // The core has stopped: the server is stopping.
+            archive_unread_datagrams(&udp, local, &shared, &mut buf);
             break;
         }
     }
@@ -730,6 +732,8 @@ async fn connection<S>(
                         Ok(Some(msg)) => {
                             shared.stats.stream_messages_in.fetch_add(1, Ordering::Relaxed);
                             if !admit(&shared, flow.transport, peer, flow.local, msg).await {
+                                // The core has stopped: the server is stopping.
+                                archive_unread_stream(&mut rd, &mut framer, &mut buf, &shared, flow).await;
                                 break 'conn;
                             }
                         }
