@@ -518,12 +518,14 @@ impl Core {
     fn user_of_domain(&self, uri: &str) -> Option<String> {
         SipUri::parse(uri)
             .ok()
-            .filter(|u| {
-                u.host.eq_ignore_ascii_case(&self.config.domain)
-                    && (u.scheme.eq_ignore_ascii_case("sip")
-                        || u.scheme.eq_ignore_ascii_case("sips"))
-            })
-            .and_then(|u| u.user)
+            .and_then(|u| self.local_user(&u).map(str::to_string))
+    }
+
+    /// [`Core::user_of_domain`] of a parsed URI.
+    fn local_user<'u>(&self, uri: &'u SipUri) -> Option<&'u str> {
+        let ours = uri.host.eq_ignore_ascii_case(&self.config.domain)
+            && (uri.scheme.eq_ignore_ascii_case("sip") || uri.scheme.eq_ignore_ascii_case("sips"));
+        uri.user.as_deref().filter(|_| ours)
     }
 
     /// The From user of `req`, if it is of the served domain.
@@ -816,12 +818,12 @@ impl Core {
     /// registered and not subscribed to the room (subscribers have it as a
     /// NOTIFY).
     fn fan_out(&mut self, now: Instant, room: &str, sender: &str, post: &SipMessage) {
-        let subscribed: HashSet<String> = self
+        let subscribed: HashSet<&str> = self
             .rooms
             .subscribers
             .iter()
             .filter(|(_, s)| s.resource == room)
-            .filter_map(|(_, s)| self.user_of_domain(&s.watcher_uri))
+            .filter_map(|(_, s)| s.watcher.as_ref().and_then(|w| self.local_user(w)))
             .collect();
         let members: Vec<String> = self
             .rooms
@@ -830,7 +832,7 @@ impl Core {
             .map(|r| {
                 r.members
                     .keys()
-                    .filter(|u| *u != sender && !subscribed.contains(*u))
+                    .filter(|u| *u != sender && !subscribed.contains(u.as_str()))
                     .cloned()
                     .collect()
             })

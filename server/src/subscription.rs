@@ -29,7 +29,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sipvault_schemas::Transport;
-use sipvault_sip::{MessageBuilder, SipMessage};
+use sipvault_sip::{MessageBuilder, SipMessage, SipUri};
 
 /// The final response the core sends for a PUBLISH or SUBSCRIBE.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +134,8 @@ pub(crate) struct Subscription {
     resource_uri: String,
     /// The subscriber's From URI and tag.
     pub(crate) watcher_uri: String,
+    /// The From URI parsed once (rooms look at it on every post).
+    pub(crate) watcher: Option<SipUri>,
     watcher_tag: String,
     our_tag: String,
     /// Where NOTIFYs go: the subscriber's Contact, over the SUBSCRIBE's flow.
@@ -319,6 +321,7 @@ impl Notifier {
                 resource: resource.to_string(),
                 resource_uri,
                 watcher_uri: from.uri.clone(),
+                watcher: SipUri::parse(&from.uri).ok(),
                 watcher_tag,
                 our_tag,
                 target,
