@@ -24,8 +24,9 @@ cargo build --release -q -p sipvault
 # With -p sipvault, the example shares the binary's dependency features, so
 # the dependencies are compiled once for both.
 cargo build --release -q -p sipvault -p sipvault-query --example gen_fixture
-BIN=$PWD/target/release/sipvault
-GEN=$PWD/target/release/examples/gen_fixture
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+BIN=$TARGET/release/sipvault
+GEN=$TARGET/release/examples/gen_fixture
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 DATA=$WORK/data

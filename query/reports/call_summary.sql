@@ -2,7 +2,7 @@
 -- how many were answered, the answer-seizure ratio, the average time to
 -- ring and the average length of an answered call.
 SELECT
-    {group} AS {group_name},
+    {group_label} AS {group_name},
     count(*) AS calls,
     count(*) FILTER (WHERE disposition = 'answered') AS answered,
     round(100.0 * count(*) FILTER (WHERE disposition = 'answered') / count(*), 2) AS asr_percent,

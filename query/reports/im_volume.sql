@@ -2,7 +2,7 @@
 -- of distinct senders. With --user, the IMs that user sent or received
 -- (recipients are a list: matched through unnest, keyed as call_id#cseq).
 SELECT
-    {period} AS period,
+    {period_label} AS period,
     count(*) AS ims,
     count(*) FILTER (WHERE delivery_status = 'delivered') AS delivered,
     count(*) FILTER (WHERE delivery_status = 'failed') AS failed,

@@ -140,6 +140,19 @@ pub struct QueryLimits {
     pub memory_limit: Option<usize>,
 }
 
+/// How a session presents the archive's columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnTypes {
+    /// As the archive schemas declare them, with the `date` partition column
+    /// as text: what `sipvault sql` shows and the readers in this crate expect.
+    Archive,
+    /// For reports, which aggregate whole tables: text columns as `Utf8View`,
+    /// so Parquet's dictionary-encoded strings are decoded without copying
+    /// every value, and `date` as a DATE, which a file turns into one number
+    /// per row (grouped and compared as an integer, not as a string).
+    Reports,
+}
+
 /// A DataFusion session with every archive table under `<data_dir>/archive/` registered.
 ///
 /// Each table is a listing table over `<data>/archive/<table>/` with the hive partition
@@ -155,6 +168,15 @@ pub async fn archive_context_with_limits(
     data_dir: &Path,
     limits: &QueryLimits,
 ) -> Result<SessionContext, QueryError> {
+    archive_context_with_types(data_dir, limits, ColumnTypes::Archive).await
+}
+
+/// [`archive_context_with_limits`] with the tables' columns presented as `types` says.
+pub async fn archive_context_with_types(
+    data_dir: &Path,
+    limits: &QueryLimits,
+    types: ColumnTypes,
+) -> Result<SessionContext, QueryError> {
     let config = SessionConfig::new().with_information_schema(true);
     let mut runtime = RuntimeEnvBuilder::new();
     if let Some(bytes) = limits.memory_limit {
@@ -167,10 +189,18 @@ pub async fn archive_context_with_limits(
     }
     let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
     let archive = data_dir.join("archive");
+    let partition_type = match types {
+        ColumnTypes::Archive => DataType::Utf8,
+        ColumnTypes::Reports => DataType::Date32,
+    };
     for (name, file_schema) in archive_tables() {
+        let file_schema = match types {
+            ColumnTypes::Archive => file_schema,
+            ColumnTypes::Reports => with_string_views(&file_schema),
+        };
         let dir = archive.join(name);
         if dir.is_dir() {
-            let table = listing_table(&dir, file_schema)?;
+            let table = listing_table(&dir, file_schema, &partition_type)?;
             ctx.register_table(name, Arc::new(table))?;
         } else {
             let mut fields: Vec<Field> = file_schema
@@ -178,7 +208,7 @@ pub async fn archive_context_with_limits(
                 .iter()
                 .map(|f| f.as_ref().clone())
                 .collect();
-            fields.push(Field::new(PARTITION_COLUMN, DataType::Utf8, false));
+            fields.push(Field::new(PARTITION_COLUMN, partition_type.clone(), false));
             let schema = Arc::new(Schema::new(fields));
             let table = MemTable::try_new(schema, vec![vec![]])?;
             ctx.register_table(name, Arc::new(table))?;
@@ -187,7 +217,24 @@ pub async fn archive_context_with_limits(
     Ok(ctx)
 }
 
-fn listing_table(dir: &Path, file_schema: SchemaRef) -> Result<ListingTable, QueryError> {
+/// `schema` with its top-level `Utf8` columns as `Utf8View`.
+fn with_string_views(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+fn listing_table(
+    dir: &Path,
+    file_schema: SchemaRef,
+    partition_type: &DataType,
+) -> Result<ListingTable, QueryError> {
     let dir = std::path::absolute(dir)?;
     let url = url::Url::from_directory_path(&dir).map_err(|()| {
         DataFusionError::Plan(format!("archive path {} is not a valid URL", dir.display()))
@@ -198,7 +245,7 @@ fn listing_table(dir: &Path, file_schema: SchemaRef) -> Result<ListingTable, Que
     let table_url = ListingTableUrl::try_new(url, Some(visible))?;
     let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
         .with_file_extension(".parquet")
-        .with_table_partition_cols(vec![(PARTITION_COLUMN.to_string(), DataType::Utf8)]);
+        .with_table_partition_cols(vec![(PARTITION_COLUMN.to_string(), partition_type.clone())]);
     let config = ListingTableConfig::new(table_url)
         .with_listing_options(options)
         .with_schema(file_schema);

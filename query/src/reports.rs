@@ -3,8 +3,11 @@
 //! Each report is one SQL file in `query/reports/`, with placeholders that a
 //! [`ReportRequest`] fills in: `{in_range}` (the time range, with the `date`
 //! partition bounds so DataFusion reads only the days it needs), `{user}` (a
-//! string literal, or NULL for everyone), and per report `{group}`,
-//! `{group_name}`, `{period}` or `{top}`. Values only ever enter the SQL as
+//! string literal, or NULL for everyone), and per report `{group}` (what rows
+//! are grouped by) with `{group_label}` (the same value as the report prints
+//! it) and `{group_name}`, `{period}` with `{period_label}`, or `{top}`.
+//! Reports read the archive with `date` as a DATE and text as `Utf8View`
+//! ([`ColumnTypes::Reports`]). Values only ever enter the SQL as
 //! literals built here, never as text the user typed.
 
 use std::fmt;
@@ -13,7 +16,7 @@ use std::str::FromStr;
 
 use datafusion::execution::SendableRecordBatchStream;
 
-use crate::{QueryError, QueryLimits, archive_context_with_limits};
+use crate::{ColumnTypes, QueryError, QueryLimits, archive_context_with_types};
 
 /// The reports `sipvault report NAME` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,10 +229,16 @@ pub fn report_sql(req: &ReportRequest) -> Result<String, QueryError> {
         None => "CAST(NULL AS VARCHAR)".to_string(),
         Some(u) => sql_string(&user_uri(u)?),
     };
-    let (group, group_name) = match grouping {
-        Some(Grouping::User) => ("caller", "\"user\""),
-        Some(Grouping::Hour) => ("date_trunc('hour', time)", "hour"),
-        _ => ("date", "day"),
+    // Reports see `date` as a DATE (see `ColumnTypes::Reports`): grouped as
+    // one, printed as its YYYY-MM-DD text.
+    let (group, group_label, group_name) = match grouping {
+        Some(Grouping::User) => ("caller", "caller", "\"user\""),
+        Some(Grouping::Hour) => (
+            "date_trunc('hour', time)",
+            "date_trunc('hour', time)",
+            "hour",
+        ),
+        _ => ("date", "CAST(date AS VARCHAR)", "day"),
     };
     let top = req.top.unwrap_or(DEFAULT_TOP).to_string();
     let in_range = time_range_predicate(req.since_ns, req.until_ns);
@@ -237,6 +246,7 @@ pub fn report_sql(req: &ReportRequest) -> Result<String, QueryError> {
         "in_range" => Some(in_range.as_str()),
         "user" => Some(user.as_str()),
         "group" | "period" => Some(group),
+        "group_label" | "period_label" => Some(group_label),
         "group_name" => Some(group_name),
         "top" => Some(top.as_str()),
         _ => None,
@@ -250,7 +260,7 @@ pub async fn report_stream(
     limits: &QueryLimits,
 ) -> Result<SendableRecordBatchStream, QueryError> {
     let sql = report_sql(req)?;
-    let ctx = archive_context_with_limits(data_dir, limits).await?;
+    let ctx = archive_context_with_types(data_dir, limits, ColumnTypes::Reports).await?;
     let df = ctx.sql(&sql).await?;
     Ok(df.execute_stream().await?)
 }
