@@ -257,6 +257,26 @@ fn sipp_register_and_message_are_relayed_archived_and_searchable() {
     assert_eq!(hits.len(), MESSAGES, "search hits: {out}");
     assert!(hits.iter().all(|h| h["from"] == "sip:alice@sipp.test"));
     assert!(started.elapsed() < Duration::from_secs(30));
+    // SIPp sends `From: "Alice" <sip:alice@sipp.test>` and `To: "Bob" <...>`:
+    // the display names are archived, searched and shown.
+    let named = sipvault(
+        &data,
+        &["search", "from:\"alice\" AND to:bob", "--format", "json"],
+    );
+    let named: serde_json::Value = serde_json::from_str(&named).expect("search --format json");
+    let named = named.as_array().expect("JSON array");
+    assert_eq!(named.len(), MESSAGES, "search hits: {named:?}");
+    assert!(
+        named
+            .iter()
+            .all(|h| h["from_name"] == "Alice" && h["to_name"] == "Bob"),
+        "display names in the hits: {named:?}"
+    );
+    let table = sipvault(&data, &["search", "from:alice", "--limit", "1"]);
+    assert!(
+        table.contains("Alice <sip:alice@sipp.test>") && table.contains("Bob <sip:bob@sipp.test>"),
+        "names shown with the addresses: {table}"
+    );
     let none = sipvault(
         &data,
         &["search", "München AND NOT Bob", "--format", "json"],

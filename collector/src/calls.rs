@@ -449,13 +449,14 @@ impl CallCorrelator {
         let age_key = (now, self.next_seq);
         self.next_seq += 1;
         let caller = from.as_ref().map(|p| p.uri.clone()).unwrap_or_default();
+        let to = header_party(sip, "to");
         let call = Call {
             row: CallRow {
                 time_ns: now,
                 call_id: call_id.to_string(),
                 source: msg.source.clone(),
                 caller: caller.clone(),
-                callee: header_party(sip, "to").map(|p| p.uri).unwrap_or_default(),
+                callee: to.as_ref().map(|p| p.uri.clone()).unwrap_or_default(),
                 ring_ns: None,
                 answer_ns: None,
                 end_ns: None,
@@ -471,6 +472,8 @@ impl CallCorrelator {
                 legs: 0,
                 reinvites: 0,
                 transferred_from,
+                caller_display: from.as_ref().and_then(|p| p.display.clone()),
+                callee_display: to.and_then(|p| p.display),
             },
             age_key,
             caller_tag: from.and_then(|p| p.tag),
@@ -940,10 +943,12 @@ fn sort_rows(rows: &mut [CallRow]) {
     rows.sort_by(|a, b| (a.time_ns, &a.call_id).cmp(&(b.time_ns, &b.call_id)));
 }
 
-/// URI and tag of an address header (From, To, Refer-To, Referred-By).
+/// URI, tag and display name of an address header (From, To, Refer-To,
+/// Referred-By).
 struct Party {
     uri: String,
     tag: Option<String>,
+    display: Option<String>,
 }
 
 /// Reads an address header; when the strict [`NameAddr`] parser refuses it
@@ -955,6 +960,7 @@ fn header_party(sip: &SipMessage, name: &str) -> Option<Party> {
     let party = |addr: &NameAddr| Party {
         uri: addr.uri.clone(),
         tag: addr.tag().map(str::to_string),
+        display: crate::im::display_name(addr),
     };
     let strict = match name {
         "from" => sip.from().map(party),
@@ -968,11 +974,16 @@ fn header_party(sip: &SipMessage, name: &str) -> Option<Party> {
         return strict;
     }
     let value = sip.header(name)?;
-    let (uri, params) = match (value.find('<'), value.rfind('>')) {
-        (Some(open), Some(close)) if open < close => {
-            (value.get(open + 1..close)?, value.get(close + 1..)?)
+    let (display, uri, params) = match (value.find('<'), value.rfind('>')) {
+        (Some(open), Some(close)) if open < close => (
+            lenient_display(value.get(..open)?),
+            value.get(open + 1..close)?,
+            value.get(close + 1..)?,
+        ),
+        _ => {
+            let (uri, params) = value.split_once(';').unwrap_or((value, ""));
+            (None, uri, params)
         }
-        _ => value.split_once(';').unwrap_or((value, "")),
     };
     let uri = uri.trim();
     if uri.is_empty() {
@@ -987,7 +998,29 @@ fn header_party(sip: &SipMessage, name: &str) -> Option<Party> {
     Some(Party {
         uri: uri.to_string(),
         tag,
+        display,
     })
+}
+
+/// The display name before `<` of an address the strict parser refused:
+/// backslash escapes resolved, then one pair of surrounding quotes dropped,
+/// so a capture's `\"arik\" <sip:...>` (escaped quotes outside a quoted
+/// string) gives the `arik` its sender meant.
+fn lenient_display(text: &str) -> Option<String> {
+    let mut unescaped = String::with_capacity(text.len());
+    let mut chars = text.trim().chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => unescaped.extend(chars.next()),
+            c => unescaped.push(c),
+        }
+    }
+    let name = unescaped
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(&unescaped)
+        .trim();
+    (!name.is_empty()).then(|| name.to_string())
 }
 
 fn to_tag(sip: &SipMessage) -> Option<String> {

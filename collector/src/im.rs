@@ -10,7 +10,7 @@ use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use sipvault_schemas::{CapturedMessage, ImMessageRow};
-use sipvault_sip::SipMessage;
+use sipvault_sip::{NameAddr, SipMessage};
 
 /// Content types that are not messages a person wrote (typing indicators).
 const NON_IM_CONTENT_TYPES: &[&str] = &["application/im-iscomposing+xml"];
@@ -123,6 +123,8 @@ impl ImCorrelator {
                 body: String::from_utf8_lossy(sip.body()).into_owned(),
                 delivery_status: String::new(),
                 status: None,
+                from_display: sip.from().and_then(display_name),
+                to_display: sip.to().and_then(display_name),
             };
             self.pending.insert(
                 key,
@@ -193,6 +195,16 @@ impl ImCorrelator {
         out.sort_by_key(|r| r.time_ns);
         out
     }
+}
+
+/// The display name of an address as archived: unquoted and unescaped (the
+/// parser does that), surrounding whitespace dropped, `None` when empty.
+pub(crate) fn display_name(addr: &NameAddr) -> Option<String> {
+    addr.display
+        .as_deref()
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(str::to_string)
 }
 
 fn unanswered(mut row: ImMessageRow) -> ImMessageRow {
@@ -304,6 +316,37 @@ mod tests {
         assert!(c.expire(t0 + 130 * SEC).is_empty());
         feed(&mut c, t0, &cap(4, Direction::In, MSG));
         assert_eq!(c.pending(), 1);
+    }
+
+    #[test]
+    fn display_names_are_archived_unquoted_and_blank_ones_as_none() {
+        let im_with = |from: &str, to: &str| {
+            let mut c = ImCorrelator::new(Duration::from_secs(32));
+            let m = MSG
+                .replace("From: <sip:alice@example.com>", &format!("From: {from}"))
+                .replace("To: <sip:bob@example.com>", &format!("To: {to}"));
+            feed(&mut c, 0, &cap(1, Direction::In, &m));
+            let mut rows = c.drain();
+            assert_eq!(rows.len(), 1, "{m}");
+            rows.remove(0)
+        };
+        let im = im_with(
+            r#""Alice \"Al\" Smith" <sip:alice@example.com>"#,
+            "Bob  Jones <sip:bob@example.com>",
+        );
+        assert_eq!(im.from_display.as_deref(), Some(r#"Alice "Al" Smith"#));
+        assert_eq!(im.to_display.as_deref(), Some("Bob Jones"));
+        assert_eq!(im.sender, "sip:alice@example.com");
+        assert_eq!(im.recipients, vec!["sip:bob@example.com".to_string()]);
+
+        let im = im_with(r#""" <sip:alice@example.com>"#, "sip:bob@example.com");
+        assert_eq!(im.from_display, None, "empty quoted display name");
+        assert_eq!(im.to_display, None, "addr-spec without display name");
+        assert_eq!(im.recipients, vec!["sip:bob@example.com".to_string()]);
+
+        let im = im_with(r#""  " <sip:alice@example.com>"#, "<sip:bob@example.com>");
+        assert_eq!(im.from_display, None, "blank display name");
+        assert_eq!(im.to_display, None);
     }
 
     #[test]

@@ -451,7 +451,7 @@ struct Log {
 /// Layout of a checkpoint snapshot (the postcard encoding of [`State`] is
 /// positional). Bump it whenever a type in it changes: arrivals, the IM,
 /// call or presence correlator state, the catalog room event mark.
-const SNAPSHOT_VERSION: u32 = 3;
+const SNAPSHOT_VERSION: u32 = 4;
 
 /// Catalog room events taken per poll: a first start on a catalog with a
 /// long history carries it over in steps.

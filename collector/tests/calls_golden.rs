@@ -70,6 +70,8 @@ struct GoldenRow<'a> {
     legs: u32,
     reinvites: u32,
     transferred_from: Option<&'a str>,
+    caller_display: Option<&'a str>,
+    callee_display: Option<&'a str>,
 }
 
 fn golden(rows: &[CallRow]) -> Vec<GoldenRow<'_>> {
@@ -97,6 +99,8 @@ fn golden(rows: &[CallRow]) -> Vec<GoldenRow<'_>> {
                 legs: r.legs,
                 reinvites: r.reinvites,
                 transferred_from: r.transferred_from.as_deref(),
+                caller_display: r.caller_display.as_deref(),
+                callee_display: r.callee_display.as_deref(),
             }
         })
         .collect()

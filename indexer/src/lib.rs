@@ -8,16 +8,17 @@
 //! owns the writer through [`ImIndex`]; any number of readers search the same
 //! directory through [`search`], which never takes the writer lock.
 //!
-//! Documents ([`IndexDoc`]): an IM (body; sender and recipients), a call (body:
-//! disposition, final code and reason; caller and callee as from/to) or a presence
-//! change (body: basic status, activities and note; the entity as from).
+//! Documents ([`IndexDoc`]): an IM (body; sender and recipients with their
+//! display names), a call (body: disposition, final code and reason; caller and
+//! callee with their display names as from/to) or a presence change (body: basic
+//! status, activities and note; the entity as from).
 //!
 //! Query language (see [`search`]): words and `"phrases"` over the body, combined
 //! with `AND`, `OR`, `NOT` (or `+word` / `-word`) and parentheses; bare words are
 //! combined with AND. Prefix terms `budg*`, fuzzy terms `budgte~1` (edit distance 1
 //! or 2). The fields `from:` and `to:` search the sender and recipient addresses
 //! (URIs and any display names archived with them), e.g. `from:alice`,
-//! `to:"bob@example.com"`, `body:lunch`; `type:im`, `type:call`, `type:presence`
+//! `to:"bob@example.com"`, `from:smith`, `from:"Alice Smith"`, `body:lunch`; `type:im`, `type:call`, `type:presence`
 //! select a kind of record; `room:NAME` finds the posts to chat room NAME (the
 //! IMs addressed to `sip:room-NAME@...`, as every post is archived) and
 //! `type:chat` the posts to any room; `conference:ID` the messages written
@@ -132,10 +133,14 @@ impl std::fmt::Display for DocType {
 pub struct IndexDoc {
     pub doc_type: DocType,
     pub time_ns: i64,
-    /// Sender, caller or presentity.
+    /// Sender, caller or presentity (URI).
     pub from: String,
-    /// Recipients or callee.
+    /// Display name of `from`, if one was archived.
+    pub from_name: Option<String>,
+    /// Recipients or callee (URIs).
     pub to: Vec<String>,
+    /// Display name of the (first) recipient or the callee, if one was archived.
+    pub to_name: Option<String>,
     /// IM body; call outcome; presence status and note.
     pub body: String,
     pub call_id: String,
@@ -149,7 +154,9 @@ impl From<&ImMessageRow> for IndexDoc {
             doc_type: DocType::Im,
             time_ns: row.time_ns,
             from: row.sender.clone(),
+            from_name: row.from_display.clone(),
             to: row.recipients.clone(),
+            to_name: row.to_display.clone(),
             body: row.body.clone(),
             call_id: row.call_id.clone(),
             cseq: row.cseq,
@@ -172,7 +179,9 @@ impl From<&CallRow> for IndexDoc {
             doc_type: DocType::Call,
             time_ns: row.time_ns,
             from: row.caller.clone(),
+            from_name: row.caller_display.clone(),
             to: vec![row.callee.clone()],
+            to_name: row.callee_display.clone(),
             body,
             call_id: row.call_id.clone(),
             cseq: 0,
@@ -195,7 +204,9 @@ impl From<&PresenceRow> for IndexDoc {
             doc_type: DocType::Presence,
             time_ns: row.time_ns,
             from: row.entity.clone(),
+            from_name: None,
             to: Vec::new(),
+            to_name: None,
             body: parts.join(" "),
             call_id: row.call_id.clone(),
             cseq: 0,
@@ -288,7 +299,13 @@ pub struct SearchHit {
     pub doc_type: DocType,
     pub time_ns: i64,
     pub from: String,
+    /// Display name archived with `from`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_name: Option<String>,
     pub to: Vec<String>,
+    /// Display name archived with the first of `to`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_name: Option<String>,
     pub body: String,
     pub call_id: String,
     pub cseq: u32,
@@ -304,21 +321,28 @@ struct Fields {
     body: Field,
     from: Field,
     to: Field,
+    from_uri: Field,
+    to_uri: Field,
+    from_name: Field,
+    to_name: Field,
     from_addr: Field,
     to_addr: Field,
     call_id: Field,
     cseq: Field,
 }
 
+/// `from` and `to` are searched, not stored: they hold the URIs and the display
+/// names, so that `from:smith` and `from:"alice smith"` find the address of
+/// `"Alice Smith" <sip:alice@example.com>`; the hit is read from the stored
+/// `*_uri` and `*_name` fields, which keep the two apart.
 fn build_schema() -> Schema {
     let mut b = Schema::builder();
-    let text = TextOptions::default()
-        .set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer(TOKENIZER)
-                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
-        )
-        .set_stored();
+    let searched = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(TOKENIZER)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    let text = searched.clone().set_stored();
     b.add_text_field("kind", STRING | STORED);
     b.add_text_field("segment", STRING | STORED);
     b.add_i64_field(
@@ -328,9 +352,13 @@ fn build_schema() -> Schema {
             .set_fast()
             .set_stored(),
     );
-    b.add_text_field("body", text.clone());
-    b.add_text_field("from", text.clone());
-    b.add_text_field("to", text);
+    b.add_text_field("body", text);
+    b.add_text_field("from", searched.clone());
+    b.add_text_field("to", searched);
+    b.add_text_field("from_uri", STORED);
+    b.add_text_field("to_uri", STORED);
+    b.add_text_field("from_name", STORED);
+    b.add_text_field("to_name", STORED);
     b.add_text_field("from_addr", STRING);
     b.add_text_field("to_addr", STRING);
     b.add_text_field("call_id", STRING | STORED);
@@ -353,6 +381,10 @@ fn fields(schema: &Schema) -> Result<Fields, IndexError> {
         body: f("body")?,
         from: f("from")?,
         to: f("to")?,
+        from_uri: f("from_uri")?,
+        to_uri: f("to_uri")?,
+        from_name: f("from_name")?,
+        to_name: f("to_name")?,
         from_addr: f("from_addr")?,
         to_addr: f("to_addr")?,
         call_id: f("call_id")?,
@@ -591,14 +623,24 @@ impl ImIndex {
             doc.add_i64(f.time, row.time_ns);
             doc.add_text(f.body, &row.body);
             doc.add_text(f.from, &row.from);
+            doc.add_text(f.from_uri, &row.from);
             for key in address_keys(&row.from) {
                 doc.add_text(f.from_addr, &key);
             }
+            if let Some(name) = &row.from_name {
+                doc.add_text(f.from, name);
+                doc.add_text(f.from_name, name);
+            }
             for rcpt in &row.to {
                 doc.add_text(f.to, rcpt);
+                doc.add_text(f.to_uri, rcpt);
                 for key in address_keys(rcpt) {
                     doc.add_text(f.to_addr, &key);
                 }
+            }
+            if let Some(name) = &row.to_name {
+                doc.add_text(f.to, name);
+                doc.add_text(f.to_name, name);
             }
             doc.add_text(f.call_id, &row.call_id);
             doc.add_u64(f.cseq, u64::from(row.cseq));
@@ -1102,15 +1144,22 @@ fn run_search_parsed(
                 .map(str::to_string)
                 .ok_or(IndexError::CorruptDocument(name))
         };
+        let name = |field: Field| {
+            doc.get_first(field)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
         let kind = text(f.kind, "kind")?;
         hits.push(SearchHit {
             doc_type: DocType::from_kind(&kind).ok_or(IndexError::CorruptDocument("kind"))?,
             time_ns: c.time,
-            from: text(f.from, "from")?,
+            from: text(f.from_uri, "from_uri")?,
+            from_name: name(f.from_name),
             to: doc
-                .get_all(f.to)
+                .get_all(f.to_uri)
                 .filter_map(|v| v.as_str().map(str::to_string))
                 .collect(),
+            to_name: name(f.to_name),
             body: text(f.body, "body")?,
             call_id: text(f.call_id, "call_id")?,
             cseq: doc

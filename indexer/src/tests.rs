@@ -18,6 +18,8 @@ fn row(i: i64, call_id: &str, sender: &str, recipients: &[&str], body: &str) -> 
         body: body.to_string(),
         delivery_status: "delivered".to_string(),
         status: Some(200),
+        from_display: None,
+        to_display: None,
     }
 }
 
@@ -604,6 +606,8 @@ fn call(
         legs: 1,
         reinvites: 0,
         transferred_from: None,
+        caller_display: None,
+        callee_display: None,
     }
 }
 
@@ -957,6 +961,64 @@ fn an_index_of_an_older_layout_is_recreated_by_the_writer() {
     assert!(index.segment_ids().unwrap().is_empty());
     index.add_segment("seg-1", &fixture()).unwrap();
     assert_set(dir.path(), "lunch", &["c1", "c2"]);
+}
+
+#[test]
+fn display_names_are_searched_with_the_addresses_and_kept_in_hits() {
+    let dir = tempfile::tempdir().expect("create temp dir");
+    let mut index = ImIndex::open_or_create(dir.path()).expect("create index");
+    let named = ImMessageRow {
+        from_display: Some("Alice Smith".to_string()),
+        to_display: Some("Bob O'Neil".to_string()),
+        ..row(0, "named", ALICE, &[BOB], "Minutes attached")
+    };
+    let unnamed = row(1, "unnamed", ALICE, &[BOB], "Smith called");
+    index.add_segment("seg-ims", &[named, unnamed]).unwrap();
+    let call = CallRow {
+        caller_display: Some("Carol Smith-Jones".to_string()),
+        callee_display: Some("Alice Smith".to_string()),
+        ..call(2, "call", CAROL, ALICE, "answered", 200)
+    };
+    index
+        .add_documents("seg-calls", &[IndexDoc::from(&call)])
+        .unwrap();
+    let d = dir.path();
+    assert_set(d, "from:smith", &["call", "named"]);
+    assert_set(d, "from:SMITH", &["call", "named"]);
+    assert_set(d, "from:\"Alice Smith\"", &["named"]);
+    assert_set(d, "from:\"smith alice\"", &[]);
+    assert_set(d, "to:\"alice smith\"", &["call"]);
+    assert_set(d, "to:neil", &["named"]);
+    assert_set(d, "to:\"bob o neil\"", &["named"]);
+    assert_set(d, "from:jones", &["call"]);
+    assert_set(d, "from:smi*", &["call", "named"]);
+    assert_set(d, "from:smoth~1", &["call", "named"]);
+    assert_set(d, "from:alice", &["named", "unnamed"]);
+    assert_set(d, "from:alice AND from:smith", &["named"]);
+    assert_set(d, "from:sip:alice@example.com", &["named", "unnamed"]);
+    // Bare words search the body, as for addresses.
+    assert_set(d, "smith", &["unnamed"]);
+    // The request's address filters take addresses, not names.
+    let hits = search_ok(d, &filtered(Some("smith"), None));
+    assert!(hits.is_empty(), "hits: {hits:?}");
+
+    let hits = search_ok(d, &req("from:\"alice smith\""));
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].from, ALICE);
+    assert_eq!(hits[0].from_name.as_deref(), Some("Alice Smith"));
+    assert_eq!(hits[0].to, [BOB]);
+    assert_eq!(hits[0].to_name.as_deref(), Some("Bob O'Neil"));
+    let hits = search_ok(d, &req("body:called"));
+    assert_eq!(hits.len(), 1);
+    assert_eq!(
+        (hits[0].from_name.as_deref(), hits[0].to_name.as_deref()),
+        (None, None)
+    );
+    let json = serde_json::to_value(&hits[0]).unwrap();
+    assert!(
+        json.get("from_name").is_none() && json.get("to_name").is_none(),
+        "no name, no key: {json}"
+    );
 }
 
 /// RFC 3339 form of `t(i)`.

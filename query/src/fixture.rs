@@ -13,6 +13,12 @@
 //! - IM `j` is delivered (200) unless `j % 50` is 48 (failed, 480) or 49
 //!   (unanswered, no status); it has two recipients when `j % 10 == 3`, one
 //!   otherwise; its body contains the word `escalation` when `j % 1000 == 0`.
+//! - user `u` has the display name [`FixtureSpec::user_display`]`(u)`: the
+//!   capitalised name and the surname `SURNAMES[u % 5]` (`Alice Smith`,
+//!   `Bob Jones`, ... `Frank Smith`), so four of the first 20 users share
+//!   each surname. Every call carries both parties' names; an IM carries the
+//!   sender's name unless `j % 25 == 7` (a client that sends none) and the
+//!   first recipient's name (`to_display`), never the second's.
 //!
 //! Who talks to whom, at what time of day and for how long comes from a
 //! SplitMix64 generator seeded per record, skewed so that low-numbered users
@@ -65,6 +71,14 @@ impl FixtureSpec {
     pub fn user_uri(index: u32) -> String {
         let mut out = String::new();
         write_user_uri(&mut out, index);
+        out
+    }
+
+    /// Display name of user `index`: `Alice Smith`, `Bob Jones`, ... and,
+    /// past the 20 names, `Alice2 Smith`, ...
+    pub fn user_display(index: u32) -> String {
+        let mut out = String::new();
+        write_user_display(&mut out, index);
         out
     }
 }
@@ -160,6 +174,13 @@ const NAMES: [&str; 20] = [
     "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory",
     "niaj", "olivia", "peggy", "rupert", "sybil", "trent", "victor", "walter", "yvonne",
 ];
+
+/// Surnames of the display names: user `u` has `SURNAMES[u % 5]`.
+pub const SURNAMES: [&str; 5] = ["Smith", "Jones", "Garcia", "Nguyen", "Okafor"];
+
+/// An IM `j` with `j % IM_WITHOUT_SENDER_NAME.0 == IM_WITHOUT_SENDER_NAME.1`
+/// has no sender display name.
+pub const IM_WITHOUT_SENDER_NAME: (u64, u64) = (25, 7);
 
 const WORDS: [&str; 32] = [
     "budget",
@@ -436,6 +457,19 @@ fn write_user_uri(out: &mut impl std::fmt::Write, index: u32) {
     };
 }
 
+fn write_user_display(out: &mut impl std::fmt::Write, index: u32) {
+    let name = NAMES[index as usize % NAMES.len()];
+    let round = index as usize / NAMES.len();
+    let surname = SURNAMES[index as usize % SURNAMES.len()];
+    let mut letters = name.chars();
+    let first = letters.next().map(|c| c.to_ascii_uppercase());
+    let _ = match (first, round) {
+        (Some(first), 0) => write!(out, "{first}{} {surname}", letters.as_str()),
+        (Some(first), _) => write!(out, "{first}{}{} {surname}", letters.as_str(), round + 1),
+        (None, _) => write!(out, "{surname}"),
+    };
+}
+
 fn utc_timestamps(values: Vec<i64>) -> ArrayRef {
     Arc::new(TimestampNanosecondArray::from(values).with_timezone("UTC"))
 }
@@ -466,6 +500,8 @@ fn calls_batch(calls: &[CallPlan]) -> Result<RecordBatch, QueryError> {
     let mut legs = UInt32Builder::with_capacity(n);
     let mut reinvites = UInt32Builder::with_capacity(n);
     let mut transferred_from = StringBuilder::with_capacity(n, 0);
+    let mut caller_display = StringBuilder::with_capacity(n, n * 12);
+    let mut callee_display = StringBuilder::with_capacity(n, n * 12);
     for c in calls {
         let _ = write!(call_id, "fx-call-{:07}", c.index);
         call_id.append_value("");
@@ -509,6 +545,10 @@ fn calls_batch(calls: &[CallPlan]) -> Result<RecordBatch, QueryError> {
         legs.append_value(1);
         reinvites.append_value(0);
         transferred_from.append_null();
+        write_user_display(&mut caller_display, c.caller);
+        caller_display.append_value("");
+        write_user_display(&mut callee_display, c.callee);
+        callee_display.append_value("");
     }
     let columns: Vec<ArrayRef> = vec![
         utc_timestamps(calls.iter().map(|c| c.time_ns).collect()),
@@ -531,6 +571,8 @@ fn calls_batch(calls: &[CallPlan]) -> Result<RecordBatch, QueryError> {
         Arc::new(legs.finish()),
         Arc::new(reinvites.finish()),
         Arc::new(transferred_from.finish()),
+        Arc::new(caller_display.finish()),
+        Arc::new(callee_display.finish()),
     ];
     Ok(RecordBatch::try_new(calls_schema(), columns)?)
 }
@@ -545,6 +587,8 @@ fn ims_batch(ims: &[ImPlan]) -> Result<RecordBatch, QueryError> {
     let mut body = StringBuilder::with_capacity(n, n * 50);
     let mut delivery_status = StringBuilder::with_capacity(n, n * 9);
     let mut status = UInt16Builder::with_capacity(n);
+    let mut from_display = StringBuilder::with_capacity(n, n * 12);
+    let mut to_display = StringBuilder::with_capacity(n, n * 12);
     for m in ims {
         let _ = write!(call_id, "fx-im-{:07}", m.index);
         call_id.append_value("");
@@ -562,6 +606,15 @@ fn ims_batch(ims: &[ImPlan]) -> Result<RecordBatch, QueryError> {
         let (delivery, code) = im_delivery(m.index);
         delivery_status.append_value(delivery);
         status.append_option(code);
+        let (modulus, without) = IM_WITHOUT_SENDER_NAME;
+        if m.index % modulus == without {
+            from_display.append_null();
+        } else {
+            write_user_display(&mut from_display, m.sender);
+            from_display.append_value("");
+        }
+        write_user_display(&mut to_display, m.recipient);
+        to_display.append_value("");
     }
     let columns: Vec<ArrayRef> = vec![
         utc_timestamps(ims.iter().map(|m| m.time_ns).collect()),
@@ -573,6 +626,8 @@ fn ims_batch(ims: &[ImPlan]) -> Result<RecordBatch, QueryError> {
         Arc::new(body.finish()),
         Arc::new(delivery_status.finish()),
         Arc::new(status.finish()),
+        Arc::new(from_display.finish()),
+        Arc::new(to_display.finish()),
     ];
     Ok(RecordBatch::try_new(im_messages_schema(), columns)?)
 }
@@ -649,6 +704,8 @@ pub fn generate_conversation_fixture(dir: &Path) -> Result<(), QueryError> {
             body: body.to_string(),
             delivery_status: delivery_status.to_string(),
             status: code,
+            from_display: None,
+            to_display: None,
         }
     };
     #[rustfmt::skip]
@@ -802,6 +859,8 @@ pub fn generate_conversation_fixture(dir: &Path) -> Result<(), QueryError> {
             legs: 1,
             reinvites: 0,
             transferred_from: None,
+            caller_display: None,
+            callee_display: None,
         }
     };
     #[rustfmt::skip]
@@ -1027,5 +1086,14 @@ mod tests {
     fn user_uris_stay_distinct_past_the_name_list() {
         assert_eq!(FixtureSpec::user_uri(0), "sip:alice@example.com");
         assert_eq!(FixtureSpec::user_uri(21), "sip:bob2@example.com");
+    }
+
+    #[test]
+    fn display_names_share_five_surnames() {
+        assert_eq!(FixtureSpec::user_display(0), "Alice Smith");
+        assert_eq!(FixtureSpec::user_display(1), "Bob Jones");
+        assert_eq!(FixtureSpec::user_display(5), "Frank Smith");
+        assert_eq!(FixtureSpec::user_display(19), "Yvonne Okafor");
+        assert_eq!(FixtureSpec::user_display(21), "Bob2 Jones");
     }
 }

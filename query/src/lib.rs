@@ -590,10 +590,14 @@ fn one_line_body(body: &str) -> String {
 /// Renders search hits.
 ///
 /// - `Table`: columns time (RFC 3339 UTC, ms), type (im, call, presence), from, to
-///   (comma-joined), body (one line, cut to ~80 characters), call_id.
+///   (comma-joined), body (one line, cut to ~80 characters), call_id. An address
+///   with an archived display name reads `Alice Smith <sip:alice@example.com>`
+///   (see [`name_addr`]).
 /// - `Json`: an array of objects with `time` (RFC 3339 UTC, ms), `type`, `time_ns`,
-///   `from`, `to` (array), `body`, `call_id`, `cseq`, `score`.
-/// - `Csv`: header `time,type,from,to,body,call_id,cseq,score`; full bodies.
+///   `from`, `from_name` (when archived), `to` (array), `to_name` (the first
+///   recipient's, when archived), `body`, `call_id`, `cseq`, `score`.
+/// - `Csv`: header `time,type,from,to,body,call_id,cseq,score,from_name,to_name`;
+///   full bodies, addresses as URIs, names empty when none was archived.
 pub fn format_hits(hits: &[SearchHit], format: OutputFormat) -> String {
     match format {
         OutputFormat::Table => {
@@ -604,8 +608,12 @@ pub fn format_hits(hits: &[SearchHit], format: OutputFormat) -> String {
                     [
                         format_time_ns(h.time_ns),
                         h.doc_type.to_string(),
-                        h.from.clone(),
-                        h.to.join(", "),
+                        name_addr(h.from_name.as_deref(), &h.from),
+                        h.to.iter()
+                            .enumerate()
+                            .map(|(i, uri)| name_addr(h.to_name.as_deref().filter(|_| i == 0), uri))
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         one_line_body(&h.body),
                         h.call_id.clone(),
                     ]
@@ -641,7 +649,16 @@ pub fn format_hits(hits: &[SearchHit], format: OutputFormat) -> String {
             csv::push_record(
                 &mut out,
                 [
-                    "time", "type", "from", "to", "body", "call_id", "cseq", "score",
+                    "time",
+                    "type",
+                    "from",
+                    "to",
+                    "body",
+                    "call_id",
+                    "cseq",
+                    "score",
+                    "from_name",
+                    "to_name",
                 ]
                 .into_iter(),
             );
@@ -655,12 +672,41 @@ pub fn format_hits(hits: &[SearchHit], format: OutputFormat) -> String {
                     h.call_id.clone(),
                     h.cseq.to_string(),
                     h.score.to_string(),
+                    h.from_name.clone().unwrap_or_default(),
+                    h.to_name.clone().unwrap_or_default(),
                 ];
                 csv::push_record(&mut out, cells.iter().map(String::as_str));
             }
             String::from_utf8(out).expect("CSV of UTF-8 fields is UTF-8")
         }
     }
+}
+
+/// An address for people to read: `Alice Smith <sip:alice@example.com>` with
+/// a display name, the bare URI without one. A name of other characters than
+/// letters, digits, spaces and `.-_'` is quoted as SIP quotes it
+/// (`"Smith, Alice" <sip:...>`), so that a comma in it does not read as the
+/// end of an address in a comma-joined list.
+pub fn name_addr(name: Option<&str>, uri: &str) -> String {
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        return uri.to_string();
+    };
+    let plain = name
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '.' | '-' | '_' | '\''));
+    if plain {
+        return format!("{name} <{uri}>");
+    }
+    let mut quoted = String::with_capacity(name.len() + 2);
+    quoted.push('"');
+    for c in name.chars() {
+        if matches!(c, '"' | '\\') {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    format!("{quoted} <{uri}>")
 }
 
 /// A text table in the same style as the SQL table output.

@@ -157,6 +157,15 @@ fn opt_str(a: &StringArray, i: usize) -> Option<String> {
     a.is_valid(i).then(|| a.value(i).to_string())
 }
 
+/// A nullable string column that segments of older schema versions lack
+/// (display names came with v4): all null there.
+fn strings_since_v4(batch: &RecordBatch, name: &str) -> Result<StringArray, QueryError> {
+    match batch.column_by_name(name) {
+        Some(_) => strings(batch, name),
+        None => Ok(StringArray::new_null(batch.num_rows())),
+    }
+}
+
 fn times(batch: &RecordBatch) -> Result<Vec<i64>, QueryError> {
     let col = column(batch, "time")?;
     let a = col
@@ -200,12 +209,16 @@ fn im_docs(batch: &RecordBatch, docs: &mut Vec<IndexDoc>) -> Result<(), QueryErr
     let sender = strings(batch, "sender")?;
     let recipients = string_lists(batch, "recipients")?;
     let body = strings(batch, "body")?;
+    let from_display = strings_since_v4(batch, "from_display")?;
+    let to_display = strings_since_v4(batch, "to_display")?;
     for (i, to) in recipients.into_iter().enumerate() {
         docs.push(IndexDoc {
             doc_type: DocType::Im,
             time_ns: time[i],
             from: sender.value(i).to_string(),
+            from_name: opt_str(&from_display, i),
             to,
+            to_name: opt_str(&to_display, i),
             body: body.value(i).to_string(),
             call_id: call_id.value(i).to_string(),
             cseq: cseq.value(i),
@@ -219,6 +232,8 @@ fn call_docs(batch: &RecordBatch, docs: &mut Vec<IndexDoc>) -> Result<(), QueryE
     let call_id = strings(batch, "call_id")?;
     let caller = strings(batch, "caller")?;
     let callee = strings(batch, "callee")?;
+    let caller_display = strings_since_v4(batch, "caller_display")?;
+    let callee_display = strings_since_v4(batch, "callee_display")?;
     let disposition = strings(batch, "disposition")?;
     let reason = strings(batch, "reason")?;
     let code = column(batch, "final_code")?;
@@ -247,6 +262,8 @@ fn call_docs(batch: &RecordBatch, docs: &mut Vec<IndexDoc>) -> Result<(), QueryE
             legs: 0,
             reinvites: 0,
             transferred_from: None,
+            caller_display: opt_str(&caller_display, i),
+            callee_display: opt_str(&callee_display, i),
         };
         docs.push(IndexDoc::from(&row));
     }

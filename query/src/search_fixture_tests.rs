@@ -9,7 +9,9 @@ use std::time::Instant;
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::{Int64Type, TimestampNanosecondType, UInt32Type};
 
-use crate::fixture::{FixtureSpec, generate_fixture, register_fixture_segments};
+use crate::fixture::{
+    FixtureSpec, IM_WITHOUT_SENDER_NAME, generate_fixture, register_fixture_segments,
+};
 use crate::reindex::{indexable_segments, rebuild_index};
 use crate::{
     DocType, SearchRequest, SortOrder, TOTAL_COUNT_LIMIT, Total, run_sql, search, search_count,
@@ -238,6 +240,90 @@ fn calls_are_searchable_by_type_outcome_and_party() {
         total("from:carol"),
         sql_count("im_messages", "sender = 'sip:carol@example.com'")
             + sql_count("calls", "caller = 'sip:carol@example.com'")
+    );
+}
+
+/// `'sip:a@example.com', ...`: the URIs of the fixture users with `surname`.
+fn uris_with_surname(surname: &str) -> String {
+    (0..spec().users)
+        .filter(|&u| FixtureSpec::user_display(u).ends_with(&format!(" {surname}")))
+        .map(|u| format!("'{}'", FixtureSpec::user_uri(u)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The IM carries its sender's display name (by construction: all but
+/// every `IM_WITHOUT_SENDER_NAME` IM, numbered by its Call-ID `fx-im-NNNNNNN`).
+fn im_has_sender_name() -> String {
+    let (modulus, without) = IM_WITHOUT_SENDER_NAME;
+    format!("CAST(substr(call_id, 7) AS BIGINT) % {modulus} <> {without}")
+}
+
+#[test]
+fn display_names_are_searched_with_the_addresses() {
+    let smiths = uris_with_surname("Smith");
+    assert_eq!(smiths.matches("sip:").count(), 4, "four Smiths: {smiths}");
+    let smith_ims = sql_count(
+        "im_messages",
+        &format!("sender IN ({smiths}) AND {}", im_has_sender_name()),
+    );
+    let smith_calls = sql_count("calls", &format!("caller IN ({smiths})"));
+    assert!(smith_ims > 1000 && smith_calls > 100);
+    assert_eq!(total("from:smith"), smith_ims + smith_calls);
+    assert_eq!(total("from:SMITH"), smith_ims + smith_calls);
+    assert_eq!(
+        smith_ims,
+        sql_count("im_messages", "from_display LIKE '% Smith'"),
+        "the archived names are the constructed ones"
+    );
+    assert_eq!(total("type:call AND from:smith"), smith_calls);
+    assert_eq!(total("smith"), 0, "bare words search bodies only");
+
+    let alice = "'sip:alice@example.com'";
+    assert_eq!(
+        total("from:\"Alice Smith\""),
+        sql_count(
+            "im_messages",
+            &format!("sender = {alice} AND {}", im_has_sender_name())
+        ) + sql_count("calls", &format!("caller = {alice}"))
+    );
+    assert_eq!(total("from:\"smith alice\""), 0, "a phrase keeps its order");
+    assert_eq!(
+        total("from:alice"),
+        sql_count("im_messages", &format!("sender = {alice}"))
+            + sql_count("calls", &format!("caller = {alice}")),
+        "the URI still finds the IMs sent without a name"
+    );
+
+    // Only the first recipient's name is archived (the To header's).
+    let joneses = uris_with_surname("Jones");
+    assert_eq!(
+        total("to:jones"),
+        sql_count("im_messages", &format!("recipients[1] IN ({joneses})"))
+            + sql_count("calls", &format!("callee IN ({joneses})"))
+    );
+    assert_eq!(
+        total("to:\"bob jones\" AND type:im"),
+        sql_count("im_messages", "recipients[1] = 'sip:bob@example.com'")
+    );
+    assert_eq!(
+        total("from:garcia AND to:nguyen"),
+        sql_count(
+            "im_messages",
+            &format!(
+                "sender IN ({}) AND recipients[1] IN ({}) AND {}",
+                uris_with_surname("Garcia"),
+                uris_with_surname("Nguyen"),
+                im_has_sender_name()
+            )
+        ) + sql_count(
+            "calls",
+            &format!(
+                "caller IN ({}) AND callee IN ({})",
+                uris_with_surname("Garcia"),
+                uris_with_surname("Nguyen")
+            )
+        )
     );
 }
 

@@ -27,6 +27,8 @@ fn im(time: &str, call_id: &str, sender: &str, recipients: &[&str], body: &str) 
         body: body.to_string(),
         delivery_status: "delivered".to_string(),
         status: Some(200),
+        from_display: None,
+        to_display: None,
     }
 }
 
@@ -339,6 +341,8 @@ async fn empty_archive_returns_zero_rows() {
                 "body",
                 "delivery_status",
                 "status",
+                "from_display",
+                "to_display",
                 "date"
             ],
             "empty result still carries the columns (setup {setup:?})"
@@ -571,7 +575,9 @@ fn hits() -> Vec<SearchHit> {
             doc_type: DocType::Im,
             time_ns: ns("2026-11-25T10:00:00.123456789Z"),
             from: "sip:alice@example.com".into(),
+            from_name: Some("Alice Smith".into()),
             to: vec!["sip:bob@example.com".into(), "sip:carol@example.com".into()],
+            to_name: Some("Jones, Bob \"B\"".into()),
             body: "Quarterly report is ready\r\nplease review, \"thanks\"".into(),
             call_id: "c3@host".into(),
             cseq: 7,
@@ -581,7 +587,9 @@ fn hits() -> Vec<SearchHit> {
             doc_type: DocType::Im,
             time_ns: ns("2026-11-25T10:05:00Z"),
             from: "sip:carol@example.com".into(),
+            from_name: None,
             to: vec!["sip:alice@example.com".into()],
+            to_name: None,
             body: "A long message: ".to_string() + &"lorem ipsum ".repeat(10),
             call_id: "c4".into(),
             cseq: 1,
@@ -624,7 +632,23 @@ fn format_hits_csv() {
     insta::assert_snapshot!("hits_csv", out);
     assert_eq!(
         format_hits(&[], OutputFormat::Csv),
-        "time,type,from,to,body,call_id,cseq,score\n"
+        "time,type,from,to,body,call_id,cseq,score,from_name,to_name\n"
+    );
+}
+
+#[test]
+fn name_addr_quotes_only_names_that_need_it() {
+    let uri = "sip:alice@example.com";
+    assert_eq!(name_addr(None, uri), uri);
+    assert_eq!(name_addr(Some(""), uri), uri);
+    assert_eq!(
+        name_addr(Some("Alice O'Neil-Smith Jr."), uri),
+        "Alice O'Neil-Smith Jr. <sip:alice@example.com>"
+    );
+    assert_eq!(name_addr(Some("Zoë"), uri), "Zoë <sip:alice@example.com>");
+    assert_eq!(
+        name_addr(Some(r#"Smith, "Al" \ co"#), uri),
+        r#""Smith, \"Al\" \\ co" <sip:alice@example.com>"#
     );
 }
 
@@ -842,4 +866,147 @@ fn search_totals_serialize_with_their_relation() {
         "more than 10000"
     );
     assert_eq!(Total::Exact(7).to_string(), "7");
+}
+
+/// `batch` as a segment of schema v3 wrote it: without the display name
+/// columns v4 added at the end of `im_messages` and `calls`.
+fn as_v3(batch: &RecordBatch, v4_only: &[&str]) -> RecordBatch {
+    let kept: Vec<usize> = (0..batch.num_columns())
+        .filter(|&i| !v4_only.contains(&batch.schema().field(i).name().as_str()))
+        .collect();
+    assert_eq!(kept.len() + v4_only.len(), batch.num_columns());
+    batch.project(&kept).expect("project v3 columns")
+}
+
+fn call_row(time: &str, call_id: &str, caller_display: Option<&str>) -> sipvault_schemas::CallRow {
+    sipvault_schemas::CallRow {
+        time_ns: ns(time),
+        call_id: call_id.to_string(),
+        source: "tap".into(),
+        caller: "sip:alice@example.com".into(),
+        callee: "sip:bob@example.com".into(),
+        ring_ns: None,
+        answer_ns: None,
+        end_ns: Some(ns(time) + 1_000_000),
+        setup_ms: None,
+        duration_ms: None,
+        disposition: "busy".into(),
+        final_code: Some(486),
+        reason: Some("Busy Here".into()),
+        ended_by: Some("callee".into()),
+        codecs: Vec::new(),
+        caller_media: None,
+        callee_media: None,
+        legs: 1,
+        reinvites: 0,
+        transferred_from: None,
+        caller_display: caller_display.map(str::to_string),
+        callee_display: None,
+    }
+}
+
+/// An archive written partly before schema v4 (no display name columns)
+/// stays queryable and indexable: the old segments read as NULL names.
+#[tokio::test]
+async fn segments_of_schema_v3_read_as_null_display_names() {
+    use crate::reindex::{SegmentRef, read_segment_docs, rebuild_index};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ims_v3 = as_v3(
+        &im_messages_batch(&im_rows_day1()).unwrap(),
+        &["from_display", "to_display"],
+    );
+    assert_eq!(ims_v3.num_columns(), 9, "the v3 im_messages columns");
+    write_parquet(&im_file(d, "2026-11-24", "v3.parquet"), &ims_v3);
+    let named = ImMessageRow {
+        from_display: Some("Alice Smith".into()),
+        to_display: Some("Bob Jones".into()),
+        ..im_rows_day2().remove(0)
+    };
+    write_parquet(
+        &im_file(d, "2026-11-25", "v4.parquet"),
+        &im_messages_batch(&[named]).unwrap(),
+    );
+    let calls_v3 = as_v3(
+        &sipvault_schemas::calls_batch(&[call_row("2026-11-24T08:00:00Z", "k3", None)]).unwrap(),
+        &["caller_display", "callee_display"],
+    );
+    let calls_v4 = sipvault_schemas::calls_batch(&[call_row(
+        "2026-11-25T08:00:00Z",
+        "k4",
+        Some("Alice Smith"),
+    )])
+    .unwrap();
+    let call_file = |date: &str, name: &str| {
+        d.join("archive/calls")
+            .join(format!("date={date}"))
+            .join(name)
+    };
+    write_parquet(&call_file("2026-11-24", "v3.parquet"), &calls_v3);
+    write_parquet(&call_file("2026-11-25", "v4.parquet"), &calls_v4);
+
+    let names = sql(
+        d,
+        "SELECT coalesce(from_display, 'NULL') || '/' || coalesce(to_display, 'NULL') \
+         FROM im_messages ORDER BY time",
+    )
+    .await;
+    assert_eq!(
+        strings(&names),
+        ["NULL/NULL", "NULL/NULL", "Alice Smith/Bob Jones"]
+    );
+    let callers = sql(
+        d,
+        "SELECT call_id || ':' || coalesce(caller_display, 'NULL') FROM calls ORDER BY time",
+    )
+    .await;
+    assert_eq!(strings(&callers), ["k3:NULL", "k4:Alice Smith"]);
+
+    let segments = [
+        SegmentRef {
+            table: "im_messages".into(),
+            path: "archive/im_messages/date=2026-11-24/v3.parquet".into(),
+        },
+        SegmentRef {
+            table: "im_messages".into(),
+            path: "archive/im_messages/date=2026-11-25/v4.parquet".into(),
+        },
+        SegmentRef {
+            table: "calls".into(),
+            path: "archive/calls/date=2026-11-24/v3.parquet".into(),
+        },
+        SegmentRef {
+            table: "calls".into(),
+            path: "archive/calls/date=2026-11-25/v4.parquet".into(),
+        },
+    ];
+    let old_docs = read_segment_docs(d, &segments[0]).unwrap();
+    assert_eq!(old_docs.len(), 2);
+    assert!(
+        old_docs
+            .iter()
+            .all(|doc| doc.from_name.is_none() && doc.to_name.is_none())
+    );
+    let mut index = sipvault_indexer::ImIndex::open_or_create(&d.join("index")).unwrap();
+    let summary = rebuild_index(&mut index, d, &segments, |_, _| {}).unwrap();
+    assert_eq!(summary.documents, 5);
+    let found = |query: &str| {
+        let mut ids: Vec<String> = search(
+            &d.join("index"),
+            &SearchRequest {
+                query: query.to_string(),
+                ..SearchRequest::default()
+            },
+        )
+        .unwrap()
+        .into_iter()
+        .map(|h| h.call_id)
+        .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(found("from:smith"), ["c3", "k4"]);
+    assert_eq!(found("to:\"bob jones\""), ["c3"]);
+    assert_eq!(found("from:alice"), ["c1", "c3", "k3", "k4"]);
 }

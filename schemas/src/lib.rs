@@ -16,7 +16,7 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 
 /// Version of the archive table schemas. Bump on any change to a schema below.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Archive table names, as they appear under `<data>/archive/<table>/`.
 pub const TABLE_SIP_MESSAGES: &str = "sip_messages";
@@ -121,6 +121,11 @@ pub struct ImMessageRow {
     pub delivery_status: String,
     /// Final SIP status code returned to the sender, if any.
     pub status: Option<u16>,
+    /// Display name of the From address (`Alice Smith` of
+    /// `"Alice Smith" <sip:alice@example.com>`), unquoted; `None` without one.
+    pub from_display: Option<String>,
+    /// Display name of the To address (the recipient), unquoted.
+    pub to_display: Option<String>,
 }
 
 /// Row of `calls`: one call (not one leg), from INVITE to its end.
@@ -166,6 +171,10 @@ pub struct CallRow {
     pub reinvites: u32,
     /// Call-ID of the call whose REFER produced this call (a transfer).
     pub transferred_from: Option<String>,
+    /// Display name of the INVITE's From address, unquoted.
+    pub caller_display: Option<String>,
+    /// Display name of the INVITE's To address, unquoted.
+    pub callee_display: Option<String>,
 }
 
 /// Row of `hep_raw`: a HEP payload that is not SIP (RTCP reports, logs, ...),
@@ -295,6 +304,8 @@ pub fn im_messages_schema() -> SchemaRef {
         Field::new("body", DataType::Utf8, false),
         Field::new("delivery_status", DataType::Utf8, false),
         Field::new("status", DataType::UInt16, true),
+        Field::new("from_display", DataType::Utf8, true),
+        Field::new("to_display", DataType::Utf8, true),
     ]))
 }
 
@@ -324,6 +335,8 @@ pub fn calls_schema() -> SchemaRef {
         Field::new("legs", DataType::UInt32, false),
         Field::new("reinvites", DataType::UInt32, false),
         Field::new("transferred_from", DataType::Utf8, true),
+        Field::new("caller_display", DataType::Utf8, true),
+        Field::new("callee_display", DataType::Utf8, true),
     ]))
 }
 
@@ -601,6 +614,8 @@ pub fn im_messages_batch(rows: &[ImMessageRow]) -> Result<RecordBatch, ArrowErro
         str_col(rows.iter().map(|r| r.body.as_str())),
         str_col(rows.iter().map(|r| r.delivery_status.as_str())),
         Arc::new(status.finish()),
+        opt_str_col(rows.iter().map(|r| r.from_display.as_deref())),
+        opt_str_col(rows.iter().map(|r| r.to_display.as_deref())),
     ];
     RecordBatch::try_new(im_messages_schema(), columns)
 }
@@ -662,6 +677,8 @@ pub fn calls_batch(rows: &[CallRow]) -> Result<RecordBatch, ArrowError> {
         Arc::new(legs.finish()),
         Arc::new(reinvites.finish()),
         opt_str_col(rows.iter().map(|r| r.transferred_from.as_deref())),
+        opt_str_col(rows.iter().map(|r| r.caller_display.as_deref())),
+        opt_str_col(rows.iter().map(|r| r.callee_display.as_deref())),
     ];
     RecordBatch::try_new(calls_schema(), columns)
 }
@@ -759,9 +776,9 @@ mod tests {
     /// archives silently; this pins the pair together.
     #[test]
     fn schema_change_requires_version_bump() {
-        let expected = include_str!("../schema-v3.txt");
+        let expected = include_str!("../schema-v4.txt");
         assert_eq!(
-            SCHEMA_VERSION, 3,
+            SCHEMA_VERSION, 4,
             "bump the snapshot file name with the version"
         );
         assert_eq!(
@@ -783,6 +800,8 @@ mod tests {
             body: "hello".into(),
             delivery_status: "delivered".into(),
             status: Some(200),
+            from_display: Some("Alice Smith".into()),
+            to_display: None,
         };
         let b = im_messages_batch(&[im.clone(), im]).unwrap();
         assert_eq!(b.num_rows(), 2);
@@ -831,6 +850,8 @@ mod tests {
             legs: 1,
             reinvites: 0,
             transferred_from: None,
+            caller_display: Some("Alice".into()),
+            callee_display: None,
         };
         let b = calls_batch(&[call]).unwrap();
         assert_eq!(b.num_rows(), 1);

@@ -259,6 +259,8 @@ fn answered_call_with_offer_and_answer() {
             legs: 1,
             reinvites: 0,
             transferred_from: None,
+            caller_display: None,
+            callee_display: None,
         }]
     );
 }
@@ -935,6 +937,59 @@ fn addresses_the_strict_parser_refuses_still_name_the_parties() {
         Some("caller"),
         "From tag read leniently"
     );
+    assert_eq!(
+        call.caller_display.as_deref(),
+        Some("arik"),
+        "display name read leniently: escapes resolved, then the quotes dropped"
+    );
+    assert_eq!(call.callee_display, None);
+}
+
+#[test]
+fn display_names_of_the_invite_name_caller_and_callee() {
+    let call_with = |call_id: &'static str, from: &str, to: &str| {
+        let invite = message(
+            &format!("INVITE {BOB} SIP/2.0"),
+            from,
+            to,
+            call_id,
+            "1 INVITE",
+            "",
+            "",
+        );
+        let busy = message(
+            "SIP/2.0 486 Busy Here",
+            from,
+            &format!("{to};tag=b1"),
+            call_id,
+            "1 INVITE",
+            "",
+            "",
+        );
+        let mut h = Harness::new();
+        h.feed(0, &invite);
+        h.feed(10, &busy);
+        h.single()
+    };
+    let call = call_with(
+        "c-quoted",
+        &format!(r#""Alice \"Al\" Smith" <{ALICE}>;tag=a1"#),
+        &format!("Bob  Jones <{BOB}>"),
+    );
+    assert_eq!(
+        call.caller_display.as_deref(),
+        Some(r#"Alice "Al" Smith"#),
+        "quoted display name unquoted and unescaped"
+    );
+    assert_eq!(
+        call.callee_display.as_deref(),
+        Some("Bob Jones"),
+        "token display name, words joined by one space"
+    );
+    let call = call_with("c-no-names", &format!(r#"" " <{ALICE}>;tag=a1"#), BOB);
+    assert_eq!(call.caller_display, None, "blank display name is none");
+    assert_eq!(call.callee_display, None, "addr-spec has no display name");
+    assert_eq!(call.callee, BOB);
 }
 
 #[test]
