@@ -552,13 +552,20 @@ const SHUTDOWN_DRAIN_LIMIT: usize = 65_536;
 fn archive_unread_datagrams(udp: &UdpSocket, local: SocketAddr, shared: &Shared, buf: &mut [u8]) {
     for _ in 0..SHUTDOWN_DRAIN_LIMIT {
         match udp.try_recv_from(buf) {
-            Ok((n, peer)) if n <= shared.config.max_message_bytes => {
+            Ok((n, peer)) => {
                 shared.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+                if n > shared.config.max_message_bytes {
+                    shared
+                        .stats
+                        .oversize_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, bytes = n, "dropped oversize datagram at shutdown");
+                    continue;
+                }
                 shared
                     .tap
                     .capture(Direction::In, Transport::Udp, peer, local, &buf[..n]);
             }
-            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(_) => {}
         }
