@@ -342,6 +342,18 @@ const MIGRATIONS: &[&str] = &[
 /// Attempts at taking the next audit id before giving up: concurrent
 /// writers on PostgreSQL can pick the same one, and the loser retries.
 const AUDIT_INSERT_ATTEMPTS: usize = 5;
+/// Tries of a room change that SQLite refused as locked (about 5 s of
+/// back-off in all).
+const LOCKED_ATTEMPTS: usize = 20;
+
+/// SQLite's SQLITE_BUSY and its extended codes (BUSY_SNAPSHOT, ...):
+/// "database is locked".
+fn is_sqlite_busy(e: &dyn sqlx::error::DatabaseError) -> bool {
+    e.code()
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| c & 0xff == 5)
+        && e.message().contains("locked")
+}
 
 #[derive(Debug, Clone)]
 pub struct Catalog {
@@ -888,7 +900,12 @@ impl Catalog {
     }
 
     /// Runs a transaction that appends a room event, again when a
-    /// concurrent writer (PostgreSQL) took the same event id first.
+    /// concurrent writer took the same event id first (PostgreSQL), or
+    /// when SQLite refused it as locked: a transaction that read before it
+    /// wrote gets SQLITE_BUSY at once, without waiting out the busy
+    /// timeout, when a `serve` on the same catalog committed in between
+    /// (say, manifest rows while it recovers); only a fresh transaction
+    /// can succeed.
     async fn with_room_event_retry<T, F, Fut>(&self, op: F) -> Result<T>
     where
         F: Fn() -> Fut,
@@ -900,6 +917,11 @@ impl Catalog {
             match op().await {
                 Err(CatalogError::Db(sqlx::Error::Database(e)))
                     if e.is_unique_violation() && attempt < AUDIT_INSERT_ATTEMPTS => {}
+                Err(CatalogError::Db(sqlx::Error::Database(e)))
+                    if is_sqlite_busy(e.as_ref()) && attempt < LOCKED_ATTEMPTS =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * attempt as u64)).await;
+                }
                 other => return other,
             }
         }
@@ -1118,6 +1140,52 @@ mod tests {
                 .await
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    /// `sipvault room ...` changes membership while `serve` writes
+    /// manifest rows to the same SQLite file: every change must land,
+    /// none refused as "database is locked".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_room_changes_succeed_while_another_process_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cli = Catalog::open(dir.path()).await.unwrap();
+        let serve = Catalog::open(dir.path()).await.unwrap();
+        for user in ["alice", "bob"] {
+            cli.add_user(user, "example.com", "h1", "h2").await.unwrap();
+        }
+        let room = Room {
+            name: "budget".into(),
+            domain: "example.com".into(),
+            topic: "Q3".into(),
+            category: None,
+            private: false,
+            created_ns: 0,
+        };
+        cli.create_room(&room, "admin").await.unwrap();
+        let writer = tokio::spawn(async move {
+            for i in 0..400 {
+                serve
+                    .add_segment(&seg(&format!("archive/im_messages/s{i}.parquet")))
+                    .await
+                    .unwrap();
+            }
+            serve
+        });
+        for round in 0..60 {
+            let user = if round % 2 == 0 { "alice" } else { "bob" };
+            cli.add_room_member("budget", user, RoomRole::Member, "lead")
+                .await
+                .unwrap_or_else(|e| panic!("adding {user} in round {round}: {e}"));
+            cli.remove_room_member("budget", user, "lead")
+                .await
+                .unwrap_or_else(|e| panic!("removing {user} in round {round}: {e}"));
+        }
+        let serve = writer.await.unwrap();
+        assert_eq!(serve.segments().await.unwrap().len(), 400);
+        assert_eq!(
+            cli.room_events(Some("budget")).await.unwrap().len(),
+            1 + 120
         );
     }
 
