@@ -259,7 +259,7 @@ async fn a_conference_of_three_and_room_events_archived_once_across_a_crash() {
     alice.close().await;
     assert_eq!(rows_eventually(data, room_rows, 4).len(), 4);
     std::thread::sleep(Duration::from_secs(2));
-    server.stop();
+    let stop_log = server.stop();
 
     // Every catalog event exactly once, with URIs and roles.
     let rooms = sql_rows(
@@ -426,5 +426,9 @@ async fn a_conference_of_three_and_room_events_archived_once_across_a_crash() {
         ]
     );
     let verify = common::run_sipvault(data, &["verify"]);
-    assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
+    assert_eq!(
+        verify.code, 0,
+        "{}{}\nSTOPLOG{stop_log}",
+        verify.stdout, verify.stderr
+    );
 }
