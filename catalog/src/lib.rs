@@ -344,7 +344,7 @@ const MIGRATIONS: &[&str] = &[
 const AUDIT_INSERT_ATTEMPTS: usize = 5;
 /// Tries of a room change that SQLite refused as locked (about 5 s of
 /// back-off in all).
-const LOCKED_ATTEMPTS: usize = 20;
+const LOCKED_ATTEMPTS: u64 = 20;
 
 /// SQLite's SQLITE_BUSY and its extended codes (BUSY_SNAPSHOT, ...):
 /// "database is locked".
@@ -476,6 +476,10 @@ impl Catalog {
     /// Appends a sealed segment to the manifest, chaining its hash to the
     /// previous entry.
     pub async fn add_segment(&self, seg: &NewSegment) -> Result<SegmentEntry> {
+        self.retry_while_locked(|| self.add_segment_once(seg)).await
+    }
+
+    async fn add_segment_once(&self, seg: &NewSegment) -> Result<SegmentEntry> {
         let mut tx = self.pool.begin().await?;
         let last = sqlx::query("SELECT seq, entry_hash FROM segments ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *tx)
@@ -900,12 +904,8 @@ impl Catalog {
     }
 
     /// Runs a transaction that appends a room event, again when a
-    /// concurrent writer took the same event id first (PostgreSQL), or
-    /// when SQLite refused it as locked: a transaction that read before it
-    /// wrote gets SQLITE_BUSY at once, without waiting out the busy
-    /// timeout, when a `serve` on the same catalog committed in between
-    /// (say, manifest rows while it recovers); only a fresh transaction
-    /// can succeed.
+    /// concurrent writer (PostgreSQL) took the same event id first, and
+    /// as [`Catalog::retry_while_locked`] does.
     async fn with_room_event_retry<T, F, Fut>(&self, op: F) -> Result<T>
     where
         F: Fn() -> Fut,
@@ -914,13 +914,34 @@ impl Catalog {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match op().await {
+            match self.retry_while_locked(&op).await {
                 Err(CatalogError::Db(sqlx::Error::Database(e)))
                     if e.is_unique_violation() && attempt < AUDIT_INSERT_ATTEMPTS => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Runs a transaction again, after a short back-off, when SQLite
+    /// refused it as locked. A transaction that reads before it writes
+    /// gets SQLITE_BUSY at once, without waiting out the busy timeout,
+    /// when another process committed to the same catalog in between
+    /// (`serve` entering manifest rows while `sipvault room ...` changes
+    /// membership); only a fresh transaction can succeed.
+    async fn retry_while_locked<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut attempt: u64 = 0;
+        loop {
+            attempt += 1;
+            match op().await {
                 Err(CatalogError::Db(sqlx::Error::Database(e)))
                     if is_sqlite_busy(e.as_ref()) && attempt < LOCKED_ATTEMPTS =>
                 {
-                    tokio::time::sleep(std::time::Duration::from_millis(20 * attempt as u64)).await;
+                    tracing::debug!(attempt, "catalog locked by another writer; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
                 }
                 other => return other,
             }
