@@ -634,3 +634,163 @@ async fn room_subscribers_get_posts_and_membership_changes_as_notify_history_ove
     dave.close().await;
     server.stop();
 }
+
+/// SIPp members beside the built-in user agent: a SIPp UAS registered as
+/// erin gets every other member's post as a MESSAGE from the room, and a
+/// SIPp UAC posting as frank reaches the others; both posts are archived
+/// and found by `room history` and `search room:`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_members_post_to_a_room_and_receive_its_copies() {
+    use sipvault_schemas::Transport;
+    use sipvault_server::ua::UserAgent;
+
+    if !common::sipp_available() {
+        panic!("sipp is not installed (Debian package sip-tester; .ci/run installs it)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    add_users(
+        data,
+        DOMAIN,
+        &[
+            ("alice", "alice-pw"),
+            ("erin", "secret"),
+            ("frank", "secret"),
+        ],
+    );
+    std::fs::write(
+        data.join("sipvault.toml"),
+        format!("[sip]\ndomain = \"{DOMAIN}\"\n"),
+    )
+    .unwrap();
+    sipvault(data, &["room", "create", "budget", "--topic", "Q3 budget"]);
+    for user in ["alice", "erin", "frank"] {
+        sipvault(data, &["room", "add-member", "budget", user]);
+    }
+    let server = common::ServeProcess::start(data, None);
+    let remote = server.addr.to_string();
+
+    let mut alice = UserAgent::connect(Transport::Udp, server.addr, "alice", DOMAIN, "alice-pw")
+        .await
+        .expect("user agent");
+    assert_eq!(alice.register(600).await.unwrap(), 200, "alice registers");
+    // erin registers with SIPp from the port her SIPp UAS then listens on,
+    // for the two posts of the others.
+    let erin_port = common::free_udp_port();
+    let register_remote = remote.clone();
+    tokio::task::spawn_blocking(move || {
+        common::sipp_register(
+            &register_remote,
+            "erin",
+            DOMAIN,
+            erin_port,
+            "REGISTER erin (tests/sipp/register-user.xml)",
+        )
+    })
+    .await
+    .unwrap();
+    let erin = common::sipp(
+        &common::testdata().join("sipp/message"),
+        &["-sf", "uas.xml", "-p", &erin_port.to_string(), "-m", "2"].map(String::from),
+    );
+
+    let from_alice = "budget draft from alice";
+    assert_eq!(alice.message_to(ROOM_URI, from_alice).await.unwrap(), 200);
+    // frank posts with SIPp; he is a member but not registered, so he
+    // gets no copies.
+    let post_remote = remote.clone();
+    tokio::task::spawn_blocking(move || {
+        let ours = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
+        common::run_sipp(
+            &ours,
+            &[
+                "-sf",
+                "room-post.xml",
+                &post_remote,
+                "-m",
+                "1",
+                "-s",
+                "frank",
+                "-key",
+                "domain",
+                DOMAIN,
+                "-key",
+                "room",
+                "budget",
+            ]
+            .map(String::from),
+            "post as frank (tests/sipp/room-post.xml)",
+        )
+    })
+    .await
+    .unwrap();
+    // SIPp ends the body with the line's CRLF.
+    let from_frank = "budget forecast from sipp number 1\r\n";
+    let got = receive(&mut alice, 1, "alice").await;
+    assert_eq!(
+        got[0].from, ROOM_URI,
+        "alice gets frank's post from the room"
+    );
+    assert_eq!(got[0].body, from_frank);
+    let erin = tokio::task::spawn_blocking(move || erin.wait_with_output())
+        .await
+        .unwrap()
+        .expect("wait for erin's SIPp");
+    assert!(
+        erin.status.success(),
+        "erin's SIPp UAS did not get both posts ({}):\n{}\n{}",
+        erin.status,
+        String::from_utf8_lossy(&erin.stdout),
+        String::from_utf8_lossy(&erin.stderr)
+    );
+    alice.close().await;
+    server.stop();
+
+    let history = sipvault(data, &["room", "history", "budget", "--format", "json"]);
+    let history: Vec<serde_json::Value> = serde_json::from_str(&history).unwrap();
+    let got: Vec<(&str, &str)> = history
+        .iter()
+        .map(|r| (r["sender"].as_str().unwrap(), r["body"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("sip:alice@example.com", from_alice),
+            ("sip:frank@example.com", from_frank)
+        ]
+    );
+    // Each post went to two members (erin's SIPp and the other one), every
+    // copy answered 200 and archived: erin twice, alice once.
+    let copies = common::sql_rows(
+        data,
+        &format!(
+            "SELECT body, recipients FROM im_messages WHERE sender = '{ROOM_URI}' AND status = 200 ORDER BY time"
+        ),
+    );
+    let copies: Vec<(String, String)> = copies
+        .iter()
+        .map(|r| {
+            (
+                r["body"].as_str().unwrap().to_string(),
+                r["recipients"][0].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut expected = vec![
+        (from_alice.to_string(), "sip:erin@example.com".to_string()),
+        (from_frank.to_string(), "sip:alice@example.com".to_string()),
+        (from_frank.to_string(), "sip:erin@example.com".to_string()),
+    ];
+    let mut sorted = copies.clone();
+    sorted.sort();
+    expected.sort();
+    assert_eq!(sorted, expected, "copies archived: {copies:?}");
+    let hits = sipvault(
+        data,
+        &["search", "room:budget forecast", "--format", "json"],
+    );
+    let hits: Vec<serde_json::Value> = serde_json::from_str(&hits).unwrap();
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0]["from"], "sip:frank@example.com");
+    assert_eq!(hits[0]["from_name"], "SIPp frank");
+}
