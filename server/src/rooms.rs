@@ -1545,6 +1545,50 @@ mod tests {
     }
 
     #[test]
+    fn a_subscriber_with_more_than_max_pending_items_queued_is_deactivated_and_gets_copies() {
+        let mut sim = sim_with(CoreConfig {
+            rooms: RoomConfig {
+                posts_per_second: std::num::NonZeroU32::new(1_000_000).unwrap(),
+                burst: std::num::NonZeroU32::new(1_000_000).unwrap(),
+                ..RoomConfig::default()
+            },
+            ..config()
+        });
+        subscribe(&mut sim, "bob", bob_addr(), ROOM, 600);
+        let first = post_for_bob(&mut sim, 0, "first");
+        assert_eq!(first.len(), 1, "the first post goes at once");
+        // Bob never answers: every later post queues behind his NOTIFY.
+        for n in 0..crate::subscription::MAX_PENDING_ITEMS {
+            let out = post_for_bob(&mut sim, 0, &format!("queued {n}"));
+            assert!(out.is_empty(), "nothing to bob while queued ({n})");
+        }
+        assert_eq!(sim.core.room_subscriptions(), 1, "a full queue still holds");
+        let out = post_for_bob(&mut sim, 1, "one too many");
+        assert_eq!(
+            sim.core.room_subscriptions(),
+            0,
+            "past the cap the subscription is ended"
+        );
+        // The final NOTIFY waits for the one in flight; the post that
+        // overflowed reaches bob as a copy, as to any unsubscribed member.
+        assert_eq!(out.len(), 1, "{:?}", describe(&out));
+        let copy = parse(&out[0].bytes, "copy");
+        assert_eq!(copy.method(), Some("MESSAGE"));
+        assert_eq!(copy.body(), b"one too many");
+        let last = answer(&mut sim, &first[0], 200);
+        let n = notifies_by_dst(&last);
+        assert_eq!(n.len(), 1, "{:?}", describe(&last));
+        assert_eq!(
+            n[0].1.header("Subscription-State"),
+            Some("terminated;reason=deactivated")
+        );
+        assert!(items(&n[0].1).is_empty(), "the queue is dropped, not sent");
+        let out = post_for_bob(&mut sim, 1, "bob is back on MESSAGE");
+        assert_eq!(out.len(), 1);
+        assert_eq!(parse(&out[0].bytes, "copy").method(), Some("MESSAGE"));
+    }
+
+    #[test]
     fn a_notify_that_times_out_drops_the_subscription_with_its_queue_and_copies_resume() {
         let mut sim = sim();
         subscribe(&mut sim, "bob", bob_addr(), ROOM, 600);
