@@ -15,6 +15,8 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 
+pub mod raw_bytes;
+
 /// Version of the archive table schemas. Bump on any change to a schema below.
 pub const SCHEMA_VERSION: u32 = 4;
 
@@ -76,6 +78,7 @@ pub struct CapturedMessage {
     pub transport: Transport,
     pub src: SocketAddr,
     pub dst: SocketAddr,
+    #[serde(with = "raw_bytes")]
     pub raw: Vec<u8>,
 }
 
@@ -103,6 +106,7 @@ pub struct SipMessageRow {
     pub to_tag: Option<String>,
     /// Set when the message could not be parsed; the row still carries `raw`.
     pub parse_error: Option<String>,
+    #[serde(with = "raw_bytes")]
     pub raw: Vec<u8>,
 }
 
@@ -190,6 +194,7 @@ pub struct HepRawRow {
     pub dst: String,
     /// HEP correlation id (chunk 0x0011), usually the SIP Call-ID.
     pub correlation_id: Option<String>,
+    #[serde(with = "raw_bytes")]
     pub payload: Vec<u8>,
 }
 

@@ -237,3 +237,37 @@ async fn writer_refuses_while_the_directory_is_unusable_and_recovers() {
     writer.close();
     assert_eq!(replay(&dir).1, vec![input(2)]);
 }
+
+/// `CapturedMessage` as logs were written before its bytes were serialized
+/// as one byte string: `raw` a plain `Vec<u8>`.
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+struct CapturedBefore {
+    time_ns: i64,
+    source: String,
+    direction: Direction,
+    transport: Transport,
+    src: std::net::SocketAddr,
+    dst: std::net::SocketAddr,
+    raw: Vec<u8>,
+}
+
+#[test]
+fn raw_bytes_encode_as_before_so_older_logs_replay() {
+    let now = msg(200);
+    let before = CapturedBefore {
+        time_ns: now.time_ns,
+        source: now.source.clone(),
+        direction: now.direction,
+        transport: now.transport,
+        src: now.src,
+        dst: now.dst,
+        raw: now.raw.clone(),
+    };
+    let new_bytes = postcard::to_stdvec(&now).unwrap();
+    let old_bytes = postcard::to_stdvec(&before).unwrap();
+    assert_eq!(new_bytes, old_bytes, "same postcard bytes either way");
+    let read: CapturedMessage = postcard::from_bytes(&old_bytes).unwrap();
+    assert_eq!(read, now);
+    let read: CapturedBefore = postcard::from_bytes(&new_bytes).unwrap();
+    assert_eq!(read, before);
+}
