@@ -19,7 +19,7 @@ use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 use sipvault_catalog::{Catalog, NewSegment};
 use sipvault_schemas::{
-    CallRow, CapturedMessage, HepRawRow, ImMessageRow, PresenceRow, RoomEventRow,
+    CallRow, CapturedMessage, HepRawRow, ImMessageRow, MemorySize, PresenceRow, RoomEventRow,
     SipMessagesBuilder, TABLE_CALLS, TABLE_HEP_RAW, TABLE_IM_MESSAGES, TABLE_PRESENCE,
     TABLE_ROOM_EVENTS, TABLE_SIP_MESSAGES, calls_batch, hep_raw_batch, im_messages_batch,
     presence_batch, room_events_batch,
@@ -272,7 +272,7 @@ impl ArchiveWriter {
             &self.limits,
             self.now_ns,
         );
-        buf.bytes += msg.raw.len() + 128;
+        buf.bytes += fields.memory_size();
         buf.rows.append(&fields);
     }
 
@@ -283,7 +283,7 @@ impl ArchiveWriter {
     }
 
     pub fn push_im(&mut self, row: ImMessageRow) {
-        let size = row.body.len() + 128;
+        let size = row.memory_size();
         push(
             self.now_ns,
             &mut self.im,
@@ -295,7 +295,7 @@ impl ArchiveWriter {
     }
 
     pub fn push_call(&mut self, row: CallRow) {
-        let size = row.call_id.len() + row.caller.len() + row.callee.len() + 256;
+        let size = row.memory_size();
         push(
             self.now_ns,
             &mut self.calls,
@@ -307,7 +307,7 @@ impl ArchiveWriter {
     }
 
     pub fn push_hep_raw(&mut self, row: HepRawRow) {
-        let size = row.payload.len() + 128;
+        let size = row.memory_size();
         push(
             self.now_ns,
             &mut self.hep_raw,
@@ -319,7 +319,7 @@ impl ArchiveWriter {
     }
 
     pub fn push_presence(&mut self, row: PresenceRow) {
-        let size = row.entity.len() + row.note.as_ref().map_or(0, String::len) + 128;
+        let size = row.memory_size();
         push(
             self.now_ns,
             &mut self.presence,
@@ -331,7 +331,7 @@ impl ArchiveWriter {
     }
 
     pub fn push_room_event(&mut self, row: RoomEventRow) {
-        let size = row.room.len() + row.event.len() + row.by_user.len() + 128;
+        let size = row.memory_size();
         push(
             self.now_ns,
             &mut self.room_events,
@@ -807,4 +807,58 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         h.update(&buf[..n]);
     }
     Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn im(n: usize) -> ImMessageRow {
+        ImMessageRow {
+            time_ns: 1_767_225_600_000_000_000 + n as i64,
+            call_id: format!("call-{n}@example.com"),
+            cseq: 1,
+            sender: "sip:alice@example.com".into(),
+            recipients: vec!["sip:bob@example.com".into()],
+            content_type: "text/plain".into(),
+            body: "see you at the budget review".into(),
+            delivery_status: "delivered".into(),
+            status: Some(200),
+            from_display: Some("Alice".into()),
+            to_display: None,
+        }
+    }
+
+    #[test]
+    fn small_rows_roll_at_the_memory_they_take_not_at_their_text_alone() {
+        let limits = SegmentLimits {
+            max_rows: usize::MAX,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(3600),
+        };
+        let mut writer = ArchiveWriter::new(limits.clone());
+        writer.set_clock(0);
+        let per_row = im(0).memory_size();
+        assert!(
+            per_row >= std::mem::size_of::<ImMessageRow>() + im(0).body.len() + 40,
+            "the struct and every string count: {per_row}"
+        );
+        let (mut pushed, mut total, mut last) = (0, 0, 0);
+        while !writer.needs_roll() {
+            let row = im(pushed);
+            last = row.memory_size();
+            total += last;
+            writer.push_im(row);
+            pushed += 1;
+            assert!(pushed < 100_000, "bounded");
+        }
+        assert!(
+            total >= limits.max_bytes && total - last < limits.max_bytes,
+            "rolled after {pushed} rows taking {total} bytes, budget {}",
+            limits.max_bytes
+        );
+        let jobs = writer.roll(false);
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].rows.len(), pushed);
+    }
 }

@@ -259,6 +259,96 @@ pub struct RoomEventRow {
     pub catalog_id: Option<i64>,
 }
 
+/// Bytes a row takes in memory: the struct and the heap text it owns
+/// (allocation rounding aside). The archive writer rolls a table's segment
+/// at a byte budget of this, so buffered rows are bounded by memory, not
+/// only by their count.
+pub trait MemorySize {
+    fn memory_size(&self) -> usize;
+}
+
+fn opt_text(s: &Option<String>) -> usize {
+    s.as_deref().map_or(0, str::len)
+}
+
+fn texts(v: &[String]) -> usize {
+    v.iter()
+        .map(|s| std::mem::size_of::<String>() + s.len())
+        .sum()
+}
+
+impl MemorySize for ImMessageRow {
+    fn memory_size(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.call_id.len()
+            + self.sender.len()
+            + texts(&self.recipients)
+            + self.content_type.len()
+            + self.body.len()
+            + self.delivery_status.len()
+            + opt_text(&self.from_display)
+            + opt_text(&self.to_display)
+    }
+}
+
+impl MemorySize for CallRow {
+    fn memory_size(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.call_id.len()
+            + self.source.len()
+            + self.caller.len()
+            + self.callee.len()
+            + self.disposition.len()
+            + opt_text(&self.reason)
+            + opt_text(&self.ended_by)
+            + texts(&self.codecs)
+            + opt_text(&self.caller_media)
+            + opt_text(&self.callee_media)
+            + opt_text(&self.transferred_from)
+            + opt_text(&self.caller_display)
+            + opt_text(&self.callee_display)
+    }
+}
+
+impl MemorySize for HepRawRow {
+    fn memory_size(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.source.len()
+            + self.src.len()
+            + self.dst.len()
+            + opt_text(&self.correlation_id)
+            + self.payload.len()
+    }
+}
+
+impl MemorySize for PresenceRow {
+    fn memory_size(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.source.len()
+            + self.entity.len()
+            + opt_text(&self.basic)
+            + texts(&self.activities)
+            + opt_text(&self.note)
+            + self.via.len()
+            + self.call_id.len()
+            + opt_text(&self.etag)
+            + opt_text(&self.subscription_state)
+    }
+}
+
+impl MemorySize for RoomEventRow {
+    fn memory_size(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.kind.len()
+            + self.room.len()
+            + opt_text(&self.member)
+            + self.event.len()
+            + opt_text(&self.role)
+            + self.by_user.len()
+            + opt_text(&self.call_id)
+    }
+}
+
 impl ImMessageRow {
     /// Stable key of an IM across the archive and the search index.
     pub fn key(&self) -> String {
@@ -437,6 +527,32 @@ pub struct SipMessageFields<'a> {
     pub to_tag: Option<&'a str>,
     pub parse_error: Option<&'a str>,
     pub raw: &'a [u8],
+}
+
+impl SipMessageFields<'_> {
+    /// Bytes the row adds to a [`SipMessagesBuilder`]: its text and raw
+    /// bytes, and per column an offset or a value (8 bytes at most).
+    pub fn memory_size(&self) -> usize {
+        let opt = |s: Option<&str>| s.map_or(0, str::len);
+        const COLUMNS: usize = 19;
+        COLUMNS * 8
+            + self.source.len()
+            + self.direction.len()
+            + self.transport.len()
+            + self.src.len()
+            + self.dst.len()
+            + opt(self.method)
+            + opt(self.reason)
+            + opt(self.request_uri)
+            + opt(self.call_id)
+            + opt(self.cseq_method)
+            + opt(self.from_uri)
+            + opt(self.from_tag)
+            + opt(self.to_uri)
+            + opt(self.to_tag)
+            + opt(self.parse_error)
+            + self.raw.len()
+    }
 }
 
 impl SipMessageRow {
