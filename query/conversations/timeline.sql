@@ -3,7 +3,8 @@
 -- memberships in a time range, oldest first. A presence row is
 -- shown when its state (basic, activities, note) differs from the user's
 -- previous one in the range, so a state published once and notified to
--- several watchers appears once.
+-- several watchers appears once. The other party of an IM or a call is
+-- shown as `Name <uri>` when its display name was archived.
 WITH presence_states AS (
     SELECT
         time,
@@ -27,7 +28,11 @@ events AS (
     SELECT
         time,
         'im-sent' AS kind,
-        array_to_string(recipients, ', ') AS party,
+        CASE
+            WHEN nullif(to_display, '') IS NOT NULL AND cardinality(recipients) = 1
+            THEN concat(to_display, ' <', recipients[1], '>')
+            ELSE array_to_string(recipients, ', ')
+        END AS party,
         delivery_status AS status,
         CAST(status AS INT) AS code,
         body AS detail,
@@ -36,7 +41,9 @@ events AS (
     WHERE {in_range} AND sender = {user}
     UNION ALL
     SELECT
-        time, 'im-received', sender, delivery_status, CAST(status AS INT), body,
+        time, 'im-received',
+        CASE WHEN nullif(from_display, '') IS NOT NULL THEN concat(from_display, ' <', sender, '>') ELSE sender END,
+        delivery_status, CAST(status AS INT), body,
         call_id || '#' || CAST(cseq AS VARCHAR)
     FROM im_messages
     WHERE {in_range} AND array_has(recipients, {user})
@@ -52,7 +59,9 @@ events AS (
        OR (note IS DISTINCT FROM prev_note)
     UNION ALL
     SELECT
-        time, 'call-placed', callee, disposition, CAST(final_code AS INT),
+        time, 'call-placed',
+        CASE WHEN nullif(callee_display, '') IS NOT NULL THEN concat(callee_display, ' <', callee, '>') ELSE callee END,
+        disposition, CAST(final_code AS INT),
         CASE
             WHEN duration_ms IS NOT NULL THEN concat('talked ', CAST(duration_ms / 1000 AS VARCHAR), ' s')
             ELSE reason
@@ -62,7 +71,9 @@ events AS (
     WHERE {in_range} AND caller = {user}
     UNION ALL
     SELECT
-        time, 'call-received', caller, disposition, CAST(final_code AS INT),
+        time, 'call-received',
+        CASE WHEN nullif(caller_display, '') IS NOT NULL THEN concat(caller_display, ' <', caller, '>') ELSE caller END,
+        disposition, CAST(final_code AS INT),
         CASE
             WHEN duration_ms IS NOT NULL THEN concat('talked ', CAST(duration_ms / 1000 AS VARCHAR), ' s')
             ELSE reason

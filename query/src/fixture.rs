@@ -688,6 +688,12 @@ pub fn generate_conversation_fixture(dir: &Path) -> Result<(), QueryError> {
             .timestamp_nanos_opt()
             .expect("in range")
     };
+    // Alice and Bob's clients send display names, Carol's and Dave's none.
+    let name = |uri: &str| match uri {
+        ALICE => Some("Alice Smith".to_string()),
+        BOB => Some("Bob Jones".to_string()),
+        _ => None,
+    };
     let im = |day, time, call_id: &str, cseq, sender: &str, to: &[&str], body: &str, code| {
         let delivery_status = match code {
             Some(200..=299) => "delivered",
@@ -704,8 +710,8 @@ pub fn generate_conversation_fixture(dir: &Path) -> Result<(), QueryError> {
             body: body.to_string(),
             delivery_status: delivery_status.to_string(),
             status: code,
-            from_display: None,
-            to_display: None,
+            from_display: name(sender),
+            to_display: name(to[0]),
         }
     };
     #[rustfmt::skip]
@@ -859,8 +865,8 @@ pub fn generate_conversation_fixture(dir: &Path) -> Result<(), QueryError> {
             legs: 1,
             reinvites: 0,
             transferred_from: None,
-            caller_display: None,
-            callee_display: None,
+            caller_display: name(caller),
+            callee_display: name(callee),
         }
     };
     #[rustfmt::skip]
