@@ -370,16 +370,7 @@ async fn a_conference_of_three_and_room_events_archived_once_across_a_crash() {
             "and its two copies"
         );
     }
-    let hits = sipvault(
-        data,
-        &[
-            "search",
-            &format!("conference:{id} offsite"),
-            "--format",
-            "json",
-        ],
-    );
-    let hits: Vec<serde_json::Value> = serde_json::from_str(&hits).unwrap();
+    let hits = common::search_hits(data, &format!("conference:{id} offsite"));
     let mut senders: Vec<&str> = hits.iter().map(|h| h["from"].as_str().unwrap()).collect();
     senders.sort();
     assert_eq!(

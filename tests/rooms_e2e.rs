@@ -417,26 +417,11 @@ async fn room_posts_fan_out_refusals_rate_limit_history_and_search() {
 
     // Search: room:budget finds the posts with the word, not the copies
     // the room sent to its members, nor posts elsewhere.
-    let hits = sipvault(
-        data,
-        &["search", "room:budget approved", "--format", "json"],
-    );
-    let hits: Vec<serde_json::Value> = serde_json::from_str(&hits).unwrap();
+    let hits = common::search_hits(data, "room:budget approved");
     assert_eq!(hits.len(), 1, "{hits:?}");
     assert_eq!(hits[0]["from"], "sip:alice@example.com");
     assert_eq!(hits[0]["body"], "budget approved");
-    let hits = sipvault(
-        data,
-        &[
-            "search",
-            "room:budget budget",
-            "--format",
-            "json",
-            "--limit",
-            "1000",
-        ],
-    );
-    let hits: Vec<serde_json::Value> = serde_json::from_str(&hits).unwrap();
+    let hits = common::search_hits(data, "room:budget budget");
     // Every post has "budget" in it; refused attempts are archived IMs to
     // the room too (carol's, dave's first, bob's flood over the rate).
     for (who, body) in &posts {
@@ -451,7 +436,7 @@ async fn room_posts_fan_out_refusals_rate_limit_history_and_search() {
         hits.iter().all(|h| h["from"] != ROOM_URI),
         "the room's copies are not posts: {hits:?}"
     );
-    assert!(sipvault(data, &["search", "room:lunch budget", "--format", "json"]).trim() == "[]");
+    assert!(common::search_hits(data, "room:lunch budget").is_empty());
 }
 
 /// NOTIFYs `ua` receives until one has a body containing `needle`
@@ -785,11 +770,7 @@ async fn sipp_members_post_to_a_room_and_receive_its_copies() {
     sorted.sort();
     expected.sort();
     assert_eq!(sorted, expected, "copies archived: {copies:?}");
-    let hits = sipvault(
-        data,
-        &["search", "room:budget forecast", "--format", "json"],
-    );
-    let hits: Vec<serde_json::Value> = serde_json::from_str(&hits).unwrap();
+    let hits = common::search_hits(data, "room:budget forecast");
     assert_eq!(hits.len(), 1, "{hits:?}");
     assert_eq!(hits[0]["from"], "sip:frank@example.com");
     assert_eq!(hits[0]["from_name"], "SIPp frank");

@@ -344,6 +344,18 @@ pub fn sql_rows(data: &Path, statement: &str) -> Vec<serde_json::Value> {
     }
 }
 
+/// Runs `sipvault search QUERY --format json --limit 1000` and returns the hits.
+pub fn search_hits(data: &Path, query: &str) -> Vec<serde_json::Value> {
+    let out = sipvault(
+        data,
+        &["search", query, "--format", "json", "--limit", "1000"],
+    );
+    match serde_json::from_str(&out) {
+        Ok(serde_json::Value::Array(hits)) => hits,
+        other => panic!("`sipvault search {query}` did not print a JSON array: {other:?}\n{out}"),
+    }
+}
+
 /// alice over UDP and bob over TCP (passwords `alice-pw`, `bob-pw`),
 /// both registered with `server`; `when` names the moment in failure messages.
 pub async fn registered_alice_and_bob(
