@@ -6,7 +6,8 @@
 //! One `.eml` per conversation, its messages in time order.
 //!
 //! Headers: `From` is the sender of the first message, `To` every other
-//! participant, `Date` the first message's time, `Subject` names the case
+//! participant (each shown by SIP URI, with the display name their
+//! messages carried when there was one), `Date` the first message's time, `Subject` names the case
 //! and the participants, `Message-ID` is derived from the conversation (the
 //! same export gives the same ids). Non-ASCII header text is written as
 //! RFC 2047 encoded words; the body is `text/plain; charset=utf-8` in
@@ -24,7 +25,11 @@ pub struct ImRecord {
     pub call_id: String,
     pub cseq: u32,
     pub sender: String,
+    /// The sender's display name (From), when the client sent one.
+    pub sender_name: Option<String>,
     pub recipients: Vec<String>,
+    /// The first recipient's display name (To), when the client sent one.
+    pub recipient_name: Option<String>,
     pub body: String,
     pub delivery_status: String,
 }
@@ -77,25 +82,27 @@ pub fn format_eml(conversation: &Conversation, case: &str) -> Vec<u8> {
     let Some(first) = conversation.messages.first() else {
         return Vec::new();
     };
+    let names = display_names(conversation);
+    let named = |uri: &str| mailbox(uri, names.get(uri.trim()).copied());
     let others: Vec<&String> = conversation
         .participants
         .iter()
         .filter(|p| p.as_str() != first.sender.trim())
         .collect();
     let to: Vec<String> = if others.is_empty() {
-        vec![mailbox(&first.sender)]
+        vec![named(&first.sender)]
     } else {
-        others.iter().map(|p| mailbox(p)).collect()
+        others.iter().map(|p| named(p)).collect()
     };
     let last = conversation.messages.last().unwrap_or(first);
-    let names: Vec<&str> = conversation
+    let short_names: Vec<&str> = conversation
         .participants
         .iter()
         .map(|p| short_name(p))
         .collect();
     let subject = format!(
         "[{case}] IM conversation: {} ({} message{})",
-        names.join(", "),
+        short_names.join(", "),
         conversation.messages.len(),
         if conversation.messages.len() == 1 {
             ""
@@ -105,7 +112,7 @@ pub fn format_eml(conversation: &Conversation, case: &str) -> Vec<u8> {
     );
 
     let mut h = String::new();
-    header_line(&mut h, "From", &mailbox(&first.sender));
+    header_line(&mut h, "From", &named(&first.sender));
     h.push_str("To: ");
     h.push_str(&to.join(",\r\n "));
     h.push_str("\r\n");
@@ -143,7 +150,10 @@ pub fn format_eml(conversation: &Conversation, case: &str) -> Vec<u8> {
             body,
             "[{}] {} -> {} ({})",
             body_time(m.time_ns),
-            m.sender,
+            match names.get(m.sender.trim()) {
+                Some(name) => format!("{name} <{}>", m.sender),
+                None => m.sender.clone(),
+            },
             m.recipients.join(", "),
             m.delivery_status
         );
@@ -207,11 +217,34 @@ fn strip_scheme(uri: &str) -> &str {
     uri
 }
 
+/// The display name each participant's messages carried (as sender in
+/// From, as first recipient in To), the first one seen.
+fn display_names<'a>(conversation: &Conversation<'a>) -> BTreeMap<&'a str, &'a str> {
+    let mut names = BTreeMap::new();
+    for m in &conversation.messages {
+        let sent = [
+            (Some(m.sender.as_str()), m.sender_name.as_deref()),
+            (
+                m.recipients.first().map(String::as_str),
+                m.recipient_name.as_deref(),
+            ),
+        ];
+        for (uri, name) in sent {
+            if let (Some(uri), Some(name)) = (uri, name.map(str::trim).filter(|n| !n.is_empty())) {
+                names.entry(uri.trim()).or_insert(name);
+            }
+        }
+    }
+    names
+}
+
 /// `"sip:alice@example.com" <alice@example.com>`: the SIP URI as display
-/// name and `user@host` as address. A URI without a usable `user@host`
-/// (no user, characters an address may not hold) gets the address
-/// `unknown@sipvault.invalid`, its URI still in the display name.
-pub fn mailbox(uri: &str) -> String {
+/// name and `user@host` as address; with the participant's own display
+/// name, `"Alice Smith (sip:alice@example.com)" <alice@example.com>`. A URI
+/// without a usable `user@host` (no user, characters an address may not
+/// hold) gets the address `unknown@sipvault.invalid`, its URI still in the
+/// display name.
+pub fn mailbox(uri: &str, name: Option<&str>) -> String {
     let uri = uri.trim();
     let rest = strip_scheme(uri);
     let rest = rest.split([';', '?', '>']).next().unwrap_or(rest);
@@ -219,7 +252,11 @@ pub fn mailbox(uri: &str) -> String {
         Some((user, host)) if is_dot_atom(user) && is_domain(host) => format!("{user}@{host}"),
         _ => "unknown@sipvault.invalid".to_string(),
     };
-    format!("{} <{address}>", display_name(uri))
+    let shown = match name {
+        Some(name) => format!("{name} ({uri})"),
+        None => uri.to_string(),
+    };
+    format!("{} <{address}>", display_name(&shown))
 }
 
 fn is_atext(c: char) -> bool {
@@ -367,7 +404,9 @@ mod tests {
             call_id: format!("call-{t}@host"),
             cseq: 1,
             sender: from.into(),
+            sender_name: None,
             recipients: to.iter().map(|s| s.to_string()).collect(),
+            recipient_name: None,
             body: body.into(),
             delivery_status: "delivered".into(),
         }
@@ -549,20 +588,59 @@ mod tests {
     #[test]
     fn awkward_addresses_and_header_injection() {
         assert_eq!(
-            mailbox("sip:+4930123@gw.example.com;user=phone"),
+            mailbox("sip:+4930123@gw.example.com;user=phone", None),
             "\"sip:+4930123@gw.example.com;user=phone\" <+4930123@gw.example.com>"
         );
         assert_eq!(
-            mailbox("sip:example.com"),
+            mailbox("sip:example.com", None),
             "\"sip:example.com\" <unknown@sipvault.invalid>"
         );
         assert_eq!(
-            mailbox("sip:a\"b@x.com"),
+            mailbox("sip:a\"b@x.com", None),
             "\"sip:a\\\"b@x.com\" <unknown@sipvault.invalid>"
         );
-        assert!(mailbox("sip:jürgen@example.com").starts_with("=?UTF-8?B?"));
+        assert!(mailbox("sip:jürgen@example.com", None).starts_with("=?UTF-8?B?"));
         let folded = unstructured("Subject", "evil\r\nBcc: someone@example.com");
         assert!(!folded.contains("\r\nBcc"), "{folded}");
         assert!(folded.starts_with("=?UTF-8?B?"));
+    }
+
+    #[test]
+    fn display_names_show_beside_the_uri_in_headers_and_body() {
+        let mut first = im(
+            1_000,
+            "sip:alice@example.com",
+            &["sip:bob@example.com"],
+            "hi",
+        );
+        first.sender_name = Some("Alice Smith".into());
+        let mut reply = im(
+            2_000,
+            "sip:bob@example.com",
+            &["sip:alice@example.com"],
+            "hello",
+        );
+        reply.recipient_name = Some("Alice S.".into());
+        let ims = [first, reply];
+        let conversations = group_conversations(&ims);
+        let eml = String::from_utf8(format_eml(&conversations[0], "case-7")).unwrap();
+        let head = eml.split("\r\n\r\n").next().unwrap();
+        assert!(
+            head.contains("From: \"Alice Smith (sip:alice@example.com)\" <alice@example.com>\r\n"),
+            "the first name seen wins: {head}"
+        );
+        assert!(
+            head.contains("To: \"sip:bob@example.com\" <bob@example.com>\r\n"),
+            "bob sent no name: {head}"
+        );
+        let body = String::from_utf8(decode_qp(eml.split_once("\r\n\r\n").unwrap().1)).unwrap();
+        assert!(
+            body.contains("Alice Smith <sip:alice@example.com> -> sip:bob@example.com"),
+            "{body}"
+        );
+        assert!(
+            body.contains("] sip:bob@example.com -> sip:alice@example.com"),
+            "{body}"
+        );
     }
 }

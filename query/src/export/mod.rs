@@ -256,6 +256,19 @@ pub fn im_records(batches: &[RecordBatch]) -> Result<Vec<ImRecord>, ExportError>
             .ok_or(ExportError::Column("recipients"))?;
         let bodies = string_column(batch, "body")?;
         let statuses = string_column(batch, "delivery_status")?;
+        // Display names came with schema v4; absent, every name is unknown.
+        let optional = |name| {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_string_opt::<i32>())
+        };
+        let (from_names, to_names) = (optional("from_display"), optional("to_display"));
+        let name = |column: Option<&StringArray>, i: usize| {
+            column
+                .filter(|c| c.is_valid(i))
+                .map(|c| c.value(i).to_string())
+                .filter(|n| !n.is_empty())
+        };
         for i in 0..batch.num_rows() {
             let list = recipients.value(i);
             let list = list
@@ -266,7 +279,9 @@ pub fn im_records(batches: &[RecordBatch]) -> Result<Vec<ImRecord>, ExportError>
                 call_id: call_ids.value(i).to_string(),
                 cseq: cseqs.value(i),
                 sender: senders.value(i).to_string(),
+                sender_name: name(from_names, i),
                 recipients: list.iter().flatten().map(str::to_string).collect(),
+                recipient_name: name(to_names, i),
                 body: bodies.value(i).to_string(),
                 delivery_status: statuses.value(i).to_string(),
             });
