@@ -7,9 +7,9 @@
 //!
 //! Headers: `From` is the sender of the first message, `To` every other
 //! participant (each shown by SIP URI, with the display name their
-//! messages carried when there was one), `Date` the first message's time, `Subject` names the case
-//! and the participants, `Message-ID` is derived from the conversation (the
-//! same export gives the same ids). Non-ASCII header text is written as
+//! messages carried when there was one), `Date` the first message's time,
+//! `Subject` names the case and the participants, `Message-ID` is derived
+//! from the conversation (the same export gives the same ids). Non-ASCII header text is written as
 //! RFC 2047 encoded words; the body is `text/plain; charset=utf-8` in
 //! quoted-printable, so every line stays short and 7-bit.
 
