@@ -150,7 +150,9 @@ fn parse_start_line(text: &str, line: Span) -> Result<StartLine, ParseError> {
         let code = it
             .next()
             .ok_or_else(|| ParseError::BadStartLine("status line without code".into()))?;
-        let reason = it.next().unwrap_or("");
+        // No reason phrase: an empty one at the end of the line (a
+        // sub-slice of `l`, as `at` needs).
+        let reason = it.next().unwrap_or(l.get(l.len()..).unwrap_or(""));
         if !version.eq_ignore_ascii_case("SIP/2.0") {
             return Err(ParseError::UnsupportedVersion(version.to_string()));
         }
@@ -610,6 +612,8 @@ helloEXTRA";
         assert_eq!(m.body(), b"");
         assert!(m.raw().starts_with(b"SIP/2.0 180"));
         let m = SipMessage::parse(b"SIP/2.0 100 \r\nCSeq: 1 INVITE\r\n\r\n").unwrap();
+        assert_eq!(m.reason(), Some(""));
+        let m = SipMessage::parse(b"SIP/2.0 100\r\nCSeq: 1 INVITE\r\n\r\n").unwrap();
         assert_eq!(m.reason(), Some(""));
     }
 
