@@ -4,7 +4,9 @@ use std::sync::OnceLock;
 
 use crate::addr::{Contact, NameAddr, Via};
 use crate::error::ParseError;
-use crate::util::{canonical_name, is_lws, is_token, names_header, parse_u32_digits, split_top};
+use crate::util::{
+    canonical_name, is_lws, is_token, names_header, parse_u32_digits, split_top, trim, trim_lws,
+};
 
 /// Byte range into [`SipMessage::head`].
 type Span = std::ops::Range<usize>;
@@ -131,8 +133,9 @@ fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
 /// Trims linear white space off both ends of a range of `text`.
 fn trim_span(text: &str, span: Span) -> Span {
     let s = text.get(span.clone()).unwrap_or("");
-    let lead = s.len() - s.trim_start_matches(is_lws).len();
-    let trimmed = s.trim_matches(is_lws);
+    let trimmed = trim_lws(s);
+    // `trimmed` is a sub-slice of `s`: its offset.
+    let lead = trimmed.as_ptr() as usize - s.as_ptr() as usize;
     span.start + lead..span.start + lead + trimmed.len()
 }
 
@@ -209,7 +212,7 @@ fn parse_start_line(text: &str, line: Span) -> Result<StartLine, ParseError> {
 
 /// Reads a Content-Length value: decimal digits only.
 pub(crate) fn parse_content_length(v: &str) -> Option<usize> {
-    let t = v.trim();
+    let t = trim(v);
     if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -218,10 +221,10 @@ pub(crate) fn parse_content_length(v: &str) -> Option<usize> {
 
 /// Splits a CSeq value into number text and method.
 fn split_cseq(v: &str) -> Option<(&str, &str)> {
-    let v = v.trim();
-    let i = v.find(is_lws)?;
+    let v = trim(v);
+    let i = v.bytes().position(|b| b == b' ' || b == b'\t')?;
     let num = v.get(..i)?;
-    let method = v.get(i..)?.trim();
+    let method = trim(v.get(i..)?);
     if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) || !is_token(method) {
         return None;
     }
@@ -262,7 +265,7 @@ impl SipMessage {
                 let last = headers.last_mut().ok_or_else(|| {
                     ParseError::BadHeaderLine("continuation line before the first header".into())
                 })?;
-                let more = text.trim_matches(is_lws);
+                let more = trim_lws(text);
                 if more.is_empty() {
                     continue;
                 }
@@ -282,9 +285,7 @@ impl SipMessage {
                     value.push_str(more);
                 }
             } else {
-                let colon = text
-                    .bytes()
-                    .position(|b| b == b':')
+                let colon = memchr::memchr(b':', text.as_bytes())
                     .ok_or_else(|| ParseError::BadHeaderLine("header line without ':'".into()))?;
                 let name = trim_span(&head, line.start..line.start + colon);
                 if name.start != line.start || !is_token(head.get(name.clone()).unwrap_or("")) {
