@@ -46,28 +46,33 @@ enum Hot {
 }
 
 impl Hot {
-    /// The kind of a header name (long or compact form, any case).
+    /// The kind of a header name (long or compact form, any case). Runs
+    /// for every header line: length and first letter pick the one name
+    /// to compare.
     fn of(name: &str) -> Option<Hot> {
-        let is = |long: &str| name.eq_ignore_ascii_case(long);
-        match name.len() {
-            1 => match name.as_bytes().first()?.to_ascii_lowercase() {
-                b'i' => Some(Hot::CallId),
-                b'f' => Some(Hot::From),
-                b't' => Some(Hot::To),
-                b'c' => Some(Hot::ContentType),
-                b'l' => Some(Hot::ContentLength),
-                b'v' => Some(Hot::Via),
-                _ => None,
-            },
-            2 if is("to") => Some(Hot::To),
-            3 if is("via") => Some(Hot::Via),
-            4 if is("cseq") => Some(Hot::CSeq),
-            4 if is("from") => Some(Hot::From),
-            7 if is("call-id") => Some(Hot::CallId),
-            12 if is("content-type") => Some(Hot::ContentType),
-            14 if is("content-length") => Some(Hot::ContentLength),
-            _ => None,
-        }
+        let b = name.as_bytes();
+        let (kind, long): (Hot, &[u8]) = match (b.len(), b.first()?.to_ascii_lowercase()) {
+            (1, c) => {
+                return match c {
+                    b'i' => Some(Hot::CallId),
+                    b'f' => Some(Hot::From),
+                    b't' => Some(Hot::To),
+                    b'c' => Some(Hot::ContentType),
+                    b'l' => Some(Hot::ContentLength),
+                    b'v' => Some(Hot::Via),
+                    _ => None,
+                };
+            }
+            (2, b't') => (Hot::To, b"to"),
+            (3, b'v') => (Hot::Via, b"via"),
+            (4, b'c') => (Hot::CSeq, b"cseq"),
+            (4, b'f') => (Hot::From, b"from"),
+            (7, b'c') => (Hot::CallId, b"call-id"),
+            (12, b'c') => (Hot::ContentType, b"content-type"),
+            (14, b'c') => (Hot::ContentLength, b"content-length"),
+            _ => return None,
+        };
+        b.eq_ignore_ascii_case(long).then_some(kind)
     }
 }
 
@@ -88,6 +93,9 @@ pub struct SipMessage {
     headers: Vec<Header>,
     unfolded: Vec<String>,
     body_start: usize,
+    /// The first CSeq: number, and where the method lies in its value.
+    /// Parsing validates every CSeq anyway, and each consumer asks for it.
+    cseq: Option<(u32, Span)>,
     /// From and To parsed on first use: every archive consumer (row,
     /// IM and call correlation) asks for them, and parsing validates the URI.
     from: OnceLock<Option<NameAddr>>,
@@ -310,6 +318,7 @@ impl SipMessage {
             headers,
             unfolded,
             body_start: body_at - msg_start,
+            cseq: None,
             from: OnceLock::new(),
             to: OnceLock::new(),
         };
@@ -336,11 +345,20 @@ impl SipMessage {
         };
 
         // CSeq must be readable: a number that fits 32 bits and a method.
+        let mut first_cseq = None;
         for v in msg.header_iter("cseq") {
-            let (num, _) = split_cseq(v).ok_or_else(|| ParseError::InvalidCSeq(v.to_string()))?;
-            num.parse::<u32>()
+            let (num, method) =
+                split_cseq(v).ok_or_else(|| ParseError::InvalidCSeq(v.to_string()))?;
+            let num = num
+                .parse::<u32>()
                 .map_err(|_| ParseError::InvalidCSeq(v.to_string()))?;
+            if first_cseq.is_none() {
+                // `method` is a sub-slice of `v`: its offset.
+                let at = method.as_ptr() as usize - v.as_ptr() as usize;
+                first_cseq = Some((num, at..at + method.len()));
+            }
         }
+        msg.cseq = first_cseq;
 
         msg.raw = bytes
             .get(msg_start..end)
@@ -423,8 +441,20 @@ impl SipMessage {
         }
     }
 
+    /// First value of a header of `kind`.
+    fn hot(&self, kind: Hot) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.kind == Some(kind))
+            .map(|h| self.value(h))
+    }
+
     /// First value of the header, by long or compact name, case-insensitive.
     pub fn header(&self, name: &str) -> Option<&str> {
+        // The headers asked for on every message need no canonical name.
+        if let Some(kind) = Hot::of(name) {
+            return self.hot(kind);
+        }
         let want = canonical_name(name);
         self.header_iter(&want).next()
     }
@@ -459,23 +489,23 @@ impl SipMessage {
     }
 
     pub fn call_id(&self) -> Option<&str> {
-        self.header("call-id")
+        self.hot(Hot::CallId)
     }
 
     pub fn cseq(&self) -> Option<(u32, &str)> {
-        let (num, method) = split_cseq(self.header("cseq")?)?;
-        Some((num.parse().ok()?, method))
+        let (num, method) = self.cseq.as_ref()?;
+        Some((*num, self.hot(Hot::CSeq)?.get(method.clone())?))
     }
 
     pub fn from(&self) -> Option<&NameAddr> {
         self.from
-            .get_or_init(|| NameAddr::parse(self.header("from")?).ok())
+            .get_or_init(|| NameAddr::parse(self.hot(Hot::From)?).ok())
             .as_ref()
     }
 
     pub fn to(&self) -> Option<&NameAddr> {
         self.to
-            .get_or_init(|| NameAddr::parse(self.header("to")?).ok())
+            .get_or_init(|| NameAddr::parse(self.hot(Hot::To)?).ok())
             .as_ref()
     }
 
@@ -540,7 +570,7 @@ impl SipMessage {
     }
 
     pub fn content_type(&self) -> Option<&str> {
-        self.header("content-type")
+        self.hot(Hot::ContentType)
     }
 
     pub fn body(&self) -> &[u8] {
@@ -714,6 +744,22 @@ helloEXTRA";
             SipMessage::parse(b"OPTIONS sip:a@b SIP/2.0\r\nl: 3\r\n").unwrap_err(),
             ParseError::Truncated
         );
+    }
+
+    #[test]
+    fn hot_headers_are_found_by_any_name_form() {
+        let m = SipMessage::parse(
+            b"MESSAGE sip:a@b SIP/2.0\r\nCSEQ:  7\r\n  MESSAGE \r\nCSeq: 8 MESSAGE\r\nI: x\r\nCall-Info: <http://a>\r\nl: 0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(m.cseq(), Some((7, "MESSAGE")), "first CSeq, folded");
+        for name in ["call-id", "CALL-ID", "i", "I"] {
+            assert_eq!(m.header(name), Some("x"), "{name}");
+        }
+        assert_eq!(m.header("call-info"), Some("<http://a>"));
+        assert_eq!(m.header("content-length"), Some("0"));
+        assert_eq!(m.header("to"), None);
+        assert_eq!(m.header(""), None);
     }
 
     #[test]
