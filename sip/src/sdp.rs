@@ -20,6 +20,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use crate::util::{split_once_byte, trim};
+
 /// Why a body could not be read as SDP.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SdpError {
@@ -155,9 +157,8 @@ impl MediaDescription {
 /// Reads an SDP body. See the module docs for what is tolerated.
 pub fn parse(body: &[u8]) -> Result<SessionDescription, SdpError> {
     let text = String::from_utf8_lossy(body);
-    let mut lines = text
-        .split('\n')
-        .map(|l| l.trim_end_matches(['\r', ' ', '\t']))
+    let mut lines = split_byte(&text, b'\n')
+        .map(trim_end_cr_lws)
         .filter(|l| !l.is_empty());
 
     let first = lines.next().ok_or(SdpError::Empty)?;
@@ -191,7 +192,7 @@ pub fn parse(body: &[u8]) -> Result<SessionDescription, SdpError> {
                 in_media = true;
                 current = parse_media_line(value);
             }
-            'o' if !in_media => session.origin = Some(value.trim().to_string()),
+            'o' if !in_media => session.origin = Some(trim(value).to_string()),
             'c' => {
                 let address = parse_connection(value);
                 match (&mut current, in_media) {
@@ -202,11 +203,11 @@ pub fn parse(body: &[u8]) -> Result<SessionDescription, SdpError> {
                 }
             }
             'a' => {
-                let (name, attr_value) = match value.split_once(':') {
+                let (name, attr_value) = match split_once_byte(value, b':') {
                     Some((n, v)) => (n, Some(v)),
                     None => (value, None),
                 };
-                let name = name.trim();
+                let name = trim(name);
                 if let Some(direction) = DIRECTIONS.iter().find(|d| d.eq_ignore_ascii_case(name)) {
                     let direction = Some((*direction).to_string());
                     match (&mut current, in_media) {
@@ -289,6 +290,34 @@ fn canonical_encoding_name(name: &str) -> String {
         .find(|known| known.eq_ignore_ascii_case(name))
         .unwrap_or(name)
         .to_string()
+}
+
+/// `s.split(b)` for an ASCII byte `b`, found with memchr: SDP bodies are
+/// read for every call, line by line.
+fn split_byte(s: &str, b: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match split_once_byte(r, b) {
+            Some((line, next)) => {
+                rest = Some(next);
+                Some(line)
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
+}
+
+/// `line.trim_end_matches(['\r', ' ', '\t'])`, byte-wise.
+fn trim_end_cr_lws(line: &str) -> &str {
+    let end = line
+        .bytes()
+        .rposition(|b| !matches!(b, b'\r' | b' ' | b'\t'))
+        .map_or(0, |i| i + 1);
+    line.get(..end).unwrap_or("")
 }
 
 /// `x=value` with a single-letter type; anything else is not an SDP line.
@@ -400,6 +429,19 @@ a=recvonly\r\n";
         );
         assert_eq!(video.formats[0].label(), "H261/90000");
         assert_eq!(video.formats[1].label(), "H264/90000");
+    }
+
+    #[test]
+    fn byte_wise_line_splitting_matches_str_split() {
+        for s in ["", "\n", "a\nb", "a\n\nb\n", "é\r\n x \t\r\n"] {
+            assert_eq!(
+                split_byte(s, b'\n').collect::<Vec<_>>(),
+                s.split('\n').collect::<Vec<_>>()
+            );
+            for l in s.split('\n') {
+                assert_eq!(trim_end_cr_lws(l), l.trim_end_matches(['\r', ' ', '\t']));
+            }
+        }
     }
 
     #[test]
