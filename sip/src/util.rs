@@ -56,6 +56,16 @@ pub(crate) fn trim_lws(s: &str) -> &str {
     s.get(start..end).unwrap_or("")
 }
 
+/// `s` without linear white space at its end, byte-wise.
+pub(crate) fn trim_end_lws(s: &str) -> &str {
+    let b = s.as_bytes();
+    let end = b
+        .iter()
+        .rposition(|&c| c != b' ' && c != b'\t')
+        .map_or(0, |i| i + 1);
+    s.get(..end).unwrap_or("")
+}
+
 /// Exactly [`str::trim`], with the ASCII white space cut byte-wise first:
 /// header values are nearly always ASCII, and the Unicode-aware trim
 /// decodes every character it looks at.
@@ -299,6 +309,7 @@ mod tests {
         ] {
             assert_eq!(trim(s), s.trim(), "{s:?}");
             assert_eq!(trim_lws(s), s.trim_matches(is_lws), "{s:?}");
+            assert_eq!(trim_end_lws(s), s.trim_end_matches(is_lws), "{s:?}");
         }
         assert_eq!(split_once_byte("a;b;c", b';'), Some(("a", "b;c")));
         assert_eq!(find_byte("é<", b'<'), Some(2));
