@@ -20,7 +20,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::util::{split_once_byte, trim};
+use crate::util::{split_byte, split_once_byte, trim};
 
 /// Why a body could not be read as SDP.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -290,25 +290,6 @@ fn canonical_encoding_name(name: &str) -> String {
         .find(|known| known.eq_ignore_ascii_case(name))
         .unwrap_or(name)
         .to_string()
-}
-
-/// `s.split(b)` for an ASCII byte `b`, found with memchr: SDP bodies are
-/// read for every call, line by line.
-fn split_byte(s: &str, b: u8) -> impl Iterator<Item = &str> {
-    let mut rest = Some(s);
-    std::iter::from_fn(move || {
-        let r = rest?;
-        match split_once_byte(r, b) {
-            Some((line, next)) => {
-                rest = Some(next);
-                Some(line)
-            }
-            None => {
-                rest = None;
-                Some(r)
-            }
-        }
-    })
 }
 
 /// `line.trim_end_matches(['\r', ' ', '\t'])`, byte-wise.

@@ -85,7 +85,30 @@ pub(crate) fn trim(s: &str) -> &str {
 /// ASCII): `str::find(char)` without its UTF-8 searcher.
 pub(crate) fn find_byte(s: &str, b: u8) -> Option<usize> {
     debug_assert!(b.is_ascii());
-    memchr::memchr(b, s.as_bytes())
+    // Below a vector's width memchr's set-up costs more than a plain scan.
+    if s.len() < 32 {
+        s.bytes().position(|c| c == b)
+    } else {
+        memchr::memchr(b, s.as_bytes())
+    }
+}
+
+/// `s.split(b)` for an ASCII byte `b`, searching bytes.
+pub(crate) fn split_byte(s: &str, b: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match split_once_byte(r, b) {
+            Some((piece, next)) => {
+                rest = Some(next);
+                Some(piece)
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
 }
 
 /// `str::split_once` on an ASCII byte.
