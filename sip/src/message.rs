@@ -46,6 +46,9 @@ enum Hot {
     Via,
 }
 
+/// How many [`Hot`] kinds there are (`Via` is the last).
+const HOT_KINDS: usize = Hot::Via as usize + 1;
+
 impl Hot {
     /// The kind of a header name (long or compact form, any case). Runs
     /// for every header line: length and first letter pick the one name
@@ -116,6 +119,8 @@ pub struct SipMessage {
     /// The first CSeq: number, and where the method lies in its value.
     /// Parsing validates every CSeq anyway, and each consumer asks for it.
     cseq: Option<(u32, Span)>,
+    /// Index in `headers` of the first header of each [`Hot`] kind.
+    first_hot: [Option<usize>; HOT_KINDS],
     /// From and To parsed on first use: every archive consumer (row,
     /// IM and call correlation) asks for them, and parsing validates the URI.
     from: OnceLock<Option<NameAddr>>,
@@ -295,6 +300,7 @@ impl SipMessage {
 
         let mut headers: Vec<Header> = Vec::with_capacity(16);
         let mut unfolded: Vec<String> = Vec::new();
+        let mut first_hot = [None; HOT_KINDS];
         while pos < head.len() {
             let (line, next, _) = next_line(&head, pos);
             pos = next;
@@ -339,6 +345,12 @@ impl SipMessage {
                 }
                 let value = trim_span(&head, line.start + colon + 1..line.end);
                 let kind = Hot::of_token(head.get(name.clone()).unwrap_or(""));
+                if let Some(kind) = kind
+                    && let Some(first) = first_hot.get_mut(kind as usize)
+                    && first.is_none()
+                {
+                    *first = Some(headers.len());
+                }
                 headers.push(Header {
                     name,
                     value: Value::Head(value),
@@ -355,6 +367,7 @@ impl SipMessage {
             unfolded,
             body_start: body_at - msg_start,
             cseq: None,
+            first_hot,
             from: OnceLock::new(),
             to: OnceLock::new(),
         };
@@ -479,10 +492,8 @@ impl SipMessage {
 
     /// First value of a header of `kind`.
     fn hot(&self, kind: Hot) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|h| h.kind == Some(kind))
-            .map(|h| self.value(h))
+        let at = (*self.first_hot.get(kind as usize)?)?;
+        self.headers.get(at).map(|h| self.value(h))
     }
 
     /// First value of the header, by long or compact name, case-insensitive.

@@ -45,6 +45,12 @@ pub(crate) fn is_lws(c: char) -> bool {
 /// characters are ASCII, so the cuts fall on character boundaries.
 pub(crate) fn trim_lws(s: &str) -> &str {
     let b = s.as_bytes();
+    let is_lws_byte = |c: Option<&u8>| matches!(c, Some(b' ' | b'\t'));
+    // Nearly every value is trimmed already at its start or end: look at
+    // the two end bytes before scanning.
+    if !is_lws_byte(b.first()) && !is_lws_byte(b.last()) {
+        return s;
+    }
     let start = b
         .iter()
         .position(|&c| c != b' ' && c != b'\t')
