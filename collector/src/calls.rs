@@ -1167,10 +1167,9 @@ enum ViaEnd {
 }
 
 fn via_branch(sip: &SipMessage, end: ViaEnd) -> Option<String> {
-    let vias = sip.vias();
     let via = match end {
-        ViaEnd::Top => vias.first(),
-        ViaEnd::Bottom => vias.last(),
+        ViaEnd::Top => sip.top_via(),
+        ViaEnd::Bottom => sip.bottom_via(),
     };
     via.and_then(|v| v.branch().map(str::to_string))
 }

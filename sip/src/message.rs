@@ -429,7 +429,7 @@ impl SipMessage {
 
     /// Values of every header line that `canonical` (a lower-case long
     /// name) denotes.
-    fn header_iter<'s>(&'s self, canonical: &str) -> impl Iterator<Item = &'s str> {
+    fn header_iter<'s>(&'s self, canonical: &str) -> impl DoubleEndedIterator<Item = &'s str> {
         let kind = Hot::of(canonical);
         self.headers
             .iter()
@@ -568,6 +568,25 @@ impl SipMessage {
         out
     }
 
+    /// The first of [`SipMessage::vias`], without parsing the others.
+    pub fn top_via(&self) -> Option<Via> {
+        self.header_iter("via").find_map(|v| {
+            split_top(v, ',')?
+                .into_iter()
+                .find_map(|p| Via::parse(p).ok())
+        })
+    }
+
+    /// The last of [`SipMessage::vias`], without parsing the others.
+    pub fn bottom_via(&self) -> Option<Via> {
+        self.header_iter("via").rev().find_map(|v| {
+            split_top(v, ',')?
+                .into_iter()
+                .rev()
+                .find_map(|p| Via::parse(p).ok())
+        })
+    }
+
     /// All Contact values across lines. Values that do not parse are left out.
     pub fn contacts(&self) -> Vec<Contact> {
         let mut out = Vec::new();
@@ -663,6 +682,8 @@ helloEXTRA";
         assert_eq!(vias[0].rport(), Some(None));
         assert_eq!(vias[1].transport, "TCP");
         assert_eq!(vias[2].branch(), Some("z9hG4bK3"));
+        assert_eq!(m.top_via().as_ref(), vias.first());
+        assert_eq!(m.bottom_via().as_ref(), vias.last());
         assert_eq!(m.header_all("via").len(), 2);
         let c = m.contacts();
         assert_eq!(c.len(), 2);
@@ -791,6 +812,22 @@ helloEXTRA";
             SipMessage::parse(b"OPTIONS sip:a@b SIP/2.0\r\nl: 3\r\n").unwrap_err(),
             ParseError::Truncated
         );
+    }
+
+    #[test]
+    fn end_vias_skip_what_does_not_parse_as_vias_does() {
+        let m = SipMessage::parse(
+            b"OPTIONS sip:a@b SIP/2.0\r\nVia: \"open\r\nv: junk, SIP/2.0/UDP a;branch=1\r\nVia: SIP/2.0/UDP b;branch=2, junk\r\nVia: x\"\r\nCSeq: 1 OPTIONS\r\n\r\n",
+        )
+        .unwrap();
+        let vias = m.vias();
+        assert_eq!(vias.len(), 2);
+        assert_eq!(m.top_via().as_ref(), vias.first());
+        assert_eq!(m.bottom_via().as_ref(), vias.last());
+        let none =
+            SipMessage::parse(b"OPTIONS sip:a@b SIP/2.0\r\nCSeq: 1 OPTIONS\r\n\r\n").unwrap();
+        assert_eq!(none.top_via(), None);
+        assert_eq!(none.bottom_via(), None);
     }
 
     #[test]
