@@ -231,6 +231,15 @@ pub(crate) fn split_top(s: &str, sep: char) -> Option<Vec<&str>> {
 /// Parses a quoted-string at the start of `s` (which must begin with `"`).
 /// Returns the unescaped content and the rest of `s` after the closing quote.
 pub(crate) fn take_quoted(s: &str) -> Option<(String, &str)> {
+    // Most quoted strings hold no escape: copy them in one piece.
+    if let Some(inner) = s.strip_prefix('"')
+        && let Some(end) = inner
+            .bytes()
+            .position(|b| matches!(b, b'"' | b'\\' | b'\r' | b'\n'))
+        && inner.as_bytes().get(end) == Some(&b'"')
+    {
+        return Some((inner.get(..end)?.to_string(), inner.get(end + 1..)?));
+    }
     let mut chars = s.char_indices();
     match chars.next() {
         Some((_, '"')) => {}
@@ -366,6 +375,12 @@ mod tests {
 
     #[test]
     fn quoted_strings() {
+        assert_eq!(
+            take_quoted("\"Alice\" <sip:a>"),
+            Some(("Alice".to_string(), " <sip:a>"))
+        );
+        assert_eq!(take_quoted("\"a\r\"").map(|(i, _)| i), None);
+        assert_eq!(take_quoted("\"\"x"), Some((String::new(), "x")));
         let (inner, rest) = take_quoted(r#""J Rosenberg \\\"" <sip:a>"#).unwrap();
         assert_eq!(inner, r#"J Rosenberg \""#);
         assert_eq!(rest, " <sip:a>");
