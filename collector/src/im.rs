@@ -124,7 +124,12 @@ impl ImCorrelator {
                 sender: sip.from().map(|a| a.uri.clone()).unwrap_or_default(),
                 recipients: sip.to().map(|a| vec![a.uri.clone()]).unwrap_or_default(),
                 content_type,
-                body: String::from_utf8_lossy(sip.body()).into_owned(),
+                // Validating is faster than the lossy walk, and bodies are
+                // nearly always valid UTF-8.
+                body: match std::str::from_utf8(sip.body()) {
+                    Ok(text) => text.to_string(),
+                    Err(_) => String::from_utf8_lossy(sip.body()).into_owned(),
+                },
                 delivery_status: String::new(),
                 status: None,
                 from_display: sip.from().and_then(display_name),
