@@ -703,13 +703,18 @@ impl Call {
     }
 
     fn is_from_caller(&self, sip: &SipMessage) -> bool {
+        let is_caller = |tag: Option<&str>, uri: &str| match (tag, self.caller_tag.as_deref()) {
+            (Some(tag), Some(caller_tag)) => tag == caller_tag,
+            _ => uri_key(uri) == self.caller_uri_key,
+        };
+        // The strict parse, which `header_party` would copy, read in place.
+        if let Some(from) = sip.from() {
+            return is_caller(from.tag(), &from.uri);
+        }
         let Some(from) = header_party(sip, "from") else {
             return false;
         };
-        match (from.tag.as_deref(), self.caller_tag.as_deref()) {
-            (Some(tag), Some(caller_tag)) => tag == caller_tag,
-            _ => uri_key(&from.uri) == self.caller_uri_key,
-        }
+        is_caller(from.tag.as_deref(), &from.uri)
     }
 
     fn on_request(&mut self, method: &str, sip: &SipMessage, cseq: u32, now: i64) {
