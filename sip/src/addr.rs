@@ -153,8 +153,8 @@ pub(crate) fn check_absolute_uri(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn is_hostname_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')
+fn is_hostname_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')
 }
 
 /// Validates a host: a hostname / IPv4 address, or an IPv6 reference in
@@ -174,10 +174,7 @@ pub(crate) fn is_valid_host(h: &str) -> bool {
         }
     } else {
         // Hostname characters are all ASCII: a byte test is exact.
-        // Without early exit, so the compiler vectorises it.
-        !h.is_empty()
-            && h.bytes()
-                .fold(true, |ok, b| ok & is_hostname_char(char::from(b)))
+        !h.is_empty() && h.bytes().all(is_hostname_byte)
     }
 }
 
