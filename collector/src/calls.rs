@@ -110,6 +110,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+/// Maps looked up by Call-ID for every message: foldhash instead of the
+/// default SipHash, which cost more than the rest of the lookup. Keys come
+/// off the wire, so the seed stays random per map.
+type CallIdMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 use sipvault_schemas::{CallRow, CapturedMessage};
 use sipvault_sip::{NameAddr, SipMessage, SipUri, percent_decode, sdp};
 
@@ -290,7 +295,7 @@ struct Referral {
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct CallCorrelator {
     config: CallConfig,
-    calls: HashMap<String, Call>,
+    calls: CallIdMap<Call>,
     /// Open calls by (start time, arrival order): the eviction order.
     by_age: BTreeMap<(i64, u64), String>,
     next_seq: u64,
@@ -305,7 +310,7 @@ impl CallCorrelator {
     pub fn new(config: CallConfig) -> Self {
         CallCorrelator {
             config,
-            calls: HashMap::new(),
+            calls: CallIdMap::default(),
             by_age: BTreeMap::new(),
             next_seq: 0,
             recently_closed: ClosedCalls::default(),
@@ -599,7 +604,7 @@ impl CallCorrelator {
 /// sweep of every entry (which went quadratic once the bound was reached).
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 struct ClosedCalls {
-    time_of: HashMap<String, i64>,
+    time_of: CallIdMap<i64>,
     order: VecDeque<(i64, String)>,
 }
 
@@ -698,13 +703,18 @@ impl Call {
     }
 
     fn is_from_caller(&self, sip: &SipMessage) -> bool {
+        let is_caller = |tag: Option<&str>, uri: &str| match (tag, self.caller_tag.as_deref()) {
+            (Some(tag), Some(caller_tag)) => tag == caller_tag,
+            _ => uri_key(uri) == self.caller_uri_key,
+        };
+        // The strict parse, which `header_party` would copy, read in place.
+        if let Some(from) = sip.from() {
+            return is_caller(from.tag(), &from.uri);
+        }
         let Some(from) = header_party(sip, "from") else {
             return false;
         };
-        match (from.tag.as_deref(), self.caller_tag.as_deref()) {
-            (Some(tag), Some(caller_tag)) => tag == caller_tag,
-            _ => uri_key(&from.uri) == self.caller_uri_key,
-        }
+        is_caller(from.tag.as_deref(), &from.uri)
     }
 
     fn on_request(&mut self, method: &str, sip: &SipMessage, cseq: u32, now: i64) {
@@ -1023,12 +1033,20 @@ fn lenient_display(text: &str) -> Option<String> {
     (!name.is_empty()).then(|| name.to_string())
 }
 
+/// The tag of [`header_party`], without copying the URI and display name
+/// when the strict parse (done once per message) has it.
 fn to_tag(sip: &SipMessage) -> Option<String> {
-    header_party(sip, "to")?.tag
+    match sip.to() {
+        Some(addr) => addr.tag().map(str::to_string),
+        None => header_party(sip, "to")?.tag,
+    }
 }
 
 fn from_tag(sip: &SipMessage) -> Option<String> {
-    header_party(sip, "from")?.tag
+    match sip.from() {
+        Some(addr) => addr.tag().map(str::to_string),
+        None => header_party(sip, "from")?.tag,
+    }
 }
 
 fn reason_of(sip: &SipMessage) -> Option<String> {
@@ -1154,10 +1172,9 @@ enum ViaEnd {
 }
 
 fn via_branch(sip: &SipMessage, end: ViaEnd) -> Option<String> {
-    let vias = sip.vias();
     let via = match end {
-        ViaEnd::Top => vias.first(),
-        ViaEnd::Bottom => vias.last(),
+        ViaEnd::Top => sip.top_via(),
+        ViaEnd::Bottom => sip.bottom_via(),
     };
     via.and_then(|v| v.branch().map(str::to_string))
 }

@@ -8,7 +8,10 @@
 use std::fmt;
 
 use crate::error::ParseError;
-use crate::util::{is_lws, is_token, is_token_char, quote, quoted_len, split_top, take_quoted};
+use crate::util::{
+    find_byte, is_lws, is_token, is_token_byte, is_token_char, quote, quoted_len, split_byte,
+    split_once_byte, split_top, take_quoted, trim,
+};
 
 /// Generic parameter list: `(name, value)`, names as received.
 pub type Params = Vec<(String, Option<String>)>;
@@ -33,32 +36,44 @@ fn write_params(f: &mut fmt::Formatter<'_>, params: &Params) -> fmt::Result {
 /// Characters allowed in an unquoted header parameter value: token
 /// characters, plus `[`, `]`, `:` and `/` so that IPv6 references and
 /// host:port values (received, maddr) are accepted.
-fn is_param_value_char(c: char) -> bool {
-    is_token_char(c) || matches!(c, '[' | ']' | ':' | '/')
+fn is_param_value_byte(b: u8) -> bool {
+    is_token_byte(b) || matches!(b, b'[' | b']' | b':' | b'/')
 }
 
 /// Parses `*( SEMI generic-param )` where `s` is everything after the value
 /// the parameters belong to. LWS around `;` and `=` is allowed; an empty
 /// parameter (`;;`) or a non-token name is an error.
 pub(crate) fn parse_header_params(s: &str) -> Result<Params, String> {
-    let s = s.trim();
+    let s = trim(s);
     if s.is_empty() {
         return Ok(Vec::new());
     }
+    // Without quotes or angle brackets `split_top` is a plain split on ';'
+    // that cannot fail: the common case, done without collecting pieces.
+    if !s.bytes().any(|b| b == b'"' || b == b'<') {
+        return header_params_of(s, split_byte(s, b';'));
+    }
     let pieces = split_top(s, ';').ok_or_else(|| "unbalanced quote in parameters".to_string())?;
-    let mut iter = pieces.into_iter();
+    header_params_of(s, pieces.into_iter())
+}
+
+/// [`parse_header_params`] of `s` split into `pieces` at the top-level ';'.
+fn header_params_of<'a>(
+    s: &str,
+    mut iter: impl Iterator<Item = &'a str>,
+) -> Result<Params, String> {
     match iter.next() {
-        Some(first) if first.trim().is_empty() => {}
+        Some(first) if trim(first).is_empty() => {}
         _ => return Err(format!("unexpected text before parameters: {s:?}")),
     }
     let mut out = Vec::new();
     for piece in iter {
-        let piece = piece.trim();
+        let piece = trim(piece);
         if piece.is_empty() {
             return Err("empty parameter".into());
         }
-        let (name, value) = match piece.split_once('=') {
-            Some((n, v)) => (n.trim(), Some(v.trim())),
+        let (name, value) = match split_once_byte(piece, b'=') {
+            Some((n, v)) => (trim(n), Some(trim(v))),
             None => (piece, None),
         };
         if !is_token(name) {
@@ -73,7 +88,8 @@ pub(crate) fn parse_header_params(s: &str) -> Result<Params, String> {
                 Some(v.to_string())
             }
             Some(v) => {
-                if v.is_empty() || !v.chars().all(is_param_value_char) {
+                // Allowed characters are all ASCII: a byte test is exact.
+                if v.is_empty() || !v.bytes().all(is_param_value_byte) {
                     return Err(format!("bad parameter value {v:?}"));
                 }
                 Some(v.to_string())
@@ -93,30 +109,36 @@ fn is_uri_forbidden(c: char) -> bool {
 /// for ASCII text (every URI on the hot path), where white space and
 /// controls are exactly the bytes up to 0x20 and 0x7f.
 fn has_uri_forbidden(s: &str) -> bool {
-    if s.is_ascii() {
-        s.bytes()
-            .any(|b| b <= b' ' || b == 0x7f || matches!(b, b'<' | b'>' | b'"'))
-    } else {
+    // One pass without early exits, which the compiler vectorises; URIs
+    // are short, so stopping at the first hit would save little.
+    let (mut non_ascii, mut forbidden) = (false, false);
+    for &b in s.as_bytes() {
+        non_ascii |= !b.is_ascii();
+        forbidden |= b <= b' ' || b == 0x7f || b == b'<' || b == b'>' || b == b'"';
+    }
+    if non_ascii {
         s.chars().any(is_uri_forbidden)
+    } else {
+        forbidden
     }
 }
 
 /// RFC 3986 scheme syntax.
 pub(crate) fn is_valid_scheme(s: &str) -> bool {
-    let mut chars = s.chars();
-    match chars.next() {
-        Some(c) if c.is_ascii_alphabetic() => {}
+    // Scheme characters are all ASCII: a byte test is exact.
+    let mut bytes = s.bytes();
+    match bytes.next() {
+        Some(b) if b.is_ascii_alphabetic() => {}
         _ => return false,
     }
-    chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
 }
 
 /// Checks that `s` looks like an absolute URI (`scheme:rest`, no LWS, no
 /// angle brackets or quotes). Used for name-addr URIs of any scheme.
 pub(crate) fn check_absolute_uri(s: &str) -> Result<(), String> {
-    let (scheme, rest) = s
-        .split_once(':')
-        .ok_or_else(|| format!("URI without scheme: {s:?}"))?;
+    let (scheme, rest) =
+        split_once_byte(s, b':').ok_or_else(|| format!("URI without scheme: {s:?}"))?;
     if !is_valid_scheme(scheme) {
         return Err(format!("bad URI scheme {scheme:?}"));
     }
@@ -124,13 +146,15 @@ pub(crate) fn check_absolute_uri(s: &str) -> Result<(), String> {
         return Err(format!("bad URI {s:?}"));
     }
     if scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips") {
-        UriParts::parse(s).map_err(|e| e.to_string())?;
+        // `s` has no white space or forbidden character and a valid
+        // scheme, which is all `UriParts::parse` checks before this.
+        UriParts::parse_sip(s, scheme, rest).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
 
-fn is_hostname_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')
+fn is_hostname_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')
 }
 
 /// Validates a host: a hostname / IPv4 address, or an IPv6 reference in
@@ -149,7 +173,8 @@ pub(crate) fn is_valid_host(h: &str) -> bool {
             None => false,
         }
     } else {
-        !h.is_empty() && h.chars().all(is_hostname_char)
+        // Hostname characters are all ASCII: a byte test is exact.
+        !h.is_empty() && h.bytes().all(is_hostname_byte)
     }
 }
 
@@ -158,9 +183,7 @@ pub(crate) fn is_valid_host(h: &str) -> bool {
 fn split_hostport(s: &str, lws: bool) -> Result<(&str, Option<u16>), String> {
     let s = if lws { s.trim() } else { s };
     let (host, port_part) = if s.starts_with('[') {
-        let end = s
-            .find(']')
-            .ok_or_else(|| format!("unterminated IPv6 reference {s:?}"))?;
+        let end = find_byte(s, b']').ok_or_else(|| format!("unterminated IPv6 reference {s:?}"))?;
         let host = s.get(..=end).ok_or("bad host")?;
         let rest = s.get(end + 1..).unwrap_or("");
         let rest = if lws { rest.trim_start() } else { rest };
@@ -173,7 +196,7 @@ fn split_hostport(s: &str, lws: bool) -> Result<(&str, Option<u16>), String> {
             }
         }
     } else {
-        match s.split_once(':') {
+        match split_once_byte(s, b':') {
             Some((h, p)) => (if lws { h.trim_end() } else { h }, Some(p)),
             None => (s, None),
         }
@@ -244,11 +267,11 @@ fn each_uri_param<'a>(
     if s.is_empty() {
         return Ok(());
     }
-    for piece in s.split(';') {
+    for piece in split_byte(s, b';') {
         if piece.is_empty() {
             return Err("empty URI parameter".into());
         }
-        let (n, v) = match piece.split_once('=') {
+        let (n, v) = match split_once_byte(piece, b'=') {
             Some((n, v)) => (n, Some(v)),
             None => (piece, None),
         };
@@ -289,11 +312,11 @@ struct HostPart<'a> {
 }
 
 fn host_part(s: &str) -> Result<HostPart<'_>, String> {
-    let (main, headers) = match s.split_once('?') {
+    let (main, headers) = match split_once_byte(s, b'?') {
         Some((m, h)) => (m, Some(h)),
         None => (s, None),
     };
-    let (hostport, params) = match main.split_once(';') {
+    let (hostport, params) = match split_once_byte(main, b';') {
         Some((hp, p)) => (hp, p),
         None => (main, ""),
     };
@@ -310,67 +333,24 @@ fn host_part(s: &str) -> Result<HostPart<'_>, String> {
 impl<'a> UriParts<'a> {
     fn parse(s: &'a str) -> Result<UriParts<'a>, ParseError> {
         let bad = |why: String| ParseError::InvalidUri(why);
-        let s = s.trim();
+        let s = trim(s);
         if has_uri_forbidden(s) {
             return Err(bad(format!("forbidden character in URI {s:?}")));
         }
-        let (scheme, rest) = s
-            .split_once(':')
-            .ok_or_else(|| bad(format!("no scheme in {s:?}")))?;
+        let (scheme, rest) =
+            split_once_byte(s, b':').ok_or_else(|| bad(format!("no scheme in {s:?}")))?;
         if !is_valid_scheme(scheme) {
             return Err(bad(format!("bad scheme {scheme:?}")));
         }
         if scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips") {
-            // The user part may itself contain ';', '?' and ':', so the
-            // first '@' decides; if what follows is not a host, the URI
-            // has no user part.
-            if let Some((userinfo, after)) = rest.split_once('@')
-                && let Ok(HostPart {
-                    host,
-                    port,
-                    params,
-                    headers,
-                }) = host_part(after)
-            {
-                let (user, password) = match userinfo.split_once(':') {
-                    Some((u, p)) => (u, Some(p)),
-                    None => (userinfo, None),
-                };
-                if user.is_empty() {
-                    return Err(bad(format!("empty user part in {s:?}")));
-                }
-                return Ok(UriParts {
-                    scheme,
-                    user: Some(user),
-                    password,
-                    host,
-                    port,
-                    params,
-                    headers,
-                });
-            }
-            let HostPart {
-                host,
-                port,
-                params,
-                headers,
-            } = host_part(rest).map_err(bad)?;
-            return Ok(UriParts {
-                scheme,
-                user: None,
-                password: None,
-                host,
-                port,
-                params,
-                headers,
-            });
+            return UriParts::parse_sip(s, scheme, rest);
         }
         if scheme.eq_ignore_ascii_case("tel") {
-            let (number, params) = match rest.split_once(';') {
+            let (number, params) = match split_once_byte(rest, b';') {
                 Some((n, p)) => (n, p),
                 None => (rest, ""),
             };
-            if number.is_empty() || number.contains('?') {
+            if number.is_empty() || find_byte(number, b'?').is_some() {
                 return Err(bad(format!("bad telephone number in {s:?}")));
             }
             each_uri_param(params, |_, _| {}).map_err(bad)?;
@@ -385,6 +365,56 @@ impl<'a> UriParts<'a> {
             });
         }
         Err(bad(format!("not a sip, sips or tel URI: {s:?}")))
+    }
+
+    /// The part of [`UriParts::parse`] after the scheme of a SIP or SIPS
+    /// URI `s` (trimmed, without forbidden characters), split at its first
+    /// ':' into `scheme` and `rest`.
+    fn parse_sip(s: &'a str, scheme: &'a str, rest: &'a str) -> Result<UriParts<'a>, ParseError> {
+        let bad = |why: String| ParseError::InvalidUri(why);
+        // The user part may itself contain ';', '?' and ':', so the
+        // first '@' decides; if what follows is not a host, the URI
+        // has no user part.
+        if let Some((userinfo, after)) = split_once_byte(rest, b'@')
+            && let Ok(HostPart {
+                host,
+                port,
+                params,
+                headers,
+            }) = host_part(after)
+        {
+            let (user, password) = match split_once_byte(userinfo, b':') {
+                Some((u, p)) => (u, Some(p)),
+                None => (userinfo, None),
+            };
+            if user.is_empty() {
+                return Err(bad(format!("empty user part in {s:?}")));
+            }
+            return Ok(UriParts {
+                scheme,
+                user: Some(user),
+                password,
+                host,
+                port,
+                params,
+                headers,
+            });
+        }
+        let HostPart {
+            host,
+            port,
+            params,
+            headers,
+        } = host_part(rest).map_err(bad)?;
+        Ok(UriParts {
+            scheme,
+            user: None,
+            password: None,
+            host,
+            port,
+            params,
+            headers,
+        })
     }
 }
 
@@ -537,7 +567,7 @@ fn is_display_word(w: &str) -> bool {
 }
 
 fn parse_name_addr(s: &str) -> Result<NameAddr, String> {
-    let s = s.trim();
+    let s = trim(s);
     if s.is_empty() {
         return Err("empty address".into());
     }
@@ -548,8 +578,8 @@ fn parse_name_addr(s: &str) -> Result<NameAddr, String> {
             return Err("quoted display name not followed by <URI>".into());
         }
         (Some(d), rest)
-    } else if let Some(lt) = s.find('<') {
-        let d = s.get(..lt).unwrap_or("").trim();
+    } else if let Some(lt) = find_byte(s, b'<') {
+        let d = trim(s.get(..lt).unwrap_or(""));
         if !d
             .split(is_lws)
             .filter(|t| !t.is_empty())
@@ -557,20 +587,25 @@ fn parse_name_addr(s: &str) -> Result<NameAddr, String> {
         {
             return Err(format!("display name is neither tokens nor quoted: {d:?}"));
         }
-        let d = d
-            .split(is_lws)
-            .filter(|t| !t.is_empty())
-            .collect::<Vec<_>>()
-            .join(" ");
+        // Words joined by single spaces; nearly always no display name or
+        // one word, which need no joining.
+        let d = if !d.bytes().any(|b| b == b' ' || b == b'\t') {
+            d.to_string()
+        } else {
+            d.split(is_lws)
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         (Some(d), s.get(lt..).unwrap_or(""))
     } else {
         // addr-spec: parameters after the URI belong to the header, and the
         // URI cannot carry ';', '?' or ',' of its own (RFC 3261 20).
-        let (uri, params) = match s.split_once(';') {
+        let (uri, params) = match split_once_byte(s, b';') {
             Some((u, _)) => (u.trim_end(), s.get(u.len()..).unwrap_or("")),
             None => (s, ""),
         };
-        if uri.contains('?') || uri.contains(',') {
+        if find_byte(uri, b'?').is_some() || find_byte(uri, b',').is_some() {
             return Err(format!(
                 "URI with '?' or ',' must be enclosed in <>: {uri:?}"
             ));
@@ -585,9 +620,9 @@ fn parse_name_addr(s: &str) -> Result<NameAddr, String> {
     };
     // after_display starts with '<'
     let inner_and_rest = after_display.get(1..).unwrap_or("");
-    let gt = inner_and_rest.find('>').ok_or("missing '>'")?;
+    let gt = find_byte(inner_and_rest, b'>').ok_or("missing '>'")?;
     // Be liberal about LWS just inside the brackets (RFC 4475 3.1.2.14).
-    let uri = inner_and_rest.get(..gt).unwrap_or("").trim();
+    let uri = trim(inner_and_rest.get(..gt).unwrap_or(""));
     check_absolute_uri(uri)?;
     let rest = inner_and_rest.get(gt + 1..).unwrap_or("");
     let params = parse_header_params(rest)?;
@@ -760,6 +795,31 @@ impl fmt::Display for Contact {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_parameters_read_as_through_the_quote_aware_split() {
+        for s in [
+            "",
+            " ",
+            ";tag=a1",
+            " ; tag = a1 ;lr",
+            ";;",
+            ";tag=",
+            "x;tag=1",
+            ";t@g=1",
+            ";a=b>c",
+            ";received=[2001:db8::1];rport",
+            ";a=é",
+        ] {
+            let t = trim(s);
+            let reference = if t.is_empty() {
+                Ok(Vec::new())
+            } else {
+                header_params_of(t, split_top(t, ';').unwrap().into_iter())
+            };
+            assert_eq!(parse_header_params(s), reference, "{s:?}");
+        }
+    }
 
     #[test]
     fn sip_uri_basic_roundtrip() {

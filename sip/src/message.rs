@@ -4,7 +4,10 @@ use std::sync::OnceLock;
 
 use crate::addr::{Contact, NameAddr, Via};
 use crate::error::ParseError;
-use crate::util::{canonical_name, is_lws, is_token, names_header, parse_u32_digits, split_top};
+use crate::util::{
+    canonical_name, find_byte, is_lws, is_token, names_header, parse_u32_digits, split_once_byte,
+    split_top, trim, trim_end_lws, trim_lws,
+};
 
 /// Byte range into [`SipMessage::head`].
 type Span = std::ops::Range<usize>;
@@ -43,29 +46,56 @@ enum Hot {
     Via,
 }
 
+/// How many [`Hot`] kinds there are (`Via` is the last).
+const HOT_KINDS: usize = Hot::Via as usize + 1;
+
 impl Hot {
-    /// The kind of a header name (long or compact form, any case).
+    /// The kind of a header name (long or compact form, any case). Runs
+    /// for every header line: length and first letter pick the one name
+    /// to compare.
     fn of(name: &str) -> Option<Hot> {
-        let is = |long: &str| name.eq_ignore_ascii_case(long);
-        match name.len() {
-            1 => match name.as_bytes().first()?.to_ascii_lowercase() {
-                b'i' => Some(Hot::CallId),
-                b'f' => Some(Hot::From),
-                b't' => Some(Hot::To),
-                b'c' => Some(Hot::ContentType),
-                b'l' => Some(Hot::ContentLength),
-                b'v' => Some(Hot::Via),
-                _ => None,
-            },
-            2 if is("to") => Some(Hot::To),
-            3 if is("via") => Some(Hot::Via),
-            4 if is("cseq") => Some(Hot::CSeq),
-            4 if is("from") => Some(Hot::From),
-            7 if is("call-id") => Some(Hot::CallId),
-            12 if is("content-type") => Some(Hot::ContentType),
-            14 if is("content-length") => Some(Hot::ContentLength),
-            _ => None,
-        }
+        Hot::of_with(name, <[u8]>::eq_ignore_ascii_case)
+    }
+
+    /// [`Hot::of`] for a name already checked to be a token (every header
+    /// line's), in one branch-free pass: setting bit 0x20 lower-cases a
+    /// letter and leaves '-'; the only other byte it turns into a letter
+    /// or '-' is CR (into '-'), which no token holds.
+    fn of_token(name: &str) -> Option<Hot> {
+        Hot::of_with(name, |name, long| {
+            name.len() == long.len()
+                && name
+                    .iter()
+                    .zip(long)
+                    .fold(0u8, |diff, (a, b)| diff | ((a | 0x20) ^ b))
+                    == 0
+        })
+    }
+
+    fn of_with(name: &str, same: impl Fn(&[u8], &[u8]) -> bool) -> Option<Hot> {
+        let b = name.as_bytes();
+        let (kind, long): (Hot, &[u8]) = match (b.len(), b.first()?.to_ascii_lowercase()) {
+            (1, c) => {
+                return match c {
+                    b'i' => Some(Hot::CallId),
+                    b'f' => Some(Hot::From),
+                    b't' => Some(Hot::To),
+                    b'c' => Some(Hot::ContentType),
+                    b'l' => Some(Hot::ContentLength),
+                    b'v' => Some(Hot::Via),
+                    _ => None,
+                };
+            }
+            (2, b't') => (Hot::To, b"to"),
+            (3, b'v') => (Hot::Via, b"via"),
+            (4, b'c') => (Hot::CSeq, b"cseq"),
+            (4, b'f') => (Hot::From, b"from"),
+            (7, b'c') => (Hot::CallId, b"call-id"),
+            (12, b'c') => (Hot::ContentType, b"content-type"),
+            (14, b'c') => (Hot::ContentLength, b"content-length"),
+            _ => return None,
+        };
+        same(b, long).then_some(kind)
     }
 }
 
@@ -86,17 +116,67 @@ pub struct SipMessage {
     headers: Vec<Header>,
     unfolded: Vec<String>,
     body_start: usize,
+    /// The first CSeq: number, and where the method lies in its value.
+    /// Parsing validates every CSeq anyway, and each consumer asks for it.
+    cseq: Option<(u32, Span)>,
+    /// Index in `headers` of the first header of each [`Hot`] kind.
+    first_hot: [Option<usize>; HOT_KINDS],
     /// From and To parsed on first use: every archive consumer (row,
     /// IM and call correlation) asks for them, and parsing validates the URI.
     from: OnceLock<Option<NameAddr>>,
     to: OnceLock<Option<NameAddr>>,
 }
 
+/// The first line ends of a head, found while looking for its end, so the
+/// header loop need not search for them again.
+struct LineEnds {
+    /// Positions of '\n' from the start of the message, in order: all of
+    /// them up to the last one kept.
+    at: [usize; 32],
+    len: usize,
+    /// Index of the first one not yet passed.
+    next: usize,
+}
+
+impl LineEnds {
+    fn new() -> Self {
+        LineEnds {
+            at: [0; 32],
+            len: 0,
+            next: 0,
+        }
+    }
+
+    fn push(&mut self, nl: usize) {
+        if let Some(slot) = self.at.get_mut(self.len) {
+            *slot = nl;
+            self.len += 1;
+        }
+    }
+
+    /// The first line end at or after `pos`, when it is among those kept.
+    fn from(&mut self, pos: usize) -> Option<usize> {
+        while self.next < self.len {
+            let nl = *self.at.get(self.next)?;
+            if nl >= pos {
+                return Some(nl);
+            }
+            self.next += 1;
+        }
+        None
+    }
+}
+
 /// One line of `text` from `pos`: (range of the content without CR/LF,
-/// position after the line end, whether a line end was found).
-fn next_line(text: &str, pos: usize) -> (Span, usize, bool) {
+/// position after the line end, whether a line end was found). `known`
+/// holds line ends of `text` already found, if any.
+fn next_line(text: &str, pos: usize, known: Option<&mut LineEnds>) -> (Span, usize, bool) {
     let rest = text.as_bytes().get(pos..).unwrap_or(&[]);
-    match memchr::memchr(b'\n', rest) {
+    let found = match known.and_then(|k| k.from(pos)) {
+        Some(nl) => Some(nl - pos),
+        None => memchr::memchr(b'\n', rest),
+    };
+    match found {
         Some(nl) => {
             let end = if nl > 0 && rest.get(nl - 1) == Some(&b'\r') {
                 pos + nl - 1
@@ -113,9 +193,11 @@ fn next_line(text: &str, pos: usize) -> (Span, usize, bool) {
 /// the body, or `None` when the input ends inside a header line. Input that
 /// ends right after a complete header line, without the empty line, has an
 /// empty body.
-fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
+/// The line ends passed on the way are kept in `ends` (relative to `from`).
+fn head_end(bytes: &[u8], from: usize, ends: &mut LineEnds) -> Option<usize> {
     let rest = bytes.get(from..)?;
     for nl in memchr::memchr_iter(b'\n', rest) {
+        ends.push(nl);
         // The line after this line end: empty (CRLF or LF) ends the head.
         let next = from + nl + 1;
         match bytes.get(next..)? {
@@ -131,9 +213,20 @@ fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
 /// Trims linear white space off both ends of a range of `text`.
 fn trim_span(text: &str, span: Span) -> Span {
     let s = text.get(span.clone()).unwrap_or("");
-    let lead = s.len() - s.trim_start_matches(is_lws).len();
-    let trimmed = s.trim_matches(is_lws);
+    let trimmed = trim_lws(s);
+    // `trimmed` is a sub-slice of `s`: its offset.
+    let lead = trimmed.as_ptr() as usize - s.as_ptr() as usize;
     span.start + lead..span.start + lead + trimmed.len()
+}
+
+/// Whether `s` holds a control or white space character; byte-wise for
+/// ASCII, where those are exactly the bytes up to 0x20 and 0x7f.
+fn has_control_or_white_space(s: &str) -> bool {
+    if s.is_ascii() {
+        s.bytes().any(|b| b <= b' ' || b == 0x7f)
+    } else {
+        s.chars().any(|c| c.is_control() || c.is_whitespace())
+    }
 }
 
 fn parse_start_line(text: &str, line: Span) -> Result<StartLine, ParseError> {
@@ -145,12 +238,13 @@ fn parse_start_line(text: &str, line: Span) -> Result<StartLine, ParseError> {
     };
     let looks_like_response = l.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("SIP/"));
     if looks_like_response {
-        let mut it = l.splitn(3, ' ');
-        let version = it.next().unwrap_or("");
-        let code = it
-            .next()
+        // `l.splitn(3, ' ')`, searching bytes.
+        let (version, rest) = split_once_byte(l, b' ')
             .ok_or_else(|| ParseError::BadStartLine("status line without code".into()))?;
-        let reason = it.next().unwrap_or("");
+        // No reason phrase: an empty one at the end of the line (a
+        // sub-slice of `l`, as `at` needs).
+        let (code, reason) =
+            split_once_byte(rest, b' ').unwrap_or((rest, l.get(l.len()..).unwrap_or("")));
         if !version.eq_ignore_ascii_case("SIP/2.0") {
             return Err(ParseError::UnsupportedVersion(version.to_string()));
         }
@@ -171,11 +265,15 @@ fn parse_start_line(text: &str, line: Span) -> Result<StartLine, ParseError> {
     // Trailing white space after the version is tolerated (RFC 4475 3.1.2.10
     // allows a liberal element to ignore it); any other deviation from
     // `Method SP Request-URI SP SIP-Version` is rejected.
-    let t = l.trim_end_matches(is_lws);
-    let mut parts = t.split(' ');
-    let (Some(method), Some(uri), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let t = trim_end_lws(l);
+    // `t.split(' ')` giving exactly three fields, searching bytes.
+    let fields = split_once_byte(t, b' ').and_then(|(method, rest)| {
+        let (uri, version) = split_once_byte(rest, b' ')?;
+        find_byte(version, b' ')
+            .is_none()
+            .then_some((method, uri, version))
+    });
+    let Some((method, uri, version)) = fields else {
         return Err(ParseError::BadStartLine(format!(
             "expected 3 fields separated by single spaces, got {}",
             t.split(' ').count()
@@ -184,7 +282,7 @@ fn parse_start_line(text: &str, line: Span) -> Result<StartLine, ParseError> {
     if !is_token(method) {
         return Err(ParseError::BadStartLine("method is not a token".into()));
     }
-    if uri.is_empty() || uri.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if uri.is_empty() || has_control_or_white_space(uri) {
         return Err(ParseError::BadStartLine(
             "empty or malformed Request-URI".into(),
         ));
@@ -207,7 +305,7 @@ fn parse_start_line(text: &str, line: Span) -> Result<StartLine, ParseError> {
 
 /// Reads a Content-Length value: decimal digits only.
 pub(crate) fn parse_content_length(v: &str) -> Option<usize> {
-    let t = v.trim();
+    let t = trim(v);
     if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -216,10 +314,10 @@ pub(crate) fn parse_content_length(v: &str) -> Option<usize> {
 
 /// Splits a CSeq value into number text and method.
 fn split_cseq(v: &str) -> Option<(&str, &str)> {
-    let v = v.trim();
-    let i = v.find(is_lws)?;
+    let v = trim(v);
+    let i = v.bytes().position(|b| b == b' ' || b == b'\t')?;
     let num = v.get(..i)?;
-    let method = v.get(i..)?.trim();
+    let method = trim(v.get(i..)?);
     if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) || !is_token(method) {
         return None;
     }
@@ -234,14 +332,18 @@ impl SipMessage {
             .iter()
             .position(|&b| b != b'\r' && b != b'\n')
             .ok_or(ParseError::Empty)?;
-        let body_at = head_end(bytes, msg_start).ok_or(ParseError::Truncated)?;
+        let mut ends = LineEnds::new();
+        let body_at = head_end(bytes, msg_start, &mut ends).ok_or(ParseError::Truncated)?;
         let head_bytes = bytes.get(msg_start..body_at).unwrap_or(&[]);
-        let head = match std::str::from_utf8(head_bytes) {
-            Ok(text) => text.to_owned(),
-            Err(_) => String::from_utf8_lossy(head_bytes).into_owned(),
+        let (head, plain_copy) = match std::str::from_utf8(head_bytes) {
+            Ok(text) => (text.to_owned(), true),
+            Err(_) => (String::from_utf8_lossy(head_bytes).into_owned(), false),
         };
+        // The line ends found are positions in `head` only when it is a
+        // plain copy; replacement characters move them.
+        let mut known = plain_copy.then_some(&mut ends);
 
-        let (line, mut pos, terminated) = next_line(&head, 0);
+        let (line, mut pos, terminated) = next_line(&head, 0, known.as_deref_mut());
         if !terminated {
             return Err(ParseError::Truncated);
         }
@@ -249,8 +351,9 @@ impl SipMessage {
 
         let mut headers: Vec<Header> = Vec::with_capacity(16);
         let mut unfolded: Vec<String> = Vec::new();
+        let mut first_hot = [None; HOT_KINDS];
         while pos < head.len() {
-            let (line, next, _) = next_line(&head, pos);
+            let (line, next, _) = next_line(&head, pos, known.as_deref_mut());
             pos = next;
             if line.is_empty() {
                 break;
@@ -260,7 +363,7 @@ impl SipMessage {
                 let last = headers.last_mut().ok_or_else(|| {
                     ParseError::BadHeaderLine("continuation line before the first header".into())
                 })?;
-                let more = text.trim_matches(is_lws);
+                let more = trim_lws(text);
                 if more.is_empty() {
                     continue;
                 }
@@ -280,6 +383,7 @@ impl SipMessage {
                     value.push_str(more);
                 }
             } else {
+                // Names are short: a plain scan beats a memchr call.
                 let colon = text
                     .bytes()
                     .position(|b| b == b':')
@@ -291,7 +395,13 @@ impl SipMessage {
                     ));
                 }
                 let value = trim_span(&head, line.start + colon + 1..line.end);
-                let kind = Hot::of(head.get(name.clone()).unwrap_or(""));
+                let kind = Hot::of_token(head.get(name.clone()).unwrap_or(""));
+                if let Some(kind) = kind
+                    && let Some(first) = first_hot.get_mut(kind as usize)
+                    && first.is_none()
+                {
+                    *first = Some(headers.len());
+                }
                 headers.push(Header {
                     name,
                     value: Value::Head(value),
@@ -307,6 +417,8 @@ impl SipMessage {
             headers,
             unfolded,
             body_start: body_at - msg_start,
+            cseq: None,
+            first_hot,
             from: OnceLock::new(),
             to: OnceLock::new(),
         };
@@ -333,11 +445,20 @@ impl SipMessage {
         };
 
         // CSeq must be readable: a number that fits 32 bits and a method.
+        let mut first_cseq = None;
         for v in msg.header_iter("cseq") {
-            let (num, _) = split_cseq(v).ok_or_else(|| ParseError::InvalidCSeq(v.to_string()))?;
-            num.parse::<u32>()
+            let (num, method) =
+                split_cseq(v).ok_or_else(|| ParseError::InvalidCSeq(v.to_string()))?;
+            let num = num
+                .parse::<u32>()
                 .map_err(|_| ParseError::InvalidCSeq(v.to_string()))?;
+            if first_cseq.is_none() {
+                // `method` is a sub-slice of `v`: its offset.
+                let at = method.as_ptr() as usize - v.as_ptr() as usize;
+                first_cseq = Some((num, at..at + method.len()));
+            }
         }
+        msg.cseq = first_cseq;
 
         msg.raw = bytes
             .get(msg_start..end)
@@ -359,7 +480,7 @@ impl SipMessage {
 
     /// Values of every header line that `canonical` (a lower-case long
     /// name) denotes.
-    fn header_iter<'s>(&'s self, canonical: &str) -> impl Iterator<Item = &'s str> {
+    fn header_iter<'s>(&'s self, canonical: &str) -> impl DoubleEndedIterator<Item = &'s str> {
         let kind = Hot::of(canonical);
         self.headers
             .iter()
@@ -420,8 +541,18 @@ impl SipMessage {
         }
     }
 
+    /// First value of a header of `kind`.
+    fn hot(&self, kind: Hot) -> Option<&str> {
+        let at = (*self.first_hot.get(kind as usize)?)?;
+        self.headers.get(at).map(|h| self.value(h))
+    }
+
     /// First value of the header, by long or compact name, case-insensitive.
     pub fn header(&self, name: &str) -> Option<&str> {
+        // The headers asked for on every message need no canonical name.
+        if let Some(kind) = Hot::of(name) {
+            return self.hot(kind);
+        }
         let want = canonical_name(name);
         self.header_iter(&want).next()
     }
@@ -456,23 +587,23 @@ impl SipMessage {
     }
 
     pub fn call_id(&self) -> Option<&str> {
-        self.header("call-id")
+        self.hot(Hot::CallId)
     }
 
     pub fn cseq(&self) -> Option<(u32, &str)> {
-        let (num, method) = split_cseq(self.header("cseq")?)?;
-        Some((num.parse().ok()?, method))
+        let (num, method) = self.cseq.as_ref()?;
+        Some((*num, self.hot(Hot::CSeq)?.get(method.clone())?))
     }
 
     pub fn from(&self) -> Option<&NameAddr> {
         self.from
-            .get_or_init(|| NameAddr::parse(self.header("from")?).ok())
+            .get_or_init(|| NameAddr::parse(self.hot(Hot::From)?).ok())
             .as_ref()
     }
 
     pub fn to(&self) -> Option<&NameAddr> {
         self.to
-            .get_or_init(|| NameAddr::parse(self.header("to")?).ok())
+            .get_or_init(|| NameAddr::parse(self.hot(Hot::To)?).ok())
             .as_ref()
     }
 
@@ -486,6 +617,25 @@ impl SipMessage {
             }
         }
         out
+    }
+
+    /// The first of [`SipMessage::vias`], without parsing the others.
+    pub fn top_via(&self) -> Option<Via> {
+        self.header_iter("via").find_map(|v| {
+            split_top(v, ',')?
+                .into_iter()
+                .find_map(|p| Via::parse(p).ok())
+        })
+    }
+
+    /// The last of [`SipMessage::vias`], without parsing the others.
+    pub fn bottom_via(&self) -> Option<Via> {
+        self.header_iter("via").rev().find_map(|v| {
+            split_top(v, ',')?
+                .into_iter()
+                .rev()
+                .find_map(|p| Via::parse(p).ok())
+        })
     }
 
     /// All Contact values across lines. Values that do not parse are left out.
@@ -537,7 +687,7 @@ impl SipMessage {
     }
 
     pub fn content_type(&self) -> Option<&str> {
-        self.header("content-type")
+        self.hot(Hot::ContentType)
     }
 
     pub fn body(&self) -> &[u8] {
@@ -583,6 +733,8 @@ helloEXTRA";
         assert_eq!(vias[0].rport(), Some(None));
         assert_eq!(vias[1].transport, "TCP");
         assert_eq!(vias[2].branch(), Some("z9hG4bK3"));
+        assert_eq!(m.top_via().as_ref(), vias.first());
+        assert_eq!(m.bottom_via().as_ref(), vias.last());
         assert_eq!(m.header_all("via").len(), 2);
         let c = m.contacts();
         assert_eq!(c.len(), 2);
@@ -610,6 +762,8 @@ helloEXTRA";
         assert_eq!(m.body(), b"");
         assert!(m.raw().starts_with(b"SIP/2.0 180"));
         let m = SipMessage::parse(b"SIP/2.0 100 \r\nCSeq: 1 INVITE\r\n\r\n").unwrap();
+        assert_eq!(m.reason(), Some(""));
+        let m = SipMessage::parse(b"SIP/2.0 100\r\nCSeq: 1 INVITE\r\n\r\n").unwrap();
         assert_eq!(m.reason(), Some(""));
     }
 
@@ -709,6 +863,93 @@ helloEXTRA";
             SipMessage::parse(b"OPTIONS sip:a@b SIP/2.0\r\nl: 3\r\n").unwrap_err(),
             ParseError::Truncated
         );
+    }
+
+    #[test]
+    fn heads_longer_than_the_kept_line_ends_read_whole() {
+        let mut text = String::from("OPTIONS sip:a@b SIP/2.0\r\n");
+        for i in 0..40 {
+            text.push_str(&format!("X-{i}: v{i}\r\n"));
+            if i % 7 == 0 {
+                text.push_str(" more\n");
+            }
+        }
+        text.push_str("CSeq: 1 OPTIONS\r\n\r\nbody");
+        let m = SipMessage::parse(text.as_bytes()).unwrap();
+        assert_eq!(m.headers().len(), 41);
+        assert_eq!(m.header("x-0"), Some("v0 more"));
+        assert_eq!(m.header("x-39"), Some("v39"));
+        assert_eq!(m.cseq(), Some((1, "OPTIONS")));
+        assert_eq!(m.body(), b"body");
+    }
+
+    #[test]
+    fn end_vias_skip_what_does_not_parse_as_vias_does() {
+        let m = SipMessage::parse(
+            b"OPTIONS sip:a@b SIP/2.0\r\nVia: \"open\r\nv: junk, SIP/2.0/UDP a;branch=1\r\nVia: SIP/2.0/UDP b;branch=2, junk\r\nVia: x\"\r\nCSeq: 1 OPTIONS\r\n\r\n",
+        )
+        .unwrap();
+        let vias = m.vias();
+        assert_eq!(vias.len(), 2);
+        assert_eq!(m.top_via().as_ref(), vias.first());
+        assert_eq!(m.bottom_via().as_ref(), vias.last());
+        let none =
+            SipMessage::parse(b"OPTIONS sip:a@b SIP/2.0\r\nCSeq: 1 OPTIONS\r\n\r\n").unwrap();
+        assert_eq!(none.top_via(), None);
+        assert_eq!(none.bottom_via(), None);
+    }
+
+    #[test]
+    fn token_names_classify_as_by_the_general_rule() {
+        for name in [
+            "Via",
+            "VIA",
+            "v",
+            "V",
+            "Call-ID",
+            "call-id",
+            "CALL_ID",
+            "CSeq",
+            "cseq",
+            "Cseq1",
+            "Content-Length",
+            "content-lengtH",
+            "Content_Length",
+            "Contact",
+            "To",
+            "tO",
+            "T",
+            "From",
+            "Fro",
+            "x",
+            "Content-Type",
+            "Call-IE",
+            "c",
+            "l",
+            "i",
+            "f",
+            "Vi",
+            "Via-",
+        ] {
+            assert!(is_token(name));
+            assert_eq!(Hot::of_token(name), Hot::of(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn hot_headers_are_found_by_any_name_form() {
+        let m = SipMessage::parse(
+            b"MESSAGE sip:a@b SIP/2.0\r\nCSEQ:  7\r\n  MESSAGE \r\nCSeq: 8 MESSAGE\r\nI: x\r\nCall-Info: <http://a>\r\nl: 0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(m.cseq(), Some((7, "MESSAGE")), "first CSeq, folded");
+        for name in ["call-id", "CALL-ID", "i", "I"] {
+            assert_eq!(m.header(name), Some("x"), "{name}");
+        }
+        assert_eq!(m.header("call-info"), Some("<http://a>"));
+        assert_eq!(m.header("content-length"), Some("0"));
+        assert_eq!(m.header("to"), None);
+        assert_eq!(m.header(""), None);
     }
 
     #[test]

@@ -18,7 +18,10 @@
 //! Only a body that is not SDP at all (empty, or not starting with `v=`) is
 //! an error. Nothing here panics on any input (proptest-fuzzed).
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
+
+use crate::util::{split_byte, split_once_byte, trim};
 
 /// Why a body could not be read as SDP.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,7 +124,14 @@ impl Format {
     /// rate, or the payload type number when the format has no name.
     pub fn label(&self) -> String {
         match (&self.name, self.clock_rate) {
-            (Some(name), Some(rate)) => format!("{name}/{rate}"),
+            (Some(name), Some(rate)) => {
+                // Sized up front: `format!` guesses small and grows.
+                let mut label = String::with_capacity(name.len() + 11);
+                label.push_str(name);
+                label.push('/');
+                let _ = write!(label, "{rate}");
+                label
+            }
             (Some(name), None) => name.clone(),
             (None, _) => self.payload_type.to_string(),
         }
@@ -154,10 +164,14 @@ impl MediaDescription {
 
 /// Reads an SDP body. See the module docs for what is tolerated.
 pub fn parse(body: &[u8]) -> Result<SessionDescription, SdpError> {
-    let text = String::from_utf8_lossy(body);
-    let mut lines = text
-        .split('\n')
-        .map(|l| l.trim_end_matches(['\r', ' ', '\t']))
+    // `from_utf8_lossy` walks valid text chunk by chunk; plain validation
+    // is faster, and SDP is nearly always valid.
+    let text = match std::str::from_utf8(body) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(body),
+    };
+    let mut lines = split_byte(&text, b'\n')
+        .map(trim_end_cr_lws)
         .filter(|l| !l.is_empty());
 
     let first = lines.next().ok_or(SdpError::Empty)?;
@@ -166,7 +180,7 @@ pub fn parse(body: &[u8]) -> Result<SessionDescription, SdpError> {
             first.chars().take(ERROR_EXCERPT_CHARS).collect(),
         ));
     };
-    if version.trim() != "0" {
+    if trim(version) != "0" {
         return Err(SdpError::UnsupportedVersion(
             version.chars().take(ERROR_EXCERPT_CHARS).collect(),
         ));
@@ -191,7 +205,7 @@ pub fn parse(body: &[u8]) -> Result<SessionDescription, SdpError> {
                 in_media = true;
                 current = parse_media_line(value);
             }
-            'o' if !in_media => session.origin = Some(value.trim().to_string()),
+            'o' if !in_media => session.origin = Some(trim(value).to_string()),
             'c' => {
                 let address = parse_connection(value);
                 match (&mut current, in_media) {
@@ -202,11 +216,11 @@ pub fn parse(body: &[u8]) -> Result<SessionDescription, SdpError> {
                 }
             }
             'a' => {
-                let (name, attr_value) = match value.split_once(':') {
+                let (name, attr_value) = match split_once_byte(value, b':') {
                     Some((n, v)) => (n, Some(v)),
                     None => (value, None),
                 };
-                let name = name.trim();
+                let name = trim(name);
                 if let Some(direction) = DIRECTIONS.iter().find(|d| d.eq_ignore_ascii_case(name)) {
                     let direction = Some((*direction).to_string());
                     match (&mut current, in_media) {
@@ -246,18 +260,18 @@ struct MediaSection {
 impl MediaSection {
     fn add_rtpmap(&mut self, value: &str) {
         // `<payload type> <encoding name>/<clock rate>[/<encoding parameters>]`
-        let Some((pt, encoding)) = value.trim().split_once(char::is_whitespace) else {
+        let Some((pt, encoding)) = trim(value).split_once(char::is_whitespace) else {
             return;
         };
         let Ok(pt) = pt.parse::<u8>() else {
             return;
         };
-        let mut parts = encoding.trim().split('/');
-        let name = parts.next().unwrap_or("").trim();
+        let mut parts = split_byte(trim(encoding), b'/');
+        let name = trim(parts.next().unwrap_or(""));
         if name.is_empty() {
             return;
         }
-        let clock_rate = parts.next().and_then(|r| r.trim().parse::<u32>().ok());
+        let clock_rate = parts.next().and_then(|r| trim(r).parse::<u32>().ok());
         // The first mapping of a payload type wins.
         if !self.rtpmaps.iter().any(|(p, _, _)| *p == pt) {
             self.rtpmaps
@@ -291,6 +305,15 @@ fn canonical_encoding_name(name: &str) -> String {
         .to_string()
 }
 
+/// `line.trim_end_matches(['\r', ' ', '\t'])`, byte-wise.
+fn trim_end_cr_lws(line: &str) -> &str {
+    let end = line
+        .bytes()
+        .rposition(|b| !matches!(b, b'\r' | b' ' | b'\t'))
+        .map_or(0, |i| i + 1);
+    line.get(..end).unwrap_or("")
+}
+
 /// `x=value` with a single-letter type; anything else is not an SDP line.
 fn split_line(line: &str) -> Option<(char, &str)> {
     let mut chars = line.chars();
@@ -308,7 +331,7 @@ fn parse_media_line(value: &str) -> Option<MediaSection> {
     let kind = fields.next()?;
     let port_field = fields.next()?;
     let protocol = fields.next()?;
-    let port = port_field.split('/').next()?.parse::<u16>().ok()?;
+    let port = split_byte(port_field, b'/').next()?.parse::<u16>().ok()?;
     let formats = fields
         .filter_map(|f| f.parse::<u8>().ok())
         .map(Format::from_static_table)
@@ -336,7 +359,7 @@ fn parse_connection(value: &str) -> Option<IpAddr> {
     if !network.eq_ignore_ascii_case("IN") {
         return None;
     }
-    address.split('/').next()?.parse().ok()
+    split_byte(address, b'/').next()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -400,6 +423,19 @@ a=recvonly\r\n";
         );
         assert_eq!(video.formats[0].label(), "H261/90000");
         assert_eq!(video.formats[1].label(), "H264/90000");
+    }
+
+    #[test]
+    fn byte_wise_line_splitting_matches_str_split() {
+        for s in ["", "\n", "a\nb", "a\n\nb\n", "é\r\n x \t\r\n"] {
+            assert_eq!(
+                split_byte(s, b'\n').collect::<Vec<_>>(),
+                s.split('\n').collect::<Vec<_>>()
+            );
+            for l in s.split('\n') {
+                assert_eq!(trim_end_cr_lws(l), l.trim_end_matches(['\r', ' ', '\t']));
+            }
+        }
     }
 
     #[test]
