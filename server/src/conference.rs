@@ -15,6 +15,10 @@
 //!   domain who knows the focus URI may join by SUBSCRIBE; a MESSAGE from
 //!   someone neither invited nor in the conference is refused 403.
 //!   `Refer-To: <sip:carol@DOMAIN;method=BYE>` removes carol.
+//! - A subscriber gets the participants (RFC 4575 `conference-info`, full
+//!   state, its `version` counting up) in a NOTIFY when it subscribes,
+//!   whenever someone else joins or leaves, and a final one when it
+//!   unsubscribes.
 //! - A MESSAGE from a participant is answered 200 and copied, from the
 //!   focus with the author as display name, to every binding of every
 //!   other participant: deliveries of [`crate::fanout`], sharing the
@@ -482,6 +486,32 @@ impl Core {
         participant.status = Status::Joined;
         let by = self.user_uri(user);
         self.conference_event(id, Some(user), ConferenceEventKind::Joined, &by, call_id);
+        self.notify_watchers(now, id, user);
+    }
+
+    /// The conference's state, in a NOTIFY to every participant subscribed
+    /// to it except `user` (whose own change it is): RFC 4575 subscribers
+    /// learn of each join and leave.
+    fn notify_watchers(&mut self, now: Instant, id: &str, user: &str) {
+        let Some(conference) = self.conferences.by_id.get(id) else {
+            return;
+        };
+        let watchers: Vec<(String, u64)> = conference
+            .participants
+            .iter()
+            .filter(|(u, _)| u.as_str() != user)
+            .filter_map(|(u, p)| {
+                let left = p
+                    .subscription
+                    .as_ref()?
+                    .expires_at
+                    .checked_duration_since(now)?;
+                Some((u.clone(), left.as_secs()))
+            })
+            .collect();
+        for (watcher, left) in watchers {
+            self.subscription_notify(now, id, &watcher, &format!("active;expires={left}"));
+        }
     }
 
     /// Takes `user` out; the conference ends when no one joined is left.
@@ -507,6 +537,8 @@ impl Core {
         self.conference_event(id, Some(user), ConferenceEventKind::Left, by, call_id);
         if empty {
             self.end_conference(id, by, call_id);
+        } else {
+            self.notify_watchers(now, id, user);
         }
     }
 

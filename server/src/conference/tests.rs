@@ -307,8 +307,39 @@ fn three_join_by_refer_and_by_writing_and_every_message_reaches_every_other_part
 
     // bob leaves with /leave, carol by unsubscribing, then alice with BYE:
     // the conference ends with its last participant.
-    let (code, _) = message(&mut sim, "bob", bob_addr(), &focus, "/leave");
+    let (code, out) = message(&mut sim, "bob", bob_addr(), &focus, "/leave");
     assert_eq!(code, 200);
+    // carol, subscribed, learns of it: the participants without bob.
+    assert_eq!(
+        out.iter().map(|t| t.dst).collect::<Vec<_>>(),
+        [carol_addr()],
+        "only the subscriber hears of a leave"
+    );
+    let notify = parse(&out[0].bytes, "conference notify on a leave");
+    assert_eq!(notify.header("Event"), Some("conference"));
+    assert!(
+        notify
+            .header("Subscription-State")
+            .unwrap()
+            .starts_with("active;expires="),
+        "{:?}",
+        notify.header("Subscription-State")
+    );
+    let info = String::from_utf8_lossy(notify.body()).into_owned();
+    assert!(
+        info.contains(&format!("entity=\"{}\"", uri("alice"))),
+        "{info}"
+    );
+    assert!(
+        info.contains(&format!("entity=\"{}\"", uri("carol"))),
+        "{info}"
+    );
+    assert!(!info.contains(&uri("bob")), "bob has left: {info}");
+    assert!(
+        info.contains("version=\"2\""),
+        "the subscription's second state: {info}"
+    );
+    answer_all(&mut sim, &out);
     let (code, out) = message(&mut sim, "alice", alice_addr(), &focus, "bob left");
     assert_eq!(
         (code, out.iter().map(|t| t.dst).collect::<Vec<_>>()),
@@ -584,5 +615,48 @@ fn an_unanswered_copy_is_retransmitted_then_given_up_and_counted() {
             row.time_ns
         ),
         ("conference", focus.as_str(), "joined", 7)
+    );
+}
+
+#[test]
+fn a_subscribed_participant_is_notified_when_another_joins() {
+    let mut sim = sim();
+    let focus = create(&mut sim);
+    let req = request(
+        &mut sim,
+        "SUBSCRIBE",
+        "alice",
+        alice_addr(),
+        &focus,
+        &[("Event", "conference"), ("Expires", "600")],
+        "",
+    );
+    let (resp, out) = send(&mut sim, alice_addr(), &req);
+    assert_eq!(resp.status(), Some(200));
+    answer_all(&mut sim, &out);
+    let (code, out) = refer(&mut sim, "alice", alice_addr(), &focus, &uri("bob"));
+    assert_eq!(code, 202);
+    answer_all(&mut sim, &out);
+    // bob joins by writing to the focus: alice's copy of his message and
+    // a NOTIFY with bob connected.
+    let (code, out) = message(&mut sim, "bob", bob_addr(), &focus, "hello all");
+    assert_eq!(code, 200);
+    let notifies: Vec<SipMessage> = out
+        .iter()
+        .map(|t| parse(&t.bytes, "to alice"))
+        .filter(|m| m.method() == Some("NOTIFY") && m.header("Event") == Some("conference"))
+        .collect();
+    assert_eq!(notifies.len(), 1, "one NOTIFY to alice");
+    let info = String::from_utf8_lossy(notifies[0].body()).into_owned();
+    assert!(
+        info.contains(&format!(
+            "<user entity=\"{}\"><endpoint><status>connected</status>",
+            uri("bob")
+        )),
+        "{info}"
+    );
+    assert!(
+        out.iter().all(|t| t.dst == alice_addr()),
+        "bob gets no NOTIFY of his own join"
     );
 }
