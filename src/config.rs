@@ -105,7 +105,8 @@ pub struct Federation {
     pub tls_peers: Vec<(SocketAddr, TlsClient)>,
 }
 
-/// Flood control of chat room posts: a token bucket per member and room.
+/// Flood control of chat room posts: a token bucket per member and room
+/// (and, at the same limits, per participant and conference).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoomsConfig {

@@ -280,7 +280,7 @@ async fn room_posts_fan_out_refusals_rate_limit_history_and_search() {
     }
     assert!(codes.contains(&503), "bob is rate limited: {codes:?}");
     assert!(
-        server.wait_for_log("room post refused", std::time::Duration::from_secs(10)),
+        server.wait_for_log("post refused", std::time::Duration::from_secs(10)),
         "the refusal is logged"
     );
     let body = "budget approved";

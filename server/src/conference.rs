@@ -24,6 +24,8 @@
 //!   other participant: deliveries of [`crate::fanout`], sharing the
 //!   Call-ID `conf-ID@DOMAIN` (the focus URI without its scheme) with a
 //!   CSeq each, so the archive holds them as one multiparty conversation.
+//!   A participant posting faster than the `[rooms]` rate a room member
+//!   may ([`RoomConfig`]) gets 503 with `Retry-After`, as in a room.
 //! - A participant leaves with BYE to the focus, an unsubscribe
 //!   (`Expires: 0`), the body `/leave`, or when a subscription expires.
 //!   The conference ends when its last participant leaves, or after
@@ -43,6 +45,7 @@ use sipvault_sip::{MessageBuilder, NameAddr, SipMessage, SipUri};
 
 use crate::core::{Core, Event, Transmit, request_uri_user};
 use crate::fanout::{Copy, CopyIds, Origin};
+use crate::rooms::{PostRate, RoomConfig};
 
 /// Start of the user part of every focus URI.
 pub const FOCUS_USER_PREFIX: &str = "conf-";
@@ -138,6 +141,9 @@ pub struct ConferenceStats {
     /// Requests refused 403 (not a user of the domain, not a participant,
     /// conference full).
     pub refused: u64,
+    /// Posts refused 503: the participant posted faster than `[rooms]`
+    /// allows a member.
+    pub rate_limited: u64,
     /// Copies and NOTIFYs without a final response within 64·T1, refused,
     /// or whose flow failed.
     pub delivery_failures: u64,
@@ -197,19 +203,22 @@ impl Conference {
 }
 
 /// The conferences' state in the core.
-#[derive(Default)]
 pub(crate) struct Conferences {
     config: ConferenceConfig,
     /// By id (`conf-<token>`, the focus URI's user part).
     by_id: HashMap<String, Conference>,
+    /// Post rate per (conference, participant), at the `[rooms]` limits.
+    rate: PostRate,
     pub(crate) stats: ConferenceStats,
 }
 
 impl Conferences {
-    pub(crate) fn new(config: ConferenceConfig) -> Conferences {
+    pub(crate) fn new(config: ConferenceConfig, rooms: &RoomConfig) -> Conferences {
         Conferences {
             config,
-            ..Conferences::default()
+            by_id: HashMap::new(),
+            rate: PostRate::new(rooms),
+            stats: ConferenceStats::default(),
         }
     }
 
@@ -529,6 +538,7 @@ impl Core {
         if conference.participants.remove(user).is_none() {
             return;
         }
+        self.conferences.rate.retain(|c, u| (c, u) != (id, user));
         conference.last_activity = now;
         let empty = !conference
             .participants
@@ -543,6 +553,7 @@ impl Core {
     }
 
     fn end_conference(&mut self, id: &str, by: &str, call_id: Option<&str>) {
+        self.conferences.rate.retain(|c, _| c != id);
         if self.conferences.by_id.remove(id).is_some() {
             self.conferences.stats.ended += 1;
             self.conference_event(id, None, ConferenceEventKind::Ended, by, call_id);
@@ -578,6 +589,11 @@ impl Core {
             return;
         }
         if self.hops_left(peer, key, req).is_none() {
+            return;
+        }
+        if let Err(wait) = self.conferences.rate.take(now, id, &user) {
+            self.conferences.stats.rate_limited += 1;
+            self.refuse_over_rate(peer, key, req, &format!("conference {id}"), &user, wait);
             return;
         }
         // An invited user who writes to the focus joins.

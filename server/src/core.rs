@@ -223,7 +223,7 @@ impl Core {
         Core {
             presence,
             rooms: Rooms::new(config.rooms.clone(), &config.domain, config.max_body_bytes),
-            conferences: Conferences::new(config.conferences.clone()),
+            conferences: Conferences::new(config.conferences.clone(), &config.rooms),
             deliveries: Deliveries::default(),
             config,
             users: HashMap::new(),

@@ -162,6 +162,51 @@ struct Bucket {
     at: Instant,
 }
 
+/// Post rate limits: a token bucket per (place, user), refilled at
+/// `posts_per_second` up to `burst`. Rooms and conferences keep one each.
+pub(crate) struct PostRate {
+    posts_per_second: f64,
+    burst: f64,
+    buckets: HashMap<(String, String), Bucket>,
+}
+
+impl PostRate {
+    pub(crate) fn new(config: &RoomConfig) -> PostRate {
+        PostRate {
+            posts_per_second: f64::from(config.posts_per_second.get()),
+            burst: f64::from(config.burst.get()),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Takes a token of `user`'s bucket in `place`; when there is none,
+    /// how long until there is one.
+    pub(crate) fn take(&mut self, now: Instant, place: &str, user: &str) -> Result<(), Duration> {
+        let (rate, burst) = (self.posts_per_second, self.burst);
+        let bucket = self
+            .buckets
+            .entry((place.to_string(), user.to_string()))
+            .or_insert(Bucket {
+                tokens: burst,
+                at: now,
+            });
+        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+        }
+    }
+
+    /// Keeps the buckets of the (place, user) pairs `keep` accepts.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
+        self.buckets.retain(|(place, user), _| keep(place, user));
+    }
+}
+
 /// What a `/history` command asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HistoryQuery {
@@ -303,7 +348,7 @@ fn history_text(posts: &[&RoomPost], max_bytes: usize) -> String {
 pub(crate) struct Rooms {
     config: RoomConfig,
     directory: RoomDirectory,
-    buckets: HashMap<(String, String), Bucket>,
+    rate: PostRate,
     /// The newest posts of each room, oldest first.
     history: HashMap<String, VecDeque<RoomPost>>,
     /// Subscriptions to rooms (`chat-room` event), each watching a room name.
@@ -323,9 +368,9 @@ impl Rooms {
             max_body,
         };
         Rooms {
+            rate: PostRate::new(&config),
             config,
             directory: RoomDirectory::new(),
-            buckets: HashMap::new(),
             history: HashMap::new(),
             subscribers: Notifier::new(CHAT_ROOM_EVENT, format!("<sip:rooms@{domain}>"))
                 .with_partial(partial),
@@ -353,29 +398,6 @@ impl Rooms {
             ns.saturating_add(ahead(now - at))
         } else {
             ns.saturating_sub(ahead(at - now))
-        }
-    }
-
-    /// Takes a token of `room`'s bucket for `user`; when there is none,
-    /// how long until there is one.
-    fn take_token(&mut self, now: Instant, room: &str, user: &str) -> Result<(), Duration> {
-        let rate = f64::from(self.config.posts_per_second.get());
-        let burst = f64::from(self.config.burst.get());
-        let bucket = self
-            .buckets
-            .entry((room.to_string(), user.to_string()))
-            .or_insert(Bucket {
-                tokens: burst,
-                at: now,
-            });
-        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
         }
     }
 
@@ -464,7 +486,7 @@ impl Core {
             }
         }
         let directory = &self.rooms.directory;
-        self.rooms.buckets.retain(|(room, user), _| {
+        self.rooms.rate.retain(|room, user| {
             directory
                 .get(room)
                 .is_some_and(|r| r.members.contains_key(user))
@@ -563,18 +585,33 @@ impl Core {
         room: &str,
         user: &str,
     ) -> bool {
-        let Err(wait) = self.rooms.take_token(now, room, user) else {
+        let Err(wait) = self.rooms.rate.take(now, room, user) else {
             return true;
         };
         self.rooms.stats.rate_limited += 1;
+        self.refuse_over_rate(peer, key, req, &format!("room {room}"), user, wait);
+        false
+    }
+
+    /// 503 with `Retry-After` for a post by `user` to `place` (`room NAME`,
+    /// `conference ID`) over the `[rooms]` post rate, with a log line.
+    pub(crate) fn refuse_over_rate(
+        &mut self,
+        peer: SocketAddr,
+        key: &str,
+        req: &SipMessage,
+        place: &str,
+        user: &str,
+        wait: Duration,
+    ) {
         let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
         tracing::warn!(
-            room = %room,
+            place = %place,
             user = %user,
             retry_after,
-            "room post refused: member is posting faster than [rooms] allows"
+            "post refused: member is posting faster than [rooms] allows"
         );
-        self.reject_event(peer, 503, &format!("room {room} post rate exceeded"));
+        self.reject_event(peer, 503, &format!("{place} post rate exceeded"));
         self.respond(
             key,
             req,
@@ -582,7 +619,6 @@ impl Core {
             "Service Unavailable",
             &[("Retry-After".into(), retry_after.to_string())],
         );
-        false
     }
 
     /// A MESSAGE to a room, in server transaction `key`: a post, or a

@@ -399,6 +399,7 @@ fn three_join_by_refer_and_by_writing_and_every_message_reaches_every_other_part
             posts: 6,
             deliveries: 8,
             refused: 1,
+            rate_limited: 0,
             delivery_failures: 0,
         }
     );
@@ -659,4 +660,39 @@ fn a_subscribed_participant_is_notified_when_another_joins() {
         out.iter().all(|t| t.dst == alice_addr()),
         "bob gets no NOTIFY of his own join"
     );
+}
+
+#[test]
+fn a_participant_posting_too_fast_gets_503_and_the_others_are_unaffected() {
+    let mut sim = sim_with(CoreConfig {
+        rooms: crate::rooms::RoomConfig {
+            posts_per_second: std::num::NonZeroU32::new(1).unwrap(),
+            burst: std::num::NonZeroU32::new(3).unwrap(),
+            ..Default::default()
+        },
+        ..config()
+    });
+    let focus = create(&mut sim);
+    let (code, out) = refer(&mut sim, "alice", alice_addr(), &focus, &uri("bob"));
+    assert_eq!(code, 202);
+    answer_all(&mut sim, &out);
+    let mut codes = Vec::new();
+    for n in 0..5 {
+        let (code, out) = message(&mut sim, "bob", bob_addr(), &focus, &format!("flood {n}"));
+        answer_all(&mut sim, &out);
+        codes.push(code);
+    }
+    assert_eq!(
+        codes,
+        [200, 200, 200, 503, 503],
+        "a burst of 3, then one a second"
+    );
+    let (code, out) = message(&mut sim, "alice", alice_addr(), &focus, "calm down");
+    assert_eq!(code, 200, "alice has her own bucket");
+    answer_all(&mut sim, &out);
+    sim.now += std::time::Duration::from_millis(1_100);
+    let (code, out) = message(&mut sim, "bob", bob_addr(), &focus, "sorry");
+    assert_eq!(code, 200, "a token back after a second");
+    answer_all(&mut sim, &out);
+    assert_eq!(sim.core.conference_stats().rate_limited, 2);
 }
