@@ -34,14 +34,9 @@ use crate::config::Config;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options, read at its start (`_RJEM_MALLOC_CONF` in the
-/// environment still overrides them). Sealed segments free tens of MiB at
-/// a time; by default jemalloc keeps such pages for 10 s, which put the
-/// archive's peak RSS ~40 MiB higher. A background thread returns them
-/// after 1 s, off the ingest threads (`archive_load`: 225-234 MiB instead
-/// of 254-273 MiB, CPU per message within 2 %; BENCHMARKS.md).
+/// jemalloc reads its options from this symbol at start.
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static JEMALLOC_CONF: &u8 = &b"background_thread:true,dirty_decay_ms:1000\0"[0];
+pub static JEMALLOC_CONF: &u8 = &sipvault_collector::JEMALLOC_OPTIONS[0];
 
 #[derive(Parser)]
 #[command(

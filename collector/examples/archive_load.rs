@@ -28,10 +28,10 @@ use tokio::sync::mpsc;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// The allocator options of the `sipvault` binary (see `src/main.rs`), so
-/// the figures are those of `serve`.
+/// The allocator options of the `sipvault` binary, so the figures are
+/// those of `serve`.
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static JEMALLOC_CONF: &u8 = &b"background_thread:true,dirty_decay_ms:1000\0"[0];
+pub static JEMALLOC_CONF: &u8 = &sipvault_collector::JEMALLOC_OPTIONS[0];
 
 /// 2026-01-01T00:00:00Z; messages are 10 µs apart.
 const BASE_NS: i64 = 1_767_225_600_000_000_000;

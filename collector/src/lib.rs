@@ -24,6 +24,16 @@ pub mod presence;
 pub mod room_events;
 pub mod synthetic;
 pub mod verify;
+
+/// jemalloc options for a binary that archives (`sipvault`, and the
+/// benchmarks that stand for it), exported by each as `_rjem_malloc_conf`;
+/// `_RJEM_MALLOC_CONF` in the environment still overrides them. Sealed
+/// segments free tens of MiB at a time, and by default jemalloc keeps such
+/// pages for 10 s, which put the archive's peak RSS ~40 MiB higher; a
+/// background thread returns them after 1 s, off the ingest threads
+/// (`archive_load`: 225-234 MiB instead of 254-273 MiB, CPU per message
+/// within 2 %; BENCHMARKS.md).
+pub const JEMALLOC_OPTIONS: &[u8] = b"background_thread:true,dirty_decay_ms:1000\0";
 pub mod wal;
 pub mod writer;
 
