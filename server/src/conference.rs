@@ -538,7 +538,7 @@ impl Core {
         if conference.participants.remove(user).is_none() {
             return;
         }
-        self.conferences.rate.retain(|c, u| (c, u) != (id, user));
+        self.conferences.rate.forget(id, user);
         conference.last_activity = now;
         let empty = !conference
             .participants
@@ -553,8 +553,10 @@ impl Core {
     }
 
     fn end_conference(&mut self, id: &str, by: &str, call_id: Option<&str>) {
-        self.conferences.rate.retain(|c, _| c != id);
-        if self.conferences.by_id.remove(id).is_some() {
+        if let Some(conference) = self.conferences.by_id.remove(id) {
+            for user in conference.participants.keys() {
+                self.conferences.rate.forget(id, user);
+            }
             self.conferences.stats.ended += 1;
             self.conference_event(id, None, ConferenceEventKind::Ended, by, call_id);
         }

@@ -205,6 +205,16 @@ impl PostRate {
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
         self.buckets.retain(|(place, user), _| keep(place, user));
     }
+
+    /// Drops `user`'s bucket in `place`.
+    pub(crate) fn forget(&mut self, place: &str, user: &str) {
+        self.buckets.remove(&(place.to_string(), user.to_string()));
+    }
+
+    /// Buckets held.
+    pub(crate) fn len(&self) -> usize {
+        self.buckets.len()
+    }
 }
 
 /// What a `/history` command asks for.

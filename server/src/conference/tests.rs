@@ -695,4 +695,25 @@ fn a_participant_posting_too_fast_gets_503_and_the_others_are_unaffected() {
     assert_eq!(code, 200, "a token back after a second");
     answer_all(&mut sim, &out);
     assert_eq!(sim.core.conference_stats().rate_limited, 2);
+    assert_eq!(
+        sim.core.conferences.rate.len(),
+        2,
+        "alice's and bob's buckets"
+    );
+    let (code, _) = message(&mut sim, "bob", bob_addr(), &focus, "/leave");
+    assert_eq!(code, 200);
+    assert_eq!(
+        sim.core.conferences.rate.len(),
+        1,
+        "bob's bucket goes with him"
+    );
+    let req = request(&mut sim, "BYE", "alice", alice_addr(), &focus, &[], "");
+    let (resp, _) = send(&mut sim, alice_addr(), &req);
+    assert_eq!(resp.status(), Some(200));
+    assert_eq!(sim.core.live_conferences(), 0);
+    assert_eq!(
+        sim.core.conferences.rate.len(),
+        0,
+        "none outlive the conference"
+    );
 }
