@@ -9,9 +9,10 @@
 //! participant (each shown by SIP URI, with the display name their
 //! messages carried when there was one), `Date` the first message's time,
 //! `Subject` names the case and the participants, `Message-ID` is derived
-//! from the conversation (the same export gives the same ids). Non-ASCII header text is written as
-//! RFC 2047 encoded words; the body is `text/plain; charset=utf-8` in
-//! quoted-printable, so every line stays short and 7-bit.
+//! from the conversation (the same export gives the same ids). Non-ASCII
+//! header text is written as RFC 2047 encoded words; the body is
+//! `text/plain; charset=utf-8` in quoted-printable, so every line stays
+//! short and 7-bit.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
