@@ -212,6 +212,7 @@ impl PostRate {
     }
 
     /// Buckets held.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.buckets.len()
     }
