@@ -73,7 +73,7 @@ fn baresip_registers_publishes_messages_and_calls_through_the_server() {
     );
     let server = ServeProcess::start(&data, Some(&format!("[sip]\ndomain = \"{DOMAIN}\"\n")));
     let remote = server.addr.to_string();
-    let ours = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
+    let ours = common::our_scenarios();
     let (bob_port, carol_port, alice_port) = (free_udp_port(), free_udp_port(), free_udp_port());
     for (user, port) in [("bob", bob_port), ("carol", carol_port)] {
         sipp_register(&remote, user, DOMAIN, port, &format!("REGISTER {user}"));

@@ -12,7 +12,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{ServeProcess, add_users, sipp, sipp_available, sipp_register, sql_rows};
@@ -100,7 +100,7 @@ async fn wait_for_im(ua: &mut UserAgent, body: &str, who: &str) {
 /// message shows SIPp's output and both servers' logs.
 fn run_scenario(servers: [&ServeProcess; 2], args: &[&str], what: &str) {
     let out = sipp(
-        &tests_sipp(),
+        &common::our_scenarios(),
         &args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
     )
     .wait_with_output()
@@ -114,10 +114,6 @@ fn run_scenario(servers: [&ServeProcess; 2], args: &[&str], what: &str) {
         servers[0].log(),
         servers[1].log()
     );
-}
-
-fn tests_sipp() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,7 +272,7 @@ async fn two_federated_servers_exchange_messages_presence_and_a_call_over_tls() 
         "register bob's phone at b.example",
     );
     let callee = sipp(
-        &tests_sipp(),
+        &common::our_scenarios(),
         &[
             "-sf",
             "call-uas-record-route.xml",

@@ -146,7 +146,7 @@ fn kamailio_siptrace_is_archived_with_its_agent_id() {
     let kamailio = start_kamailio(tmp.path(), kport, &hep);
     let proxy = format!("127.0.0.1:{kport}");
     let scenarios = testdata().join("sipp");
-    let ours = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
+    let ours = common::our_scenarios();
     let (alice_port, bob_port) = (free_udp_port(), free_udp_port());
 
     // bob registers (digest through Kamailio) from the port his UAS will use.

@@ -685,9 +685,8 @@ async fn sipp_members_post_to_a_room_and_receive_its_copies() {
     // gets no copies.
     let post_remote = remote.clone();
     tokio::task::spawn_blocking(move || {
-        let ours = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
         common::run_sipp(
-            &ours,
+            &common::our_scenarios(),
             &[
                 "-sf",
                 "room-post.xml",

@@ -6,16 +6,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use common::{
-    ServeProcess, SippSide, add_users, free_udp_port, run_sipp, run_sipp_pair, sipp_available,
-    sipp_register, sql_rows, testdata,
+    ServeProcess, SippSide, add_users, free_udp_port, our_scenarios, run_sipp, run_sipp_pair,
+    sipp_available, sipp_register, sql_rows, testdata,
 };
-
-fn ours() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp")
-}
 
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
@@ -66,7 +60,7 @@ fn sipp_calls_through_the_proxy_are_archived_with_their_outcome() {
     // loose-routed through the proxy.
     run_sipp_pair(
         SippSide {
-            dir: &ours(),
+            dir: &our_scenarios(),
             args: uas("call-uas-record-route.xml"),
         },
         SippSide {
@@ -101,11 +95,11 @@ fn sipp_calls_through_the_proxy_are_archived_with_their_outcome() {
     no_answer.extend(args(&["-s", "bob"]));
     run_sipp_pair(
         SippSide {
-            dir: &ours(),
+            dir: &our_scenarios(),
             args: uas("call-uas-silent.xml"),
         },
         SippSide {
-            dir: &ours(),
+            dir: &our_scenarios(),
             args: no_answer,
         },
         "unanswered call (call-uac-no-answer.xml -> call-uas-silent.xml)",
@@ -114,18 +108,18 @@ fn sipp_calls_through_the_proxy_are_archived_with_their_outcome() {
     ringing.extend(args(&["-s", "bob"]));
     run_sipp_pair(
         SippSide {
-            dir: &ours(),
+            dir: &our_scenarios(),
             args: uas("call-uas-ringing.xml"),
         },
         SippSide {
-            dir: &ours(),
+            dir: &our_scenarios(),
             args: ringing,
         },
         "ringing, never answered (call-uac-rings-no-answer.xml -> call-uas-ringing.xml)",
     );
     let mut offline = uac("call-uac-offline.xml");
     offline.extend(args(&["-s", "carol"]));
-    run_sipp(&ours(), &offline, "call to an unregistered user");
+    run_sipp(&our_scenarios(), &offline, "call to an unregistered user");
 
     let log = server.stop();
     let rows = sql_rows(

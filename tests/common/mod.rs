@@ -257,6 +257,11 @@ pub fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata")
 }
 
+/// The project's own SIPp scenarios (`tests/sipp/`).
+pub fn our_scenarios() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp")
+}
+
 /// A UDP port that was free a moment ago (for peers that need a fixed port).
 pub fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
@@ -309,7 +314,6 @@ pub fn sipp(dir: &Path, args: &[String]) -> Child {
 /// SIP server at `remote` from local `port`, using tests/sipp/register-user.xml;
 /// `what` names the step in a failure.
 pub fn sipp_register(remote: &str, user: &str, domain: &str, port: u16, what: &str) {
-    let ours = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
     let port = port.to_string();
     let args = [
         "-sf",
@@ -332,7 +336,7 @@ pub fn sipp_register(remote: &str, user: &str, domain: &str, port: u16, what: &s
         domain,
     ]
     .map(String::from);
-    run_sipp(&ours, &args, what);
+    run_sipp(&our_scenarios(), &args, what);
 }
 
 /// Runs `sipvault sql STATEMENT --format json` and returns the rows.
