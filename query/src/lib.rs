@@ -31,6 +31,7 @@ pub use sipvault_indexer::{
     search, search_count, search_page,
 };
 
+mod call_tally;
 pub mod conversation;
 mod csv;
 pub mod export;
@@ -188,6 +189,7 @@ pub async fn archive_context_with_types(
         )));
     }
     let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
+    ctx.register_udaf(call_tally::call_tally_udaf());
     let archive = data_dir.join("archive");
     let partition_type = match types {
         ColumnTypes::Archive => DataType::Utf8,
