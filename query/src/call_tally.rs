@@ -640,7 +640,7 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        let mut value = |n: u64| (n % 7 != 0).then(|| (next() % 100_000) as i64 - 50_000);
+        let mut value = |n: u64| (!n.is_multiple_of(7)).then(|| (next() % 100_000) as i64 - 50_000);
         let dispositions: Vec<Option<&str>> = (0..rows)
             .map(|i| match i % 5 {
                 0 | 2 | 3 => Some("answered"),
