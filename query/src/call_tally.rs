@@ -26,6 +26,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, StructArray,
 };
 use datafusion::arrow::buffer::BooleanBuffer;
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields, Float64Type, Int64Type};
 use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
@@ -198,41 +199,23 @@ impl Tallies {
         };
         let setup = setup.as_primitive::<Int64Type>();
         let duration = duration.as_primitive::<Int64Type>();
-        match disposition.data_type() {
-            DataType::Utf8View => {
-                let text = disposition.as_string_view();
-                let answered = answered_view();
-                let views = text.views();
-                self.add_rows_with(
-                    |row| (views[row] == answered) & text.is_valid(row),
-                    setup,
-                    duration,
-                    group_of,
-                    filter,
-                );
-            }
-            DataType::Utf8 => {
-                let text = disposition.as_string::<i32>();
-                self.add_rows_with(
-                    |row| text.is_valid(row) && text.value(row) == ANSWERED,
-                    setup,
-                    duration,
-                    group_of,
-                    filter,
-                );
-            }
-            DataType::LargeUtf8 => {
-                let text = disposition.as_string::<i64>();
-                self.add_rows_with(
-                    |row| text.is_valid(row) && text.value(row) == ANSWERED,
-                    setup,
-                    duration,
-                    group_of,
-                    filter,
-                );
-            }
+        // Reports read text as views; `sipvault sql` reads the archive's
+        // `Utf8`, cast here so that one comparison serves both.
+        let disposition = match disposition.data_type() {
+            DataType::Utf8View => Arc::clone(disposition),
+            DataType::Utf8 | DataType::LargeUtf8 => cast(disposition, &DataType::Utf8View)?,
             other => return exec_err!("call_tally: disposition of type {other}"),
-        }
+        };
+        let text = disposition.as_string_view();
+        let answered = answered_view();
+        let views = text.views();
+        self.add_rows_with(
+            |row| (views[row] == answered) & text.is_valid(row),
+            setup,
+            duration,
+            group_of,
+            filter,
+        );
         Ok(())
     }
 
