@@ -219,10 +219,11 @@ impl Tallies {
         Ok(())
     }
 
-    /// Walks the rows in runs of one group (a batch of one day's file is a
-    /// single run), summing each run in registers: exact `i128` sums, which
-    /// cannot overflow within a batch, folded into the group's `f64` at the
-    /// end of the run.
+    /// A batch of one group (every batch of a day's file) is tallied over
+    /// bitmaps by [`single_group_run`]; any other is walked in runs of one
+    /// group, summed in registers. Either way the sums are exact `i128`,
+    /// which cannot overflow within a batch, folded into the group's `f64`
+    /// at the end of the run.
     fn add_rows_with(
         &mut self,
         is_answered: impl Fn(usize) -> bool,
