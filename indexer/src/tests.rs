@@ -863,6 +863,34 @@ fn time_order_holds_across_segments_added_out_of_order() {
 }
 
 #[test]
+fn a_segment_larger_than_one_writer_batch_is_indexed_whole_and_replaced_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut index = ImIndex::open_or_create(dir.path()).unwrap();
+    let n = 2 * INDEX_BATCH_DOCS + 7;
+    let rows = many_rows(n as i64);
+    let total = |query: &str| {
+        search_page(
+            dir.path(),
+            &SearchRequest {
+                limit: 1,
+                ..req(query)
+            },
+        )
+        .unwrap()
+        .total
+    };
+    index.add_segment("big", &rows).unwrap();
+    assert_eq!(total("update"), Total::Exact(n));
+    assert_eq!(index.segment_ids().unwrap(), ["big"]);
+    // Added again, in batches again: the earlier documents of every batch
+    // are gone, none of the new ones is.
+    index.add_segment("big", &rows).unwrap();
+    assert_eq!(total("update"), Total::Exact(n));
+    index.add_segment("big", &rows[..5]).unwrap();
+    assert_eq!(total("update"), Total::Exact(5));
+}
+
+#[test]
 fn newer_segments_still_count_when_the_page_is_full() {
     let dir = tempfile::tempdir().unwrap();
     let mut index = ImIndex::open_or_create(dir.path()).unwrap();
