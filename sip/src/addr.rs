@@ -142,13 +142,18 @@ pub(crate) fn check_absolute_uri(s: &str) -> Result<(), String> {
     if !is_valid_scheme(scheme) {
         return Err(format!("bad URI scheme {scheme:?}"));
     }
+    let sip = scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips");
+    // A plain SIP URI holds no forbidden character either.
+    if sip && UriParts::parse_plain_sip(scheme, rest).is_some() {
+        return Ok(());
+    }
     if rest.is_empty() || has_uri_forbidden(rest) {
         return Err(format!("bad URI {s:?}"));
     }
-    if scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips") {
+    if sip {
         // `s` has no white space or forbidden character and a valid
         // scheme, which is all `UriParts::parse` checks before this.
-        UriParts::parse_sip(s, scheme, rest).map_err(|e| e.to_string())?;
+        UriParts::parse_sip_in_full(s, scheme, rest).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -292,6 +297,7 @@ fn parse_uri_params(s: &str) -> Result<Params, String> {
 /// A SIP, SIPS or tel URI taken apart and validated, borrowing its text.
 /// [`SipUri::parse`] owns the parts; checking a URI only needs this, so it
 /// allocates nothing.
+#[derive(Debug, PartialEq)]
 struct UriParts<'a> {
     scheme: &'a str,
     user: Option<&'a str>,
@@ -371,6 +377,19 @@ impl<'a> UriParts<'a> {
     /// URI `s` (trimmed, without forbidden characters), split at its first
     /// ':' into `scheme` and `rest`.
     fn parse_sip(s: &'a str, scheme: &'a str, rest: &'a str) -> Result<UriParts<'a>, ParseError> {
+        match UriParts::parse_plain_sip(scheme, rest) {
+            Some(parts) => Ok(parts),
+            None => UriParts::parse_sip_in_full(s, scheme, rest),
+        }
+    }
+
+    /// [`UriParts::parse_sip`] of any URI: user parts with ';', '?' or
+    /// escapes, parameters, headers, IPv6 references.
+    fn parse_sip_in_full(
+        s: &'a str,
+        scheme: &'a str,
+        rest: &'a str,
+    ) -> Result<UriParts<'a>, ParseError> {
         let bad = |why: String| ParseError::InvalidUri(why);
         // The user part may itself contain ';', '?' and ':', so the
         // first '@' decides; if what follows is not a host, the URI
@@ -414,6 +433,72 @@ impl<'a> UriParts<'a> {
             port,
             params,
             headers,
+        })
+    }
+}
+
+/// Bytes of the common URI shape `[user[:password]@]host[:port]` without
+/// parameters, headers, escapes or IPv6 brackets: hostname characters,
+/// '@' and ':'.
+fn is_plain_uri_byte(b: u8) -> bool {
+    is_hostname_byte(b) || b == b'@' || b == b':'
+}
+
+/// `host[:port]` of [`UriParts::parse_plain_sip`]: a non-empty host of
+/// hostname characters and a port of digits that fits 16 bits.
+fn plain_hostport(s: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = match split_once_byte(s, b':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (s, None),
+    };
+    if host.is_empty() || !host.bytes().all(is_hostname_byte) {
+        return None;
+    }
+    let port = match port {
+        None => None,
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => Some(p.parse().ok()?),
+        Some(_) => return None,
+    };
+    Some((host, port))
+}
+
+impl<'a> UriParts<'a> {
+    /// [`UriParts::parse_sip`] of a URI made only of [`is_plain_uri_byte`]s
+    /// with at most one '@', as nearly every From, To and Request-URI is: one
+    /// pass over the bytes instead of a search per delimiter. `None` for
+    /// any other URI, valid or not, which the full parser then reads; for
+    /// the URIs it takes, the result is the full parser's.
+    fn parse_plain_sip(scheme: &'a str, rest: &'a str) -> Option<UriParts<'a>> {
+        let (mut plain, mut ats) = (true, 0u32);
+        for &b in rest.as_bytes() {
+            plain &= is_plain_uri_byte(b);
+            ats += u32::from(b == b'@');
+        }
+        if !plain || ats > 1 {
+            return None;
+        }
+        let (user, password, hostport) = match split_once_byte(rest, b'@') {
+            Some((userinfo, hostport)) => {
+                let (user, password) = match split_once_byte(userinfo, b':') {
+                    Some((u, p)) => (u, Some(p)),
+                    None => (userinfo, None),
+                };
+                if user.is_empty() {
+                    return None;
+                }
+                (Some(user), password, hostport)
+            }
+            None => (None, None, rest),
+        };
+        let (host, port) = plain_hostport(hostport)?;
+        Some(UriParts {
+            scheme,
+            user,
+            password,
+            host,
+            port,
+            params: "",
+            headers: None,
         })
     }
 }
@@ -864,6 +949,52 @@ mod tests {
             Some("&it+has=1,weird!*pas$wo~d_too.(doesn't-it)")
         );
         assert_eq!(u.to_string(), weird);
+    }
+
+    #[test]
+    fn plain_uris_read_in_one_pass_as_the_full_parser_reads_them() {
+        for rest in [
+            "alice@example.com",
+            "alice:secret@example.com:5061",
+            "example.com",
+            "10.0.0.1:5060",
+            "bob@10.0.0.2:5060",
+            "a.b-c_d@h",
+        ] {
+            let fast = UriParts::parse_plain_sip("sip", rest);
+            assert!(fast.is_some(), "{rest} is plain");
+            assert_eq!(
+                fast.as_ref().ok_or(()),
+                UriParts::parse_sip_in_full(rest, "sip", rest)
+                    .as_ref()
+                    .map_err(|_| ()),
+                "{rest}"
+            );
+        }
+        // Left to the full parser, whatever it decides.
+        for rest in [
+            "@example.com",
+            "alice@",
+            "alice@host:",
+            "alice@host:99999",
+            "a@b@c",
+            "alice@[::1]",
+            "alice@example.com;transport=tcp",
+            "alice%20x@example.com",
+            "host:5060:1",
+        ] {
+            assert_eq!(UriParts::parse_plain_sip("sip", rest), None, "{rest}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_one_pass_reading_agrees_with_the_full_parser(rest in "[a-c0-9.@:_-]{0,12}") {
+            if let Some(fast) = UriParts::parse_plain_sip("sip", &rest) {
+                let full = UriParts::parse_sip_in_full(&rest, "sip", &rest);
+                proptest::prop_assert_eq!(Some(&fast), full.as_ref().ok());
+            }
+        }
     }
 
     #[test]
