@@ -438,29 +438,25 @@ impl<'a> UriParts<'a> {
 }
 
 /// Bytes of the common URI shape `[user[:password]@]host[:port]` without
-/// parameters, headers, escapes or IPv6 brackets: hostname characters,
-/// '@' and ':'.
-fn is_plain_uri_byte(b: u8) -> bool {
-    is_hostname_byte(b) || b == b'@' || b == b':'
-}
-
-/// `host[:port]` of [`UriParts::parse_plain_sip`]: a non-empty host of
-/// hostname characters and a port of digits that fits 16 bits.
-fn plain_hostport(s: &str) -> Option<(&str, Option<u16>)> {
-    let (host, port) = match split_once_byte(s, b':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (s, None),
-    };
-    if host.is_empty() || !host.bytes().all(is_hostname_byte) {
-        return None;
+/// parameters, headers, escapes or IPv6 brackets, as a table: hostname
+/// characters are [`PLAIN`], '@' is [`PLAIN`] | [`AT`], ':' is [`PLAIN`];
+/// every other byte is 0.
+const PLAIN_URI_BYTES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':') {
+            table[i] = PLAIN;
+        } else if b == b'@' {
+            table[i] = PLAIN | AT;
+        }
+        i += 1;
     }
-    let port = match port {
-        None => None,
-        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => Some(p.parse().ok()?),
-        Some(_) => return None,
-    };
-    Some((host, port))
-}
+    table
+};
+const PLAIN: u8 = 1;
+const AT: u8 = 2;
 
 impl<'a> UriParts<'a> {
     /// [`UriParts::parse_sip`] of a URI made only of [`is_plain_uri_byte`]s
@@ -469,12 +465,14 @@ impl<'a> UriParts<'a> {
     /// any other URI, valid or not, which the full parser then reads; for
     /// the URIs it takes, the result is the full parser's.
     fn parse_plain_sip(scheme: &'a str, rest: &'a str) -> Option<UriParts<'a>> {
-        let (mut plain, mut ats) = (true, 0u32);
+        // One table look-up per byte, no early exit: the loop vectorises.
+        let (mut plain, mut ats) = (PLAIN, 0u32);
         for &b in rest.as_bytes() {
-            plain &= is_plain_uri_byte(b);
-            ats += u32::from(b == b'@');
+            let class = PLAIN_URI_BYTES[usize::from(b)];
+            plain &= class;
+            ats += u32::from(class >> 1);
         }
-        if !plain || ats > 1 {
+        if plain == 0 || ats > 1 {
             return None;
         }
         let (user, password, hostport) = match split_once_byte(rest, b'@') {
@@ -490,7 +488,22 @@ impl<'a> UriParts<'a> {
             }
             None => (None, None, rest),
         };
-        let (host, port) = plain_hostport(hostport)?;
+        // The host holds neither '@' (there is one at most, before it) nor
+        // ':' (the first one ends it): only hostname characters.
+        let (host, port) = match split_once_byte(hostport, b':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        };
+        if host.is_empty() {
+            return None;
+        }
+        let port = match port {
+            None => None,
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                Some(p.parse().ok()?)
+            }
+            Some(_) => return None,
+        };
         Some(UriParts {
             scheme,
             user,
