@@ -147,10 +147,12 @@ fn next_line(text: &str, pos: usize) -> (Span, usize, bool) {
 /// Where the head (start line and headers) of `bytes` ends: the position of
 /// the body, or `None` when the input ends inside a header line. Input that
 /// ends right after a complete header line, without the empty line, has an
-/// empty body.
-fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
+/// empty body. The line ends passed on the way are kept in `ends`
+/// (relative to `from`), so the header lines need not be searched again.
+fn head_end(bytes: &[u8], from: usize, ends: &mut LineEnds) -> Option<usize> {
     let rest = bytes.get(from..)?;
     for nl in memchr::memchr_iter(b'\n', rest) {
+        ends.push(nl);
         // The line after this line end: empty (CRLF or LF) ends the head.
         let next = from + nl + 1;
         match bytes.get(next..)? {
@@ -161,6 +163,44 @@ fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
         }
     }
     None
+}
+
+/// The first line ends of a head, in order; a head with more lines than
+/// this holds has its later lines searched one by one.
+struct LineEnds {
+    at: [u32; 48],
+    len: usize,
+}
+
+impl LineEnds {
+    fn new() -> Self {
+        LineEnds {
+            at: [0; 48],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, nl: usize) {
+        if let (Some(slot), Ok(nl)) = (self.at.get_mut(self.len), u32::try_from(nl)) {
+            *slot = nl;
+            self.len += 1;
+        }
+    }
+
+    /// The `k`-th line end, when it was kept.
+    fn get(&self, k: usize) -> Option<usize> {
+        self.at.get(..self.len)?.get(k).map(|&nl| nl as usize)
+    }
+}
+
+/// [`next_line`] for a line whose end, `nl`, is known.
+fn line_ending_at(text: &str, pos: usize, nl: usize) -> (Span, usize, bool) {
+    let end = if nl > pos && text.as_bytes().get(nl - 1) == Some(&b'\r') {
+        nl - 1
+    } else {
+        nl
+    };
+    (pos..end, nl + 1, true)
 }
 
 /// Trims linear white space off both ends of a range of `text`.
@@ -285,14 +325,28 @@ impl SipMessage {
             .iter()
             .position(|&b| b != b'\r' && b != b'\n')
             .ok_or(ParseError::Empty)?;
-        let body_at = head_end(bytes, msg_start).ok_or(ParseError::Truncated)?;
+        let mut ends = LineEnds::new();
+        let body_at = head_end(bytes, msg_start, &mut ends).ok_or(ParseError::Truncated)?;
         let head_bytes = bytes.get(msg_start..body_at).unwrap_or(&[]);
         let head = match std::str::from_utf8(head_bytes) {
             Ok(text) => text.to_owned(),
-            Err(_) => String::from_utf8_lossy(head_bytes).into_owned(),
+            Err(_) => {
+                // Replacement characters move the line ends.
+                ends.len = 0;
+                String::from_utf8_lossy(head_bytes).into_owned()
+            }
+        };
+        let mut lines_read = 0;
+        let mut line_from = |pos: usize| {
+            let line = match ends.get(lines_read) {
+                Some(nl) => line_ending_at(&head, pos, nl),
+                None => next_line(&head, pos),
+            };
+            lines_read += 1;
+            line
         };
 
-        let (line, mut pos, terminated) = next_line(&head, 0);
+        let (line, mut pos, terminated) = line_from(0);
         if !terminated {
             return Err(ParseError::Truncated);
         }
@@ -302,7 +356,7 @@ impl SipMessage {
         let mut unfolded: Vec<String> = Vec::new();
         let mut first_hot = [None; HOT_KINDS];
         while pos < head.len() {
-            let (line, next, _) = next_line(&head, pos);
+            let (line, next, _) = line_from(pos);
             pos = next;
             if line.is_empty() {
                 break;
@@ -890,5 +944,32 @@ helloEXTRA";
                 .unwrap();
         assert_eq!(m.header("subject"), Some("caf\u{fffd}"));
         assert_eq!(m.body(), b"\xff");
+    }
+
+    #[test]
+    fn every_header_line_is_read_past_the_line_ends_kept_from_the_head_search() {
+        let mut text = String::from("MESSAGE sip:a@b SIP/2.0\r\n");
+        for i in 0..70 {
+            text.push_str(&format!("X-H{i}: v{i}\r\n"));
+            if i == 60 {
+                text.push_str(" folded\r\n");
+            }
+        }
+        text.push_str("l: 2\r\n\r\nhi");
+        let m = SipMessage::parse(text.as_bytes()).unwrap();
+        assert_eq!(m.header("x-h0"), Some("v0"));
+        assert_eq!(m.header("x-h47"), Some("v47"));
+        assert_eq!(m.header("x-h48"), Some("v48"));
+        assert_eq!(m.header("x-h60"), Some("v60 folded"));
+        assert_eq!(m.header("x-h69"), Some("v69"));
+        assert_eq!(m.body(), b"hi");
+        // Invalid UTF-8 early in a long head: every later line still reads.
+        let lossy = text.replacen("v1\r\n", "v\u{e9}1\r\n", 1).into_bytes();
+        let lossy: Vec<u8> = lossy.iter().copied().filter(|&b| b != 0xc3).collect();
+        let m = SipMessage::parse(&lossy).unwrap();
+        assert_eq!(m.header("x-h1"), Some("v\u{fffd}1"));
+        assert_eq!(m.header("x-h2"), Some("v2"));
+        assert_eq!(m.header("x-h69"), Some("v69"));
+        assert_eq!(m.body(), b"hi");
     }
 }
