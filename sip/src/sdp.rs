@@ -251,14 +251,15 @@ pub fn parse(body: &[u8]) -> Result<SessionDescription, SdpError> {
 }
 
 /// A media section being read: its description plus the rtpmap lines seen,
-/// applied when the section ends (rtpmap may come in any order).
-struct MediaSection {
+/// applied when the section ends (rtpmap may come in any order). Names are
+/// borrowed until then: a format gets one owned name, not one per step.
+struct MediaSection<'a> {
     description: MediaDescription,
-    rtpmaps: Vec<(u8, String, Option<u32>)>,
+    rtpmaps: Vec<(u8, &'a str, Option<u32>)>,
 }
 
-impl MediaSection {
-    fn add_rtpmap(&mut self, value: &str) {
+impl<'a> MediaSection<'a> {
+    fn add_rtpmap(&mut self, value: &'a str) {
         // `<payload type> <encoding name>/<clock rate>[/<encoding parameters>]`
         let Some((pt, encoding)) = trim(value).split_once(char::is_whitespace) else {
             return;
@@ -274,20 +275,24 @@ impl MediaSection {
         let clock_rate = parts.next().and_then(|r| trim(r).parse::<u32>().ok());
         // The first mapping of a payload type wins.
         if !self.rtpmaps.iter().any(|(p, _, _)| *p == pt) {
-            self.rtpmaps
-                .push((pt, canonical_encoding_name(name), clock_rate));
+            self.rtpmaps.push((pt, name, clock_rate));
         }
     }
 
+    /// Names and clock rates from the rtpmap lines, else from the static
+    /// payload type table.
     fn finish(mut self) -> MediaDescription {
         for format in &mut self.description.formats {
-            if let Some((_, name, rate)) = self
+            let mapped = self
                 .rtpmaps
                 .iter()
-                .find(|(pt, _, _)| *pt == format.payload_type)
-            {
-                format.name = Some(name.clone());
-                format.clock_rate = *rate;
+                .find(|(pt, _, _)| *pt == format.payload_type);
+            match mapped {
+                Some((_, name, rate)) => {
+                    format.name = Some(canonical_encoding_name(name).to_string());
+                    format.clock_rate = *rate;
+                }
+                None => *format = Format::from_static_table(format.payload_type),
             }
         }
         self.description
@@ -295,14 +300,13 @@ impl MediaSection {
 }
 
 /// The registered spelling of a known encoding name, else the name as written.
-fn canonical_encoding_name(name: &str) -> String {
+fn canonical_encoding_name(name: &str) -> &str {
     STATIC_PAYLOAD_TYPES
         .iter()
         .map(|(_, known, _)| *known)
         .chain(KNOWN_ENCODING_NAMES.iter().copied())
         .find(|known| known.eq_ignore_ascii_case(name))
         .unwrap_or(name)
-        .to_string()
 }
 
 /// `line.trim_end_matches(['\r', ' ', '\t'])`, byte-wise.
@@ -326,15 +330,20 @@ fn split_line(line: &str) -> Option<(char, &str)> {
 }
 
 /// `m=<media> <port>[/<number of ports>] <proto> <fmt> ...`
-fn parse_media_line(value: &str) -> Option<MediaSection> {
+fn parse_media_line(value: &str) -> Option<MediaSection<'_>> {
     let mut fields = value.split_ascii_whitespace();
     let kind = fields.next()?;
     let port_field = fields.next()?;
     let protocol = fields.next()?;
     let port = split_byte(port_field, b'/').next()?.parse::<u16>().ok()?;
+    // Named when the section ends (see `MediaSection::finish`).
     let formats = fields
         .filter_map(|f| f.parse::<u8>().ok())
-        .map(Format::from_static_table)
+        .map(|payload_type| Format {
+            payload_type,
+            name: None,
+            clock_rate: None,
+        })
         .collect();
     Some(MediaSection {
         description: MediaDescription {
