@@ -67,8 +67,11 @@ pub use collect::{TOTAL_COUNT_LIMIT, Total};
 const TOKENIZER: &str = "sipvault_text";
 /// Memory budget of the (single-threaded) index writer.
 const WRITER_MEMORY_BYTES: usize = 64 * 1024 * 1024;
-/// Documents handed to the index writer's thread in one operation.
-const INDEX_BATCH_DOCS: usize = 1024;
+/// Documents handed to the index writer's thread in one operation. The
+/// writer's queue holds 10,000 operations, so this also bounds what waits
+/// in it: 80,000 documents, about one sealed IM segment. (Larger batches
+/// let a whole segment's documents pile up in memory at once.)
+const INDEX_BATCH_DOCS: usize = 8;
 /// Result count used when a request asks for `limit: 0`.
 pub const DEFAULT_LIMIT: usize = 100;
 
@@ -617,9 +620,9 @@ impl ImIndex {
 
     fn stage_segment(&mut self, segment_id: &str, docs: &[IndexDoc]) -> Result<(), IndexError> {
         let f = self.fields;
-        // Handed to the indexing thread a batch at a time: one document per
-        // send filled its queue, and the sender then spun on it, burning
-        // as much CPU as a fifth of the indexing itself.
+        // Handed to the indexing thread a few at a time: one document per
+        // send kept its queue full, and the sender spun on it every time,
+        // burning as much CPU as a fifth of the indexing itself.
         let mut batch = Vec::with_capacity(INDEX_BATCH_DOCS);
         batch.push(UserOperation::Delete(Term::from_field_text(
             f.segment, segment_id,
