@@ -110,108 +110,136 @@ fn im_exchange(n: u64, response: bool) -> SyntheticMessage {
     SyntheticMessage { src, dst, raw: t.0 }
 }
 
+/// One message of a call: what sets it apart from the others.
+struct CallStep {
+    start_line: &'static str,
+    /// The branch's letter: `c` for the INVITE transaction, `a` for the
+    /// ACK, `b` for the BYE transaction.
+    via: &'static str,
+    /// A request (sent by the caller, with Max-Forwards) or a response.
+    request: bool,
+    to_tag: bool,
+    cseq: &'static str,
+    contact: Option<&'static str>,
+    /// SDP of this host and audio port.
+    sdp: Option<(&'static str, &'static str)>,
+}
+
+const CALL_STEPS: [CallStep; 7] = [
+    CallStep {
+        start_line: "INVITE sip:bob@example.com SIP/2.0",
+        via: "c",
+        request: true,
+        to_tag: false,
+        cseq: "1 INVITE",
+        contact: Some("<sip:alice@10.0.0.1:5060>"),
+        sdp: Some(("10.0.0.1", "20000")),
+    },
+    CallStep {
+        start_line: "SIP/2.0 100 Trying",
+        via: "c",
+        request: false,
+        to_tag: false,
+        cseq: "1 INVITE",
+        contact: None,
+        sdp: None,
+    },
+    CallStep {
+        start_line: "SIP/2.0 180 Ringing",
+        via: "c",
+        request: false,
+        to_tag: true,
+        cseq: "1 INVITE",
+        contact: Some("<sip:bob@10.0.0.2:5060>"),
+        sdp: None,
+    },
+    CallStep {
+        start_line: "SIP/2.0 200 OK",
+        via: "c",
+        request: false,
+        to_tag: true,
+        cseq: "1 INVITE",
+        contact: Some("<sip:bob@10.0.0.2:5060>"),
+        sdp: Some(("10.0.0.2", "30000")),
+    },
+    CallStep {
+        start_line: "ACK sip:bob@10.0.0.2:5060 SIP/2.0",
+        via: "a",
+        request: true,
+        to_tag: true,
+        cseq: "1 ACK",
+        contact: None,
+        sdp: None,
+    },
+    CallStep {
+        start_line: "BYE sip:bob@10.0.0.2:5060 SIP/2.0",
+        via: "b",
+        request: true,
+        to_tag: true,
+        cseq: "2 BYE",
+        contact: None,
+        sdp: None,
+    },
+    CallStep {
+        start_line: "SIP/2.0 200 OK",
+        via: "b",
+        request: false,
+        to_tag: true,
+        cseq: "2 BYE",
+        contact: None,
+        sdp: None,
+    },
+];
+
 fn call_message(n: u64, step: u64) -> SyntheticMessage {
-    let via = |t: &mut Text, kind: &str| {
-        t.s("\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK")
-            .s(kind)
-            .n(n);
-    };
-    let dialog = |t: &mut Text, to_tag: bool| {
-        t.s("\r\nFrom: \"Alice\" <sip:alice@example.com>;tag=a")
-            .n(n);
-        if to_tag {
-            t.s("\r\nTo: <sip:bob@example.com>;tag=b").n(n);
-        } else {
-            t.s("\r\nTo: <sip:bob@example.com>");
-        }
-        t.s("\r\nCall-ID: call-").n(n).s("@10.0.0.1");
-    };
-    let sdp = |host: &str, port: &str| {
-        let mut body = Text::with_capacity(192);
-        body.s("v=0\r\no=- ")
-            .n(n)
-            .s(" 1 IN IP4 ")
-            .s(host)
-            .s("\r\ns=-\r\nc=IN IP4 ")
-            .s(host)
-            .s("\r\nt=0 0\r\nm=audio ")
-            .s(port)
-            .s(" RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\n\
-               a=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n");
-        body.0
-    };
-    let with_body = |t: &mut Text, body: &[u8]| {
-        t.s("\r\nContent-Type: application/sdp\r\nContent-Length: ")
-            .n(body.len() as u64)
-            .s("\r\n\r\n")
-            .bytes(body);
-    };
-    let no_body = |t: &mut Text| {
-        t.s("\r\nContent-Length: 0\r\n\r\n");
-    };
+    let last = CALL_STEPS.len() - 1;
+    let step = CALL_STEPS
+        .get(usize::try_from(step).unwrap_or(last))
+        .unwrap_or(&CALL_STEPS[last]);
     let mut t = Text::with_capacity(640);
-    let forward = match step {
-        0 => {
-            t.s("INVITE sip:bob@example.com SIP/2.0");
-            via(&mut t, "c");
-            t.s("\r\nMax-Forwards: 70");
-            dialog(&mut t, false);
-            t.s("\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@10.0.0.1:5060>");
-            with_body(&mut t, &sdp("10.0.0.1", "20000"));
-            true
+    t.s(step.start_line)
+        .s("\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK")
+        .s(step.via)
+        .n(n);
+    if step.request {
+        t.s("\r\nMax-Forwards: 70");
+    }
+    t.s("\r\nFrom: \"Alice\" <sip:alice@example.com>;tag=a")
+        .n(n);
+    t.s("\r\nTo: <sip:bob@example.com>");
+    if step.to_tag {
+        t.s(";tag=b").n(n);
+    }
+    t.s("\r\nCall-ID: call-")
+        .n(n)
+        .s("@10.0.0.1\r\nCSeq: ")
+        .s(step.cseq);
+    if let Some(contact) = step.contact {
+        t.s("\r\nContact: ").s(contact);
+    }
+    match step.sdp {
+        Some((host, port)) => {
+            let mut body = Text::with_capacity(192);
+            body.s("v=0\r\no=- ")
+                .n(n)
+                .s(" 1 IN IP4 ")
+                .s(host)
+                .s("\r\ns=-\r\nc=IN IP4 ")
+                .s(host)
+                .s("\r\nt=0 0\r\nm=audio ")
+                .s(port)
+                .s(" RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\n\
+                   a=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n");
+            t.s("\r\nContent-Type: application/sdp\r\nContent-Length: ")
+                .n(body.0.len() as u64)
+                .s("\r\n\r\n")
+                .bytes(&body.0);
         }
-        1 => {
-            t.s("SIP/2.0 100 Trying");
-            via(&mut t, "c");
-            dialog(&mut t, false);
-            t.s("\r\nCSeq: 1 INVITE");
-            no_body(&mut t);
-            false
+        None => {
+            t.s("\r\nContent-Length: 0\r\n\r\n");
         }
-        2 => {
-            t.s("SIP/2.0 180 Ringing");
-            via(&mut t, "c");
-            dialog(&mut t, true);
-            t.s("\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@10.0.0.2:5060>");
-            no_body(&mut t);
-            false
-        }
-        3 => {
-            t.s("SIP/2.0 200 OK");
-            via(&mut t, "c");
-            dialog(&mut t, true);
-            t.s("\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@10.0.0.2:5060>");
-            with_body(&mut t, &sdp("10.0.0.2", "30000"));
-            false
-        }
-        4 => {
-            t.s("ACK sip:bob@10.0.0.2:5060 SIP/2.0");
-            via(&mut t, "a");
-            t.s("\r\nMax-Forwards: 70");
-            dialog(&mut t, true);
-            t.s("\r\nCSeq: 1 ACK");
-            no_body(&mut t);
-            true
-        }
-        5 => {
-            t.s("BYE sip:bob@10.0.0.2:5060 SIP/2.0");
-            via(&mut t, "b");
-            t.s("\r\nMax-Forwards: 70");
-            dialog(&mut t, true);
-            t.s("\r\nCSeq: 2 BYE");
-            no_body(&mut t);
-            true
-        }
-        _ => {
-            t.s("SIP/2.0 200 OK");
-            via(&mut t, "b");
-            dialog(&mut t, true);
-            t.s("\r\nCSeq: 2 BYE");
-            no_body(&mut t);
-            false
-        }
-    };
-    let (src, dst) = addrs(forward);
+    }
+    let (src, dst) = addrs(step.request);
     SyntheticMessage { src, dst, raw: t.0 }
 }
 
