@@ -69,9 +69,10 @@ const TOKENIZER: &str = "sipvault_text";
 const WRITER_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 /// Documents handed to the index writer's thread in one operation. The
 /// writer's queue holds 10,000 operations, so this also bounds what waits
-/// in it: 80,000 documents, about one sealed IM segment. (Larger batches
-/// let a whole segment's documents pile up in memory at once.)
-const INDEX_BATCH_DOCS: usize = 8;
+/// in it: 20,000 documents. (Batches of 8 saved a little more CPU, but let
+/// a whole sealed segment's documents wait in memory: 60 MiB more at the
+/// peak of `bench/hep-ingest.sh`.)
+const INDEX_BATCH_DOCS: usize = 2;
 /// Result count used when a request asks for `limit: 0`.
 pub const DEFAULT_LIMIT: usize = 100;
 
@@ -620,9 +621,9 @@ impl ImIndex {
 
     fn stage_segment(&mut self, segment_id: &str, docs: &[IndexDoc]) -> Result<(), IndexError> {
         let f = self.fields;
-        // Handed to the indexing thread a few at a time: one document per
-        // send kept its queue full, and the sender spun on it every time,
-        // burning as much CPU as a fifth of the indexing itself.
+        // Handed to the indexing thread two at a time: with one document
+        // per send the sender found the queue full at every send and spun
+        // on it, burning as much CPU as a fifth of the indexing itself.
         let mut batch = Vec::with_capacity(INDEX_BATCH_DOCS);
         batch.push(UserOperation::Delete(Term::from_field_text(
             f.segment, segment_id,
