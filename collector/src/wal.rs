@@ -142,8 +142,35 @@ pub fn unframe(bytes: &[u8]) -> Unframed<'_> {
     done(payloads, rest, false)
 }
 
+/// The frame of `group`, serialized in place behind room left for the
+/// frame header: no second copy of the group's bytes, and one buffer
+/// sized for it up front rather than grown by doubling.
 pub fn encode(group: &Group) -> Result<Vec<u8>, WalError> {
-    Ok(frame(&postcard::to_stdvec(group)?))
+    let mut out = Vec::with_capacity(FRAME_HEADER + group.encoded_size_hint());
+    out.extend_from_slice(&[0; FRAME_HEADER]);
+    let mut out = postcard::to_extend(group, out)?;
+    let payload = out.get(FRAME_HEADER..).unwrap_or(&[]);
+    let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
+    if let Some(header) = out.get_mut(..FRAME_HEADER) {
+        header[..4].copy_from_slice(&len.to_le_bytes());
+        header[4..].copy_from_slice(&crc.to_le_bytes());
+    }
+    Ok(out)
+}
+
+impl Group {
+    /// About the bytes of the group's encoding: its messages' bytes and
+    /// their other fields.
+    fn encoded_size_hint(&self) -> usize {
+        match &self.event {
+            Event::Input { captured, hep_raw } => {
+                captured.iter().map(|m| m.raw.len() + 96).sum::<usize>()
+                    + hep_raw.iter().map(|r| r.payload.len() + 96).sum::<usize>()
+                    + 32
+            }
+            _ => 64,
+        }
+    }
 }
 
 fn log_name(first_lsn: u64) -> String {

@@ -271,3 +271,30 @@ fn raw_bytes_encode_as_before_so_older_logs_replay() {
     let read: CapturedBefore = postcard::from_bytes(&new_bytes).unwrap();
     assert_eq!(read, before);
 }
+
+#[test]
+fn a_group_encodes_to_the_frame_of_its_serialized_bytes() {
+    let many = Group {
+        lsn: 9,
+        clock_ns: 90,
+        event: Event::Input {
+            captured: (0..200).map(|n| msg(n as u8)).collect(),
+            hep_raw: Vec::new(),
+        },
+    };
+    let tick = Group {
+        lsn: 10,
+        clock_ns: 100,
+        event: Event::Tick,
+    };
+    for group in [input(0), input(7), many, tick] {
+        let encoded = encode(&group).unwrap();
+        assert_eq!(encoded, frame(&postcard::to_stdvec(&group).unwrap()));
+        let back = unframe(&encoded);
+        assert!(!back.damaged);
+        assert_eq!(
+            postcard::from_bytes::<Group>(back.payloads[0]).unwrap(),
+            group
+        );
+    }
+}
