@@ -40,6 +40,15 @@ pub struct SegmentLimits {
     pub max_age: Duration,
 }
 
+impl SegmentLimits {
+    /// What the open buffers of all tables and days may hold together
+    /// before the largest is sealed early: two segments' worth, so the
+    /// segments filling, queued and sealing stay within a fixed memory.
+    pub fn open_bytes_budget(&self) -> usize {
+        self.max_bytes.saturating_mul(2)
+    }
+}
+
 impl Default for SegmentLimits {
     fn default() -> Self {
         SegmentLimits {
@@ -372,14 +381,64 @@ impl ArchiveWriter {
             || due(&self.hep_raw, now, &self.limits)
             || due(&self.presence, now, &self.limits)
             || due(&self.room_events, now, &self.limits)
+            || self.over_open_budget()
+    }
+
+    /// Whether the open buffers of all tables and days together hold
+    /// [`SegmentLimits::open_bytes_budget`] or more. Each stays under its
+    /// own limit, but `sip_messages`, IMs and calls filling side by side
+    /// (and a day's end) would otherwise hold several segments' worth.
+    fn over_open_budget(&self) -> bool {
+        self.open_bytes().0 >= self.limits.open_bytes_budget()
+    }
+
+    /// Bytes of every open buffer together, and the table and day of the
+    /// largest.
+    fn open_bytes(&self) -> (usize, Option<(&'static str, &str)>) {
+        fn of<'m, R>(
+            table: &'static str,
+            m: &'m BTreeMap<String, Buffer<R>>,
+        ) -> impl Iterator<Item = (usize, &'static str, &'m str)> {
+            m.iter()
+                .map(move |(date, b)| (b.bytes, table, date.as_str()))
+        }
+        let all = of(TABLE_SIP_MESSAGES, &self.sip)
+            .chain(of(TABLE_IM_MESSAGES, &self.im))
+            .chain(of(TABLE_CALLS, &self.calls))
+            .chain(of(TABLE_HEP_RAW, &self.hep_raw))
+            .chain(of(TABLE_PRESENCE, &self.presence))
+            .chain(of(TABLE_ROOM_EVENTS, &self.room_events));
+        let (mut total, mut largest) = (0, None::<(usize, &'static str, &str)>);
+        for (bytes, table, date) in all {
+            total += bytes;
+            if largest.is_none_or(|(most, _, _)| bytes > most) {
+                largest = Some((bytes, table, date));
+            }
+        }
+        (total, largest.map(|(_, table, date)| (table, date)))
     }
 
     /// Takes every buffer that is due (or every non-empty one when `all`)
     /// out as a job for the sealer.
     pub fn roll(&mut self, all: bool) -> Vec<SealJob> {
         let now = self.now_ns;
+        // Over the budget of open bytes, the largest buffer goes too.
+        let largest = match self.open_bytes() {
+            (total, Some((table, date))) if total >= self.limits.open_bytes_budget() => {
+                Some((table, date.to_string()))
+            }
+            _ => None,
+        };
+        let take = |table: &'static str| Take {
+            all,
+            now,
+            date: largest
+                .as_ref()
+                .filter(|(t, _)| *t == table)
+                .map(|(_, d)| d.as_str()),
+        };
         let mut jobs = Vec::new();
-        for (date, mut buf) in take_due(&mut self.sip, now, all, &self.limits) {
+        for (date, mut buf) in take_due(&mut self.sip, &take(TABLE_SIP_MESSAGES), &self.limits) {
             let rows = buf.rows.len();
             let range = buf.rows.time_range().unwrap_or_default();
             match buf.rows.finish() {
@@ -394,24 +453,29 @@ impl ArchiveWriter {
                 }
             }
         }
-        jobs.extend(row_jobs(take_due(&mut self.im, now, all, &self.limits)));
-        jobs.extend(row_jobs(take_due(&mut self.calls, now, all, &self.limits)));
+        jobs.extend(row_jobs(take_due(
+            &mut self.im,
+            &take(TABLE_IM_MESSAGES),
+            &self.limits,
+        )));
+        jobs.extend(row_jobs(take_due(
+            &mut self.calls,
+            &take(TABLE_CALLS),
+            &self.limits,
+        )));
         jobs.extend(row_jobs(take_due(
             &mut self.hep_raw,
-            now,
-            all,
+            &take(TABLE_HEP_RAW),
             &self.limits,
         )));
         jobs.extend(row_jobs(take_due(
             &mut self.presence,
-            now,
-            all,
+            &take(TABLE_PRESENCE),
             &self.limits,
         )));
         jobs.extend(row_jobs(take_due(
             &mut self.room_events,
-            now,
-            all,
+            &take(TABLE_ROOM_EVENTS),
             &self.limits,
         )));
         jobs
@@ -560,20 +624,25 @@ impl ArchiveRow for RoomEventRow {
 }
 
 /// Takes the due buffers (every non-empty one when `all`) of one table out.
+/// Which buffers of one table a roll takes: every non-empty one (`all`),
+/// else those due at `now`, and the one of `date` (the largest, when the
+/// open buffers are over their budget).
+struct Take<'a> {
+    all: bool,
+    now: i64,
+    date: Option<&'a str>,
+}
+
 fn take_due<R: PendingRows>(
     buffers: &mut BTreeMap<String, Buffer<R>>,
-    now: i64,
-    all: bool,
+    take: &Take<'_>,
     limits: &SegmentLimits,
 ) -> Vec<(String, Buffer<R>)> {
     let dates: Vec<String> = buffers
         .iter()
-        .filter(|(_, b)| {
-            if all {
-                b.rows.len() > 0
-            } else {
-                b.due(now, limits)
-            }
+        .filter(|(date, b)| {
+            b.rows.len() > 0
+                && (take.all || b.due(take.now, limits) || take.date == Some(date.as_str()))
         })
         .map(|(d, _)| d.clone())
         .collect();
@@ -878,6 +947,52 @@ mod tests {
         let jobs = writer.roll(false);
         assert_eq!(jobs.len(), 1);
         assert_eq!(jobs[0].rows.len(), pushed);
+    }
+
+    #[test]
+    fn open_buffers_together_stay_within_two_segments_the_largest_rolled_first() {
+        let limits = SegmentLimits {
+            max_rows: usize::MAX,
+            max_bytes: 64 << 10,
+            max_age: Duration::from_secs(3600),
+        };
+        let day = 86_400_000_000_000i64;
+        let mut writer = ArchiveWriter::new(limits.clone());
+        writer.set_clock(0);
+        let per_row = im(0).memory_size();
+        // IMs of four days, the first the busiest: no buffer reaches a
+        // segment's limit before the four together reach the budget.
+        let mut rolled = Vec::new();
+        for n in 0..2_000 {
+            let mut row = im(n);
+            row.time_ns += day * [0, 0, 1, 2, 3][n % 5];
+            writer.push_im(row);
+            let (open, _) = writer.open_bytes();
+            assert!(
+                open < limits.open_bytes_budget() + per_row,
+                "{open} bytes open after row {n}"
+            );
+            if writer.needs_roll() {
+                for job in writer.roll(false) {
+                    rolled.push((job.date.clone(), job.rows.len()));
+                }
+            }
+        }
+        assert!(!rolled.is_empty());
+        // The budget, not the per-segment limit, rolled the first: the
+        // busiest day, at 40 % of the budget, so under its own limit.
+        let (first_date, first_rows) = &rolled[0];
+        assert_eq!(first_date, &partition_date(im(0).time_ns));
+        assert!(
+            first_rows * per_row < limits.max_bytes,
+            "{first_rows} rows of {per_row} bytes"
+        );
+        // Nothing is lost: every row is in a rolled segment or still open.
+        let open_rows: usize = writer.im.values().map(|b| b.rows.len()).sum();
+        assert_eq!(
+            rolled.iter().map(|(_, n)| n).sum::<usize>() + open_rows,
+            2_000
+        );
     }
 
     #[test]
