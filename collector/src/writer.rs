@@ -440,8 +440,9 @@ impl ArchiveWriter {
                 .filter(|(t, _)| *t == table)
                 .map(|(_, d)| d.as_str()),
         };
+        let limits = &self.limits;
         let mut jobs = Vec::new();
-        for (date, mut buf) in take_due(&mut self.sip, &take(TABLE_SIP_MESSAGES), &self.limits) {
+        for (date, mut buf) in take_due(&mut self.sip, &take(TABLE_SIP_MESSAGES), limits) {
             let rows = buf.rows.len();
             let range = buf.rows.time_range().unwrap_or_default();
             match buf.rows.finish() {
@@ -456,31 +457,15 @@ impl ArchiveWriter {
                 }
             }
         }
-        jobs.extend(row_jobs(take_due(
-            &mut self.im,
-            &take(TABLE_IM_MESSAGES),
-            &self.limits,
-        )));
-        jobs.extend(row_jobs(take_due(
-            &mut self.calls,
-            &take(TABLE_CALLS),
-            &self.limits,
-        )));
-        jobs.extend(row_jobs(take_due(
-            &mut self.hep_raw,
-            &take(TABLE_HEP_RAW),
-            &self.limits,
-        )));
-        jobs.extend(row_jobs(take_due(
-            &mut self.presence,
-            &take(TABLE_PRESENCE),
-            &self.limits,
-        )));
-        jobs.extend(row_jobs(take_due(
+        jobs.extend(due_jobs(&mut self.im, &take(TABLE_IM_MESSAGES), limits));
+        jobs.extend(due_jobs(&mut self.calls, &take(TABLE_CALLS), limits));
+        jobs.extend(due_jobs(&mut self.hep_raw, &take(TABLE_HEP_RAW), limits));
+        jobs.extend(due_jobs(&mut self.presence, &take(TABLE_PRESENCE), limits));
+        jobs.extend(due_jobs(
             &mut self.room_events,
             &take(TABLE_ROOM_EVENTS),
-            &self.limits,
-        )));
+            limits,
+        ));
         jobs
     }
 }
@@ -658,12 +643,19 @@ fn take_due<R: PendingRows>(
         .collect()
 }
 
-fn row_jobs<T: ArchiveRow>(taken: Vec<(String, Buffer<Vec<T>>)>) -> impl Iterator<Item = SealJob> {
-    taken.into_iter().map(|(date, buf)| SealJob {
-        date,
-        rows: T::into_segment(buf.rows),
-        wal_position: None,
-    })
+/// The row buffers of one table that `take` picks, as jobs.
+fn due_jobs<T: ArchiveRow>(
+    buffers: &mut BTreeMap<String, Buffer<Vec<T>>>,
+    take: &Take<'_>,
+    limits: &SegmentLimits,
+) -> impl Iterator<Item = SealJob> + use<T> {
+    take_due(buffers, take, limits)
+        .into_iter()
+        .map(|(date, buf)| SealJob {
+            date,
+            rows: T::into_segment(buf.rows),
+            wal_position: None,
+        })
 }
 
 /// How often a job whose seal keeps failing is retried once the collector
