@@ -132,14 +132,7 @@ pub struct SipMessage {
 fn next_line(text: &str, pos: usize) -> (Span, usize, bool) {
     let rest = text.as_bytes().get(pos..).unwrap_or(&[]);
     match memchr::memchr(b'\n', rest) {
-        Some(nl) => {
-            let end = if nl > 0 && rest.get(nl - 1) == Some(&b'\r') {
-                pos + nl - 1
-            } else {
-                pos + nl
-            };
-            (pos..end, pos + nl + 1, true)
-        }
+        Some(nl) => line_ending_at(text, pos, pos + nl),
         None => (pos..text.len(), text.len(), false),
     }
 }
