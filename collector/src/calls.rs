@@ -115,6 +115,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 /// off the wire, so the seed stays random per map.
 type CallIdMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 
+use crate::socket_addr_text;
 use sipvault_schemas::{CallRow, CapturedMessage};
 use sipvault_sip::{NameAddr, SipMessage, SipUri, percent_decode, sdp};
 
@@ -1124,25 +1125,6 @@ fn media_summary(sip: &SipMessage) -> Option<MediaSummary> {
             })
             .unwrap_or_default(),
     })
-}
-
-/// `ip:port`, as `SocketAddr`'s `Display` writes it; IPv4 without the
-/// formatting machinery, which took as long as reading the SDP's lines.
-fn socket_addr_text(addr: std::net::SocketAddr) -> String {
-    let std::net::SocketAddr::V4(v4) = addr else {
-        return addr.to_string();
-    };
-    let mut text = String::with_capacity(21);
-    let mut digits = itoa::Buffer::new();
-    for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-        if i > 0 {
-            text.push('.');
-        }
-        text.push_str(digits.format(octet));
-    }
-    text.push(':');
-    text.push_str(digits.format(v4.port()));
-    text
 }
 
 /// The SDP bytes of a message: the body when it is `application/sdp` (or

@@ -118,6 +118,25 @@ impl Default for WalConfig {
     }
 }
 
+/// `ip:port`, as `SocketAddr`'s `Display` writes it; IPv4 without the
+/// formatting machinery, which took as long as reading an SDP's lines.
+pub(crate) fn socket_addr_text(addr: std::net::SocketAddr) -> String {
+    let std::net::SocketAddr::V4(v4) = addr else {
+        return addr.to_string();
+    };
+    let mut text = String::with_capacity(21);
+    let mut digits = itoa::Buffer::new();
+    for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        text.push_str(digits.format(octet));
+    }
+    text.push(':');
+    text.push_str(digits.format(v4.port()));
+    text
+}
+
 fn wall_clock_ns() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
 }

@@ -723,3 +723,18 @@ async fn room_events_from_the_catalog_and_the_server_are_archived_once_across_a_
     assert_eq!(stats.room_event_rows.load(Relaxed), 0);
     assert_eq!(catalog.segments().await.unwrap().len(), entries.len());
 }
+
+#[test]
+fn socket_addresses_read_as_their_display_writes_them() {
+    for addr in [
+        "10.0.0.1:20000",
+        "0.0.0.0:0",
+        "255.255.255.255:65535",
+        "192.0.2.7:5",
+        "[2001:db8::1]:49170",
+        "[::ffff:10.0.0.1]:4000",
+    ] {
+        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        assert_eq!(crate::socket_addr_text(addr), addr.to_string());
+    }
+}

@@ -161,7 +161,7 @@ impl AddrText {
             if self.text.len() >= Self::MAX {
                 self.text.clear();
             }
-            self.text.insert(addr, addr.to_string());
+            self.text.insert(addr, crate::socket_addr_text(addr));
         }
     }
 

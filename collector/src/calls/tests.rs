@@ -1033,18 +1033,3 @@ fn closed_call_ids_are_bounded_and_forgotten_oldest_first() {
     assert!(!closed.contains_key("call-999"));
     assert_eq!(closed.time_of.len(), 1);
 }
-
-#[test]
-fn media_addresses_read_as_socket_addr_display_writes_them() {
-    for addr in [
-        "10.0.0.1:20000",
-        "0.0.0.0:0",
-        "255.255.255.255:65535",
-        "192.0.2.7:5",
-        "[2001:db8::1]:49170",
-        "[::ffff:10.0.0.1]:4000",
-    ] {
-        let addr: std::net::SocketAddr = addr.parse().unwrap();
-        assert_eq!(socket_addr_text(addr), addr.to_string());
-    }
-}
