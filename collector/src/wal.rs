@@ -100,10 +100,18 @@ pub type Ack = oneshot::Sender<Result<(), String>>;
 /// `[len][crc32][payload]`.
 pub fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(FRAME_HEADER + payload.len());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(&frame_header(payload));
     out.extend_from_slice(payload);
     out
+}
+
+/// `[len][crc32]` of a frame holding `payload`.
+fn frame_header(payload: &[u8]) -> [u8; FRAME_HEADER] {
+    let mut header = [0; FRAME_HEADER];
+    let (len, crc) = header.split_at_mut(4);
+    len.copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    crc.copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    header
 }
 
 /// The frames at the start of `bytes`.
@@ -149,11 +157,9 @@ pub fn encode(group: &Group) -> Result<Vec<u8>, WalError> {
     let mut out = Vec::with_capacity(FRAME_HEADER + group.encoded_size_hint());
     out.extend_from_slice(&[0; FRAME_HEADER]);
     let mut out = postcard::to_extend(group, out)?;
-    let payload = out.get(FRAME_HEADER..).unwrap_or(&[]);
-    let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
-    if let Some(header) = out.get_mut(..FRAME_HEADER) {
-        header[..4].copy_from_slice(&len.to_le_bytes());
-        header[4..].copy_from_slice(&crc.to_le_bytes());
+    let header = frame_header(out.get(FRAME_HEADER..).unwrap_or(&[]));
+    if let Some(room) = out.get_mut(..FRAME_HEADER) {
+        room.copy_from_slice(&header);
     }
     Ok(out)
 }
