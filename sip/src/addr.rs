@@ -158,7 +158,7 @@ pub(crate) fn check_absolute_uri(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn is_hostname_byte(b: u8) -> bool {
+const fn is_hostname_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')
 }
 
@@ -446,7 +446,7 @@ const PLAIN_URI_BYTES: [u8; 256] = {
     let mut i = 0;
     while i < 256 {
         let b = i as u8;
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':') {
+        if is_hostname_byte(b) || b == b':' {
             table[i] = PLAIN;
         } else if b == b'@' {
             table[i] = PLAIN | AT;
