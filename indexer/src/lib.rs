@@ -413,6 +413,14 @@ fn register_tokenizers(index: &Index) {
 /// (`sip:alice@example.com`), `user@host` (with and without port) and `user`.
 /// The first key is the most specific form of the input.
 fn address_keys(addr: &str) -> Vec<String> {
+    let mut keys = Vec::with_capacity(4);
+    for_each_address_key(addr, |key| keys.push(key.to_string()));
+    keys
+}
+
+/// [`address_keys`] handed to `key` one by one, each once, borrowed: the
+/// indexer adds them to a document, which copies them anyway.
+fn for_each_address_key(addr: &str, mut key: impl FnMut(&str)) {
     let mut s = addr.trim();
     // `"Alice" <sip:alice@example.com>;tag=x` -> `sip:alice@example.com`
     if let (Some(open), Some(close)) = (s.find('<'), s.rfind('>'))
@@ -420,45 +428,63 @@ fn address_keys(addr: &str) -> Vec<String> {
     {
         s = &s[open + 1..close];
     }
-    let s = s.trim().to_lowercase();
+    let s = s.trim();
+    // Addresses are nearly always ASCII and mostly lower case already.
+    let s: std::borrow::Cow<'_, str> = if !s.is_ascii() {
+        s.to_lowercase().into()
+    } else if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        s.to_ascii_lowercase().into()
+    } else {
+        s.into()
+    };
+    let s = s.as_ref();
     // Scheme: an alphabetic prefix ending in ':' before any '@'.
+    let at = s.find('@');
     let (scheme_len, rest) = match s.find(':') {
         Some(i)
             if i > 0
-                && s[..i].chars().all(|c| c.is_ascii_alphabetic())
-                && s.find('@').is_none_or(|at| i < at) =>
+                && s.as_bytes()[..i].iter().all(u8::is_ascii_alphabetic)
+                && at.is_none_or(|at| i < at) =>
         {
             (i + 1, &s[i + 1..])
         }
-        _ => (0, s.as_str()),
+        _ => (0, s),
     };
     // URI parameters and headers start after the user part.
     let host_start = rest.find('@').map_or(0, |at| at + 1);
-    let end = rest[host_start..]
-        .find([';', '?', '>'])
+    let end = rest.as_bytes()[host_start..]
+        .iter()
+        .position(|b| matches!(b, b';' | b'?' | b'>'))
         .map_or(rest.len(), |i| host_start + i);
     let rest = &rest[..end];
-    let mut keys: Vec<String> = Vec::with_capacity(4);
-    let mut push = |k: &str| {
-        if !k.is_empty() && !keys.iter().any(|x| x == k) {
-            keys.push(k.to_string());
+    let (user, user_at_host) = match rest.find('@') {
+        Some(at) => {
+            let user = &rest[..at];
+            let host = &rest[at + 1..];
+            // Strip a port, but not from an IPv6 literal without one.
+            let host_no_port = match (host.rfind(':'), host.rfind(']')) {
+                (Some(c), Some(b)) if c > b => &host[..c],
+                (Some(c), None) if host.matches(':').count() == 1 => &host[..c],
+                _ => host,
+            };
+            // Without a port, `user@host` is `rest` itself.
+            let mut user_at_host = String::new();
+            if host_no_port.len() < host.len() {
+                user_at_host.reserve(user.len() + 1 + host_no_port.len());
+                user_at_host.push_str(user);
+                user_at_host.push('@');
+                user_at_host.push_str(host_no_port);
+            }
+            (user, user_at_host)
         }
+        None => ("", String::new()),
     };
-    push(&s[..scheme_len + rest.len()]);
-    push(rest);
-    if let Some(at) = rest.find('@') {
-        let user = &rest[..at];
-        let host = &rest[at + 1..];
-        // Strip a port, but not from an IPv6 literal without one.
-        let host_no_port = match (host.rfind(':'), host.rfind(']')) {
-            (Some(c), Some(b)) if c > b => &host[..c],
-            (Some(c), None) if host.matches(':').count() == 1 => &host[..c],
-            _ => host,
-        };
-        push(&format!("{user}@{host_no_port}"));
-        push(user);
+    let keys = [&s[..scheme_len + rest.len()], rest, &user_at_host, user];
+    for (i, k) in keys.iter().enumerate() {
+        if !k.is_empty() && !keys[..i].contains(k) {
+            key(k);
+        }
     }
-    keys
 }
 
 /// Documents are kept in time order within each tantivy segment (tantivy sorts
@@ -634,9 +660,7 @@ impl ImIndex {
             doc.add_text(f.body, &row.body);
             doc.add_text(f.from, &row.from);
             doc.add_text(f.from_uri, &row.from);
-            for key in address_keys(&row.from) {
-                doc.add_text(f.from_addr, &key);
-            }
+            for_each_address_key(&row.from, |key| doc.add_text(f.from_addr, key));
             if let Some(name) = &row.from_name {
                 doc.add_text(f.from, name);
                 doc.add_text(f.from_name, name);
@@ -644,9 +668,7 @@ impl ImIndex {
             for rcpt in &row.to {
                 doc.add_text(f.to, rcpt);
                 doc.add_text(f.to_uri, rcpt);
-                for key in address_keys(rcpt) {
-                    doc.add_text(f.to_addr, &key);
-                }
+                for_each_address_key(rcpt, |key| doc.add_text(f.to_addr, key));
             }
             if let Some(name) = &row.to_name {
                 doc.add_text(f.to, name);

@@ -542,6 +542,14 @@ fn address_keys_forms() {
             "erin"
         ]
     );
+    assert_eq!(
+        address_keys("\"Jörg\" <sip:Jörg.Groß@Example.com>"),
+        [
+            "sip:jörg.groß@example.com",
+            "jörg.groß@example.com",
+            "jörg.groß"
+        ]
+    );
     assert_eq!(address_keys("alice"), ["alice"]);
     assert_eq!(
         address_keys("alice@example.com"),
