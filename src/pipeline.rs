@@ -518,9 +518,12 @@ fn repair(index: &mut ImIndex, data_dir: &Path, manifest: &[SegmentRef]) {
 /// Indexes each sealed segment under its manifest path: IM rows as the
 /// collector handed them over, calls and presence read back from the segment.
 fn index_sealed(mut index: ImIndex, data_dir: &Path, mut sealed: mpsc::Receiver<SealedSegment>) {
-    while let Some(seg) = sealed.blocking_recv() {
+    while let Some(mut seg) = sealed.blocking_recv() {
         let docs: Vec<IndexDoc> = if seg.table == TABLE_IM_MESSAGES {
-            seg.im_rows.iter().map(IndexDoc::from).collect()
+            std::mem::take(&mut seg.im_rows)
+                .into_iter()
+                .map(IndexDoc::from)
+                .collect()
         } else if sipvault_indexer::DocType::for_table(&seg.table).is_some() {
             let segment = SegmentRef {
                 table: seg.table.clone(),

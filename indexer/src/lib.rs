@@ -155,17 +155,19 @@ pub struct IndexDoc {
     pub cseq: u32,
 }
 
-impl From<&ImMessageRow> for IndexDoc {
-    fn from(row: &ImMessageRow) -> Self {
+/// By value: the indexer takes over a sealed segment's IM rows, and moving
+/// their text saves a copy of every body and address.
+impl From<ImMessageRow> for IndexDoc {
+    fn from(row: ImMessageRow) -> Self {
         IndexDoc {
             doc_type: DocType::Im,
             time_ns: row.time_ns,
-            from: row.sender.clone(),
-            from_name: row.from_display.clone(),
-            to: row.recipients.clone(),
-            to_name: row.to_display.clone(),
-            body: row.body.clone(),
-            call_id: row.call_id.clone(),
+            from: row.sender,
+            from_name: row.from_display,
+            to: row.recipients,
+            to_name: row.to_display,
+            body: row.body,
+            call_id: row.call_id,
             cseq: row.cseq,
         }
     }
@@ -593,7 +595,7 @@ impl ImIndex {
         segment_id: &str,
         rows: &[ImMessageRow],
     ) -> Result<(), IndexError> {
-        let docs: Vec<IndexDoc> = rows.iter().map(IndexDoc::from).collect();
+        let docs: Vec<IndexDoc> = rows.iter().cloned().map(IndexDoc::from).collect();
         self.add_documents(segment_id, &docs)
     }
 
