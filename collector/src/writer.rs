@@ -619,7 +619,6 @@ impl ArchiveRow for RoomEventRow {
     }
 }
 
-/// Takes the due buffers (every non-empty one when `all`) of one table out.
 /// Which buffers of one table a roll takes: every non-empty one (`all`),
 /// else those due at `now`, and the one of `date` (the largest, when the
 /// open buffers are over their budget).
@@ -629,6 +628,7 @@ struct Take<'a> {
     date: Option<&'a str>,
 }
 
+/// Takes the buffers of one table that `take` picks out.
 fn take_due<R: PendingRows>(
     buffers: &mut BTreeMap<String, Buffer<R>>,
     take: &Take<'_>,
