@@ -453,13 +453,16 @@ fn for_each_address_key(addr: &str, mut key: impl FnMut(&str)) {
         _ => (0, s),
     };
     // URI parameters and headers start after the user part.
-    let host_start = rest.find('@').map_or(0, |at| at + 1);
+    // A scheme ends before the first '@', so that '@' is still in `rest`.
+    let rest_at = at.map(|at| at - scheme_len);
+    let host_start = rest_at.map_or(0, |at| at + 1);
     let end = rest.as_bytes()[host_start..]
         .iter()
         .position(|b| matches!(b, b';' | b'?' | b'>'))
         .map_or(rest.len(), |i| host_start + i);
+    // Cut after the '@', which stays where it was.
     let rest = &rest[..end];
-    let (user, user_at_host) = match rest.find('@') {
+    let (user, user_at_host) = match rest_at {
         Some(at) => {
             let user = &rest[..at];
             let host = &rest[at + 1..];
