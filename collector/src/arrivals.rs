@@ -123,17 +123,20 @@ impl Arrivals {
     /// Takes one message; returns `false` when it was another source's
     /// copy of one already seen, and is dropped.
     pub fn push(&mut self, msg: CapturedMessage) -> bool {
-        let (fp, source) = self.fingerprint(&msg);
-        if self.config.dedup_window_ns > 0
-            && let Some(&(seen, seen_source)) = self.recent.get(&fp)
-            && seen_source != source
-            && (seen - msg.time_ns).abs() <= self.config.dedup_window_ns
-        {
-            self.duplicates += 1;
-            return false;
+        // Without de-duplication (an import) no fingerprint is ever
+        // looked up: hashing every message's bytes for one would be waste.
+        if self.config.dedup_window_ns > 0 {
+            let (fp, source) = self.fingerprint(&msg);
+            if let Some(&(seen, seen_source)) = self.recent.get(&fp)
+                && seen_source != source
+                && (seen - msg.time_ns).abs() <= self.config.dedup_window_ns
+            {
+                self.duplicates += 1;
+                return false;
+            }
+            self.recent.insert(fp, (msg.time_ns, source));
+            self.recent_order.push_back((msg.time_ns, fp));
         }
-        self.recent.insert(fp, (msg.time_ns, source));
-        self.recent_order.push_back((msg.time_ns, fp));
         self.latest_capture_ns = self.latest_capture_ns.max(msg.time_ns);
         self.watermark_ns = self.watermark_ns.max(msg.time_ns);
         self.forget_old();
@@ -387,6 +390,21 @@ mod tests {
         let mut out = Vec::new();
         a.drain(&mut out);
         assert_eq!(out.len(), 4);
+    }
+
+    #[test]
+    fn without_deduplication_copies_are_kept_and_no_fingerprint_is_remembered() {
+        let mut a = Arrivals::new(ArrivalConfig {
+            dedup_window_ns: 0,
+            ..ArrivalConfig::default()
+        });
+        assert!(a.push(msg(1_000, "INVITE", "tap")));
+        assert!(a.push(msg(1_003, "INVITE", "hep:2001")), "a copy is kept");
+        assert_eq!(a.duplicates(), 0);
+        assert!(a.recent.is_empty() && a.recent_order.is_empty());
+        let mut out = Vec::new();
+        a.drain(&mut out);
+        assert_eq!(bodies(&out), ["INVITE", "INVITE"]);
     }
 
     #[test]
