@@ -869,17 +869,23 @@ impl Pipeline {
     }
 
     /// Archives every released message, rolling segments per message, not
-    /// per batch, so a segment never exceeds its limits.
+    /// per batch, so a segment never exceeds its limits. The rolls fall
+    /// where a full look at every buffer after each message would put them
+    /// (a log replay must roll at the same rows), but that look is taken
+    /// only once and after each roll: within a group the clock stands
+    /// still, so between rolls only a row can make a buffer due.
     async fn archive_ready(
         &mut self,
         jobs: &mpsc::Sender<writer::SealerMsg>,
         stats: &CollectorStats,
     ) {
         let mut ready = std::mem::take(&mut self.ready);
+        let mut aged = self.writer.needs_roll();
         for msg in ready.drain(..) {
             self.archive(msg, stats);
-            if self.writer.needs_roll() {
+            if aged || self.writer.filled() {
                 self.seal(false, jobs, stats).await;
+                aged = self.writer.needs_roll();
             }
         }
         self.ready = ready;

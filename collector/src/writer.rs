@@ -110,10 +110,17 @@ struct Buffer<R> {
 impl<R: PendingRows> Buffer<R> {
     fn due(&self, now_ns: i64, limits: &SegmentLimits) -> bool {
         self.rows.len() > 0
-            && (self.rows.len() >= limits.max_rows
-                || self.bytes >= limits.max_bytes
+            && (self.full(limits)
                 || now_ns.saturating_sub(self.opened_ns)
                     >= i64::try_from(limits.max_age.as_nanos()).unwrap_or(i64::MAX))
+    }
+
+    /// Due whatever the clock says: its rows or bytes reached their limit
+    /// (or segments have no age to reach, so any row is due at once).
+    fn full(&self, limits: &SegmentLimits) -> bool {
+        self.rows.len() >= limits.max_rows
+            || self.bytes >= limits.max_bytes
+            || limits.max_age.is_zero()
     }
 }
 
@@ -141,6 +148,9 @@ pub struct ArchiveWriter {
     lost: u64,
     /// The collector clock, ns (see [`Self::set_clock`]).
     now_ns: i64,
+    /// A row since the last roll filled its buffer to a size limit (see
+    /// [`Self::filled`]).
+    filled: bool,
 }
 
 /// `ip:port` text of socket addresses, remembered: a capture point sees
@@ -188,31 +198,36 @@ struct DateCache {
 }
 
 impl DateCache {
-    fn date(&mut self, time_ns: i64) -> String {
+    fn date(&mut self, time_ns: i64) -> &str {
         let day = time_ns.div_euclid(NS_PER_DAY);
-        match &self.last {
-            Some((d, s)) if *d == day => s.clone(),
-            _ => {
-                let s = partition_date(time_ns);
-                self.last = Some((day, s.clone()));
-                s
-            }
+        if self.last.as_ref().is_none_or(|(d, _)| *d != day) {
+            self.last = Some((day, partition_date(time_ns)));
         }
+        self.last.as_ref().map_or("", |(_, date)| date.as_str())
     }
 }
 
-/// The buffer of `date`, its age restarted when it was empty.
+/// The buffer of `date`, its age restarted when it was empty. Looked up
+/// by `&str`: the day's key is only allocated when its buffer is made.
 fn buffer<'m, R: PendingRows>(
     map: &'m mut BTreeMap<String, Buffer<R>>,
-    date: String,
+    date: &str,
     limits: &SegmentLimits,
     now_ns: i64,
 ) -> &'m mut Buffer<R> {
-    let buf = map.entry(date).or_insert_with(|| Buffer {
-        rows: R::for_segment(limits),
-        bytes: 0,
-        opened_ns: now_ns,
-    });
+    if !map.contains_key(date) {
+        map.insert(
+            date.to_owned(),
+            Buffer {
+                rows: R::for_segment(limits),
+                bytes: 0,
+                opened_ns: now_ns,
+            },
+        );
+    }
+    let buf = map
+        .get_mut(date)
+        .expect("the buffer of this date was just made");
     if buf.rows.len() == 0 {
         buf.opened_ns = now_ns;
     }
@@ -220,20 +235,22 @@ fn buffer<'m, R: PendingRows>(
 }
 
 /// Appends `row` to the buffer of `date`, counting its memory there and in
-/// `open_bytes`, the total of every open buffer.
+/// `open_bytes`, the total of every open buffer. Returns whether the
+/// buffer is now full (rows or bytes).
 fn push<T: MemorySize>(
     now_ns: i64,
     map: &mut BTreeMap<String, Buffer<Vec<T>>>,
     limits: &SegmentLimits,
-    date: String,
+    date: &str,
     row: T,
     open_bytes: &mut usize,
-) {
+) -> bool {
     let size = row.memory_size();
     *open_bytes += size;
     let buf = buffer(map, date, limits, now_ns);
     buf.bytes += size;
     buf.rows.push(row);
+    buf.full(limits)
 }
 
 impl ArchiveWriter {
@@ -251,6 +268,7 @@ impl ArchiveWriter {
             open_bytes: 0,
             lost: 0,
             now_ns: i64::MIN,
+            filled: false,
         }
     }
 
@@ -307,6 +325,7 @@ impl ArchiveWriter {
         buf.bytes += size;
         self.open_bytes += size;
         buf.rows.append(&fields);
+        self.filled |= buf.full(&self.limits);
     }
 
     /// Rows dropped since the last call because their segment could not be
@@ -316,7 +335,7 @@ impl ArchiveWriter {
     }
 
     pub fn push_im(&mut self, row: ImMessageRow) {
-        push(
+        self.filled |= push(
             self.now_ns,
             &mut self.im,
             &self.limits,
@@ -327,7 +346,7 @@ impl ArchiveWriter {
     }
 
     pub fn push_call(&mut self, row: CallRow) {
-        push(
+        self.filled |= push(
             self.now_ns,
             &mut self.calls,
             &self.limits,
@@ -338,7 +357,7 @@ impl ArchiveWriter {
     }
 
     pub fn push_hep_raw(&mut self, row: HepRawRow) {
-        push(
+        self.filled |= push(
             self.now_ns,
             &mut self.hep_raw,
             &self.limits,
@@ -349,7 +368,7 @@ impl ArchiveWriter {
     }
 
     pub fn push_presence(&mut self, row: PresenceRow) {
-        push(
+        self.filled |= push(
             self.now_ns,
             &mut self.presence,
             &self.limits,
@@ -360,7 +379,7 @@ impl ArchiveWriter {
     }
 
     pub fn push_room_event(&mut self, row: RoomEventRow) {
-        push(
+        self.filled |= push(
             self.now_ns,
             &mut self.room_events,
             &self.limits,
@@ -374,6 +393,14 @@ impl ArchiveWriter {
     /// clock itself, so a write-ahead-log replay rolls at the same rows).
     pub fn set_clock(&mut self, now_ns: i64) {
         self.now_ns = self.now_ns.max(now_ns);
+    }
+
+    /// Whether a row pushed since the last roll made its buffer due
+    /// whatever the clock, or the open buffers together reached their
+    /// budget: what can change from one row to the next, without looking
+    /// at every buffer. [`Self::needs_roll`] asks about age too.
+    pub fn filled(&self) -> bool {
+        self.filled || self.over_open_budget()
     }
 
     pub fn needs_roll(&self) -> bool {
@@ -432,6 +459,8 @@ impl ArchiveWriter {
     /// out as a job for the sealer.
     pub fn roll(&mut self, all: bool) -> Vec<SealJob> {
         let now = self.now_ns;
+        // Every full buffer is due, so this roll takes it.
+        self.filled = false;
         // Over the budget of open bytes, the largest buffer goes too.
         let largest = match self.open_buffers() {
             (total, Some((table, date))) if total >= self.limits.open_bytes_budget() => {
@@ -950,6 +979,39 @@ mod tests {
         let jobs = writer.roll(false);
         assert_eq!(jobs.len(), 1);
         assert_eq!(jobs[0].rows.len(), pushed);
+    }
+
+    #[test]
+    fn filled_tells_a_full_buffer_from_an_aged_one() {
+        let limits = SegmentLimits {
+            max_rows: 3,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(60),
+        };
+        let mut writer = ArchiveWriter::new(limits.clone());
+        writer.set_clock(0);
+        writer.push_im(im(0));
+        writer.push_im(im(1));
+        assert!(!writer.filled() && !writer.needs_roll());
+        writer.push_im(im(2));
+        assert!(writer.filled() && writer.needs_roll(), "three rows: full");
+        assert_eq!(writer.roll(false).len(), 1);
+        assert!(!writer.filled() && !writer.needs_roll(), "the roll took it");
+
+        writer.push_im(im(3));
+        writer.set_clock(61_000_000_000);
+        assert!(
+            writer.needs_roll() && !writer.filled(),
+            "aged, not full: only the look at every buffer sees it"
+        );
+        writer.roll(false);
+
+        let mut ageless = ArchiveWriter::new(SegmentLimits {
+            max_age: Duration::ZERO,
+            ..limits
+        });
+        ageless.push_im(im(4));
+        assert!(ageless.filled(), "no age to reach: due at once");
     }
 
     #[test]
