@@ -515,33 +515,88 @@ fn repair(index: &mut ImIndex, data_dir: &Path, manifest: &[SegmentRef]) {
     }
 }
 
+/// Segments staged for one commit at most: a commit makes them durable
+/// and searchable, so a long backlog still commits now and then.
+const SEGMENTS_PER_COMMIT: usize = 64;
+
 /// Indexes each sealed segment under its manifest path: IM rows as the
-/// collector handed them over, calls and presence read back from the segment.
+/// collector handed them over, calls and presence read back from the
+/// segment. The segments waiting when the indexer gets to them share one
+/// commit: a commit cost as much as indexing a few thousand records, and
+/// the end of an import or a burst of traffic seals several at once.
 fn index_sealed(mut index: ImIndex, data_dir: &Path, mut sealed: mpsc::Receiver<SealedSegment>) {
-    while let Some(mut seg) = sealed.blocking_recv() {
-        let docs: Vec<IndexDoc> = if seg.table == TABLE_IM_MESSAGES {
+    while let Some(first) = sealed.blocking_recv() {
+        let mut waiting = vec![first];
+        while waiting.len() < SEGMENTS_PER_COMMIT
+            && let Ok(seg) = sealed.try_recv()
+        {
+            waiting.push(seg);
+        }
+        let mut staged: Vec<(SealedSegment, Vec<IndexDoc>)> = Vec::new();
+        for mut seg in waiting {
+            let Some(docs) = segment_docs(data_dir, &mut seg) else {
+                continue;
+            };
+            if let Err(e) = index.stage_documents(&seg.path, &docs) {
+                tracing::error!(segment = %seg.segment_id, error = %e, "indexing failed");
+                // The failed staging rolled back the whole uncommitted
+                // batch: the segments staged before it are staged again.
+                // Should that fail too, they are left to the repair at the
+                // next start, which indexes what the manifest has and the
+                // index lacks.
+                let restaged = staged
+                    .iter()
+                    .try_for_each(|(earlier, docs)| index.stage_documents(&earlier.path, docs));
+                if let Err(e) = restaged {
+                    for (earlier, _) in staged.drain(..) {
+                        tracing::error!(segment = %earlier.segment_id, error = %e, "indexing failed");
+                    }
+                }
+                continue;
+            }
+            staged.push((seg, docs));
+        }
+        if staged.is_empty() {
+            continue;
+        }
+        match index.commit() {
+            Ok(()) => {
+                for (seg, _) in &staged {
+                    tracing::info!(segment = %seg.segment_id, rows = seg.rows, "segment indexed");
+                }
+            }
+            Err(e) => {
+                for (seg, _) in &staged {
+                    tracing::error!(segment = %seg.segment_id, error = %e, "indexing failed");
+                }
+            }
+        }
+    }
+}
+
+/// The index documents of a sealed segment, or `None` for a table the
+/// index does not hold (or a segment that cannot be read back).
+fn segment_docs(data_dir: &Path, seg: &mut SealedSegment) -> Option<Vec<IndexDoc>> {
+    if seg.table == TABLE_IM_MESSAGES {
+        Some(
             std::mem::take(&mut seg.im_rows)
                 .into_iter()
                 .map(IndexDoc::from)
-                .collect()
-        } else if sipvault_indexer::DocType::for_table(&seg.table).is_some() {
-            let segment = SegmentRef {
-                table: seg.table.clone(),
-                path: seg.path.clone(),
-            };
-            match read_segment_docs(data_dir, &segment) {
-                Ok(docs) => docs,
-                Err(e) => {
-                    tracing::error!(segment = %seg.path, error = %e, "cannot read sealed segment for indexing");
-                    continue;
-                }
-            }
-        } else {
-            continue;
+                .collect(),
+        )
+    } else if sipvault_indexer::DocType::for_table(&seg.table).is_some() {
+        let segment = SegmentRef {
+            table: seg.table.clone(),
+            path: seg.path.clone(),
         };
-        match index.add_documents(&seg.path, &docs) {
-            Ok(()) => tracing::info!(segment = %seg.segment_id, rows = seg.rows, "segment indexed"),
-            Err(e) => tracing::error!(segment = %seg.segment_id, error = %e, "indexing failed"),
+        match read_segment_docs(data_dir, &segment) {
+            Ok(docs) => Some(docs),
+            Err(e) => {
+                tracing::error!(segment = %seg.path, error = %e, "cannot read sealed segment for indexing");
+                None
+            }
         }
+    } else {
+        None
     }
 }
