@@ -5,7 +5,7 @@
 //! write `.<id>.parquet.tmp`, fsync it, rename to `<id>.parquet`, fsync the
 //! directory, hash the file, then enter the manifest row.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -700,10 +700,17 @@ fn due_jobs<T: ArchiveRow>(
 /// bounded job channel holds ingest back meanwhile).
 const SEAL_ATTEMPTS_AT_SHUTDOWN: u32 = 5;
 
-/// The sealing stage: writes each job as a segment, in order (the manifest
-/// is a hash chain), and announces it on `sealed`. A failed seal is retried
-/// with backoff, its rows kept, so nothing is dropped because the disk was
-/// briefly full or read-only.
+/// Segments being written at once. Writing (encoding, compressing,
+/// fsync, hashing) is independent per segment; only entering the manifest
+/// has to go in order. Two keep both cores busy when several segments are
+/// due together (a day's end, the end of an import, a checkpoint).
+const SEALS_IN_FLIGHT: usize = 2;
+
+/// The sealing stage: writes each job as a segment and enters them in the
+/// manifest in order (it is a hash chain), announcing each on `sealed`.
+/// While one segment is written the next may be too. A failed seal is
+/// retried with backoff, its rows kept, so nothing is dropped because the
+/// disk was briefly full or read-only.
 pub async fn run_sealer(
     data_dir: PathBuf,
     wal_dir: Option<PathBuf>,
@@ -716,10 +723,39 @@ pub async fn run_sealer(
         data_dir: &data_dir,
         catalog: &catalog,
     };
-    while let Some(msg) = jobs.recv().await {
-        let job = match msg {
-            SealerMsg::Segment(job) => job,
-            SealerMsg::Checkpoint { lsn, state } => {
+    let mut writing: VecDeque<Writing> = VecDeque::new();
+    loop {
+        // A job is started as soon as there is room for it; with none
+        // waiting, the oldest one being written is finished. So a segment
+        // never waits for the next one to be entered in the manifest.
+        let msg = if writing.is_empty() {
+            jobs.recv().await
+        } else if writing.len() < SEALS_IN_FLIGHT {
+            match jobs.try_recv() {
+                Ok(msg) => Some(msg),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    sealer
+                        .finish_oldest(&mut writing, &jobs, &sealed, &stats)
+                        .await;
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            }
+        } else {
+            sealer
+                .finish_oldest(&mut writing, &jobs, &sealed, &stats)
+                .await;
+            continue;
+        };
+        match msg {
+            Some(SealerMsg::Segment(job)) => writing.push_back(sealer.start(job)),
+            Some(SealerMsg::Checkpoint { lsn, state }) => {
+                // The snapshot covers every segment rolled before it.
+                while !writing.is_empty() {
+                    sealer
+                        .finish_oldest(&mut writing, &jobs, &sealed, &stats)
+                        .await;
+                }
                 let Some(dir) = wal_dir.clone() else {
                     continue;
                 };
@@ -736,13 +772,124 @@ pub async fn run_sealer(
                     }
                     Err(e) => tracing::error!(error = %e, lsn, "checkpoint task failed"),
                 }
-                continue;
             }
+            None => {
+                while !writing.is_empty() {
+                    sealer
+                        .finish_oldest(&mut writing, &jobs, &sealed, &stats)
+                        .await;
+                }
+                break;
+            }
+        }
+    }
+}
+
+struct Sealer<'a> {
+    data_dir: &'a Path,
+    catalog: &'a Catalog,
+}
+
+/// A job whose segment is being written, not yet in the manifest.
+struct Writing {
+    job: SealJob,
+    written: Result<tokio::task::JoinHandle<Result<Written>>>,
+}
+
+/// A segment file written and renamed into place.
+struct Written {
+    table: &'static str,
+    rel: String,
+    rows: usize,
+    sha256: String,
+    min_time_ns: i64,
+    max_time_ns: i64,
+}
+
+impl Sealer<'_> {
+    /// Starts writing `job`'s segment on a blocking thread.
+    fn start(&self, job: SealJob) -> Writing {
+        let written = self.spawn_write(&job);
+        Writing { job, written }
+    }
+
+    fn spawn_write(&self, job: &SealJob) -> Result<tokio::task::JoinHandle<Result<Written>>> {
+        let (batch, (min_time_ns, max_time_ns)) = job.rows.batch()?;
+        let table = job.rows.table();
+        let segment_id = format!(
+            "{}-{:08x}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
+            rand_u32()
+        );
+        let rel = format!("archive/{table}/date={}/{segment_id}.parquet", job.date);
+        let dir = self
+            .data_dir
+            .join(format!("archive/{table}/date={}", job.date));
+        let final_path = self.data_dir.join(&rel);
+        Ok(tokio::task::spawn_blocking(move || {
+            let sha256 = write_parquet(&dir, &segment_id_tmp(&final_path), &final_path, &batch)?;
+            Ok(Written {
+                table,
+                rel,
+                rows: batch.num_rows(),
+                sha256,
+                min_time_ns,
+                max_time_ns,
+            })
+        }))
+    }
+
+    /// Waits for the write to end and enters the segment in the manifest.
+    async fn register(
+        &self,
+        job: &SealJob,
+        writing: Result<tokio::task::JoinHandle<Result<Written>>>,
+    ) -> Result<SealedSegment> {
+        let written = writing?.await.map_err(|e| CollectorError::Io {
+            path: format!("archive/{}", job.rows.table()),
+            source: std::io::Error::other(e),
+        })??;
+        self.catalog
+            .add_segment(&NewSegment {
+                table_name: written.table.to_string(),
+                path: written.rel.clone(),
+                rows: written.rows as i64,
+                sha256: written.sha256,
+                min_time_ns: written.min_time_ns,
+                max_time_ns: written.max_time_ns,
+                wal_position: job.wal_position,
+            })
+            .await?;
+        Ok(SealedSegment {
+            table: written.table.to_string(),
+            segment_id: Path::new(&written.rel)
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string(),
+            path: written.rel,
+            rows: written.rows,
+            im_rows: Vec::new(),
+        })
+    }
+
+    /// Finishes the oldest job being written: enters it in the manifest
+    /// and announces it, or retries the whole seal (rows kept) until it
+    /// succeeds, or at shutdown gives up after a few attempts.
+    async fn finish_oldest(
+        &self,
+        writing: &mut VecDeque<Writing>,
+        jobs: &mpsc::Receiver<SealerMsg>,
+        sealed: &mpsc::Sender<SealedSegment>,
+        stats: &CollectorStats,
+    ) {
+        let Some(Writing { job, written }) = writing.pop_front() else {
+            return;
         };
-        let mut attempt = 0u32;
+        let mut result = self.register(&job, written).await;
+        let mut attempt = 1u32;
         loop {
-            attempt += 1;
-            match sealer.seal_job(&job).await {
+            match result {
                 Ok(seg) => {
                     stats.segments_sealed.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(table = %seg.table, path = %seg.path, rows = seg.rows, "segment sealed");
@@ -755,7 +902,7 @@ pub async fn run_sealer(
                     };
                     // The receiver going away (indexer stopped) must not stop archiving.
                     let _ = sealed.send(seg).await;
-                    break;
+                    return;
                 }
                 Err(e) => {
                     stats.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -764,84 +911,16 @@ pub async fn run_sealer(
                             .rows_lost
                             .fetch_add(job.rows.len() as u64, Ordering::Relaxed);
                         tracing::error!(error = %e, table = job.rows.table(), date = %job.date, rows = job.rows.len(), "sealing failed at shutdown; these rows are lost");
-                        break;
+                        return;
                     }
                     let backoff = Duration::from_millis(200 * 2u64.pow(attempt.min(6)));
                     tracing::error!(error = %e, table = job.rows.table(), date = %job.date, ?backoff, "sealing a segment failed; rows kept, retrying");
                     tokio::time::sleep(backoff).await;
+                    attempt += 1;
+                    result = self.register(&job, self.spawn_write(&job)).await;
                 }
             }
         }
-    }
-}
-
-struct Sealer<'a> {
-    data_dir: &'a Path,
-    catalog: &'a Catalog,
-}
-
-impl Sealer<'_> {
-    async fn seal_job(&self, job: &SealJob) -> Result<SealedSegment> {
-        let (batch, (min, max)) = job.rows.batch()?;
-        self.seal(
-            job.rows.table(),
-            &job.date,
-            batch,
-            min,
-            max,
-            job.wal_position,
-        )
-        .await
-    }
-
-    async fn seal(
-        &self,
-        table: &str,
-        date: &str,
-        batch: RecordBatch,
-        min: i64,
-        max: i64,
-        wal_position: Option<i64>,
-    ) -> Result<SealedSegment> {
-        let segment_id = format!(
-            "{}-{:08x}",
-            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
-            rand_u32()
-        );
-        let rel = format!("archive/{table}/date={date}/{segment_id}.parquet");
-        let dir = self.data_dir.join(format!("archive/{table}/date={date}"));
-        let final_path = self.data_dir.join(&rel);
-        let rows = batch.num_rows();
-        let sha256 = tokio::task::spawn_blocking(move || {
-            write_parquet(&dir, &segment_id_tmp(&final_path), &final_path, &batch)
-        })
-        .await
-        .map_err(|e| CollectorError::Io {
-            path: rel.clone(),
-            source: std::io::Error::other(e),
-        })??;
-        self.catalog
-            .add_segment(&NewSegment {
-                table_name: table.to_string(),
-                path: rel.clone(),
-                rows: rows as i64,
-                sha256,
-                min_time_ns: min,
-                max_time_ns: max,
-                wal_position,
-            })
-            .await?;
-        Ok(SealedSegment {
-            table: table.to_string(),
-            segment_id: Path::new(&rel)
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_string(),
-            path: rel,
-            rows,
-            im_rows: Vec::new(),
-        })
     }
 }
 
@@ -979,6 +1058,64 @@ mod tests {
         let jobs = writer.roll(false);
         assert_eq!(jobs.len(), 1);
         assert_eq!(jobs[0].rows.len(), pushed);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn segments_written_side_by_side_enter_the_manifest_in_job_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).await.unwrap();
+        let (jobs_tx, jobs_rx) = mpsc::channel(16);
+        let (sealed_tx, mut sealed_rx) = mpsc::channel(16);
+        let stats = Arc::new(CollectorStats::default());
+        let sealer = tokio::spawn(run_sealer(
+            dir.path().to_owned(),
+            None,
+            catalog.clone(),
+            jobs_rx,
+            sealed_tx,
+            stats.clone(),
+        ));
+        // Sizes alternate, so a later, smaller segment is often written
+        // before the one ahead of it.
+        let sizes = [4000, 3, 2500, 1, 3000, 2, 1500, 5];
+        for (k, &n) in sizes.iter().enumerate() {
+            let rows = (0..n).map(|i| im(k * 10_000 + i)).collect();
+            jobs_tx
+                .send(SealerMsg::Segment(SealJob {
+                    date: format!("2026-01-{:02}", k + 1),
+                    rows: SegmentRows::Im(rows),
+                    wal_position: None,
+                }))
+                .await
+                .unwrap();
+        }
+        drop(jobs_tx);
+        sealer.await.unwrap();
+        let announced: Vec<usize> = std::iter::from_fn(|| sealed_rx.try_recv().ok())
+            .map(|seg| seg.rows)
+            .collect();
+        assert_eq!(announced, sizes, "announced in job order");
+        let manifest: Vec<(i64, bool)> = catalog
+            .segments()
+            .await
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(k, seg)| (seg.rows, seg.path.contains(&format!("date=2026-01-{:02}", k + 1))))
+            .collect();
+        let expected: Vec<(i64, bool)> = sizes.iter().map(|&n| (n as i64, true)).collect();
+        assert_eq!(manifest, expected, "entered in the manifest in job order");
+        assert_eq!(stats.segments_sealed.load(Ordering::Relaxed), sizes.len() as u64);
+        let report = crate::verify::verify_archive(
+            dir.path(),
+            &catalog.segments().await.unwrap(),
+            |_| {},
+        );
+        assert!(
+            report.findings.is_empty(),
+            "chain, hashes and files agree: {:?}",
+            report.findings
+        );
     }
 
     #[test]
