@@ -1101,16 +1101,21 @@ mod tests {
             .unwrap()
             .iter()
             .enumerate()
-            .map(|(k, seg)| (seg.rows, seg.path.contains(&format!("date=2026-01-{:02}", k + 1))))
+            .map(|(k, seg)| {
+                (
+                    seg.rows,
+                    seg.path.contains(&format!("date=2026-01-{:02}", k + 1)),
+                )
+            })
             .collect();
         let expected: Vec<(i64, bool)> = sizes.iter().map(|&n| (n as i64, true)).collect();
         assert_eq!(manifest, expected, "entered in the manifest in job order");
-        assert_eq!(stats.segments_sealed.load(Ordering::Relaxed), sizes.len() as u64);
-        let report = crate::verify::verify_archive(
-            dir.path(),
-            &catalog.segments().await.unwrap(),
-            |_| {},
+        assert_eq!(
+            stats.segments_sealed.load(Ordering::Relaxed),
+            sizes.len() as u64
         );
+        let report =
+            crate::verify::verify_archive(dir.path(), &catalog.segments().await.unwrap(), |_| {});
         assert!(
             report.findings.is_empty(),
             "chain, hashes and files agree: {:?}",
