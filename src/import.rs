@@ -6,7 +6,7 @@
 //! indexing); the import is entered in the catalog only after its segments
 //! are sealed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
@@ -15,8 +15,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use sipvault_catalog::{Catalog, ImportRecord};
 use sipvault_collector::Inputs;
-use sipvault_collector::pcap::{ImportOptions, ImportStats, import_file};
+use sipvault_collector::pcap::{ImportOptions, ImportStats, PcapError, import_file, import_reader};
+use sipvault_collector::writer::Sha256Reader;
 use sipvault_query::OutputFormat;
+use sipvault_schemas::CapturedMessage;
 
 use crate::config::Config;
 use crate::pipeline::Archiver;
@@ -30,6 +32,9 @@ struct FileOutcome {
     /// When already imported: the name it was imported under.
     previous_name: Option<String>,
     error: Option<String>,
+    /// The whole file's length (what its hash covers).
+    #[serde(skip)]
+    file_bytes: u64,
     #[serde(flatten)]
     stats: ImportStats,
 }
@@ -80,48 +85,69 @@ pub async fn import_pcaps(
 
     let mut outcomes = Vec::new();
     let mut seen_now: BTreeMap<String, String> = BTreeMap::new();
+    let mut sizes_now: BTreeSet<u64> = BTreeSet::new();
     for path in files {
         let name = file_name(path);
-        let sha = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || sipvault_collector::writer::sha256_file(&path))
-                .await?
+        let size = std::fs::metadata(path).map(|m| m.len()).ok();
+        // Only a file of the size of an earlier import can repeat it; only
+        // then must its hash be known before it is read. Any other file is
+        // hashed by the pass that reads its packets.
+        let may_repeat = match size {
+            Some(size) => {
+                sizes_now.contains(&size)
+                    || catalog
+                        .import_may_match_size(i64::try_from(size).unwrap_or(i64::MAX))
+                        .await?
+            }
+            None => true,
         };
-        let sha = match sha {
-            Ok(sha) => sha,
-            Err(e) => {
-                outcomes.push(failed(name, String::new(), e.to_string()));
+        let known_sha = if may_repeat {
+            let sha = {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || sipvault_collector::writer::sha256_file(&path))
+                    .await?
+            };
+            let sha = match sha {
+                Ok(sha) => sha,
+                Err(e) => {
+                    outcomes.push(failed(name, String::new(), e.to_string()));
+                    continue;
+                }
+            };
+            let previous = match catalog.find_import(&sha).await? {
+                Some(record) => Some(record.file_name),
+                None => seen_now.get(&sha).cloned(),
+            };
+            if let Some(previous_name) = previous {
+                tracing::info!(file = %name, previous = %previous_name, "already imported; nothing added");
+                outcomes.push(FileOutcome {
+                    file: name,
+                    sha256: sha,
+                    status: "already-imported".into(),
+                    previous_name: Some(previous_name),
+                    error: None,
+                    file_bytes: 0,
+                    stats: ImportStats::default(),
+                });
                 continue;
             }
+            Some(sha)
+        } else {
+            None
         };
-        let previous = match catalog.find_import(&sha).await? {
-            Some(record) => Some(record.file_name),
-            None => seen_now.get(&sha).cloned(),
-        };
-        if let Some(previous_name) = previous {
-            tracing::info!(file = %name, previous = %previous_name, "already imported; nothing added");
-            outcomes.push(FileOutcome {
-                file: name,
-                sha256: sha,
-                status: "already-imported".into(),
-                previous_name: Some(previous_name),
-                error: None,
-                stats: ImportStats::default(),
-            });
-            continue;
-        }
-        seen_now.insert(sha.clone(), name.clone());
-        let total = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let total = size.unwrap_or(0);
         let bar = progress_bar(total, &name);
         let opts = ImportOptions {
             source: format!("pcap:{name}"),
             ..ImportOptions::default()
         };
+        let sha_if_failed = known_sha.clone().unwrap_or_default();
         let (tx, path_owned, bar_in) = (captured_tx.clone(), path.clone(), bar.clone());
         let result = tokio::task::spawn_blocking(move || {
-            import_file(
+            import_hashed(
                 &path_owned,
                 &opts,
+                known_sha,
                 // Blocking send: a full collector queue slows the reader down
                 // instead of dropping messages.
                 &mut |msg| {
@@ -133,18 +159,24 @@ pub async fn import_pcaps(
         .await?;
         bar.finish_and_clear();
         outcomes.push(match result {
-            Ok(stats) => FileOutcome {
-                file: name,
-                sha256: sha,
-                status: "imported".into(),
-                previous_name: None,
-                error: None,
+            Ok(Hashed {
                 stats,
-            },
-            Err(e) => {
-                seen_now.remove(&sha);
-                failed(name, sha, e.to_string())
+                sha256,
+                file_bytes,
+            }) => {
+                seen_now.insert(sha256.clone(), name.clone());
+                sizes_now.insert(file_bytes);
+                FileOutcome {
+                    file: name,
+                    sha256,
+                    status: "imported".into(),
+                    previous_name: None,
+                    error: None,
+                    file_bytes,
+                    stats,
+                }
             }
+            Err(e) => failed(name, sha_if_failed, e.to_string()),
         });
     }
     drop(captured_tx);
@@ -153,14 +185,17 @@ pub async fn import_pcaps(
 
     for o in outcomes.iter().filter(|o| o.status == "imported") {
         catalog
-            .record_import(&ImportRecord {
-                sha256: o.sha256.clone(),
-                file_name: o.file.clone(),
-                bytes: i64::try_from(o.stats.bytes).unwrap_or(i64::MAX),
-                packets: i64::try_from(o.stats.packets).unwrap_or(i64::MAX),
-                sip_messages: i64::try_from(o.stats.sip_messages).unwrap_or(i64::MAX),
-                imported_ns: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
-            })
+            .record_import(
+                &ImportRecord {
+                    sha256: o.sha256.clone(),
+                    file_name: o.file.clone(),
+                    bytes: i64::try_from(o.stats.bytes).unwrap_or(i64::MAX),
+                    packets: i64::try_from(o.stats.packets).unwrap_or(i64::MAX),
+                    sip_messages: i64::try_from(o.stats.sip_messages).unwrap_or(i64::MAX),
+                    imported_ns: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
+                },
+                i64::try_from(o.file_bytes).unwrap_or(i64::MAX),
+            )
             .await?;
     }
     catalog.close().await;
@@ -268,6 +303,47 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// An imported file: what was read, and the hash and length of the whole.
+struct Hashed {
+    stats: ImportStats,
+    sha256: String,
+    file_bytes: u64,
+}
+
+/// Imports one file. Unless its hash is known already, the file is hashed
+/// as it is read, and what the reader leaves (after damage that ends the
+/// import early) is read for the hash too: the hash is always the whole
+/// file's.
+fn import_hashed(
+    path: &Path,
+    opts: &ImportOptions,
+    known_sha: Option<String>,
+    sink: &mut dyn FnMut(CapturedMessage),
+    progress: &mut dyn FnMut(u64),
+) -> Result<Hashed, PcapError> {
+    if let Some(sha256) = known_sha {
+        let stats = import_file(path, opts, sink, progress)?;
+        let file_bytes = std::fs::metadata(path).map_or(stats.bytes, |m| m.len());
+        return Ok(Hashed {
+            stats,
+            sha256,
+            file_bytes,
+        });
+    }
+    let file = std::fs::File::open(path).map_err(|source| PcapError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut reader = Sha256Reader::new(file);
+    let stats = import_reader(&mut reader, opts, sink, progress)?;
+    let (sha256, file_bytes) = reader.finish().map_err(PcapError::Read)?;
+    Ok(Hashed {
+        stats,
+        sha256,
+        file_bytes,
+    })
+}
+
 fn failed(file: String, sha256: String, error: String) -> FileOutcome {
     FileOutcome {
         file,
@@ -275,6 +351,7 @@ fn failed(file: String, sha256: String, error: String) -> FileOutcome {
         status: "failed".into(),
         previous_name: None,
         error: Some(error),
+        file_bytes: 0,
         stats: ImportStats::default(),
     }
 }

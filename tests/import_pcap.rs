@@ -171,6 +171,33 @@ fn damaged_captures_are_imported_as_far_as_they_go() {
         "messages before the cut are kept: {f}"
     );
     assert_eq!(f["skipped"]["truncated-file"], 1, "{f}");
+    // The reader stopped at the cut; the hash still covers the whole file.
+    use sha2::Digest;
+    let cut_bytes = std::fs::read(&cut).unwrap();
+    assert_eq!(
+        f["sha256"].as_str().unwrap(),
+        hex::encode(sha2::Sha256::digest(&cut_bytes)),
+        "{f}"
+    );
+    // So the same damaged file again adds nothing...
+    let (code, summary) = import(&data, std::slice::from_ref(&cut));
+    assert_eq!(code, 0, "{summary:#}");
+    assert_eq!(
+        summary["files"][0]["status"], "already-imported",
+        "{summary:#}"
+    );
+    // ...while another file of the same length is imported: a length in
+    // common only means its hash is taken before it is read.
+    let other = tmp.path().join("same-length.pcap");
+    let mut other_bytes = original[..cut_bytes.len()].to_vec();
+    let last = other_bytes.len() - 1;
+    other_bytes[last] ^= 0xff;
+    std::fs::write(&other, &other_bytes).unwrap();
+    let (code, summary) = import(&data, std::slice::from_ref(&other));
+    assert_eq!(code, 0, "{summary:#}");
+    assert_eq!(summary["files"][0]["status"], "imported", "{summary:#}");
+    assert_eq!(summary["files"][0]["sip_messages"], found, "{summary:#}");
+    let found = 2 * found;
 
     // Not a capture at all: reported, exit 1, the archive unharmed.
     let junk = tmp.path().join("junk.pcap");

@@ -309,6 +309,12 @@ const MIGRATIONS: &[&str] = &[
         query TEXT NOT NULL,
         result_count BIGINT,
         error TEXT)",
+    // The size of each imported file, for imports recorded since this table
+    // exists (`imports.bytes` is what the reader consumed: less than the
+    // file for a damaged one).
+    "CREATE TABLE IF NOT EXISTS import_file_sizes (
+        sha256 TEXT PRIMARY KEY,
+        file_bytes BIGINT NOT NULL)",
     // Kept beside the manifest rather than in it: not part of the hash chain.
     "CREATE TABLE IF NOT EXISTS segment_wal_positions (
         path TEXT PRIMARY KEY,
@@ -592,9 +598,25 @@ impl Catalog {
         .transpose()
     }
 
-    /// Records a finished import (after its segments are sealed). A second
-    /// record for the same hash is ignored.
-    pub async fn record_import(&self, record: &ImportRecord) -> Result<()> {
+    /// Whether an earlier import may have been of a file of `file_bytes`
+    /// bytes: one recorded with that size, or one recorded before sizes
+    /// were (its file at least as long as what was read of it). When not,
+    /// no file of this size was imported, whatever its content, and its
+    /// hash need not be known before it is read.
+    pub async fn import_may_match_size(&self, file_bytes: i64) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 FROM imports i LEFT JOIN import_file_sizes s ON s.sha256 = i.sha256
+             WHERE s.file_bytes = $1 OR (s.sha256 IS NULL AND i.bytes <= $1) LIMIT 1",
+        )
+        .bind(file_bytes)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Records a finished import (after its segments are sealed) of a file
+    /// of `file_bytes` bytes. A second record for the same hash is ignored.
+    pub async fn record_import(&self, record: &ImportRecord, file_bytes: i64) -> Result<()> {
         sqlx::query(
             "INSERT INTO imports (sha256, file_name, bytes, packets, sip_messages, imported_ns)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sha256) DO NOTHING",
@@ -605,6 +627,14 @@ impl Catalog {
         .bind(record.packets)
         .bind(record.sip_messages)
         .bind(record.imported_ns)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(
+            "INSERT INTO import_file_sizes (sha256, file_bytes) VALUES ($1, $2)
+             ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(&record.sha256)
+        .bind(file_bytes)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -1112,11 +1142,18 @@ mod tests {
             imported_ns: 1,
         };
         assert_eq!(cat.find_import(&record.sha256).await.unwrap(), None);
-        cat.record_import(&record).await.unwrap();
-        cat.record_import(&ImportRecord {
-            file_name: "renamed.pcap".into(),
-            ..record.clone()
-        })
+        assert!(
+            !cat.import_may_match_size(120).await.unwrap(),
+            "no imports yet"
+        );
+        cat.record_import(&record, 120).await.unwrap();
+        cat.record_import(
+            &ImportRecord {
+                file_name: "renamed.pcap".into(),
+                ..record.clone()
+            },
+            120,
+        )
         .await
         .unwrap();
         assert_eq!(
@@ -1124,6 +1161,24 @@ mod tests {
             Some(record),
             "the first import of a content hash is kept"
         );
+        // A damaged file was read only in part (100 of its 120 bytes): its
+        // size, not what was read, is what another file can match.
+        assert!(cat.import_may_match_size(120).await.unwrap());
+        assert!(!cat.import_may_match_size(100).await.unwrap());
+        assert!(!cat.import_may_match_size(121).await.unwrap());
+        // Imports recorded before sizes were: any file at least as long as
+        // what was read of one may be it.
+        sqlx::query(
+            "INSERT INTO imports (sha256, file_name, bytes, packets, sip_messages, imported_ns)
+             VALUES ($1, 'old.pcap', 500, 1, 1, 1)",
+        )
+        .bind("cd".repeat(32))
+        .execute(&cat.pool)
+        .await
+        .unwrap();
+        assert!(!cat.import_may_match_size(499).await.unwrap());
+        assert!(cat.import_may_match_size(500).await.unwrap());
+        assert!(cat.import_may_match_size(4000).await.unwrap());
     }
 
     async fn exercise_audit_log(cat: &Catalog) {

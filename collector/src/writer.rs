@@ -993,17 +993,45 @@ fn write_parquet(dir: &Path, tmp: &Path, final_path: &Path, batch: &RecordBatch)
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).map_err(io_err(path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            break;
+    let file = File::open(path).map_err(io_err(path))?;
+    let (sha256, _) = Sha256Reader::new(file).finish().map_err(io_err(path))?;
+    Ok(sha256)
+}
+
+/// A reader that takes the SHA-256 of what is read through it, so a file
+/// can be hashed by the same pass that reads it for something else.
+pub struct Sha256Reader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> Sha256Reader<R> {
+    pub fn new(inner: R) -> Self {
+        Sha256Reader {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
         }
-        h.update(&buf[..n]);
     }
-    Ok(hex::encode(h.finalize()))
+
+    /// Reads what is left to the end, then gives the hex SHA-256 of all
+    /// of it and its length.
+    pub fn finish(mut self) -> std::io::Result<(String, u64)> {
+        let mut buf = vec![0u8; 1 << 16];
+        while self.read(&mut buf)? > 0 {}
+        Ok((hex::encode(self.hasher.finalize()), self.bytes))
+    }
+}
+
+impl<R: Read> Read for Sha256Reader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let read = buf.get(..n).unwrap_or_default();
+        self.hasher.update(read);
+        self.bytes += read.len() as u64;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
