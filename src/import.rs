@@ -1,7 +1,9 @@
 //! `sipvault import pcap`: archives the SIP traffic of capture files.
 //!
-//! Every file is hashed first; a file whose content was imported before is
-//! skipped, so importing the same capture twice adds nothing. Messages go
+//! Every file is hashed (SHA-256); a file whose content was imported before
+//! is skipped, so importing the same capture twice adds nothing. A file
+//! can only repeat an earlier import of its length: such a file is hashed
+//! before it is read, any other while it is read. Messages go
 //! through the same collector as live traffic (correlation, sealing,
 //! indexing); the import is entered in the catalog only after its segments
 //! are sealed.
