@@ -158,25 +158,34 @@ pub struct ArchiveWriter {
 /// shows in profiles.
 #[derive(Default)]
 struct AddrText {
-    /// Four look-ups per row: SipHash, the default, showed in profiles too.
-    text: std::collections::HashMap<std::net::SocketAddr, String, foldhash::fast::RandomState>,
+    /// Where each address's text is in `texts`: one look-up per address
+    /// of a row (foldhash: SipHash, the default, showed in profiles too).
+    slots: std::collections::HashMap<std::net::SocketAddr, usize, foldhash::fast::RandomState>,
+    texts: Vec<String>,
 }
 
 impl AddrText {
     /// Bound on remembered addresses; past it the memory starts over.
     const MAX: usize = 4096;
 
-    fn remember(&mut self, addr: std::net::SocketAddr) {
-        if !self.text.contains_key(&addr) {
-            if self.text.len() >= Self::MAX {
-                self.text.clear();
-            }
-            self.text.insert(addr, crate::socket_addr_text(addr));
+    /// The texts of a row's source and destination, each formatted once.
+    fn pair(&mut self, src: std::net::SocketAddr, dst: std::net::SocketAddr) -> (&str, &str) {
+        if self.texts.len() + 2 > Self::MAX {
+            self.slots.clear();
+            self.texts.clear();
         }
+        let (src, dst) = (self.slot(src), self.slot(dst));
+        let text = |slot: usize| self.texts.get(slot).map_or("", String::as_str);
+        (text(src), text(dst))
     }
 
-    fn get(&self, addr: &std::net::SocketAddr) -> &str {
-        self.text.get(addr).map_or("", String::as_str)
+    fn slot(&mut self, addr: std::net::SocketAddr) -> usize {
+        let next = self.texts.len();
+        let slot = *self.slots.entry(addr).or_insert(next);
+        if slot == next {
+            self.texts.push(crate::socket_addr_text(addr));
+        }
+        slot
     }
 }
 
@@ -277,16 +286,15 @@ impl ArchiveWriter {
     /// consumer), raw bytes always. A message that does not parse still
     /// gets its row, with `parse_error` set.
     pub fn push_sip(&mut self, msg: &CapturedMessage, parsed: &Result<SipMessage, ParseError>) {
-        self.addrs.remember(msg.src);
-        self.addrs.remember(msg.dst);
+        let (src, dst) = self.addrs.pair(msg.src, msg.dst);
         let error_text;
         let mut fields = sipvault_schemas::SipMessageFields {
             time_ns: msg.time_ns,
             source: &msg.source,
             direction: msg.direction.as_str(),
             transport: msg.transport.as_str(),
-            src: self.addrs.get(&msg.src),
-            dst: self.addrs.get(&msg.dst),
+            src,
+            dst,
             raw: &msg.raw,
             ..Default::default()
         };
@@ -1148,6 +1156,26 @@ mod tests {
             report.findings.is_empty(),
             "chain, hashes and files agree: {:?}",
             report.findings
+        );
+    }
+
+    #[test]
+    fn address_texts_stay_right_past_the_bound() {
+        let mut addrs = AddrText::default();
+        let peer: std::net::SocketAddr = "192.0.2.1:5060".parse().unwrap();
+        for port in 1..=(AddrText::MAX as u16 + 10) {
+            let src = std::net::SocketAddr::from(([198, 51, 100, 7], port));
+            assert_eq!(
+                addrs.pair(src, peer),
+                (format!("198.51.100.7:{port}").as_str(), "192.0.2.1:5060")
+            );
+            assert!(addrs.texts.len() <= AddrText::MAX);
+            assert_eq!(addrs.slots.len(), addrs.texts.len());
+        }
+        let v6: std::net::SocketAddr = "[2001:db8::1]:5061".parse().unwrap();
+        assert_eq!(
+            addrs.pair(v6, v6),
+            ("[2001:db8::1]:5061", "[2001:db8::1]:5061")
         );
     }
 
