@@ -134,8 +134,18 @@ impl Arrivals {
                 self.duplicates += 1;
                 return false;
             }
-            self.recent.insert(fp, (msg.time_ns, source));
-            self.recent_order.push_back((msg.time_ns, fp));
+            // One capture time is remembered per fingerprint: the latest,
+            // which later copies are nearest to. A retransmission captured
+            // earlier but arriving later (another agent's path was slower)
+            // must not put an old time in its place.
+            if self
+                .recent
+                .get(&fp)
+                .is_none_or(|&(seen, _)| seen <= msg.time_ns)
+            {
+                self.recent.insert(fp, (msg.time_ns, source));
+                self.recent_order.push_back((msg.time_ns, fp));
+            }
         }
         self.latest_capture_ns = self.latest_capture_ns.max(msg.time_ns);
         self.watermark_ns = self.watermark_ns.max(msg.time_ns);
@@ -501,6 +511,21 @@ mod tests {
         let mut out = Vec::new();
         a.drain(&mut out);
         assert_eq!(bodies(&out), ["INVITE", "INVITE"]);
+    }
+
+    #[test]
+    fn an_earlier_retransmission_arriving_late_does_not_hide_a_copy() {
+        let mut a = Arrivals::new(ArrivalConfig::default());
+        // Agent 44 saw the packet at 3.0 s; agent 42's capture of the
+        // first transmission (1.0 s) reaches us only after it; then agent
+        // 45's copy of the 3.0 s packet.
+        assert!(a.push(msg(3_000, "MESSAGE", "hep:44")));
+        assert!(
+            a.push(msg(1_000, "MESSAGE", "hep:42")),
+            "a packet of its own"
+        );
+        assert!(!a.push(msg(3_000, "MESSAGE", "hep:45")), "a copy of 44's");
+        assert_eq!(a.duplicates(), 1);
     }
 
     #[test]
