@@ -127,7 +127,8 @@ impl Arrivals {
         // looked up: hashing every message's bytes for one would be waste.
         if self.config.dedup_window_ns > 0 {
             let (fp, source) = self.fingerprint(&msg);
-            if let Some(&(seen, seen_source)) = self.recent.get(&fp)
+            let remembered = self.recent.get(&fp).copied();
+            if let Some((seen, seen_source)) = remembered
                 && seen_source != source
                 && (seen - msg.time_ns).abs() <= self.config.dedup_window_ns
             {
@@ -138,11 +139,7 @@ impl Arrivals {
             // which later copies are nearest to. A retransmission captured
             // earlier but arriving later (another agent's path was slower)
             // must not put an old time in its place.
-            if self
-                .recent
-                .get(&fp)
-                .is_none_or(|&(seen, _)| seen <= msg.time_ns)
-            {
+            if remembered.is_none_or(|(seen, _)| seen <= msg.time_ns) {
                 self.recent.insert(fp, (msg.time_ns, source));
                 self.recent_order.push_back((msg.time_ns, fp));
             }
@@ -243,10 +240,8 @@ impl Held {
         };
         if in_order_after(&self.in_order) {
             self.in_order.push_back((arrival, msg));
-        } else if let Some(run) = self.late_runs.iter().position(in_order_after) {
-            if let Some(run) = self.late_runs.get_mut(run) {
-                run.push_back((arrival, msg));
-            }
+        } else if let Some(run) = self.late_runs.iter_mut().find(|run| in_order_after(run)) {
+            run.push_back((arrival, msg));
         } else if self.late_runs.len() < LATE_RUNS {
             self.late_runs.push(VecDeque::from([(arrival, msg)]));
         } else {
