@@ -759,11 +759,9 @@ pub async fn run_sealer(
             Some(SealerMsg::Segment(job)) => writing.push_back(sealer.start(job)),
             Some(SealerMsg::Checkpoint { lsn, state }) => {
                 // The snapshot covers every segment rolled before it.
-                while !writing.is_empty() {
-                    sealer
-                        .finish_oldest(&mut writing, &jobs, &sealed, &stats)
-                        .await;
-                }
+                sealer
+                    .finish_all(&mut writing, &jobs, &sealed, &stats)
+                    .await;
                 let Some(dir) = wal_dir.clone() else {
                     continue;
                 };
@@ -782,11 +780,9 @@ pub async fn run_sealer(
                 }
             }
             None => {
-                while !writing.is_empty() {
-                    sealer
-                        .finish_oldest(&mut writing, &jobs, &sealed, &stats)
-                        .await;
-                }
+                sealer
+                    .finish_all(&mut writing, &jobs, &sealed, &stats)
+                    .await;
                 break;
             }
         }
@@ -879,6 +875,19 @@ impl Sealer<'_> {
             rows: written.rows,
             im_rows: Vec::new(),
         })
+    }
+
+    /// Finishes every job being written, oldest first.
+    async fn finish_all(
+        &self,
+        writing: &mut VecDeque<Writing>,
+        jobs: &mpsc::Receiver<SealerMsg>,
+        sealed: &mpsc::Sender<SealedSegment>,
+        stats: &CollectorStats,
+    ) {
+        while !writing.is_empty() {
+            self.finish_oldest(writing, jobs, sealed, stats).await;
+        }
     }
 
     /// Finishes the oldest job being written: enters it in the manifest
