@@ -103,14 +103,16 @@ pub async fn import_pcaps(
             }
             None => true,
         };
-        let known_sha = if may_repeat {
-            let sha = {
+        let known = if may_repeat {
+            let hashed = {
                 let path = path.clone();
-                tokio::task::spawn_blocking(move || sipvault_collector::writer::sha256_file(&path))
-                    .await?
+                tokio::task::spawn_blocking(move || {
+                    sipvault_collector::writer::sha256_and_length(&path)
+                })
+                .await?
             };
-            let sha = match sha {
-                Ok(sha) => sha,
+            let (sha, file_bytes) = match hashed {
+                Ok(hashed) => hashed,
                 Err(e) => {
                     outcomes.push(failed(name, String::new(), e.to_string()));
                     continue;
@@ -133,7 +135,7 @@ pub async fn import_pcaps(
                 });
                 continue;
             }
-            Some(sha)
+            Some((sha, file_bytes))
         } else {
             None
         };
@@ -143,13 +145,16 @@ pub async fn import_pcaps(
             source: format!("pcap:{name}"),
             ..ImportOptions::default()
         };
-        let sha_if_failed = known_sha.clone().unwrap_or_default();
+        let sha_if_failed = known
+            .as_ref()
+            .map(|(sha, _)| sha.clone())
+            .unwrap_or_default();
         let (tx, path_owned, bar_in) = (captured_tx.clone(), path.clone(), bar.clone());
         let result = tokio::task::spawn_blocking(move || {
             import_hashed(
                 &path_owned,
                 &opts,
-                known_sha,
+                known,
                 // Blocking send: a full collector queue slows the reader down
                 // instead of dropping messages.
                 &mut |msg| {
@@ -312,20 +317,19 @@ struct Hashed {
     file_bytes: u64,
 }
 
-/// Imports one file. Unless its hash is known already, the file is hashed
-/// as it is read, and what the reader leaves (after damage that ends the
-/// import early) is read for the hash too: the hash is always the whole
-/// file's.
+/// Imports one file. Unless its hash and length are `known` already, the
+/// file is hashed as it is read, and what the reader leaves (after damage
+/// that ends the import early) is read for the hash too: the hash is
+/// always the whole file's.
 fn import_hashed(
     path: &Path,
     opts: &ImportOptions,
-    known_sha: Option<String>,
+    known: Option<(String, u64)>,
     sink: &mut dyn FnMut(CapturedMessage),
     progress: &mut dyn FnMut(u64),
 ) -> Result<Hashed, PcapError> {
-    if let Some(sha256) = known_sha {
+    if let Some((sha256, file_bytes)) = known {
         let stats = import_file(path, opts, sink, progress)?;
-        let file_bytes = std::fs::metadata(path).map_or(stats.bytes, |m| m.len());
         return Ok(Hashed {
             stats,
             sha256,

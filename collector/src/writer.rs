@@ -1010,9 +1010,13 @@ fn write_parquet(dir: &Path, tmp: &Path, final_path: &Path, batch: &RecordBatch)
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
+    sha256_and_length(path).map(|(sha256, _)| sha256)
+}
+
+/// The hex SHA-256 of a file and the number of bytes it covers.
+pub fn sha256_and_length(path: &Path) -> Result<(String, u64)> {
     let file = File::open(path).map_err(io_err(path))?;
-    let (sha256, _) = Sha256Reader::new(file).finish().map_err(io_err(path))?;
-    Ok(sha256)
+    Sha256Reader::new(file).finish().map_err(io_err(path))
 }
 
 /// A reader that takes the SHA-256 of what is read through it, so a file
