@@ -730,6 +730,8 @@ pub async fn run_sealer(
     let sealer = Sealer {
         data_dir: &data_dir,
         catalog: &catalog,
+        sealed: &sealed,
+        stats: &stats,
     };
     let mut writing: VecDeque<Writing> = VecDeque::new();
     loop {
@@ -742,26 +744,20 @@ pub async fn run_sealer(
             match jobs.try_recv() {
                 Ok(msg) => Some(msg),
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    sealer
-                        .finish_oldest(&mut writing, &jobs, &sealed, &stats)
-                        .await;
+                    sealer.finish_oldest(&mut writing, &jobs).await;
                     continue;
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
             }
         } else {
-            sealer
-                .finish_oldest(&mut writing, &jobs, &sealed, &stats)
-                .await;
+            sealer.finish_oldest(&mut writing, &jobs).await;
             continue;
         };
         match msg {
             Some(SealerMsg::Segment(job)) => writing.push_back(sealer.start(job)),
             Some(SealerMsg::Checkpoint { lsn, state }) => {
                 // The snapshot covers every segment rolled before it.
-                sealer
-                    .finish_all(&mut writing, &jobs, &sealed, &stats)
-                    .await;
+                sealer.finish_all(&mut writing, &jobs).await;
                 let Some(dir) = wal_dir.clone() else {
                     continue;
                 };
@@ -780,9 +776,7 @@ pub async fn run_sealer(
                 }
             }
             None => {
-                sealer
-                    .finish_all(&mut writing, &jobs, &sealed, &stats)
-                    .await;
+                sealer.finish_all(&mut writing, &jobs).await;
                 break;
             }
         }
@@ -792,6 +786,9 @@ pub async fn run_sealer(
 struct Sealer<'a> {
     data_dir: &'a Path,
     catalog: &'a Catalog,
+    /// Where each segment is announced once in the manifest.
+    sealed: &'a mpsc::Sender<SealedSegment>,
+    stats: &'a CollectorStats,
 }
 
 /// A job whose segment is being written, not yet in the manifest.
@@ -878,15 +875,9 @@ impl Sealer<'_> {
     }
 
     /// Finishes every job being written, oldest first.
-    async fn finish_all(
-        &self,
-        writing: &mut VecDeque<Writing>,
-        jobs: &mpsc::Receiver<SealerMsg>,
-        sealed: &mpsc::Sender<SealedSegment>,
-        stats: &CollectorStats,
-    ) {
+    async fn finish_all(&self, writing: &mut VecDeque<Writing>, jobs: &mpsc::Receiver<SealerMsg>) {
         while !writing.is_empty() {
-            self.finish_oldest(writing, jobs, sealed, stats).await;
+            self.finish_oldest(writing, jobs).await;
         }
     }
 
@@ -897,9 +888,8 @@ impl Sealer<'_> {
         &self,
         writing: &mut VecDeque<Writing>,
         jobs: &mpsc::Receiver<SealerMsg>,
-        sealed: &mpsc::Sender<SealedSegment>,
-        stats: &CollectorStats,
     ) {
+        let stats = self.stats;
         let Some(Writing { job, written }) = writing.pop_front() else {
             return;
         };
@@ -918,7 +908,7 @@ impl Sealer<'_> {
                         _ => seg,
                     };
                     // The receiver going away (indexer stopped) must not stop archiving.
-                    let _ = sealed.send(seg).await;
+                    let _ = self.sealed.send(seg).await;
                     return;
                 }
                 Err(e) => {
