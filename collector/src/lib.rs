@@ -891,8 +891,10 @@ impl Pipeline {
         self.ready = ready;
     }
 
-    fn archive(&mut self, msg: CapturedMessage, stats: &CollectorStats) {
-        let parsed = SipMessage::parse(&msg.raw);
+    fn archive(&mut self, mut msg: CapturedMessage, stats: &CollectorStats) {
+        // The parse keeps the captured bytes without a copy; the row takes
+        // them back from it.
+        let parsed = SipMessage::parse_owned(std::mem::take(&mut msg.raw));
         match &parsed {
             Ok(sip) => {
                 for im in self.ims.observe(self.clock_ns, &msg, sip) {
@@ -914,7 +916,7 @@ impl Pipeline {
             }
         }
         stats.sip_rows.fetch_add(1, Ordering::Relaxed);
-        self.writer.push_sip(&msg, &parsed);
+        self.writer.push_sip(&msg, parsed.as_ref());
     }
 
     /// Hands the due buffers (all of them when `all`) to the sealing stage,

@@ -24,7 +24,7 @@ use sipvault_schemas::{
     TABLE_ROOM_EVENTS, TABLE_SIP_MESSAGES, calls_batch, hep_raw_batch, im_messages_batch,
     presence_batch, room_events_batch,
 };
-use sipvault_sip::{ParseError, SipMessage};
+use sipvault_sip::{SipMessage, Unparsed};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -281,11 +281,12 @@ impl ArchiveWriter {
         }
     }
 
-    /// Appends the `sip_messages` row of `msg`: key fields from `parsed`
-    /// (`SipMessage::parse(&msg.raw)`, done once by the caller for every
-    /// consumer), raw bytes always. A message that does not parse still
-    /// gets its row, with `parse_error` set.
-    pub fn push_sip(&mut self, msg: &CapturedMessage, parsed: &Result<SipMessage, ParseError>) {
+    /// Appends the `sip_messages` row of `msg`: key fields and the raw
+    /// bytes from `parsed` (`SipMessage::parse_owned` of the captured bytes,
+    /// done once by the caller for every consumer; `msg.raw` is not read).
+    /// A message that does not parse still gets its row, with `parse_error`
+    /// set.
+    pub fn push_sip(&mut self, msg: &CapturedMessage, parsed: Result<&SipMessage, &Unparsed>) {
         let (src, dst) = self.addrs.pair(msg.src, msg.dst);
         let error_text;
         let mut fields = sipvault_schemas::SipMessageFields {
@@ -295,7 +296,10 @@ impl ArchiveWriter {
             transport: msg.transport.as_str(),
             src,
             dst,
-            raw: &msg.raw,
+            raw: match parsed {
+                Ok(m) => m.input(),
+                Err(unparsed) => &unparsed.bytes,
+            },
             ..Default::default()
         };
         match parsed {
@@ -318,8 +322,8 @@ impl ArchiveWriter {
                     fields.to_uri = Some(&to.uri);
                 }
             }
-            Err(e) => {
-                error_text = e.to_string();
+            Err(unparsed) => {
+                error_text = unparsed.error.to_string();
                 fields.parse_error = Some(&error_text);
             }
         }

@@ -109,12 +109,14 @@ impl Hot {
 /// sees, and per-header allocations dominated that cost.
 #[derive(Debug, Clone)]
 pub struct SipMessage {
-    raw: Vec<u8>,
-    /// Start line and header lines as text, line ends included.
-    head: String,
+    /// The bytes parsed, which may hold more than this message (leading
+    /// line ends, octets after the body): `message` is its part.
+    stored: Stored,
+    message: Span,
     start: StartLine,
     headers: Vec<Header>,
     unfolded: Vec<String>,
+    /// Where the body starts, relative to `message`.
     body_start: usize,
     /// The first CSeq: number, and where the method lies in its value.
     /// Parsing validates every CSeq anyway, and each consumer asks for it.
@@ -126,6 +128,89 @@ pub struct SipMessage {
     from: OnceLock<Option<NameAddr>>,
     to: OnceLock<Option<NameAddr>>,
 }
+
+/// Bytes that did not parse as a SIP message, and why.
+#[derive(Debug)]
+pub struct Unparsed {
+    pub error: ParseError,
+    pub bytes: Vec<u8>,
+}
+
+impl Unparsed {
+    fn new(error: ParseError, bytes: Vec<u8>) -> Unparsed {
+        Unparsed { error, bytes }
+    }
+}
+
+/// The bytes a message was parsed from. Text (nearly every message) is
+/// kept as it came, its head read in place: archiving parses every message
+/// it sees, and a copy of the head beside a copy of the bytes was a large
+/// part of that cost. Spans of the head are positions in the bytes.
+#[derive(Debug, Clone)]
+enum Stored {
+    /// Valid UTF-8 throughout.
+    Text(String),
+    /// Not text throughout (a binary body, a stray byte): the bytes up to
+    /// the body are decoded on their own, invalid sequences replaced.
+    Bytes { bytes: Vec<u8>, head: String },
+}
+
+impl Stored {
+    /// Keeps `bytes`, whose body starts at `body_at`. Replacement
+    /// characters move the line ends: `ends` is cleared when the head had
+    /// to be decoded with them.
+    fn new(bytes: Vec<u8>, body_at: usize, ends: &mut LineEnds) -> Stored {
+        match String::from_utf8(bytes) {
+            Ok(text) => Stored::Text(text),
+            Err(not_text) => {
+                let bytes = not_text.into_bytes();
+                let head_bytes = bytes.get(..body_at).unwrap_or(&[]);
+                let head = match std::str::from_utf8(head_bytes) {
+                    Ok(text) => text.to_owned(),
+                    Err(_) => {
+                        ends.len = 0;
+                        String::from_utf8_lossy(head_bytes).into_owned()
+                    }
+                };
+                Stored::Bytes { bytes, head }
+            }
+        }
+    }
+
+    /// Text that holds the start line and header lines at the positions
+    /// of their spans (for text, all of it).
+    #[inline]
+    fn head(&self) -> &str {
+        match self {
+            Stored::Text(text) => text,
+            Stored::Bytes { head, .. } => head,
+        }
+    }
+
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Stored::Text(text) => text.as_bytes(),
+            Stored::Bytes { bytes, .. } => bytes,
+        }
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Stored::Text(text) => text.into_bytes(),
+            Stored::Bytes { bytes, .. } => bytes,
+        }
+    }
+}
+
+/// What reading a head yields: start line, headers, folded values rejoined,
+/// and the first header of each [`Hot`] kind.
+type HeadParts = (
+    StartLine,
+    Vec<Header>,
+    Vec<String>,
+    [Option<usize>; HOT_KINDS],
+);
 
 /// One line of `text` from `pos`: (range of the content without CR/LF,
 /// position after the line end, whether a line end was found).
@@ -140,12 +225,12 @@ fn next_line(text: &str, pos: usize) -> (Span, usize, bool) {
 /// Where the head (start line and headers) of `bytes` ends: the position of
 /// the body, or `None` when the input ends inside a header line. Input that
 /// ends right after a complete header line, without the empty line, has an
-/// empty body. The line ends passed on the way are kept in `ends`
-/// (relative to `from`), so the header lines need not be searched again.
+/// empty body. The line ends passed on the way are kept in `ends`, so the
+/// header lines need not be searched again.
 fn head_end(bytes: &[u8], from: usize, ends: &mut LineEnds) -> Option<usize> {
     let rest = bytes.get(from..)?;
     for nl in memchr::memchr_iter(b'\n', rest) {
-        ends.push(nl);
+        ends.push(from + nl);
         // The line after this line end: empty (CRLF or LF) ends the head.
         let next = from + nl + 1;
         match bytes.get(next..)? {
@@ -194,6 +279,150 @@ fn line_ending_at(text: &str, pos: usize, nl: usize) -> (Span, usize, bool) {
         nl
     };
     (pos..end, nl + 1, true)
+}
+
+/// Reads the start line (at `from`) and header lines of `head`, whose
+/// first line ends `ends` may hold; `head` ends where the body starts.
+fn read_head(head: &str, from: usize, ends: &LineEnds) -> Result<HeadParts, ParseError> {
+    let mut lines_read = 0;
+    let mut line_from = |pos: usize| {
+        let line = match ends.get(lines_read) {
+            Some(nl) => line_ending_at(head, pos, nl),
+            None => next_line(head, pos),
+        };
+        lines_read += 1;
+        line
+    };
+
+    let (line, mut pos, terminated) = line_from(from);
+    if !terminated {
+        return Err(ParseError::Truncated);
+    }
+    let start = parse_start_line(head, line)?;
+
+    let mut headers: Vec<Header> = Vec::with_capacity(16);
+    let mut unfolded: Vec<String> = Vec::new();
+    let mut first_hot = [None; HOT_KINDS];
+    while pos < head.len() {
+        let (line, next, _) = line_from(pos);
+        pos = next;
+        if line.is_empty() {
+            break;
+        }
+        let text = head.get(line.clone()).unwrap_or("");
+        if text.starts_with(is_lws) {
+            let last = headers.last_mut().ok_or_else(|| {
+                ParseError::BadHeaderLine("continuation line before the first header".into())
+            })?;
+            let more = trim_lws(text);
+            if more.is_empty() {
+                continue;
+            }
+            let value = match &last.value {
+                Value::Head(span) => {
+                    let value = head.get(span.clone()).unwrap_or("").to_string();
+                    unfolded.push(value);
+                    last.value = Value::Unfolded(unfolded.len() - 1);
+                    unfolded.last_mut()
+                }
+                Value::Unfolded(i) => unfolded.get_mut(*i),
+            };
+            if let Some(value) = value {
+                if !value.is_empty() {
+                    value.push(' ');
+                }
+                value.push_str(more);
+            }
+        } else {
+            // Names are short: a plain scan beats a memchr call.
+            let colon = text
+                .bytes()
+                .position(|b| b == b':')
+                .ok_or_else(|| ParseError::BadHeaderLine("header line without ':'".into()))?;
+            let name = trim_span(head, line.start..line.start + colon);
+            if name.start != line.start || !is_token(head.get(name.clone()).unwrap_or("")) {
+                return Err(ParseError::BadHeaderLine(
+                    "header name is not a token".into(),
+                ));
+            }
+            let value = trim_span(head, line.start + colon + 1..line.end);
+            let kind = Hot::of_token(head.get(name.clone()).unwrap_or(""));
+            if let Some(kind) = kind
+                && let Some(first) = first_hot.get_mut(kind as usize)
+                && first.is_none()
+            {
+                *first = Some(headers.len());
+            }
+            headers.push(Header {
+                name,
+                value: Value::Head(value),
+                kind,
+            });
+        }
+    }
+
+    Ok((start, headers, unfolded, first_hot))
+}
+
+/// Checks Content-Length and CSeq of a head read by [`read_head`]: where
+/// the message ends in the `stored_len` bytes parsed, and the first CSeq.
+fn check_framing(
+    head: &str,
+    headers: &[Header],
+    unfolded: &[String],
+    body_at: usize,
+    stored_len: usize,
+) -> Result<(usize, Option<(u32, Span)>), ParseError> {
+    let values_of = |kind: Hot| {
+        headers
+            .iter()
+            .filter(move |h| h.kind == Some(kind))
+            .map(|h| value_in(head, unfolded, h))
+    };
+    // Content-Length decides where the body ends.
+    let mut declared: Option<usize> = None;
+    for v in values_of(Hot::ContentLength) {
+        let n = parse_content_length(v)
+            .ok_or_else(|| ParseError::InvalidContentLength(v.to_string()))?;
+        match declared {
+            Some(d) if d != n => return Err(ParseError::ConflictingContentLength),
+            _ => declared = Some(n),
+        }
+    }
+    let end = match declared {
+        Some(n) => {
+            let end = body_at.checked_add(n).ok_or(ParseError::Truncated)?;
+            if end > stored_len {
+                return Err(ParseError::Truncated);
+            }
+            end
+        }
+        None => stored_len,
+    };
+
+    // CSeq must be readable: a number that fits 32 bits and a method.
+    let mut first_cseq = None;
+    for v in values_of(Hot::CSeq) {
+        let (num, method) = split_cseq(v).ok_or_else(|| ParseError::InvalidCSeq(v.to_string()))?;
+        let num = num
+            .parse::<u32>()
+            .map_err(|_| ParseError::InvalidCSeq(v.to_string()))?;
+        if first_cseq.is_none() {
+            // `method` is a sub-slice of `v`: its offset.
+            let at = method.as_ptr() as usize - v.as_ptr() as usize;
+            first_cseq = Some((num, at..at + method.len()));
+        }
+    }
+    Ok((end, first_cseq))
+}
+
+/// The value of header line `h` of `head`, folded values from `unfolded`.
+#[inline]
+fn value_in<'a>(head: &'a str, unfolded: &'a [String], h: &Header) -> &'a str {
+    match &h.value {
+        Value::Head(span) => head.get(span.clone()).unwrap_or(""),
+        Value::Unfolded(i) => unfolded.get(*i).map_or("", String::as_str),
+    }
 }
 
 /// Trims linear white space off both ends of a range of `text`.
@@ -314,164 +543,62 @@ impl SipMessage {
     /// Reads one message with datagram semantics. See the crate docs for the
     /// exact rules.
     pub fn parse(bytes: &[u8]) -> Result<SipMessage, ParseError> {
-        let msg_start = bytes
-            .iter()
-            .position(|&b| b != b'\r' && b != b'\n')
-            .ok_or(ParseError::Empty)?;
+        SipMessage::parse_owned(bytes.to_vec()).map_err(|unparsed| unparsed.error)
+    }
+
+    /// [`SipMessage::parse`] of bytes the caller gives up, kept without a
+    /// copy (see [`SipMessage::input`]); on failure they are handed back.
+    pub fn parse_owned(bytes: Vec<u8>) -> Result<SipMessage, Unparsed> {
+        let Some(msg_start) = bytes.iter().position(|&b| b != b'\r' && b != b'\n') else {
+            return Err(Unparsed::new(ParseError::Empty, bytes));
+        };
         let mut ends = LineEnds::new();
-        let body_at = head_end(bytes, msg_start, &mut ends).ok_or(ParseError::Truncated)?;
-        let head_bytes = bytes.get(msg_start..body_at).unwrap_or(&[]);
-        let head = match std::str::from_utf8(head_bytes) {
-            Ok(text) => text.to_owned(),
-            Err(_) => {
-                // Replacement characters move the line ends.
-                ends.len = 0;
-                String::from_utf8_lossy(head_bytes).into_owned()
-            }
+        let Some(body_at) = head_end(&bytes, msg_start, &mut ends) else {
+            return Err(Unparsed::new(ParseError::Truncated, bytes));
         };
-        let mut lines_read = 0;
-        let mut line_from = |pos: usize| {
-            let line = match ends.get(lines_read) {
-                Some(nl) => line_ending_at(&head, pos, nl),
-                None => next_line(&head, pos),
-            };
-            lines_read += 1;
-            line
+        let stored = Stored::new(bytes, body_at, &mut ends);
+        let head = match &stored {
+            Stored::Text(text) => text.get(..body_at).unwrap_or(""),
+            Stored::Bytes { head, .. } => head,
         };
-
-        let (line, mut pos, terminated) = line_from(0);
-        if !terminated {
-            return Err(ParseError::Truncated);
-        }
-        let start = parse_start_line(&head, line)?;
-
-        let mut headers: Vec<Header> = Vec::with_capacity(16);
-        let mut unfolded: Vec<String> = Vec::new();
-        let mut first_hot = [None; HOT_KINDS];
-        while pos < head.len() {
-            let (line, next, _) = line_from(pos);
-            pos = next;
-            if line.is_empty() {
-                break;
-            }
-            let text = head.get(line.clone()).unwrap_or("");
-            if text.starts_with(is_lws) {
-                let last = headers.last_mut().ok_or_else(|| {
-                    ParseError::BadHeaderLine("continuation line before the first header".into())
-                })?;
-                let more = trim_lws(text);
-                if more.is_empty() {
-                    continue;
-                }
-                let value = match &last.value {
-                    Value::Head(span) => {
-                        let value = head.get(span.clone()).unwrap_or("").to_string();
-                        unfolded.push(value);
-                        last.value = Value::Unfolded(unfolded.len() - 1);
-                        unfolded.last_mut()
-                    }
-                    Value::Unfolded(i) => unfolded.get_mut(*i),
-                };
-                if let Some(value) = value {
-                    if !value.is_empty() {
-                        value.push(' ');
-                    }
-                    value.push_str(more);
-                }
-            } else {
-                // Names are short: a plain scan beats a memchr call.
-                let colon = text
-                    .bytes()
-                    .position(|b| b == b':')
-                    .ok_or_else(|| ParseError::BadHeaderLine("header line without ':'".into()))?;
-                let name = trim_span(&head, line.start..line.start + colon);
-                if name.start != line.start || !is_token(head.get(name.clone()).unwrap_or("")) {
-                    return Err(ParseError::BadHeaderLine(
-                        "header name is not a token".into(),
-                    ));
-                }
-                let value = trim_span(&head, line.start + colon + 1..line.end);
-                let kind = Hot::of_token(head.get(name.clone()).unwrap_or(""));
-                if let Some(kind) = kind
-                    && let Some(first) = first_hot.get_mut(kind as usize)
-                    && first.is_none()
-                {
-                    *first = Some(headers.len());
-                }
-                headers.push(Header {
-                    name,
-                    value: Value::Head(value),
-                    kind,
-                });
-            }
-        }
-
-        let mut msg = SipMessage {
-            raw: Vec::new(),
-            head,
+        let (start, headers, unfolded, first_hot) = match read_head(head, msg_start, &ends) {
+            Ok(parts) => parts,
+            Err(error) => return Err(Unparsed::new(error, stored.into_bytes())),
+        };
+        let framing = check_framing(
+            stored.head(),
+            &headers,
+            &unfolded,
+            body_at,
+            stored.bytes().len(),
+        );
+        let (end, cseq) = match framing {
+            Ok(framing) => framing,
+            Err(error) => return Err(Unparsed::new(error, stored.into_bytes())),
+        };
+        // Built in place: the message is large, and a move would copy it.
+        Ok(SipMessage {
+            stored,
+            message: msg_start..end,
             start,
             headers,
             unfolded,
             body_start: body_at - msg_start,
-            cseq: None,
+            cseq,
             first_hot,
             from: OnceLock::new(),
             to: OnceLock::new(),
-        };
-
-        // Content-Length decides where the body ends.
-        let mut declared: Option<usize> = None;
-        for v in msg.header_iter("content-length") {
-            let n = parse_content_length(v)
-                .ok_or_else(|| ParseError::InvalidContentLength(v.to_string()))?;
-            match declared {
-                Some(d) if d != n => return Err(ParseError::ConflictingContentLength),
-                _ => declared = Some(n),
-            }
-        }
-        let end = match declared {
-            Some(n) => {
-                let end = body_at.checked_add(n).ok_or(ParseError::Truncated)?;
-                if end > bytes.len() {
-                    return Err(ParseError::Truncated);
-                }
-                end
-            }
-            None => bytes.len(),
-        };
-
-        // CSeq must be readable: a number that fits 32 bits and a method.
-        let mut first_cseq = None;
-        for v in msg.header_iter("cseq") {
-            let (num, method) =
-                split_cseq(v).ok_or_else(|| ParseError::InvalidCSeq(v.to_string()))?;
-            let num = num
-                .parse::<u32>()
-                .map_err(|_| ParseError::InvalidCSeq(v.to_string()))?;
-            if first_cseq.is_none() {
-                // `method` is a sub-slice of `v`: its offset.
-                let at = method.as_ptr() as usize - v.as_ptr() as usize;
-                first_cseq = Some((num, at..at + method.len()));
-            }
-        }
-        msg.cseq = first_cseq;
-
-        msg.raw = bytes
-            .get(msg_start..end)
-            .ok_or(ParseError::Truncated)?
-            .to_vec();
-        Ok(msg)
+        })
     }
 
+    #[inline]
     fn text(&self, span: &Span) -> &str {
-        self.head.get(span.clone()).unwrap_or("")
+        self.stored.head().get(span.clone()).unwrap_or("")
     }
 
+    #[inline]
     fn value(&self, h: &Header) -> &str {
-        match &h.value {
-            Value::Head(span) => self.text(span),
-            Value::Unfolded(i) => self.unfolded.get(*i).map_or("", String::as_str),
-        }
+        value_in(self.stored.head(), &self.unfolded, h)
     }
 
     /// Values of every header line that `canonical` (a lower-case long
@@ -487,9 +614,15 @@ impl SipMessage {
             .map(|h| self.value(h))
     }
 
+    /// All the bytes given to the parse: this message, and any line ends
+    /// before it or octets after its body.
+    pub fn input(&self) -> &[u8] {
+        self.stored.bytes()
+    }
+
     /// The bytes of this message only.
     pub fn raw(&self) -> &[u8] {
-        &self.raw
+        self.stored.bytes().get(self.message.clone()).unwrap_or(&[])
     }
 
     pub fn is_request(&self) -> bool {
@@ -687,7 +820,7 @@ impl SipMessage {
     }
 
     pub fn body(&self) -> &[u8] {
-        self.raw.get(self.body_start..).unwrap_or(&[])
+        self.raw().get(self.body_start..).unwrap_or(&[])
     }
 }
 
@@ -937,6 +1070,58 @@ helloEXTRA";
                 .unwrap();
         assert_eq!(m.header("subject"), Some("caf\u{fffd}"));
         assert_eq!(m.body(), b"\xff");
+    }
+
+    #[test]
+    fn owned_bytes_are_kept_whole_and_handed_back_when_they_do_not_parse() {
+        let input = b"\r\n\r\nMESSAGE sip:a@b SIP/2.0\r\nCSeq: 7 MESSAGE\r\nl: 2\r\n\r\nhiEXTRA";
+        let m = SipMessage::parse_owned(input.to_vec()).unwrap();
+        assert_eq!(m.input(), input, "every byte given is kept");
+        assert_eq!(m.raw(), &input[4..input.len() - 5], "the message alone");
+        assert_eq!(m.body(), b"hi");
+        assert_eq!(m.cseq(), Some((7, "MESSAGE")));
+        assert_eq!(m.method(), Some("MESSAGE"));
+
+        for bad in [
+            &b"\r\n"[..],
+            b"MESSAGE sip:a@b SIP/2.0\r\nCSeq: 1",
+            b"MESSAGE sip:a@b SIP/2.0\r\nCSeq: x MESSAGE\r\n\r\n",
+            b"MESSAGE sip:a@b SIP/2.0\r\nl: 9\r\n\r\nshort",
+            b"MESSAGE sip:a@b SIP/2.0\r\nno colon\r\n\r\n",
+        ] {
+            let unparsed = SipMessage::parse_owned(bad.to_vec()).unwrap_err();
+            assert_eq!(unparsed.bytes, bad, "bytes handed back for {bad:?}");
+            assert_eq!(
+                Some(unparsed.error),
+                SipMessage::parse(bad).err(),
+                "same error as a borrowed parse for {bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_binary_body_or_a_stray_byte_after_leading_line_ends_reads_the_same() {
+        let mut input = b"\r\nMESSAGE sip:a@b SIP/2.0\r\nSubject: caf".to_vec();
+        input.push(0xe9);
+        input.extend_from_slice(
+            b"\r\nCSeq: 2 MESSAGE\r\nc: application/octet-stream\r\nl: 3\r\n\r\n",
+        );
+        input.extend_from_slice(&[0xff, 0x00, 0xfe]);
+        let m = SipMessage::parse_owned(input.clone()).unwrap();
+        assert_eq!(m.header("subject"), Some("caf\u{fffd}"));
+        assert_eq!(m.cseq(), Some((2, "MESSAGE")));
+        assert_eq!(m.content_type(), Some("application/octet-stream"));
+        assert_eq!(m.body(), [0xff, 0x00, 0xfe]);
+        assert_eq!(m.input(), input);
+        assert_eq!(m.raw(), &input[2..]);
+
+        // Only the body is not text: the head is read as it is.
+        let mut input = b"\r\nMESSAGE sip:a@b SIP/2.0\r\nCSeq: 3 MESSAGE\r\nl: 2\r\n\r\n".to_vec();
+        input.extend_from_slice(&[0xc3, 0x28]);
+        let m = SipMessage::parse_owned(input.clone()).unwrap();
+        assert_eq!(m.cseq(), Some((3, "MESSAGE")));
+        assert_eq!(m.request_uri(), Some("sip:a@b"));
+        assert_eq!(m.body(), [0xc3, 0x28]);
     }
 
     #[test]
