@@ -5,8 +5,8 @@ use std::sync::OnceLock;
 use crate::addr::{Contact, NameAddr, Via};
 use crate::error::ParseError;
 use crate::util::{
-    canonical_name, find_byte, is_lws, is_token, names_header, parse_u32_digits, split_once_byte,
-    split_top, trim, trim_end_lws, trim_lws,
+    canonical_name, find_byte, is_lws, is_token, is_token_byte, names_header, parse_u32_digits,
+    split_once_byte, split_top, trim, trim_end_lws, trim_lws,
 };
 
 /// Byte range into [`SipMessage::head`].
@@ -334,17 +334,30 @@ fn read_head(head: &str, from: usize, ends: &LineEnds) -> Result<HeadParts, Pars
                 value.push_str(more);
             }
         } else {
-            // Names are short: a plain scan beats a memchr call.
-            let colon = text
+            // Nearly every name is a token right up to its ':': one pass
+            // finds both. Anything else (white space before the colon, a
+            // bad name, no colon) takes the general path, which names the
+            // error.
+            let token_len = text
                 .bytes()
-                .position(|b| b == b':')
-                .ok_or_else(|| ParseError::BadHeaderLine("header line without ':'".into()))?;
-            let name = trim_span(head, line.start..line.start + colon);
-            if name.start != line.start || !is_token(head.get(name.clone()).unwrap_or("")) {
-                return Err(ParseError::BadHeaderLine(
-                    "header name is not a token".into(),
-                ));
-            }
+                .position(|b| !is_token_byte(b))
+                .unwrap_or(text.len());
+            let (name, colon) = if token_len > 0 && text.as_bytes().get(token_len) == Some(&b':') {
+                (line.start..line.start + token_len, token_len)
+            } else {
+                // Names are short: a plain scan beats a memchr call.
+                let colon = text
+                    .bytes()
+                    .position(|b| b == b':')
+                    .ok_or_else(|| ParseError::BadHeaderLine("header line without ':'".into()))?;
+                let name = trim_span(head, line.start..line.start + colon);
+                if name.start != line.start || !is_token(head.get(name.clone()).unwrap_or("")) {
+                    return Err(ParseError::BadHeaderLine(
+                        "header name is not a token".into(),
+                    ));
+                }
+                (name, colon)
+            };
             let value = trim_span(head, line.start + colon + 1..line.end);
             let kind = Hot::of_token(head.get(name.clone()).unwrap_or(""));
             if let Some(kind) = kind
@@ -426,12 +439,22 @@ fn value_in<'a>(head: &'a str, unfolded: &'a [String], h: &Header) -> &'a str {
 }
 
 /// Trims linear white space off both ends of a range of `text`.
+#[inline]
 fn trim_span(text: &str, span: Span) -> Span {
-    let s = text.get(span.clone()).unwrap_or("");
-    let trimmed = trim_lws(s);
-    // `trimmed` is a sub-slice of `s`: its offset.
-    let lead = trimmed.as_ptr() as usize - s.as_ptr() as usize;
-    span.start + lead..span.start + lead + trimmed.len()
+    // Byte-wise: both LWS characters are ASCII, so the cuts fall on
+    // character boundaries.
+    let b = text.as_bytes().get(span.clone()).unwrap_or(&[]);
+    let is_lws_byte = |c: &u8| *c == b' ' || *c == b'\t';
+    // Nearly every value is trimmed already at both ends.
+    if !b.first().is_some_and(is_lws_byte) && !b.last().is_some_and(is_lws_byte) {
+        return span;
+    }
+    let lead = b.iter().position(|c| !is_lws_byte(c)).unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !is_lws_byte(c))
+        .map_or(lead, |i| i + 1);
+    span.start + lead..span.start + end
 }
 
 /// Whether `s` holds a control or white space character; byte-wise for

@@ -43,6 +43,7 @@ pub(crate) fn is_lws(c: char) -> bool {
 
 /// `s` without linear white space at either end. Byte-wise: both
 /// characters are ASCII, so the cuts fall on character boundaries.
+#[inline]
 pub(crate) fn trim_lws(s: &str) -> &str {
     let b = s.as_bytes();
     let is_lws_byte = |c: Option<&u8>| matches!(c, Some(b' ' | b'\t'));
