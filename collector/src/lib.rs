@@ -45,7 +45,7 @@ use std::time::Duration;
 
 use sipvault_catalog::Catalog;
 use sipvault_schemas::{CapturedMessage, HepRawRow, ImMessageRow, RoomEventRow};
-use sipvault_sip::SipMessage;
+use sipvault_sip::{AddressCache, SipMessage};
 use tokio::sync::mpsc;
 
 pub use verify::{Finding, VerifyReport, verify_archive};
@@ -498,6 +498,8 @@ struct Pipeline {
     ims: im::ImCorrelator,
     calls: calls::CallCorrelator,
     presence: presence::PresenceCorrelator,
+    /// From/To parses shared by the messages of a dialog.
+    addresses: AddressCache,
     latest_capture_ns: i64,
     /// The collector clock: the latest group's.
     clock_ns: i64,
@@ -549,6 +551,7 @@ impl Pipeline {
             ims: im::ImCorrelator::new(config.im_answer_timeout),
             calls: calls::CallCorrelator::new(config.calls.clone()),
             presence: presence::PresenceCorrelator::new(),
+            addresses: AddressCache::new(),
             latest_capture_ns: i64::MIN,
             clock_ns: i64::MIN,
             catalog_room_events_archived: 0,
@@ -897,6 +900,7 @@ impl Pipeline {
         let parsed = SipMessage::parse_owned(std::mem::take(&mut msg.raw));
         match &parsed {
             Ok(sip) => {
+                sip.share_addresses(&mut self.addresses);
                 for im in self.ims.observe(self.clock_ns, &msg, sip) {
                     stats.im_rows.fetch_add(1, Ordering::Relaxed);
                     self.writer.push_im(im);

@@ -37,7 +37,7 @@ pub use addr::{Contact, NameAddr, Params, SipUri, Via, percent_decode};
 pub use builder::MessageBuilder;
 pub use error::ParseError;
 pub use framing::{FramingError, StreamFramer};
-pub use message::{SipMessage, Unparsed};
+pub use message::{AddressCache, SipMessage, Unparsed};
 pub use sdp::{Format, MediaDescription, SdpError, SessionDescription};
 pub use validate::{
     Rejection, check_forwarded_request, check_request, default_reason, error_response_for_unparsed,

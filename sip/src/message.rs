@@ -1,6 +1,7 @@
 //! One SIP message read from datagram bytes.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use crate::addr::{Contact, NameAddr, Via};
 use crate::error::ParseError;
@@ -125,8 +126,42 @@ pub struct SipMessage {
     first_hot: [Option<usize>; HOT_KINDS],
     /// From and To parsed on first use: every archive consumer (row,
     /// IM and call correlation) asks for them, and parsing validates the URI.
-    from: OnceLock<Option<NameAddr>>,
-    to: OnceLock<Option<NameAddr>>,
+    /// Shared, so that messages repeating a value can share its parse
+    /// ([`SipMessage::share_addresses`]).
+    from: OnceLock<Option<Arc<NameAddr>>>,
+    to: OnceLock<Option<Arc<NameAddr>>>,
+}
+
+/// How many From/To values an [`AddressCache`] holds before it starts over.
+const ADDRESS_CACHE_ENTRIES: usize = 4096;
+
+/// From and To values parsed once and shared by the messages that repeat
+/// them, as every message of a dialog does: parsing the two addresses (URI
+/// validation, parameters, five or so allocations) was a quarter of what
+/// archiving a message cost. Bounded: when full, it starts over.
+#[derive(Debug, Default)]
+pub struct AddressCache {
+    parsed: HashMap<Box<str>, Option<Arc<NameAddr>>, foldhash::fast::RandomState>,
+}
+
+impl AddressCache {
+    pub fn new() -> AddressCache {
+        AddressCache::default()
+    }
+
+    /// The parse of `value` (`None` when it is not a valid address), the
+    /// same as [`NameAddr::parse`] gives.
+    fn parse(&mut self, value: &str) -> Option<Arc<NameAddr>> {
+        if let Some(parsed) = self.parsed.get(value) {
+            return parsed.clone();
+        }
+        let parsed = NameAddr::parse(value).ok().map(Arc::new);
+        if self.parsed.len() >= ADDRESS_CACHE_ENTRIES {
+            self.parsed.clear();
+        }
+        self.parsed.insert(value.into(), parsed.clone());
+        parsed
+    }
 }
 
 /// Bytes that did not parse as a SIP message, and why.
@@ -749,14 +784,30 @@ impl SipMessage {
 
     pub fn from(&self) -> Option<&NameAddr> {
         self.from
-            .get_or_init(|| NameAddr::parse(self.hot(Hot::From)?).ok())
-            .as_ref()
+            .get_or_init(|| NameAddr::parse(self.hot(Hot::From)?).ok().map(Arc::new))
+            .as_deref()
     }
 
     pub fn to(&self) -> Option<&NameAddr> {
         self.to
-            .get_or_init(|| NameAddr::parse(self.hot(Hot::To)?).ok())
-            .as_ref()
+            .get_or_init(|| NameAddr::parse(self.hot(Hot::To)?).ok().map(Arc::new))
+            .as_deref()
+    }
+
+    /// Parses From and To now through `cache`, so that a value another
+    /// message had is not parsed again. [`SipMessage::from`] and
+    /// [`SipMessage::to`] answer exactly as they would without it.
+    pub fn share_addresses(&self, cache: &mut AddressCache) {
+        if self.from.get().is_none()
+            && let Some(value) = self.hot(Hot::From)
+        {
+            let _ = self.from.set(cache.parse(value));
+        }
+        if self.to.get().is_none()
+            && let Some(value) = self.hot(Hot::To)
+        {
+            let _ = self.to.set(cache.parse(value));
+        }
     }
 
     /// All Via values, comma-split across lines, top first. Values that do
@@ -1093,6 +1144,49 @@ helloEXTRA";
                 .unwrap();
         assert_eq!(m.header("subject"), Some("caf\u{fffd}"));
         assert_eq!(m.body(), b"\xff");
+    }
+
+    #[test]
+    fn messages_repeating_an_address_share_its_parse_and_read_the_same() {
+        let message = |from: &str, to: &str| {
+            let text = format!(
+                "MESSAGE sip:b@x SIP/2.0\r\nFrom: {from}\r\nTo: {to}\r\nCSeq: 1 MESSAGE\r\n\r\n"
+            );
+            SipMessage::parse(text.as_bytes()).unwrap()
+        };
+        let alice = "\"Alice\" <sip:alice@x>;tag=1";
+        let mut cache = AddressCache::new();
+        let first = message(alice, "<sip:bob@x>");
+        let second = message(alice, "sip:carol@x;tag=9");
+        let bad = message("<sip:alice@x", alice);
+        for m in [&first, &second, &bad] {
+            m.share_addresses(&mut cache);
+        }
+        let first_from = first.from().unwrap();
+        assert!(
+            std::ptr::eq(first_from, second.from().unwrap()),
+            "one parse for one value"
+        );
+        assert!(
+            std::ptr::eq(first_from, bad.to().unwrap()),
+            "From and To share too"
+        );
+        assert_eq!(bad.from(), None, "an invalid value stays invalid");
+        for m in [&first, &second, &bad] {
+            let alone = SipMessage::parse(m.raw()).unwrap();
+            assert_eq!(m.from(), alone.from(), "From as without the cache");
+            assert_eq!(m.to(), alone.to(), "To as without the cache");
+        }
+        assert_eq!(second.to().unwrap().tag(), Some("9"));
+
+        // Bounded: a new value past the limit starts the cache over.
+        for i in 0..ADDRESS_CACHE_ENTRIES + 10 {
+            message(&format!("<sip:u{i}@x>"), "<sip:bob@x>").share_addresses(&mut cache);
+        }
+        assert!(cache.parsed.len() <= ADDRESS_CACHE_ENTRIES);
+        let again = message(alice, "<sip:bob@x>");
+        again.share_addresses(&mut cache);
+        assert_eq!(again.from(), first.from());
     }
 
     #[test]
