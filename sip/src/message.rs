@@ -135,10 +135,15 @@ pub struct SipMessage {
 /// How many From/To values an [`AddressCache`] holds before it starts over.
 const ADDRESS_CACHE_ENTRIES: usize = 4096;
 
+/// Longer values are parsed but not kept, so the cache's memory stays
+/// bounded (a few MiB) whatever the input: real addresses are far shorter.
+const ADDRESS_CACHE_VALUE_BYTES: usize = 512;
+
 /// From and To values parsed once and shared by the messages that repeat
 /// them, as every message of a dialog does: parsing the two addresses (URI
 /// validation, parameters, five or so allocations) was a quarter of what
-/// archiving a message cost. Bounded: when full, it starts over.
+/// archiving a message cost. Bounded: when full, it starts over, and long
+/// values are not kept.
 #[derive(Debug, Default)]
 pub struct AddressCache {
     parsed: HashMap<Box<str>, Option<Arc<NameAddr>>, foldhash::fast::RandomState>,
@@ -156,6 +161,9 @@ impl AddressCache {
             return parsed.clone();
         }
         let parsed = NameAddr::parse(value).ok().map(Arc::new);
+        if value.len() > ADDRESS_CACHE_VALUE_BYTES {
+            return parsed;
+        }
         if self.parsed.len() >= ADDRESS_CACHE_ENTRIES {
             self.parsed.clear();
         }
@@ -1187,6 +1195,15 @@ helloEXTRA";
         let again = message(alice, "<sip:bob@x>");
         again.share_addresses(&mut cache);
         assert_eq!(again.from(), first.from());
+
+        // A long value is parsed as usual, but not kept.
+        let long = format!("<sip:{}@x>;tag=1", "u".repeat(ADDRESS_CACHE_VALUE_BYTES));
+        let kept = cache.parsed.len();
+        let m = message(&long, alice);
+        m.share_addresses(&mut cache);
+        assert_eq!(m.from(), SipMessage::parse(m.raw()).unwrap().from());
+        assert!(m.from().is_some());
+        assert_eq!(cache.parsed.len(), kept, "the long value is not kept");
     }
 
     #[test]
