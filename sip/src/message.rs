@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use crate::addr::{Contact, NameAddr, Via};
 use crate::error::ParseError;
 use crate::util::{
-    canonical_name, find_byte, is_lws, is_token, is_token_byte, names_header, parse_u32_digits,
+    canonical_name, find_byte, is_token, is_token_byte, names_header, parse_u32_digits,
     split_once_byte, split_top, trim, trim_end_lws, trim_lws,
 };
 
@@ -353,7 +353,8 @@ fn read_head(head: &str, from: usize, ends: &LineEnds) -> Result<HeadParts, Pars
             break;
         }
         let text = head.get(line.clone()).unwrap_or("");
-        if text.starts_with(is_lws) {
+        // Both LWS characters are ASCII: a byte test is exact.
+        if matches!(text.as_bytes().first(), Some(b' ' | b'\t')) {
             let last = headers.last_mut().ok_or_else(|| {
                 ParseError::BadHeaderLine("continuation line before the first header".into())
             })?;
@@ -402,7 +403,7 @@ fn read_head(head: &str, from: usize, ends: &LineEnds) -> Result<HeadParts, Pars
                 (name, colon)
             };
             let value = trim_span(head, line.start + colon + 1..line.end);
-            let kind = Hot::of_token(head.get(name.clone()).unwrap_or(""));
+            let kind = Hot::of_token(text.get(..name.len()).unwrap_or(""));
             if let Some(kind) = kind
                 && let Some(first) = first_hot.get_mut(kind as usize)
                 && first.is_none()
@@ -429,20 +430,40 @@ fn check_framing(
     body_at: usize,
     stored_len: usize,
 ) -> Result<(usize, Option<(u32, Span)>), ParseError> {
-    let values_of = |kind: Hot| {
-        headers
-            .iter()
-            .filter(move |h| h.kind == Some(kind))
-            .map(|h| value_in(head, unfolded, h))
-    };
-    // Content-Length decides where the body ends.
+    // One pass over the headers for both: every message has a CSeq, and
+    // most a Content-Length. A Content-Length error is reported before a
+    // CSeq one, wherever the lines are.
     let mut declared: Option<usize> = None;
-    for v in values_of(Hot::ContentLength) {
-        let n = parse_content_length(v)
-            .ok_or_else(|| ParseError::InvalidContentLength(v.to_string()))?;
-        match declared {
-            Some(d) if d != n => return Err(ParseError::ConflictingContentLength),
-            _ => declared = Some(n),
+    let mut first_cseq = None;
+    let mut cseq_error = None;
+    for h in headers {
+        match h.kind {
+            Some(Hot::ContentLength) => {
+                // Content-Length decides where the body ends.
+                let v = value_in(head, unfolded, h);
+                let n = parse_content_length(v)
+                    .ok_or_else(|| ParseError::InvalidContentLength(v.to_string()))?;
+                match declared {
+                    Some(d) if d != n => return Err(ParseError::ConflictingContentLength),
+                    _ => declared = Some(n),
+                }
+            }
+            Some(Hot::CSeq) if cseq_error.is_none() => {
+                // CSeq must be readable: a number that fits 32 bits and a method.
+                let v = value_in(head, unfolded, h);
+                let Some((Ok(num), method)) =
+                    split_cseq(v).map(|(num, method)| (num.parse::<u32>(), method))
+                else {
+                    cseq_error = Some(ParseError::InvalidCSeq(v.to_string()));
+                    continue;
+                };
+                if first_cseq.is_none() {
+                    // `method` is a sub-slice of `v`: its offset.
+                    let at = method.as_ptr() as usize - v.as_ptr() as usize;
+                    first_cseq = Some((num, at..at + method.len()));
+                }
+            }
+            _ => {}
         }
     }
     let end = match declared {
@@ -455,19 +476,8 @@ fn check_framing(
         }
         None => stored_len,
     };
-
-    // CSeq must be readable: a number that fits 32 bits and a method.
-    let mut first_cseq = None;
-    for v in values_of(Hot::CSeq) {
-        let (num, method) = split_cseq(v).ok_or_else(|| ParseError::InvalidCSeq(v.to_string()))?;
-        let num = num
-            .parse::<u32>()
-            .map_err(|_| ParseError::InvalidCSeq(v.to_string()))?;
-        if first_cseq.is_none() {
-            // `method` is a sub-slice of `v`: its offset.
-            let at = method.as_ptr() as usize - v.as_ptr() as usize;
-            first_cseq = Some((num, at..at + method.len()));
-        }
+    if let Some(error) = cseq_error {
+        return Err(error);
     }
     Ok((end, first_cseq))
 }
@@ -1204,6 +1214,30 @@ helloEXTRA";
         assert_eq!(m.from(), SipMessage::parse(m.raw()).unwrap().from());
         assert!(m.from().is_some());
         assert_eq!(cache.parsed.len(), kept, "the long value is not kept");
+    }
+
+    #[test]
+    fn a_content_length_error_is_reported_before_a_cseq_one_wherever_the_lines_are() {
+        let err = |s: &str| SipMessage::parse(s.as_bytes()).unwrap_err();
+        let start = "MESSAGE sip:a@b SIP/2.0\r\n";
+        assert_eq!(
+            err(&format!("{start}CSeq: x MESSAGE\r\nl: y\r\n\r\n")),
+            ParseError::InvalidContentLength("y".into())
+        );
+        assert_eq!(
+            err(&format!("{start}CSeq: x MESSAGE\r\nl: 9\r\n\r\nshort")),
+            ParseError::Truncated
+        );
+        assert_eq!(
+            err(&format!(
+                "{start}CSeq: 1 MESSAGE\r\nCSeq: x\r\nl: 0\r\n\r\n"
+            )),
+            ParseError::InvalidCSeq("x".into())
+        );
+        assert_eq!(
+            err(&format!("{start}CSeq: 99999999999 MESSAGE\r\nl: 0\r\n\r\n")),
+            ParseError::InvalidCSeq("99999999999 MESSAGE".into())
+        );
     }
 
     #[test]
