@@ -100,14 +100,19 @@ impl Hot {
     }
 }
 
-/// A parsed SIP message. It owns the bytes of exactly this message (leading
-/// keep-alive CRLFs and octets after the declared body are not part of it);
-/// header names and values are decoded as UTF-8 (invalid sequences replaced),
-/// folded lines unfolded, values trimmed. The body is kept byte for byte.
+/// A parsed SIP message. It owns the bytes it was parsed from; [`raw`]
+/// is exactly this message (leading keep-alive CRLFs and octets after the
+/// declared body are not part of it), [`input`] all of them. Header names
+/// and values are decoded as UTF-8 (invalid sequences replaced), folded
+/// lines unfolded, values trimmed. The body is kept byte for byte.
 ///
-/// Names and values are ranges into one decoded copy of the head (start
-/// line and headers), not a string each: archiving parses every message it
-/// sees, and per-header allocations dominated that cost.
+/// Names and values are ranges into the head (start line and headers),
+/// read in place when the bytes are text, not a string each: archiving
+/// parses every message it sees, and per-header allocations dominated that
+/// cost.
+///
+/// [`raw`]: SipMessage::raw
+/// [`input`]: SipMessage::input
 #[derive(Debug, Clone)]
 pub struct SipMessage {
     /// The bytes parsed, which may hold more than this message (leading
