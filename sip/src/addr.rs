@@ -9,8 +9,8 @@ use std::fmt;
 
 use crate::error::ParseError;
 use crate::util::{
-    find_byte, is_lws, is_token, is_token_byte, is_token_char, quote, quoted_len, split_byte,
-    split_once_byte, split_top, take_quoted, trim,
+    find_byte, is_lws, is_lws_byte, is_token, is_token_byte, is_token_char, quote, quoted_len,
+    split_byte, split_once_byte, split_top, take_quoted, trim,
 };
 
 /// Generic parameter list: `(name, value)`, names as received.
@@ -688,7 +688,7 @@ fn parse_name_addr(s: &str) -> Result<NameAddr, String> {
         }
         // Words joined by single spaces; nearly always no display name or
         // one word, which need no joining.
-        let d = if !d.bytes().any(|b| b == b' ' || b == b'\t') {
+        let d = if !d.bytes().any(is_lws_byte) {
             d.to_string()
         } else {
             d.split(is_lws)

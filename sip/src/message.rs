@@ -6,11 +6,11 @@ use std::sync::{Arc, OnceLock};
 use crate::addr::{Contact, NameAddr, Via};
 use crate::error::ParseError;
 use crate::util::{
-    canonical_name, find_byte, is_token, is_token_byte, names_header, parse_u32_digits,
-    split_once_byte, split_top, trim, trim_end_lws, trim_lws,
+    canonical_name, find_byte, is_lws_byte, is_token, is_token_byte, lws_trimmed, names_header,
+    parse_u32_digits, split_once_byte, split_top, trim, trim_end_lws, trim_lws,
 };
 
-/// Byte range into [`SipMessage::head`].
+/// Byte range into the head text ([`Stored::head`]).
 type Span = std::ops::Range<usize>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,19 +162,24 @@ impl AddressCache {
     /// The parse of `value` (`None` when it is not a valid address), the
     /// same as [`NameAddr::parse`] gives.
     fn parse(&mut self, value: &str) -> Option<Arc<NameAddr>> {
+        if value.len() > ADDRESS_CACHE_VALUE_BYTES {
+            return parse_address(value);
+        }
         if let Some(parsed) = self.parsed.get(value) {
             return parsed.clone();
         }
-        let parsed = NameAddr::parse(value).ok().map(Arc::new);
-        if value.len() > ADDRESS_CACHE_VALUE_BYTES {
-            return parsed;
-        }
+        let parsed = parse_address(value);
         if self.parsed.len() >= ADDRESS_CACHE_ENTRIES {
             self.parsed.clear();
         }
         self.parsed.insert(value.into(), parsed.clone());
         parsed
     }
+}
+
+/// A From or To value parsed for sharing; `None` when it is not an address.
+fn parse_address(value: &str) -> Option<Arc<NameAddr>> {
+    NameAddr::parse(value).ok().map(Arc::new)
 }
 
 /// Bytes that did not parse as a SIP message, and why.
@@ -358,8 +363,7 @@ fn read_head(head: &str, from: usize, ends: &LineEnds) -> Result<HeadParts, Pars
             break;
         }
         let text = head.get(line.clone()).unwrap_or("");
-        // Both LWS characters are ASCII: a byte test is exact.
-        if matches!(text.as_bytes().first(), Some(b' ' | b'\t')) {
+        if text.as_bytes().first().is_some_and(|&b| is_lws_byte(b)) {
             let last = headers.last_mut().ok_or_else(|| {
                 ParseError::BadHeaderLine("continuation line before the first header".into())
             })?;
@@ -499,20 +503,8 @@ fn value_in<'a>(head: &'a str, unfolded: &'a [String], h: &Header) -> &'a str {
 /// Trims linear white space off both ends of a range of `text`.
 #[inline]
 fn trim_span(text: &str, span: Span) -> Span {
-    // Byte-wise: both LWS characters are ASCII, so the cuts fall on
-    // character boundaries.
-    let b = text.as_bytes().get(span.clone()).unwrap_or(&[]);
-    let is_lws_byte = |c: &u8| *c == b' ' || *c == b'\t';
-    // Nearly every value is trimmed already at both ends.
-    if !b.first().is_some_and(is_lws_byte) && !b.last().is_some_and(is_lws_byte) {
-        return span;
-    }
-    let lead = b.iter().position(|c| !is_lws_byte(c)).unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !is_lws_byte(c))
-        .map_or(lead, |i| i + 1);
-    span.start + lead..span.start + end
+    let trimmed = lws_trimmed(text.as_bytes().get(span.clone()).unwrap_or(&[]));
+    span.start + trimmed.start..span.start + trimmed.end
 }
 
 /// Whether `s` holds a control or white space character; byte-wise for
@@ -611,7 +603,7 @@ pub(crate) fn parse_content_length(v: &str) -> Option<usize> {
 /// Splits a CSeq value into number text and method.
 fn split_cseq(v: &str) -> Option<(&str, &str)> {
     let v = trim(v);
-    let i = v.bytes().position(|b| b == b' ' || b == b'\t')?;
+    let i = v.bytes().position(is_lws_byte)?;
     let num = v.get(..i)?;
     let method = trim(v.get(i..)?);
     if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) || !is_token(method) {
@@ -806,14 +798,20 @@ impl SipMessage {
     }
 
     pub fn from(&self) -> Option<&NameAddr> {
-        self.from
-            .get_or_init(|| NameAddr::parse(self.hot(Hot::From)?).ok().map(Arc::new))
-            .as_deref()
+        self.address(&self.from, Hot::From)
     }
 
     pub fn to(&self) -> Option<&NameAddr> {
-        self.to
-            .get_or_init(|| NameAddr::parse(self.hot(Hot::To)?).ok().map(Arc::new))
+        self.address(&self.to, Hot::To)
+    }
+
+    /// From or To (`kind`), parsed into `cell` on first use.
+    fn address<'s>(
+        &'s self,
+        cell: &'s OnceLock<Option<Arc<NameAddr>>>,
+        kind: Hot,
+    ) -> Option<&'s NameAddr> {
+        cell.get_or_init(|| parse_address(self.hot(kind)?))
             .as_deref()
     }
 
@@ -821,15 +819,12 @@ impl SipMessage {
     /// message had is not parsed again. [`SipMessage::from`] and
     /// [`SipMessage::to`] answer exactly as they would without it.
     pub fn share_addresses(&self, cache: &mut AddressCache) {
-        if self.from.get().is_none()
-            && let Some(value) = self.hot(Hot::From)
-        {
-            let _ = self.from.set(cache.parse(value));
-        }
-        if self.to.get().is_none()
-            && let Some(value) = self.hot(Hot::To)
-        {
-            let _ = self.to.set(cache.parse(value));
+        for (cell, kind) in [(&self.from, Hot::From), (&self.to, Hot::To)] {
+            if cell.get().is_none()
+                && let Some(value) = self.hot(kind)
+            {
+                let _ = cell.set(cache.parse(value));
+            }
         }
     }
 

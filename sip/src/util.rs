@@ -41,26 +41,33 @@ pub(crate) fn is_lws(c: char) -> bool {
     c == ' ' || c == '\t'
 }
 
-/// `s` without linear white space at either end. Byte-wise: both
-/// characters are ASCII, so the cuts fall on character boundaries.
+/// A linear white space byte (both LWS characters are ASCII, so a byte
+/// test is exact, and cuts beside such bytes fall on character boundaries).
 #[inline]
-pub(crate) fn trim_lws(s: &str) -> &str {
-    let b = s.as_bytes();
-    let is_lws_byte = |c: Option<&u8>| matches!(c, Some(b' ' | b'\t'));
-    // Nearly every value is trimmed already at its start or end: look at
-    // the two end bytes before scanning.
-    if !is_lws_byte(b.first()) && !is_lws_byte(b.last()) {
-        return s;
+pub(crate) fn is_lws_byte(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// The range of `b` without linear white space at either end.
+#[inline]
+pub(crate) fn lws_trimmed(b: &[u8]) -> std::ops::Range<usize> {
+    // Nearly every value is trimmed already at both ends: look at the two
+    // end bytes before scanning.
+    if !b.first().is_some_and(|&c| is_lws_byte(c)) && !b.last().is_some_and(|&c| is_lws_byte(c)) {
+        return 0..b.len();
     }
-    let start = b
-        .iter()
-        .position(|&c| c != b' ' && c != b'\t')
-        .unwrap_or(b.len());
+    let start = b.iter().position(|&c| !is_lws_byte(c)).unwrap_or(b.len());
     let end = b
         .iter()
-        .rposition(|&c| c != b' ' && c != b'\t')
+        .rposition(|&c| !is_lws_byte(c))
         .map_or(start, |i| i + 1);
-    s.get(start..end).unwrap_or("")
+    start..end
+}
+
+/// `s` without linear white space at either end, byte-wise.
+#[inline]
+pub(crate) fn trim_lws(s: &str) -> &str {
+    s.get(lws_trimmed(s.as_bytes())).unwrap_or("")
 }
 
 /// `s` without linear white space at its end, byte-wise.
@@ -68,7 +75,7 @@ pub(crate) fn trim_end_lws(s: &str) -> &str {
     let b = s.as_bytes();
     let end = b
         .iter()
-        .rposition(|&c| c != b' ' && c != b'\t')
+        .rposition(|&c| !is_lws_byte(c))
         .map_or(0, |i| i + 1);
     s.get(..end).unwrap_or("")
 }
