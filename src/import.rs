@@ -17,7 +17,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use sipvault_catalog::{Catalog, ImportRecord};
 use sipvault_collector::Inputs;
-use sipvault_collector::pcap::{ImportOptions, ImportStats, PcapError, import_file, import_reader};
+use sipvault_collector::pcap::{
+    ImportOptions, ImportStats, PcapError, import_file, import_reader, open_capture,
+};
 use sipvault_collector::writer::Sha256Reader;
 use sipvault_query::OutputFormat;
 use sipvault_schemas::CapturedMessage;
@@ -336,11 +338,7 @@ fn import_hashed(
             file_bytes,
         });
     }
-    let file = std::fs::File::open(path).map_err(|source| PcapError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mut reader = Sha256Reader::new(file);
+    let mut reader = Sha256Reader::new(open_capture(path)?);
     let stats = import_reader(&mut reader, opts, sink, progress)?;
     let (sha256, file_bytes) = reader.finish().map_err(PcapError::Read)?;
     Ok(Hashed {

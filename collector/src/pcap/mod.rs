@@ -174,11 +174,15 @@ pub fn import_file(
     sink: &mut dyn FnMut(CapturedMessage),
     progress: &mut dyn FnMut(u64),
 ) -> Result<ImportStats, PcapError> {
-    let file = std::fs::File::open(path).map_err(|source| PcapError::Open {
+    import_reader(open_capture(path)?, opts, sink, progress)
+}
+
+/// Opens a capture file for [`import_reader`], the error naming the path.
+pub fn open_capture(path: &Path) -> Result<std::fs::File, PcapError> {
+    std::fs::File::open(path).map_err(|source| PcapError::Open {
         path: path.to_owned(),
         source,
-    })?;
-    import_reader(file, opts, sink, progress)
+    })
 }
 
 /// Same as [`import_file`] over any reader (tests, fuzzing); the total
